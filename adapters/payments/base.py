@@ -1,0 +1,196 @@
+"""The payment port: what services need from a payment provider, and nothing else.
+
+Every adapter (Alipay, WeChat Pay v3, Stripe) implements :class:`PaymentProvider` over plain
+HTTP. Inputs and results are frozen dataclasses; money is :class:`domain.money.Money` (integer
+minor units). Errors are the provider branch of the one error tree:
+
+* :class:`ProviderUnavailable` — network failure, timeout, 5xx, throttling; retry with the *same*
+  idempotency key.
+* :class:`ProviderRejected` — a business refusal (``code`` carries the provider's code).
+* :class:`SignatureInvalid` — a response or notification that does not verify.
+
+Idempotency: ``out_trade_no`` / ``refund_no`` / ``idempotency_key`` are generated once by the
+service and stored before the first call, so calling any method again with the same input is safe.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from adapters.errors import ProviderError, ProviderRejected, ProviderUnavailable, SignatureInvalid
+from domain.money import Money
+
+__all__ = [
+    "ClosePayment",
+    "CloseResult",
+    "CreatePayment",
+    "Notification",
+    "NotificationKind",
+    "NotificationReply",
+    "PaymentCreated",
+    "PaymentProvider",
+    "PaymentRef",
+    "PaymentState",
+    "PaymentStatus",
+    "ProviderError",
+    "ProviderRejected",
+    "ProviderUnavailable",
+    "RefundRequest",
+    "RefundResult",
+    "RefundState",
+    "SignatureInvalid",
+]
+
+
+class PaymentState(enum.StrEnum):
+    """Normalized payment state at the provider."""
+
+    PENDING = "PENDING"  # created, waiting for the buyer (Alipay WAIT_BUYER_PAY, WeChat NOTPAY...)
+    PAID = "PAID"  # money taken (Alipay TRADE_SUCCESS/TRADE_FINISHED, WeChat SUCCESS, succeeded)
+    CLOSED = "CLOSED"  # closed/cancelled without payment
+    REFUNDED = "REFUNDED"  # paid and then (fully) refunded (Alipay TRADE_CLOSED after pay, REFUND)
+    NOT_FOUND = "NOT_FOUND"  # the provider does not know this trade (yet)
+
+
+class RefundState(enum.StrEnum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class NotificationKind(enum.StrEnum):
+    PAYMENT = "PAYMENT"
+    REFUND = "REFUND"
+    OTHER = "OTHER"  # verified, but not an event orderflow acts on (e.g. payment_intent.created)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRef:
+    """How a payment is found at the provider: our key, and theirs once known."""
+
+    out_trade_no: str
+    provider_ref: str | None = None  # Alipay trade_no, WeChat transaction_id, Stripe pi_… id
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePayment:
+    out_trade_no: str  # our merchant order number, unique per payment
+    idempotency_key: str  # stored before the first call; Stripe sends it as Idempotency-Key
+    amount: Money
+    description: str
+    notify_url: str
+    expires_at: datetime  # timezone-aware
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentCreated:
+    """What the customer needs to pay, plus the provider's reference."""
+
+    provider_ref: str | None
+    instructions: Mapping[str, str]  # {"qr_code": …} / {"code_url": …} / {"client_secret": …}
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentStatus:
+    state: PaymentState
+    raw_status: str  # the provider's own status string, stored beside the normalized one
+    provider_ref: str | None = None
+    amount: Money | None = None  # the amount the provider says was paid / ordered
+    paid_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePayment:
+    ref: PaymentRef
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    """``closed`` is False when the trade turned out to be paid already (then ``status`` says so)."""
+
+    closed: bool
+    status: PaymentStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    ref: PaymentRef
+    refund_no: str  # our refund number: unique per refund, the provider's idempotency key
+    amount: Money  # this refund
+    total: Money  # the original payment
+    reason: str
+    notify_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    refund_no: str
+    state: RefundState
+    raw_status: str
+    amount: Money | None = None
+    provider_refund_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A verified, parsed provider notification."""
+
+    kind: NotificationKind
+    event_id: str  # unique per event (Alipay notify_id, WeChat id, Stripe evt_…) for dedupe
+    out_trade_no: str | None
+    status: PaymentStatus | None = None  # for PAYMENT
+    refund: RefundResult | None = None  # for REFUND
+    raw_type: str = ""  # e.g. trade_status_sync, TRANSACTION.SUCCESS, payment_intent.succeeded
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationReply:
+    """The HTTP answer a provider expects for a notification."""
+
+    status_code: int
+    body: bytes
+    content_type: str
+
+
+@runtime_checkable
+class PaymentProvider(Protocol):
+    """A payment provider. Every method may raise the errors listed in the module docstring."""
+
+    name: str
+
+    def create(self, request: CreatePayment) -> PaymentCreated:
+        """Create the payment; repeating the same request returns the same payment."""
+        ...
+
+    def query(self, ref: PaymentRef) -> PaymentStatus:
+        """The payment's current state at the provider."""
+        ...
+
+    def close(self, request: ClosePayment) -> CloseResult:
+        """Close/cancel an unpaid payment. If it is already paid, return ``closed=False``."""
+        ...
+
+    def refund(self, request: RefundRequest) -> RefundResult:
+        """Refund (part of) a paid payment; the same ``refund_no`` refunds at most once."""
+        ...
+
+    def query_refund(self, ref: PaymentRef, refund_no: str) -> RefundResult:
+        """The state of one refund."""
+        ...
+
+    def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
+        """Verify, then parse, an inbound notification. Raises SignatureInvalid on forgery.
+
+        ``headers`` keys are matched case-insensitively by implementations.
+        """
+        ...
+
+    def notification_reply(self, ok: bool) -> NotificationReply:
+        """The body the provider expects: acknowledged (``ok``) or to be retried."""
+        ...

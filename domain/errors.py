@@ -1,0 +1,85 @@
+"""The one error tree of orderflow.
+
+::
+
+    OrderflowError
+    ├── ValidationError          bad input at an edge; never retried
+    ├── ConflictError            same idempotency key, different body
+    ├── NotFound                 an id that does not exist
+    ├── InvalidTransition        a status change the transition table forbids
+    ├── OutOfStock               allocation impossible (carries the reason code)
+    └── ProviderError            anything a provider adapter raises (adapters/errors.py)
+        ├── ProviderUnavailable  network, timeout, 5xx, throttling: retryable
+        ├── ProviderRejected     a business refusal: not retryable
+        └── SignatureInvalid     a forged or corrupted message: a security event
+
+Retryable errors carry ``retryable = True``; the task layer reads only that attribute to decide
+between retry and dead letter, so the classification is made once, where the error is raised.
+"""
+
+from __future__ import annotations
+
+
+class OrderflowError(Exception):
+    """Root of every error orderflow raises on purpose."""
+
+    retryable: bool = False
+
+
+class ValidationError(OrderflowError):
+    """Input that fails validation; ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class ConflictError(OrderflowError):
+    """An idempotency key reused with a different body."""
+
+
+class NotFound(OrderflowError):
+    """The referenced entity does not exist."""
+
+
+class InvalidTransition(OrderflowError):
+    """A status change the transition table does not allow."""
+
+    def __init__(self, current: str, target: str) -> None:
+        super().__init__(f"transition {current} -> {target} is not allowed")
+        self.current = current
+        self.target = target
+
+
+class OutOfStock(OrderflowError):
+    """Stock cannot be allocated; ``reason`` is ``out_of_stock``, ``unknown_sku`` or
+    ``inactive_product``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ProviderError(OrderflowError):
+    """Base for errors raised by provider adapters."""
+
+    def __init__(self, provider: str, message: str, *, code: str | None = None) -> None:
+        super().__init__(f"{provider}: {message}" + (f" [{code}]" if code else ""))
+        self.provider = provider
+        self.code = code
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider could not be reached or answered with a transient failure. Retry."""
+
+    retryable = True
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request for a business reason. Do not retry blindly."""
+
+
+class SignatureInvalid(ProviderError):
+    """A message whose signature, certificate or timestamp does not verify."""
