@@ -38,7 +38,7 @@ class Money:
 
     def __post_init__(self) -> None:
         if isinstance(self.amount, bool) or not isinstance(self.amount, int):
-            raise MoneyError(f"amount must be an integer number of minor units, got {self.amount!r}")
+            raise MoneyError(f"amount must be integer minor units, got {self.amount!r}")
         if self.currency not in CURRENCY_EXPONENTS:
             raise MoneyError(f"unknown currency {self.currency!r}")
 

@@ -1,0 +1,27 @@
+"""SQLAlchemy 2.0 typed mappings for every orderflow table; migrations live in ``migrations/``."""
+
+from models.base import Base
+from models.catalog import Product, Stock, StockMovement
+from models.logistics import Shipment, TrackingEvent
+from models.ops import DeadLetter, ProcessedNotification
+from models.orders import Order, OrderEvent, OrderLine, Reservation
+from models.payments import Payment, Refund
+from models.users import User
+
+__all__ = [
+    "Base",
+    "DeadLetter",
+    "Order",
+    "OrderEvent",
+    "OrderLine",
+    "Payment",
+    "ProcessedNotification",
+    "Product",
+    "Refund",
+    "Reservation",
+    "Shipment",
+    "Stock",
+    "StockMovement",
+    "TrackingEvent",
+    "User",
+]

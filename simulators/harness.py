@@ -59,7 +59,9 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    def json(
+        cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> Response:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         hdrs = {"Content-Type": "application/json; charset=utf-8", **(headers or {})}
         return cls(status, body, hdrs)
@@ -115,7 +117,9 @@ class SimulatorServer:
         self._rng = random.Random()
         self._lock = threading.Lock()
         self._routes: list[tuple[str, str, bool, Handler]] = []
-        self._error_response = error_response or (lambda _req: Response.json({"error": "busy"}, 503))
+        self._error_response = error_response or (
+            lambda _req: Response.json({"error": "busy"}, 503)
+        )
         self.ledger_provider: Callable[[], Any] = lambda: {}
         self.reset_hooks: list[Callable[[], None]] = []
         self.request_log: list[tuple[str, str, int]] = []  # (method, path, status)

@@ -17,8 +17,8 @@ from adapters.errors import ProviderError, ProviderRejected, ProviderUnavailable
 
 __all__ = [
     "BookShipment",
-    "BookingService",
     "Booked",
+    "BookingService",
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",

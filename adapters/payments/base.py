@@ -112,7 +112,7 @@ class ClosePayment:
 
 @dataclass(frozen=True, slots=True)
 class CloseResult:
-    """``closed`` is False when the trade turned out to be paid already (then ``status`` says so)."""
+    """``closed`` is False when the trade turned out to be paid already (``status`` says so)."""
 
     closed: bool
     status: PaymentStatus

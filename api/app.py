@@ -1,0 +1,114 @@
+"""The HTTP surface: intake, order status, health.
+
+``POST /v1/orders`` stores the order (committed) before it answers: 202 for a new order, 200 for
+a repeat of the same ``(source, external_id)`` and body, 409 for the same key with a different
+body. The ``orders.process`` task is published after the commit; if the broker is down the
+request still succeeds and the sweeper publishes it later (the order has a stage deadline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError as PydanticValidationError
+
+from api.auth import require_api_key
+from api.errors import error_response
+from api.limits import BodySizeLimit
+from domain.errors import ConflictError, NotFound
+from producers.intake import accept
+from producers.schema import field_errors, parse_message
+from services.queries import order_view
+from services.unit_of_work import unit_of_work
+from settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="orderflow", version="0.1.0")
+    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_req: Request, exc: HTTPException) -> JSONResponse:
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(
+            exc.status_code, "error"
+        )
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()
+        ]
+        return error_response(422, "validation_failed", "request is invalid", details)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/orders", status_code=202)
+    async def create_order(request: Request, source: str = Depends(require_api_key)) -> Any:
+        raw = await request.body()
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return error_response(
+                400,
+                "invalid_json",
+                "body is not valid JSON",
+                [{"field": "body", "reason": str(exc)}],
+            )
+        try:
+            msg = parse_message(data)
+        except PydanticValidationError as exc:
+            return error_response(422, "validation_failed", "order is invalid", field_errors(exc))
+        if source != "*" and msg.source != source:
+            return error_response(
+                403,
+                "forbidden",
+                "this API key may not submit orders for that source",
+                [{"field": "source", "reason": f"key is bound to source {source!r}"}],
+            )
+        try:
+            result = await run_in_threadpool(accept, msg, channel="http")
+        except ConflictError as exc:
+            return error_response(
+                409,
+                "conflict",
+                str(exc),
+                [{"field": "external_id", "reason": "already used with a different body"}],
+            )
+        if result.created:
+            await run_in_threadpool(_publish_process, result.order_id)
+        body = {"id": result.order_id, "status": result.status, "created": result.created}
+        return JSONResponse(body, status_code=202 if result.created else 200)
+
+    @app.get("/v1/orders/{order_id}")
+    def get_order(order_id: str, _source: str = Depends(require_api_key)) -> Any:
+        try:
+            with unit_of_work() as session:
+                return order_view(session, order_id)
+        except NotFound:
+            return error_response(404, "not_found", f"order {order_id} not found")
+
+    return app
+
+
+def _publish_process(order_id: str) -> None:
+    from tasks.dispatch import enqueue  # the Celery app is only needed once we publish
+
+    try:
+        enqueue("orders.process", order_id)
+    except Exception:  # noqa: BLE001 - any broker failure is handled the same way
+        # Stored and committed already: the sweeper re-drives it at its stage deadline.
+        log.warning("could not publish orders.process for %s; the sweeper will", order_id)
+
+
+app = create_app()

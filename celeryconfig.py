@@ -1,0 +1,67 @@
+"""Celery settings, taken from :mod:`settings`. Each line says why (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from settings import get_settings
+
+_s = get_settings()
+
+broker_url = _s.effective_broker_url
+# State lives in PostgreSQL; task results would only fill Redis.
+task_ignore_result = True
+result_backend = None
+# Ack only after the task finished, and requeue if the worker process died mid-task:
+# a crash redelivers the message instead of losing it (tasks are idempotent).
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message at a time per process, so a crash redelivers at most one in-flight task each.
+worker_prefetch_multiplier = 1
+# JSON only: no pickle from the broker.
+task_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+timezone = "UTC"
+enable_utc = True
+# Every task has a deadline; the hard limit kills a hung child, which acks-late redelivers.
+task_soft_time_limit = _s.task_soft_time_limit_s
+task_time_limit = _s.task_time_limit_s
+# Redis redelivers an unacked message after this; it must exceed every task's hard limit,
+# or a slow task would run twice concurrently.
+broker_transport_options = {"visibility_timeout": _s.visibility_timeout_s}
+broker_connection_retry_on_startup = True
+# If the broker connection drops, running acks-late tasks will be redelivered anyway:
+# cancel them rather than letting them finish and ack on a dead channel.
+worker_cancel_long_running_tasks_on_connection_loss = True
+# Publishing waits for the broker to accept the message (and retries briefly on errors).
+task_publish_retry = True
+task_publish_retry_policy = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5}
+# Flower and the CLI read task events.
+worker_send_task_events = True
+task_send_sent_event = False
+
+task_default_queue = "orders"
+task_queues = [
+    Queue("orders"),
+    Queue("payments"),
+    Queue("shipping"),
+    Queue("tracking"),
+    Queue("maintenance"),
+]
+# Route by the task name's prefix: orders.* -> orders, payments.* -> payments, and so on.
+task_routes = {f"{q}.*": {"queue": q} for q in ("orders", "payments", "shipping", "tracking")}
+task_routes["maintenance.*"] = {"queue": "maintenance"}
+
+beat_schedule = {
+    "sweep-stalled-orders": {
+        "task": "maintenance.sweep",
+        "schedule": _s.sweep_interval_s,
+        "options": {"expires": _s.sweep_interval_s * 2},  # a stale tick is useless
+    },
+    "expire-reservations": {
+        "task": "maintenance.expire_reservations",
+        "schedule": _s.expire_interval_s,
+        "options": {"expires": _s.expire_interval_s * 2},
+    },
+}

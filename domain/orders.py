@@ -1,0 +1,82 @@
+"""Order status and its transition table: the only place that says which moves are legal.
+
+::
+
+    RECEIVED ─▶ RESERVED ─▶ AWAITING_PAYMENT ─▶ PAID ─▶ SHIPPED ─▶ IN_TRANSIT ─▶ DELIVERED ─▶ …
+       │           │               │              │        │           │
+       ▼           ▼               ▼              ▼        └───────────┴─▶ NEEDS_ATTENTION
+    (DELIVERED ─▶ COMPLETED)
+    REJECTED    EXPIRED /       EXPIRED /      CANCELLED
+                CANCELLED       CANCELLED /
+                                NEEDS_ATTENTION
+"""
+
+from __future__ import annotations
+
+import enum
+
+from domain.errors import InvalidTransition
+
+
+class OrderStatus(enum.StrEnum):
+    RECEIVED = "RECEIVED"
+    RESERVED = "RESERVED"
+    REJECTED = "REJECTED"
+    AWAITING_PAYMENT = "AWAITING_PAYMENT"
+    PAID = "PAID"
+    SHIPPED = "SHIPPED"
+    IN_TRANSIT = "IN_TRANSIT"
+    DELIVERED = "DELIVERED"
+    COMPLETED = "COMPLETED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"
+
+
+S = OrderStatus
+
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    S.RECEIVED: frozenset({S.RESERVED, S.REJECTED, S.CANCELLED}),
+    S.RESERVED: frozenset({S.AWAITING_PAYMENT, S.PAID, S.EXPIRED, S.CANCELLED}),
+    S.AWAITING_PAYMENT: frozenset({S.PAID, S.EXPIRED, S.CANCELLED, S.NEEDS_ATTENTION}),
+    S.PAID: frozenset({S.SHIPPED, S.CANCELLED, S.NEEDS_ATTENTION}),
+    S.SHIPPED: frozenset({S.IN_TRANSIT, S.DELIVERED, S.NEEDS_ATTENTION}),
+    S.IN_TRANSIT: frozenset({S.DELIVERED, S.NEEDS_ATTENTION}),
+    S.DELIVERED: frozenset({S.COMPLETED}),
+    # An operator resolves an order that needs attention by moving it on or cancelling it.
+    S.NEEDS_ATTENTION: frozenset({S.PAID, S.SHIPPED, S.IN_TRANSIT, S.DELIVERED, S.CANCELLED}),
+    S.COMPLETED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.EXPIRED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+FINAL_STATUSES: frozenset[OrderStatus] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+#: Statuses in which stock is held by an ACTIVE reservation.
+HOLDS_STOCK: frozenset[OrderStatus] = frozenset({S.RESERVED, S.AWAITING_PAYMENT, S.PAID})
+
+#: Cancel is allowed until the parcel leaves.
+CANCELLABLE: frozenset[OrderStatus] = frozenset(
+    {S.RECEIVED, S.RESERVED, S.AWAITING_PAYMENT, S.PAID, S.NEEDS_ATTENTION}
+)
+
+
+def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def ensure_transition(current: OrderStatus | str, target: OrderStatus | str) -> OrderStatus:
+    """Return ``target`` as an OrderStatus if ``current -> target`` is legal, else raise
+    :class:`InvalidTransition`."""
+    cur, tgt = OrderStatus(current), OrderStatus(target)
+    if not can_transition(cur, tgt):
+        raise InvalidTransition(cur, tgt)
+    return tgt
+
+
+class RejectReason(enum.StrEnum):
+    OUT_OF_STOCK = "out_of_stock"
+    UNKNOWN_SKU = "unknown_sku"
+    INACTIVE_PRODUCT = "inactive_product"
+    CURRENCY_MISMATCH = "currency_mismatch"

@@ -1,0 +1,52 @@
+"""Payments at providers and their refunds. Idempotency keys are stored before any call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, CreatedAt, Currency, MinorUnits, Timestamp, UpdatedAt
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        UniqueConstraint("provider", "out_trade_no", name="uq_payments_provider_out_trade_no"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    out_trade_no: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    amount: Mapped[MinorUnits]
+    currency: Mapped[Currency]
+    status: Mapped[str] = mapped_column(String(32))
+    raw_status: Mapped[str | None] = mapped_column(String(64))
+    provider_ref: Mapped[str | None] = mapped_column(String(128))
+    instructions: Mapped[dict[str, Any] | None]
+    paid_at: Mapped[Timestamp | None]
+    next_query_at: Mapped[Timestamp | None]
+    query_attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    refund_no: Mapped[str] = mapped_column(String(64), unique=True)
+    amount: Mapped[MinorUnits]
+    currency: Mapped[Currency]
+    status: Mapped[str] = mapped_column(String(32))
+    raw_status: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(200))
+    provider_refund_ref: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]

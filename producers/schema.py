@@ -1,0 +1,97 @@
+"""The order message: one pydantic model for every way in (HTTP, broker, JSONL file).
+
+Errors are reported per field (``lines.0.quantity: Input should be greater than 0``) by
+:func:`field_errors`, so every edge answers bad input the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic import ValidationError as PydanticValidationError
+
+from domain.money import CURRENCY_EXPONENTS
+
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9 -]{5,19}$")]
+
+PROVIDERS = ("alipay", "wechatpay", "stripe")
+MAX_QUANTITY = 10_000
+
+
+class ShippingAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Text
+    phone: Phone
+    line1: Text
+    line2: Annotated[str, StringConstraints(max_length=200)] | None = None
+    city: Text
+    region: Annotated[str, StringConstraints(max_length=100)] | None = None
+    postal_code: Annotated[str, StringConstraints(max_length=20)] | None = None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+
+class OrderLineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sku: Code
+    quantity: int = Field(gt=0, le=MAX_QUANTITY, strict=True)
+
+
+class OrderMessage(BaseModel):
+    """An order as upstream sends it. ``(source, external_id)`` is the idempotency key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Code
+    external_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    customer_ref: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    user_id: int | None = Field(None, gt=0)
+    lines: list[OrderLineIn] = Field(min_length=1, max_length=100)
+    currency: str
+    payment_provider: Literal["alipay", "wechatpay", "stripe"]
+    shipping_address: ShippingAddress
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if value not in CURRENCY_EXPONENTS:
+            raise ValueError(f"unknown currency; expected one of {sorted(CURRENCY_EXPONENTS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _customer(self) -> OrderMessage:
+        if self.customer_ref is None and self.user_id is None:
+            raise ValueError("either customer_ref or user_id is required")
+        return self
+
+    def body_hash(self) -> str:
+        """SHA-256 of the canonical JSON body: equal for equal orders, whatever the key order."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def field_errors(exc: PydanticValidationError) -> list[dict[str, str]]:
+    """``[{"field": "lines.0.quantity", "reason": "..."}]`` from a pydantic error."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        out.append({"field": loc, "reason": err["msg"]})
+    return out
+
+
+def parse_message(data: Any) -> OrderMessage:
+    """Validate a decoded JSON value as an order message (raises pydantic's ValidationError)."""
+    return OrderMessage.model_validate(data)

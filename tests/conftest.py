@@ -1,0 +1,178 @@
+"""Shared fixtures: a fresh PostgreSQL database and Redis db per session, cleaned per test, and
+real processes (API, Celery workers, beat) started by pid and stopped after each test.
+
+With ``DATABASE_URL`` / ``REDIS_URL`` unset the session starts the embedded servers
+(``workers.embedded``); with them set it creates a throw-away database ``orderflow_test_<pid>`` on
+that server and uses Redis db 9 (or the db named in the URL), flushed before each test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import create_engine, make_url, text
+
+from settings import get_settings
+
+TEST_REDIS_DB = 9
+
+# Short beat periods so recovery paths run within a test. Applied before any app module reads
+# settings; every child process inherits them through the environment.
+TEST_ENV = {
+    "SWEEP_INTERVAL_S": "0.5",
+    "EXPIRE_INTERVAL_S": "0.5",
+    "INTAKE_REDRIVE_S": "3",
+    "TASK_MAX_RETRIES": "3",
+}
+
+
+def _redis_test_url(url: str) -> str:
+    if url.startswith("redis://") or url.startswith("rediss://"):
+        head, _, path = url.rpartition("/")
+        if "//" in head and path.isdigit():
+            return url  # the caller chose a db
+        return url.rstrip("/") + f"/{TEST_REDIS_DB}"
+    return url  # embedded unix socket: the whole server is ours
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[dict[str, str]]:
+    """Database and Redis for the session; yields the URLs (also exported to os.environ)."""
+    saved = {k: os.environ.get(k) for k in [*TEST_ENV, "DATABASE_URL", "REDIS_URL", "API_KEYS"]}
+    os.environ.update(TEST_ENV)
+    os.environ["API_KEYS"] = f"test-{secrets.token_hex(8)},shop-a:shopkey-{secrets.token_hex(8)}"
+    get_settings.cache_clear()
+    from workers.embedded import embedded_services
+
+    with embedded_services():
+        base = get_settings()
+        assert base.database_url and base.redis_url
+        admin = create_engine(base.database_url, isolation_level="AUTOCOMMIT")
+        db_name = f"orderflow_test_{os.getpid()}_{secrets.token_hex(3)}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{db_name}"'))
+        test_url = make_url(base.database_url).set(database=db_name)
+        os.environ["DATABASE_URL"] = test_url.render_as_string(hide_password=False)
+        os.environ["REDIS_URL"] = _redis_test_url(base.redis_url)
+        get_settings.cache_clear()
+        from models.db import dispose_engine
+        from models.migrate import upgrade
+
+        dispose_engine()
+        upgrade()
+        try:
+            yield {"database_url": os.environ["DATABASE_URL"], "redis_url": os.environ["REDIS_URL"]}
+        finally:
+            dispose_engine()
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+            admin.dispose()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            get_settings.cache_clear()
+
+
+def redis_client() -> redis.Redis:
+    from workers.embedded import redis_client_url
+
+    return redis.Redis.from_url(redis_client_url(get_settings().effective_broker_url))
+
+
+@pytest.fixture
+def db(services: dict[str, str]) -> Iterator[None]:
+    """A clean database and an empty Redis db for this test."""
+    from models import Base
+    from models.db import get_engine
+
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with get_engine().begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    client = redis_client()
+    client.flushdb()
+    client.close()
+    yield
+
+
+@pytest.fixture
+def api_key(services: dict[str, str]) -> str:
+    return next(k for k, src in get_settings().api_key_map().items() if src == "*")
+
+
+@pytest.fixture
+def procs(services: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """A ProcessGroup for this test; everything it started is stopped (by pid) afterwards."""
+    from workers.procs import ProcessGroup
+
+    group = ProcessGroup(log_dir=tmp_path / "logs")
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def catalog(db: None) -> Callable[..., None]:
+    """Create products with stock: ``catalog({"SKU-1": 50}, price=1000, currency="CNY")``."""
+    from domain.money import Money
+    from services.catalog import receive_stock, upsert_product
+    from services.unit_of_work import unit_of_work
+
+    def make(
+        stock: dict[str, int], *, price: int = 1000, currency: str = "CNY", warehouse: str = "main"
+    ) -> None:
+        with unit_of_work() as session:
+            for sku, units in stock.items():
+                upsert_product(session, sku, f"Product {sku}", Money(price, currency))
+                if units:
+                    receive_stock(session, sku, warehouse, units, actor="test")
+
+    return make
+
+
+def order_message(
+    sku: str | list[tuple[str, int]] = "SKU-1",
+    quantity: int = 1,
+    *,
+    source: str = "web",
+    external_id: str | None = None,
+    currency: str = "CNY",
+    provider: str = "alipay",
+) -> dict[str, Any]:
+    """A valid order message; ``sku`` may be a list of (sku, quantity) lines."""
+    lines = sku if isinstance(sku, list) else [(sku, quantity)]
+    return {
+        "source": source,
+        "external_id": external_id or uuid.uuid4().hex,
+        "customer_ref": "cust-1",
+        "lines": [{"sku": s, "quantity": q} for s, q in lines],
+        "currency": currency,
+        "payment_provider": provider,
+        "shipping_address": {
+            "name": "Li Lei",
+            "phone": "+86 138 0000 0000",
+            "line1": "1 Test Road",
+            "city": "Shanghai",
+            "country": "CN",
+        },
+    }
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, every_s: float = 0.2) -> None:
+    """Poll ``predicate`` until true; fail the test with a clear message on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")

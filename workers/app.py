@@ -1,0 +1,10 @@
+"""The Celery application. Start a worker with ``celery -A workers.app worker -Q orders``."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("orderflow", include=["tasks.orders", "tasks.maintenance"])
+app.config_from_object("celeryconfig")
+
+from workers import signals  # noqa: E402,F401  (registers the worker signal handlers)

@@ -1,0 +1,143 @@
+"""Starting and stopping the processes of a local run (API, workers, beat) by their pid.
+
+Used by ``orderflow demo`` / ``orderflow up`` and the end-to-end tests, so every process a run
+starts is stopped by the same code: SIGTERM (Celery's warm shutdown), then SIGKILL after a grace
+period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from settings import PROJECT_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if not self.alive():
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class ProcessGroup:
+    """Processes started for one run, stopped together (in reverse order)."""
+
+    log_dir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str]) -> Proc:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        log = log_path.open("ab")
+        popen = subprocess.Popen(  # noqa: S603 - argv is built by orderflow itself
+            list(argv), cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def worker(
+        self, name: str, queues: str, *, concurrency: int = 2, pool: str = "prefork"
+    ) -> Proc:
+        return self.start(
+            name,
+            [
+                sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+                "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", f"{name}@%h",
+                "--without-gossip", "--without-mingle", "-l", "INFO",
+            ],
+        )  # fmt: skip
+
+    def beat(self, name: str = "beat") -> Proc:
+        schedule = self.log_dir / f"{name}-schedule"
+        return self.start(
+            name,
+            [
+                sys.executable, "-m", "celery", "-A", "workers.app", "beat",
+                "-s", str(schedule), "-l", "INFO",
+            ],
+        )  # fmt: skip
+
+    def api(self, port: int, name: str = "api") -> Proc:
+        proc = self.start(
+            name,
+            [
+                sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1",
+                "--port", str(port), "--log-level", "warning", "--workers", "1",
+            ],
+        )  # fmt: skip
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+
+def wait_http(url: str, proc: Proc | None = None, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def wait_worker_ready(proc: Proc, timeout_s: float = 60.0) -> None:
+    """Wait until the worker logged that it is ready to consume."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        if " ready." in proc.log_tail(200):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{proc.name} not ready within {timeout_s}s:\n{proc.log_tail()}")
