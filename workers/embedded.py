@@ -18,6 +18,7 @@ import contextlib
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ class EmbeddedServices:
         return self
 
     def _start_postgres(self) -> None:
+        # pgserver's platformdirs warns about XDG_RUNTIME_DIR on headless machines; harmless.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pgserver  # imported lazily: only the embedded default needs it
 
         # pgserver reference-counts handles across processes and reuses a running server with

@@ -1,0 +1,185 @@
+"""The ``orderflow`` command."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.common import command, console, fail, print_json
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="orderflow operations")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema")
+orders_app = typer.Typer(no_args_is_help=True, help="Inspect orders")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: tasks that failed for good")
+stock_app = typer.Typer(no_args_is_help=True, help="Stock counters and the ledger")
+app.add_typer(db_app, name="db")
+app.add_typer(orders_app, name="orders")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(stock_app, name="stock")
+
+
+@db_app.command("upgrade")
+@command
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision")) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from models.migrate import current_revision, upgrade
+
+    upgrade(revision)
+    console.print(f"database at revision [bold]{current_revision()}[/]")
+
+
+@app.command("intake")
+@command
+def intake(
+    file: Path = typer.Argument(..., help="JSONL file, one order message per line"),
+    no_enqueue: bool = typer.Option(False, help="Store only; the sweeper will process them"),
+) -> None:
+    """Import orders from a JSONL file; bad lines are reported with their line numbers."""
+    from cli.intake import import_jsonl
+
+    if not file.is_file():
+        raise fail(f"file: {file} does not exist or is not a file")
+    report = import_jsonl(file)
+    if report.created_ids and not no_enqueue:
+        from tasks.dispatch import enqueue_many
+
+        enqueue_many(("orders.process", oid) for oid in report.created_ids)
+    for number, reason in report.errors:
+        console.print(f"[red]line {number}:[/] {reason}")
+    console.print(
+        f"accepted {report.accepted}, already present {report.duplicates}, "
+        f"rejected {len(report.errors)}"
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@orders_app.command("show")
+@command
+def orders_show(order_id: str) -> None:
+    """An order with its lines and timeline."""
+    from services.queries import order_view
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        print_json(order_view(session, order_id))
+
+
+@orders_app.command("list")
+@command
+def orders_list(
+    status: str | None = typer.Option(None, help="Only this status"),
+    limit: int = typer.Option(50, min=1, max=10_000),
+) -> None:
+    """The newest orders (optionally of one status)."""
+    from sqlalchemy import select
+
+    from domain.orders import OrderStatus
+    from models import Order
+    from services.unit_of_work import unit_of_work
+
+    if status is not None and status not in OrderStatus.__members__:
+        raise fail(f"status: unknown status {status!r}; one of {', '.join(OrderStatus)}")
+    stmt = select(Order).order_by(Order.created_at.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(Order.status == status)
+    table = Table("id", "source", "external id", "status", "reason", "total", "created")
+    with unit_of_work() as session:
+        for o in session.scalars(stmt):
+            table.add_row(
+                o.id, o.source, o.external_id, o.status, o.reason or "",
+                f"{o.total_amount} {o.currency}", o.created_at.isoformat(timespec="seconds"),
+            )  # fmt: skip
+    console.print(table)
+
+
+@dlq_app.command("list")
+@command
+def dlq_list(limit: int = typer.Option(100, min=1)) -> None:
+    """Open dead letters."""
+    from services import dead_letters
+    from services.unit_of_work import unit_of_work
+
+    table = Table("id", "task", "order", "error", "attempts", "at")
+    with unit_of_work() as session:
+        for dl in dead_letters.list_open(session, limit):
+            table.add_row(
+                str(dl.id), dl.task_name, dl.order_id or "",
+                f"{dl.error_class.rsplit('.', 1)[-1]}: {dl.error_message[:80]}",
+                str(dl.attempts), dl.created_at.isoformat(timespec="seconds"),
+            )  # fmt: skip
+    console.print(table)
+
+
+@dlq_app.command("replay")
+@command
+def dlq_replay(dead_letter_id: int) -> None:
+    """Run a dead-lettered task again."""
+    from services import dead_letters
+    from services.unit_of_work import unit_of_work
+    from tasks.dispatch import enqueue
+
+    with unit_of_work() as session:
+        replay = dead_letters.replay(session, dead_letter_id, now=datetime.now(UTC), actor="cli")
+    options = {"queue": replay.queue} if replay.queue else {}
+    enqueue(replay.task_name, *replay.args, **options)
+    console.print(f"replayed dead letter {dead_letter_id} ({replay.task_name})")
+
+
+@dlq_app.command("discard")
+@command
+def dlq_discard(dead_letter_id: int) -> None:
+    """Mark a dead letter as handled without running it."""
+    from services import dead_letters
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        dead_letters.discard(session, dead_letter_id, now=datetime.now(UTC), actor="cli")
+    console.print(f"discarded dead letter {dead_letter_id}")
+
+
+@stock_app.command("report")
+@command
+def stock_report() -> None:
+    """On hand / reserved / available per SKU and warehouse, and the ledger drift check."""
+    from sqlalchemy import select
+
+    from models import Stock
+    from services.queries import stock_drift
+    from services.unit_of_work import unit_of_work
+
+    table = Table("sku", "warehouse", "on hand", "reserved", "available")
+    with unit_of_work() as session:
+        for s in session.scalars(select(Stock).order_by(Stock.sku, Stock.warehouse)):
+            table.add_row(
+                s.sku, s.warehouse, str(s.on_hand), str(s.reserved), str(s.on_hand - s.reserved)
+            )
+        drift = stock_drift(session)
+    console.print(table)
+    if drift:
+        console.print("[red]counters differ from the ledger:[/]")
+        print_json(drift)
+        raise typer.Exit(1)
+    console.print("[green]counters match the ledger[/]")
+
+
+@app.command("demo")
+def demo(
+    orders: int = typer.Option(1000, min=1, max=100_000, help="How many orders to push"),
+    payment_window: int = typer.Option(8, min=1, help="Seconds before unpaid orders expire"),
+    concurrency: int = typer.Option(16, min=1, max=256, help="Concurrent intake clients"),
+) -> None:
+    """Run the pipeline end to end on the embedded default (or configured servers)."""
+    from cli.demo import run_demo
+
+    try:
+        run_demo(orders=orders, payment_window_s=payment_window, concurrency=concurrency)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        raise fail(str(exc)) from None
+
+
+if __name__ == "__main__":
+    app()
