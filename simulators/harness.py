@@ -152,8 +152,12 @@ class SimulatorServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> SimulatorServer:
+        # A short poll interval makes stop() return quickly (the default is 0.5 s).
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"sim-{self.name}", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sim-{self.name}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -257,13 +261,17 @@ class SimulatorServer:
                     server.request_log.append((req.method, req.path, 0))
                     return
                 server.request_log.append((req.method, req.path, resp.status))
-                self.send_response(resp.status)
-                for key, value in resp.headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(resp.body)))
-                self.end_headers()
-                if resp.body:
-                    self.wfile.write(resp.body)
+                try:
+                    self.send_response(resp.status)
+                    for key, value in resp.headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(resp.body)))
+                    self.end_headers()
+                    if resp.body:
+                        self.wfile.write(resp.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client gave up (its read timeout fired), as real clients do.
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 

@@ -168,7 +168,9 @@ def order_message(
     }
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, every_s: float = 0.2) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float = 60.0, every_s: float = 0.2
+) -> None:
     """Poll ``predicate`` until true; fail the test with a clear message on timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -86,8 +86,16 @@ def _with_line(quantity):
         (b"", 400, "body"),
         ("[1, 2, 3]", 422, "body"),
     ],
-    ids=["no-lines", "no-address", "zero-qty", "negative-qty", "currency", "not-json", "empty",
-         "array"],  # fmt: skip
+    ids=[
+        "no-lines",
+        "no-address",
+        "zero-qty",
+        "negative-qty",
+        "currency",
+        "not-json",
+        "empty",
+        "array",
+    ],
 )
 def test_invalid_input_names_field_and_stores_nothing(client, api_key, body, status, field):
     r = post(client, body, api_key)
@@ -124,7 +132,9 @@ def test_key_bound_to_another_source_is_403(client):
 
 
 def test_unknown_order_is_404(client, api_key):
-    r = client.get("/v1/orders/00000000-0000-0000-0000-000000000000", headers={"X-API-Key": api_key})
+    r = client.get(
+        "/v1/orders/00000000-0000-0000-0000-000000000000", headers={"X-API-Key": api_key}
+    )
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 

@@ -128,4 +128,6 @@ def test_stalled_orders_are_redriven_with_backoff_of_deadline(catalog):
         got = claim_stalled(s, now=now() + timedelta(minutes=5), redrive_after_s=30, limit=10)
     assert got == [("orders.process", oid)]
     with unit_of_work() as s:  # deadline moved forward: not claimed again right away
-        assert claim_stalled(s, now=now() + timedelta(minutes=5), redrive_after_s=30, limit=10) == []
+        assert (
+            claim_stalled(s, now=now() + timedelta(minutes=5), redrive_after_s=30, limit=10) == []
+        )

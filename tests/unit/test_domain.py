@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,7 +44,7 @@ class TestTransitions:
     def test_happy_path_is_legal(self):
         path = ["RECEIVED", "RESERVED", "AWAITING_PAYMENT", "PAID", "SHIPPED", "IN_TRANSIT",
                 "DELIVERED", "COMPLETED"]  # fmt: skip
-        for a, b in zip(path, path[1:], strict=False):
+        for a, b in itertools.pairwise(path):
             assert ensure_transition(a, b) == OrderStatus(b)
 
     def test_backwards_and_from_final_refused(self):
@@ -65,7 +67,10 @@ class TestAllocation:
             {"A": {"east": 5, "west": 2}, "B": {"east": 0, "west": 1}},
             {"A": True, "B": True},
         )
-        assert {(a.sku, a.warehouse, a.quantity) for a in got} == {("A", "west", 2), ("B", "west", 1)}
+        assert {(a.sku, a.warehouse, a.quantity) for a in got} == {
+            ("A", "west", 2),
+            ("B", "west", 1),
+        }
 
     def test_splits_when_needed(self):
         got = allocate([Line("A", 6)], {"A": {"east": 4, "west": 3}}, {"A": True})
@@ -83,7 +88,10 @@ class TestAllocation:
         assert e.value.reason == "inactive_product"
 
     def test_merges_repeated_skus(self):
-        assert merge_lines([Line("B", 1), Line("A", 2), Line("B", 3)]) == [Line("A", 2), Line("B", 4)]
+        assert merge_lines([Line("B", 1), Line("A", 2), Line("B", 3)]) == [
+            Line("A", 2),
+            Line("B", 4),
+        ]
 
     @given(
         st.lists(st.tuples(st.sampled_from("ABCD"), st.integers(1, 20)), min_size=1, max_size=6),
@@ -98,7 +106,7 @@ class TestAllocation:
             got = allocate([Line(s, q) for s, q in lines], available, active)
         except OutOfStock:
             needed = merge_lines([Line(s, q) for s, q in lines])
-            assert any(sum(available.get(l.sku, {}).values()) < l.quantity for l in needed)
+            assert any(sum(available.get(n.sku, {}).values()) < n.quantity for n in needed)
             return
         for line in merge_lines([Line(s, q) for s, q in lines]):
             assert sum(a.quantity for a in got if a.sku == line.sku) == line.quantity

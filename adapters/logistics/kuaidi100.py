@@ -1,0 +1,396 @@
+"""Kuaidi100 (快递100) tracking adapter, and orderflow's own warehouse booking client.
+
+Kuaidi100 (provider-protocols.md §4)
+------------------------------------
+* **Query** ``POST query_url`` form ``customer``, ``param`` (JSON), ``sign`` with
+  ``sign = upper(MD5(param + key + customer))`` over the exact ``param`` string sent.
+  Success → :class:`TrackingResult` (events oldest first, ``raw_state`` kept). Failure bodies
+  ``{"result": false, "returnCode": …}``: 500 → PENDING result without events (no trace yet);
+  400 / 408 (phone needed) / 503 (bad signature) / 601 (quota) and unknown codes →
+  :class:`ProviderRejected`; 501 / 502 (server error / busy, also what a throttled number gets
+  from our simulator) → :class:`ProviderUnavailable`. Network errors, timeouts, HTTP 5xx and 429 →
+  :class:`ProviderUnavailable`.
+* **Subscribe** ``POST subscribe_url`` form ``schema=json``, ``param`` (JSON with the ``key``
+  inside; no separate sign). 200 → ``True``; 501 (already polling) → ``False``; 500 / 502 →
+  :class:`ProviderUnavailable`; 600 / 601 / 700 / 701 and unknown codes → :class:`ProviderRejected`.
+* **Push** form ``param`` + ``sign = upper(MD5(param + salt))``, verified in constant time before
+  anything is read (:class:`SignatureInvalid` otherwise). ``abort`` with "60天无变化" → EXPIRED.
+
+State codes are normalized by the one table :data:`STATE_TABLE` (§5 of the protocol doc).
+
+Warehouse booking — orderflow's contract
+----------------------------------------
+No public standard exists for booking with our warehouse/carrier, so this is the contract
+orderflow defines (the simulator in ``simulators/warehouse.py`` serves it):
+
+``POST {base_url}/v1/bookings``, header ``X-Api-Key: <api_key>``, JSON body::
+
+    {"order_id": "...", "idempotency_key": "...", "recipient": "...", "phone": "...",
+     "address": "...", "items": [{"sku": "...", "quantity": 1}, ...]}
+
+* ``200``/``201`` ``{"carrier": "yuantong", "waybill": "YT…"}`` — carrier is a Kuaidi100 code.
+  The same ``idempotency_key`` always returns the same waybill (a replay books nothing new).
+* ``4xx`` ``{"error": "<code>", "message": "..."}`` — refused (401 bad key, 409 same key with a
+  different body, 422 invalid field): :class:`ProviderRejected` with ``code`` = ``error``.
+* ``429``, ``5xx``, network errors and timeouts: :class:`ProviderUnavailable` (retry with the
+  same key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, NoReturn
+
+import requests
+
+from adapters.logistics.base import (
+    Booked,
+    BookShipment,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+    PushUpdate,
+    SignatureInvalid,
+    TrackingEvent,
+    TrackingResult,
+    TrackingStatus,
+)
+
+__all__ = [
+    "STATE_TABLE",
+    "Kuaidi100Config",
+    "Kuaidi100Provider",
+    "WarehouseBookingConfig",
+    "WarehouseBookingService",
+    "normalize_state",
+]
+
+_S = TrackingStatus
+
+#: Kuaidi100 ``state`` / ``statusCode`` → normalized status (basic and ``resultv2=4`` codes).
+#: 103 (picked up) is not in the §5 table; it is a sub-code of 1 (collected), so IN_TRANSIT.
+STATE_TABLE: Mapping[str, TrackingStatus] = {
+    **dict.fromkeys(
+        ("0", "1", "7", "10", "11", "12", "103", "1001", "1002", "1003"), _S.IN_TRANSIT
+    ),
+    **dict.fromkeys(("101", "102"), _S.INFO_RECEIVED),
+    "5": _S.OUT_FOR_DELIVERY,
+    "501": _S.AVAILABLE_FOR_PICKUP,
+    **dict.fromkeys(("3", "301", "302", "303", "304"), _S.DELIVERED),
+    **dict.fromkeys(("2", "4", "6", "13", "14", "401"), _S.EXCEPTION),
+}
+
+# With resultv2=1 (or none) an event carries a status *name* instead of a code.
+_STATUS_NAMES: Mapping[str, str] = {
+    "在途": "0",
+    "揽收": "1",
+    "疑难": "2",
+    "签收": "3",
+    "退签": "4",
+    "派件": "5",
+    "退回": "6",
+    "转投": "7",
+    "待清关": "10",
+    "清关中": "11",
+    "已清关": "12",
+    "清关异常": "13",
+    "拒签": "14",
+}
+
+_CHINA_TZ = timezone(timedelta(hours=8))  # Kuaidi100 times are Beijing time without an offset
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_EXPIRED_MARKER = "60天无变化"
+
+_QUERY_TRANSIENT = frozenset({"501", "502"})  # server error / busy (and throttled numbers)
+_SUBSCRIBE_TRANSIENT = frozenset({"500", "502"})
+
+_PUSH_ACK = {"result": True, "returnCode": "200", "message": "成功"}
+_PUSH_NACK = {"result": False, "returnCode": "500", "message": "失败"}
+
+
+def normalize_state(code: str) -> TrackingStatus:
+    """Map a Kuaidi100 state/status code (or status name) to :class:`TrackingStatus`.
+
+    Unknown three-digit codes fall back to their parent code (the first digit: 2xx are problem
+    sub-codes, 3xx signed variants, …) so a new sub-code is not misread; anything else still
+    unknown counts as IN_TRANSIT, the mildest status that says "the parcel has a trace".
+    """
+    code = _STATUS_NAMES.get(code.strip(), code.strip())
+    if code in STATE_TABLE:
+        return STATE_TABLE[code]
+    if len(code) == 3 and code.isdigit() and code[0] in STATE_TABLE:
+        return STATE_TABLE[code[0]]
+    return _S.IN_TRANSIT
+
+
+def _md5_upper(text: str) -> str:
+    # MD5 is what the Kuaidi100 protocol mandates for both request and push signatures.
+    return hashlib.md5(text.encode("utf-8")).hexdigest().upper()  # noqa: S324
+
+
+def _compact_json(payload: Mapping[str, Any]) -> str:
+    """The exact ``param`` string sent (and signed): compact, UTF-8, key order preserved."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- HTTP plumbing shared by both clients ------------------------------------------------------
+
+
+def _post(
+    session: requests.Session,
+    provider: str,
+    url: str,
+    timeout: tuple[float, float],
+    **kwargs: Any,
+) -> requests.Response:
+    """POST and classify transport failures: anything that is not an HTTP answer, or an HTTP
+    5xx/429 answer, is :class:`ProviderUnavailable` (retry later)."""
+    try:
+        resp = session.post(url, timeout=timeout, **kwargs)
+    except requests.RequestException as exc:
+        raise ProviderUnavailable(provider, f"{type(exc).__name__}: {exc}") from exc
+    if resp.status_code >= 500 or resp.status_code == 429:
+        raise ProviderUnavailable(provider, f"HTTP {resp.status_code}", code=str(resp.status_code))
+    return resp
+
+
+def _json_object(provider: str, resp: requests.Response) -> dict[str, Any]:
+    """The body as a JSON object. Anything else is a garbled answer: transient on a 2xx/3xx,
+    a refusal on a 4xx (wrong URL or credentials will not fix themselves)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    message, code = f"unexpected answer (HTTP {resp.status_code})", str(resp.status_code)
+    if resp.status_code >= 400:
+        raise ProviderRejected(provider, message, code=code)
+    raise ProviderUnavailable(provider, message, code=code)
+
+
+def _fail(provider: str, code: str, message: str, transient: frozenset[str]) -> NoReturn:
+    """Raise the classified error for a Kuaidi100 ``returnCode`` failure."""
+    error: type[ProviderError] = ProviderUnavailable if code in transient else ProviderRejected
+    raise error(provider, message or "request failed", code=code)
+
+
+# -- Kuaidi100 -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kuaidi100Config:
+    query_url: str  # e.g. https://poll.kuaidi100.com/poll/query.do
+    subscribe_url: str  # e.g. https://poll.kuaidi100.com/poll
+    customer: str
+    key: str = field(repr=False)
+    callback_salt: str = field(repr=False)
+    resultv2: str = "4"  # advanced status codes + cities
+    connect_timeout: float = 3.05
+    read_timeout: float = 10
+
+
+class Kuaidi100Provider:
+    """:class:`~adapters.logistics.base.TrackingProvider` for Kuaidi100 (see module docstring)."""
+
+    name = "kuaidi100"
+
+    def __init__(self, config: Kuaidi100Config, session: requests.Session | None = None) -> None:
+        self._config = config
+        self._session = session or requests.Session()
+        self._timeout = (config.connect_timeout, config.read_timeout)
+
+    # -- query ---------------------------------------------------------------------------------
+    def query(self, carrier: str, waybill: str, phone: str | None = None) -> TrackingResult:
+        """Real-time query. PENDING without events when Kuaidi100 has no trace yet (500).
+
+        Raises :class:`ProviderUnavailable` (retry later) or :class:`ProviderRejected`.
+        """
+        param: dict[str, str] = {"com": carrier, "num": waybill}
+        if phone:
+            param["phone"] = phone
+        # Ask for newest-first explicitly: _tracking_result relies on that order for ties.
+        param.update(resultv2=self._config.resultv2, show="0", order="desc")
+        body = self._post_signed_query(_compact_json(param))
+        if body.get("result") is False or "returnCode" in body:
+            code = str(body.get("returnCode", ""))
+            if code == "500":
+                return TrackingResult(carrier, waybill, _S.PENDING, raw_state="", events=())
+            _fail(self.name, code, str(body.get("message", "")), _QUERY_TRANSIENT)
+        return _tracking_result(self.name, body, carrier, waybill)
+
+    def _post_signed_query(self, param: str) -> dict[str, Any]:
+        cfg = self._config
+        form = {
+            "customer": cfg.customer,
+            "param": param,
+            "sign": _md5_upper(param + cfg.key + cfg.customer),
+        }
+        resp = _post(self._session, self.name, cfg.query_url, self._timeout, data=form)
+        return _json_object(self.name, resp)
+
+    # -- subscribe -----------------------------------------------------------------------------
+    def subscribe(self, carrier: str, waybill: str, callback_url: str, phone: str | None) -> bool:
+        """Subscribe to pushes. True if newly subscribed, False if already polling (501)."""
+        cfg = self._config
+        # The salt makes Kuaidi100 sign its pushes; without it parse_push could verify nothing.
+        parameters = {
+            "callbackurl": callback_url,
+            "salt": cfg.callback_salt,
+            "resultv2": cfg.resultv2,
+        }
+        if phone:
+            parameters["phone"] = phone
+        param = {"company": carrier, "number": waybill, "key": cfg.key, "parameters": parameters}
+        form = {"schema": "json", "param": _compact_json(param)}
+        resp = _post(self._session, self.name, cfg.subscribe_url, self._timeout, data=form)
+        body = _json_object(self.name, resp)
+        code = str(body.get("returnCode", ""))
+        if code == "200" and body.get("result") is True:
+            return True
+        if code == "501":
+            return False
+        _fail(self.name, code, str(body.get("message", "")), _SUBSCRIBE_TRANSIENT)
+
+    # -- push ----------------------------------------------------------------------------------
+    def parse_push(self, form: Mapping[str, str]) -> PushUpdate:
+        """Verify ``sign`` over ``param`` with the callback salt, then parse the push.
+
+        Raises :class:`SignatureInvalid` when either field is missing or the sign differs;
+        nothing of ``param`` is read before that check.
+        """
+        param, sign = form.get("param"), form.get("sign")
+        if not param or not sign:
+            raise SignatureInvalid(self.name, "push without param or sign")
+        expected = _md5_upper(param + self._config.callback_salt).encode("ascii")
+        # Constant-time, so response timing leaks nothing about the expected sign.
+        if not hmac.compare_digest(expected, sign.strip().upper().encode("utf-8")):
+            raise SignatureInvalid(self.name, "push sign mismatch")
+        return self._push_update(param)
+
+    def _push_update(self, param: str) -> PushUpdate:
+        try:
+            payload = json.loads(param)
+        except ValueError as exc:
+            raise ProviderRejected(self.name, "signed push with malformed param") from exc
+        if not isinstance(payload, dict):
+            raise ProviderRejected(self.name, "signed push param is not an object")
+        status, message = str(payload.get("status", "")), str(payload.get("message", ""))
+        last = payload.get("lastResult")
+        result = None
+        if isinstance(last, dict):
+            carrier, waybill = str(last.get("com", "")), str(last.get("nu", ""))
+            result = _tracking_result(self.name, last, carrier, waybill)
+            if status == "abort" and _EXPIRED_MARKER in message:
+                result = replace(result, status=_S.EXPIRED)
+        return PushUpdate(push_status=status, message=message, result=result)
+
+    def push_reply(self, ok: bool) -> tuple[int, bytes, str]:
+        """The ack Kuaidi100 expects; anything but ``result: true`` makes it retry the push."""
+        status, payload = (200, _PUSH_ACK) if ok else (500, _PUSH_NACK)
+        return status, _compact_json(payload).encode("utf-8"), "application/json"
+
+
+def _tracking_result(
+    provider: str, body: Mapping[str, Any], carrier: str, waybill: str
+) -> TrackingResult:
+    """Parse a query-success body (or a push's ``lastResult``, same shape)."""
+    data = body.get("data") or []
+    if not isinstance(data, list):
+        raise ProviderUnavailable(provider, "tracking data is not a list")
+    # Provider order is newest first: reverse, then a stable sort keeps that order on equal times.
+    events = sorted((_event(provider, item) for item in reversed(data)), key=lambda e: e.at)
+    raw_state = str(body.get("state", ""))
+    if not events:
+        status = _S.PENDING
+    elif raw_state:
+        status = normalize_state(raw_state)
+    else:
+        status = events[-1].status
+    signed = str(body.get("ischeck", "0")) == "1"
+    return TrackingResult(carrier, waybill, status, raw_state, tuple(events), signed)
+
+
+def _event(provider: str, item: Any) -> TrackingEvent:
+    if not isinstance(item, dict):
+        raise ProviderUnavailable(provider, "tracking event is not an object")
+    raw_code = str(item.get("statusCode") or item.get("status") or "")
+    location = item.get("location") or item.get("areaName") or ""
+    return TrackingEvent(
+        at=_parse_time(provider, str(item.get("time") or item.get("ftime") or "")),
+        description=str(item.get("context", "")),
+        location=str(location),
+        status=normalize_state(raw_code) if raw_code else _S.IN_TRANSIT,
+        raw_code=raw_code,
+    )
+
+
+def _parse_time(provider: str, text: str) -> datetime:
+    try:
+        return datetime.strptime(text.strip(), _TIME_FORMAT).replace(tzinfo=_CHINA_TZ)
+    except ValueError as exc:
+        raise ProviderUnavailable(provider, f"unparseable event time {text!r}") from exc
+
+
+# -- warehouse booking ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WarehouseBookingConfig:
+    base_url: str  # e.g. https://warehouse.example.com (no trailing /v1)
+    api_key: str = field(repr=False)
+    connect_timeout: float = 3.05
+    read_timeout: float = 10
+
+
+class WarehouseBookingService:
+    """:class:`~adapters.logistics.base.BookingService` for orderflow's warehouse API
+    (contract in the module docstring)."""
+
+    name = "warehouse"
+
+    def __init__(
+        self, config: WarehouseBookingConfig, session: requests.Session | None = None
+    ) -> None:
+        self._config = config
+        self._session = session or requests.Session()
+        self._timeout = (config.connect_timeout, config.read_timeout)
+
+    def book(self, request: BookShipment) -> Booked:
+        """Book a shipment; a replay with the same idempotency key returns the same waybill."""
+        url = self._config.base_url.rstrip("/") + "/v1/bookings"
+        headers = {"X-Api-Key": self._config.api_key}
+        resp = _post(
+            self._session,
+            self.name,
+            url,
+            self._timeout,
+            json=_booking_body(request),
+            headers=headers,
+        )
+        body = _json_object(self.name, resp)
+        if resp.status_code >= 400:
+            code = str(body.get("error") or resp.status_code)
+            raise ProviderRejected(
+                self.name, str(body.get("message", "booking refused")), code=code
+            )
+        carrier, waybill = body.get("carrier"), body.get("waybill")
+        if not isinstance(carrier, str) or not isinstance(waybill, str) or not waybill:
+            raise ProviderUnavailable(self.name, "booking answer without carrier/waybill")
+        return Booked(carrier=carrier, waybill=waybill)
+
+
+def _booking_body(request: BookShipment) -> dict[str, Any]:
+    return {
+        "order_id": request.order_id,
+        "idempotency_key": request.idempotency_key,
+        "recipient": request.recipient_name,
+        "phone": request.phone,
+        "address": request.address,
+        "items": [{"sku": sku, "quantity": qty} for sku, qty in request.items],
+    }

@@ -1,0 +1,226 @@
+"""End to end: API / producer -> Redis -> real Celery worker processes -> PostgreSQL.
+
+No eager mode anywhere: workers are separate processes started by pid (``procs`` fixture), and
+every assertion reads the database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from models import DeadLetter, Order
+from services.unit_of_work import unit_of_work
+from tests.conftest import order_message, redis_client, wait_until
+from tests.helpers import assert_stock_consistent, reservations_per_order, status_counts, stock_of
+
+pytestmark = pytest.mark.e2e
+
+
+def start_api(procs):
+    from workers.procs import free_port
+
+    port = free_port()
+    procs.api(port)
+    return f"http://127.0.0.1:{port}"
+
+
+def start_worker(procs, name="w1", queues="orders,maintenance", concurrency=2):
+    from workers.procs import wait_worker_ready
+
+    proc = procs.worker(name, queues, concurrency=concurrency)
+    wait_worker_ready(proc)
+    return proc
+
+
+def post_many(base, api_key, messages, threads=32):
+    session = requests.Session()
+
+    def send(msg):
+        r = session.post(f"{base}/v1/orders", json=msg, headers={"X-API-Key": api_key}, timeout=60)
+        assert r.status_code in (200, 202), r.text
+        return r.json()["id"]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(send, messages))
+
+
+def settled(expected: int) -> bool:
+    c = status_counts()
+    return sum(c.values()) == expected and c.get("RECEIVED", 0) == 0
+
+
+def test_hot_sku_200_orders_stock_50(procs, catalog, api_key):
+    catalog({"HOT": 50})
+    base = start_api(procs)
+    start_worker(procs, concurrency=2)
+    post_many(base, api_key, [order_message("HOT", 1) for _ in range(200)], threads=50)
+    wait_until(lambda: settled(200), 120)
+    assert status_counts() == {"RESERVED": 50, "REJECTED": 150}
+    assert stock_of("HOT") == (50, 50)
+    with unit_of_work() as s:
+        reasons = set(s.scalars(select(Order.reason).where(Order.status == "REJECTED")))
+    assert reasons == {"out_of_stock"}
+    assert_stock_consistent()
+
+
+def test_eight_concurrent_producers_random_multi_sku(procs, catalog):
+    from producers.client import OrderProducer
+
+    skus = [f"M{i}" for i in range(8)]
+    catalog(dict.fromkeys(skus, 60))
+    start_worker(procs, concurrency=2)
+    start_worker(procs, name="w2", queues="orders", concurrency=2)
+    errors: list[BaseException] = []
+
+    def produce(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            with OrderProducer() as producer:
+                for _ in range(40):
+                    lines = [(s, rng.randint(1, 3)) for s in rng.sample(skus, rng.randint(1, 4))]
+                    producer.send(order_message(lines, source=f"producer-{seed}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    wait_until(lambda: settled(320), 180)
+    with unit_of_work() as s:
+        assert s.scalar(select(func.count()).select_from(DeadLetter)) == 0  # no deadlock escaped
+    counts = status_counts()
+    assert counts["RESERVED"] + counts.get("REJECTED", 0) == 320
+    assert_stock_consistent()
+
+
+def test_producer_duplicates_make_one_order(procs, catalog):
+    from producers.client import OrderProducer
+
+    catalog({"A": 10})
+    start_worker(procs)
+    msg = order_message("A", 1, external_id="same-one")
+    with OrderProducer() as producer:
+        for _ in range(20):
+            producer.send(msg)
+    wait_until(lambda: settled(1), 60)
+    time.sleep(1)  # let any straggling duplicate finish
+    assert status_counts() == {"RESERVED": 1}
+    assert stock_of("A") == (10, 1)
+
+
+def test_invalid_broker_message_becomes_dead_letter(procs, catalog):
+    """A message that bypassed producer validation is not dropped: it is a dead letter."""
+    from tasks.dispatch import enqueue
+
+    catalog({"A": 10})
+    start_worker(procs)
+    bad = order_message("A", 0)
+    enqueue("orders.intake", bad)
+    good = order_message("A", 1)
+    enqueue("orders.intake", good)
+    wait_until(lambda: settled(1), 60)
+    with unit_of_work() as s:
+        wait_until(lambda: s.scalar(select(func.count()).select_from(DeadLetter)) == 1, 30)
+    with unit_of_work() as s:
+        dl = s.scalars(select(DeadLetter)).one()
+    assert dl.task_name == "orders.intake" and "lines.0.quantity" in dl.error_message
+    assert dl.args[0]["external_id"] == bad["external_id"]
+
+
+def test_redis_flushed_after_500_accepted_all_recovered(procs, catalog, api_key):
+    """Orders accepted while no worker runs, then Redis loses everything: the sweeper re-drives
+    every stored order from its stage deadline."""
+    catalog({"R1": 300, "R2": 300})
+    base = start_api(procs)
+    ids = post_many(base, api_key, [order_message(random.choice(["R1", "R2"]), 1)
+                                   for _ in range(500)])  # fmt: skip
+    assert len(set(ids)) == 500
+    client = redis_client()
+    assert client.llen("orders") == 500  # the published messages ...
+    client.flushdb()  # ... are gone
+    client.close()
+    start_worker(procs)
+    procs.beat()
+    wait_until(lambda: settled(500), 180)
+    counts = status_counts()
+    assert counts.get("RESERVED", 0) + counts.get("REJECTED", 0) == 500
+    assert max(reservations_per_order().values()) == 1
+    assert_stock_consistent()
+
+
+def test_sigkill_worker_mid_batch_loses_nothing(procs, catalog, api_key):
+    catalog({"K1": 400, "K2": 400})
+    base = start_api(procs)
+    worker = start_worker(procs, concurrency=2)
+    procs.beat()
+    ids = post_many(base, api_key, [order_message([("K1", 1), ("K2", 1)]) for _ in range(300)])
+    # Kill the pool children while they work through the batch, twice.
+    killed = 0
+    for _ in range(2):
+        wait_until(lambda: status_counts().get("RECEIVED", 0) < 300, 60, 0.05)
+        for child in psutil.Process(worker.pid).children():
+            os.kill(child.pid, signal.SIGKILL)
+            killed += 1
+        time.sleep(0.3)
+    assert killed >= 2
+    wait_until(lambda: settled(300), 180)
+    per_order = reservations_per_order()
+    assert set(per_order) <= set(ids)
+    # K1 and K2 ledger rows for each reserved order, never more.
+    assert all(n == 2 for n in per_order.values())
+    assert status_counts() == {"RESERVED": 300}
+    assert stock_of("K1") == (400, 300)
+    assert_stock_consistent()
+
+
+def test_unpaid_reservations_expire_via_beat(procs, catalog, api_key, monkeypatch):
+    monkeypatch.setenv("PAYMENT_WINDOW_S", "1")
+    catalog({"E": 10})
+    base = start_api(procs)
+    start_worker(procs)
+    procs.beat()
+    post_many(base, api_key, [order_message("E", 2) for _ in range(3)])
+    wait_until(lambda: status_counts() == {"EXPIRED": 3}, 60)
+    assert stock_of("E") == (10, 0)
+    assert_stock_consistent()
+
+
+def test_cli_jsonl_intake_reports_bad_lines(procs, catalog, tmp_path):
+    catalog({"J": 10})
+    start_worker(procs)
+    good = [order_message("J", 1) for _ in range(3)]
+    lines = [json.dumps(good[0]), "{oops", json.dumps(good[1]),
+             json.dumps(order_message("J", -1)), "", json.dumps(good[2])]  # fmt: skip
+    path = tmp_path / "orders.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "cli.main", "intake", str(path)],
+        capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "line 2:" in run.stdout and "not valid JSON" in run.stdout
+    assert "line 4:" in run.stdout and "lines.0.quantity" in run.stdout
+    assert "accepted 3" in run.stdout
+    assert "Traceback" not in run.stdout + run.stderr
+    wait_until(lambda: status_counts() == {"RESERVED": 3}, 60)
+    again = subprocess.run(
+        [sys.executable, "-m", "cli.main", "intake", str(path)],
+        capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+    )  # fmt: skip
+    assert "accepted 0, already present 3, rejected 2" in again.stdout
