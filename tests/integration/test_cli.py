@@ -1,0 +1,91 @@
+"""The orderflow CLI against real PostgreSQL: output and exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from sqlalchemy import select, text
+
+from models import DeadLetter
+from services import dead_letters
+from services.unit_of_work import unit_of_work
+from tests.conftest import redis_client
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_db_upgrade_reports_head(db):
+    from models.migrate import head_revision
+
+    run = cli("db", "upgrade")
+    assert run.returncode == 0, run.stderr
+    assert f"database at revision {head_revision()}" in run.stdout
+
+
+def test_stock_report_and_drift(catalog):
+    catalog({"A": 7})
+    run = cli("stock", "report")
+    assert run.returncode == 0
+    assert "A" in run.stdout and "7" in run.stdout and "counters match the ledger" in run.stdout
+    with unit_of_work() as s:  # corrupt a counter behind the ledger's back
+        s.execute(text("UPDATE stock SET on_hand = 9 WHERE sku = 'A'"))
+    run = cli("stock", "report")
+    assert run.returncode == 1
+    assert "counters differ from the ledger" in run.stdout and '"ledger_on_hand": 7' in run.stdout
+
+
+def test_unknown_order_is_one_line_error(db):
+    run = cli("orders", "show", "no-such-order")
+    assert run.returncode == 1
+    assert run.stderr.strip().startswith("error:") and "no-such-order" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_orders_list_rejects_unknown_status(db):
+    run = cli("orders", "list", "--status", "NOPE")
+    assert run.returncode == 1 and "status: unknown status" in run.stderr
+
+
+def test_intake_missing_file(db, tmp_path):
+    run = cli("intake", str(tmp_path / "missing.jsonl"))
+    assert run.returncode == 1 and "does not exist" in run.stderr
+
+
+def test_dlq_list_replay_discard(db):
+    with unit_of_work() as s:
+        ids = [
+            dead_letters.record(
+                s,
+                task_name="orders.process",
+                task_id=f"t{i}",
+                args=[f"order-{i}"],
+                kwargs={},
+                queue="orders",
+                error=RuntimeError("boom"),
+                attempts=4,
+                order_id=None,
+            )
+            for i in range(2)
+        ]
+    listed = cli("dlq", "list")
+    assert listed.returncode == 0 and "orders.process" in listed.stdout and "boom" in listed.stdout
+    replay = cli("dlq", "replay", str(ids[0]))
+    assert replay.returncode == 0, replay.stderr
+    client = redis_client()
+    assert client.llen("orders") == 1  # the task is back on its queue
+    client.close()
+    assert cli("dlq", "discard", str(ids[1])).returncode == 0
+    again = cli("dlq", "replay", str(ids[0]))
+    assert again.returncode == 1 and "already replayed" in again.stderr
+    with unit_of_work() as s:
+        assert sorted(s.scalars(select(DeadLetter.status))) == ["DISCARDED", "REPLAYED"]
