@@ -59,9 +59,9 @@ beat_schedule = {
         "schedule": _s.sweep_interval_s,
         "options": {"expires": _s.sweep_interval_s * 2},  # a stale tick is useless
     },
-    "expire-reservations": {
-        "task": "maintenance.expire_reservations",
-        "schedule": _s.expire_interval_s,
-        "options": {"expires": _s.expire_interval_s * 2},
+    "poll-payments": {
+        "task": "maintenance.poll_payments",
+        "schedule": _s.payment_poll_interval_s,
+        "options": {"expires": _s.payment_poll_interval_s * 2},
     },
 }

@@ -47,7 +47,6 @@ class Settings(BaseSettings):
         30, ge=1, description="A RECEIVED order untouched this long is re-driven by the sweeper"
     )
     sweep_interval_s: float = Field(5.0, gt=0, description="Beat period of the stage sweeper")
-    expire_interval_s: float = Field(5.0, gt=0, description="Beat period of reservation expiry")
     sweep_batch: int = Field(500, ge=1, description="Rows claimed per sweeper run")
     task_max_retries: int = Field(5, ge=0)
     task_soft_time_limit_s: int = 30
@@ -56,6 +55,46 @@ class Settings(BaseSettings):
         300, description="Redis redelivery timeout; must exceed every task's hard time limit"
     )
     default_warehouse: str = "main"
+    create_redrive_s: int = Field(
+        20, ge=1, description="A RESERVED order without a payment this long is re-driven"
+    )
+
+    # --- payments -----------------------------------------------------------------------------
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL providers send notifications to"
+    )
+    payment_poll_interval_s: float = Field(5.0, gt=0, description="Beat period of status polls")
+    payment_query_first_s: float = Field(
+        10.0, gt=0, description="First status query after create; doubles up to the max"
+    )
+    payment_query_max_s: float = Field(300.0, gt=0, description="Longest gap between queries")
+    reconcile_interval_s: float = Field(86400.0, gt=0, description="Beat period of reconcile")
+    reconcile_sample: int = Field(50, ge=0, description="Final payments re-checked per reconcile")
+    circuit_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive provider failures that open the circuit"
+    )
+    circuit_cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit waits")
+    provider_connect_timeout_s: float = 3.05
+    provider_read_timeout_s: float = 10.0
+
+    alipay_gateway_url: str = "https://openapi.alipay.com/gateway.do"
+    alipay_app_id: str | None = None
+    alipay_app_private_key_file: Path | None = Field(None, description="PEM, app private key")
+    alipay_public_key_file: Path | None = Field(None, description="PEM, Alipay public key")
+
+    wechatpay_base_url: str = "https://api.mch.weixin.qq.com"
+    wechatpay_mchid: str | None = None
+    wechatpay_appid: str | None = None
+    wechatpay_serial_no: str | None = Field(None, description="Merchant API certificate serial")
+    wechatpay_private_key_file: Path | None = Field(None, description="PEM, merchant API key")
+    wechatpay_api_v3_key: SecretStr | None = Field(None, description="32-byte APIv3 key")
+    wechatpay_platform_keys: str | None = Field(
+        None, description="serial=path.pem[,serial=path.pem]: WeChat Pay platform public keys"
+    )
+
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -21,9 +21,11 @@ from pydantic import ValidationError as PydanticValidationError
 from api.auth import require_api_key
 from api.errors import error_response
 from api.limits import BodySizeLimit
+from api.payments import router as payments_router
 from domain.errors import ConflictError, NotFound
 from producers.intake import accept
 from producers.schema import field_errors, parse_message
+from services.payments import payment_view
 from services.queries import order_view
 from services.unit_of_work import unit_of_work
 from settings import get_settings
@@ -48,6 +50,8 @@ def create_app() -> FastAPI:
             {"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()
         ]
         return error_response(422, "validation_failed", "request is invalid", details)
+
+    app.include_router(payments_router)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -94,7 +98,9 @@ def create_app() -> FastAPI:
     def get_order(order_id: str, _source: str = Depends(require_api_key)) -> Any:
         try:
             with unit_of_work() as session:
-                return order_view(session, order_id)
+                view = order_view(session, order_id)
+                view["payment"] = payment_view(session, order_id)
+                return view
         except NotFound:
             return error_response(404, "not_found", f"order {order_id} not found")
 

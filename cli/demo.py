@@ -25,7 +25,7 @@ from settings import get_settings
 
 DEMO_DB = "orderflow_demo"
 # (sku, units in stock, active): demand is spread so some SKUs run out and are rejected.
-CATALOG = [(f"SKU-{i:03d}", stock, True) for i, stock in enumerate([400] * 10 + [60] * 8)] + [
+CATALOG = [(f"SKU-{i:03d}", stock, True) for i, stock in enumerate([400] * 12 + [100] * 6)] + [
     ("SKU-OLD", 100, False)
 ]
 
@@ -100,7 +100,7 @@ def run_demo(*, orders: int, payment_window_s: int, concurrency: int) -> None:
         "API_KEYS": key,
         "PAYMENT_WINDOW_S": str(payment_window_s),
         "SWEEP_INTERVAL_S": "1",
-        "EXPIRE_INTERVAL_S": "1",
+        "PAYMENT_POLL_INTERVAL_S": "1",
         "INTAKE_REDRIVE_S": "10",
     }
     saved = {k: os.environ.get(k) for k in overrides}

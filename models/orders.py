@@ -49,6 +49,7 @@ class Order(Base):
     payment_provider: Mapped[str] = mapped_column(String(32))
     shipping_address: Mapped[Json]
     stage_deadline: Mapped[Timestamp | None]
+    payment_deadline: Mapped[Timestamp | None]  # set at reservation; unpaid orders expire then
     stage_attempts: Mapped[int] = mapped_column(server_default=text("0"))
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]

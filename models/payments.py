@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedAt, Currency, MinorUnits, Timestamp, UpdatedAt
@@ -15,17 +23,21 @@ class Payment(Base):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         UniqueConstraint("provider", "out_trade_no", name="uq_payments_provider_out_trade_no"),
+        Index("ix_payments_next_query_at", "next_query_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    # One payment per order: a retry reuses it (and its idempotency key), never a second one.
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), unique=True)
     provider: Mapped[str] = mapped_column(String(32))
     out_trade_no: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     amount: Mapped[MinorUnits]
     currency: Mapped[Currency]
+    refunded_amount: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     status: Mapped[str] = mapped_column(String(32))
     raw_status: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(String(500))
     provider_ref: Mapped[str | None] = mapped_column(String(128))
     instructions: Mapped[dict[str, Any] | None]
     paid_at: Mapped[Timestamp | None]
@@ -37,10 +49,14 @@ class Payment(Base):
 
 class Refund(Base):
     __tablename__ = "refunds"
-    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        Index("ix_refunds_next_query_at", "next_query_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    order_id: Mapped[str] = mapped_column(String(36), index=True)
     refund_no: Mapped[str] = mapped_column(String(64), unique=True)
     amount: Mapped[MinorUnits]
     currency: Mapped[Currency]
@@ -48,5 +64,7 @@ class Refund(Base):
     raw_status: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(String(200))
     provider_refund_ref: Mapped[str | None] = mapped_column(String(128))
+    next_query_at: Mapped[Timestamp | None]
+    actor: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]

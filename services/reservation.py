@@ -5,7 +5,8 @@ Contract of :func:`reserve_order` (call inside one unit of work):
 * the order row is locked first, then stock rows in key order (:mod:`services.locks`), so
   duplicates of the same task serialize and different orders never deadlock;
 * an order that is no longer RECEIVED is left alone (the task was a duplicate) — idempotent;
-* all lines are reserved or none; the order becomes RESERVED with a payment deadline, or
+* all lines are reserved or none; the order becomes RESERVED with a payment deadline (and a
+  short stage deadline by which the payment stage must have started), or
   REJECTED with ``out_of_stock`` / ``unknown_sku`` / ``inactive_product`` / ``currency_mismatch``.
 """
 
@@ -35,7 +36,7 @@ class ReserveOutcome:
 
 
 def reserve_order(
-    session: Session, order_id: str, *, now: datetime, payment_window_s: int
+    session: Session, order_id: str, *, now: datetime, payment_window_s: int, redrive_s: int = 30
 ) -> ReserveOutcome:
     order = session.scalars(
         select(Order).where(Order.id == order_id).with_for_update(of=Order)
@@ -73,7 +74,14 @@ def reserve_order(
     session.execute(
         update(Order)
         .where(Order.id == order_id, Order.status == OrderStatus.RECEIVED)
-        .values(status=target, total_amount=total, stage_deadline=expires_at, stage_attempts=0)
+        .values(
+            status=target,
+            total_amount=total,
+            payment_deadline=expires_at,
+            # The payment stage must start before this, or the sweeper re-drives it.
+            stage_deadline=min(now + timedelta(seconds=redrive_s), expires_at),
+            stage_attempts=0,
+        )
     )
     timeline.record(
         session,

@@ -1,101 +1,85 @@
-"""Beat jobs that keep the pipeline moving when messages are lost or customers never pay.
+"""The beat sweeper: keeps the pipeline moving when messages are lost or customers never pay.
 
-Both jobs claim rows with ``FOR UPDATE SKIP LOCKED`` in batches, so two beats (or two sweepers)
-running at once split the work instead of doing it twice, and a job never waits on a row a
-worker is busy with.
+:func:`sweep` claims orders whose stage deadline passed with ``FOR UPDATE SKIP LOCKED`` in
+batches, so two beats (or two sweepers) running at once split the work instead of doing it
+twice, and a sweep never waits on a row a worker is busy with. For each claimed order:
 
-* :func:`claim_stalled` — orders whose stage deadline passed while still waiting for a task
-  (RECEIVED): push the deadline forward and return their ids, for the task layer to re-enqueue
-  after commit. A redelivered duplicate is harmless because every task is idempotent.
-* :func:`expire_overdue` — reserved orders whose payment deadline passed: release the stock and
-  move them to EXPIRED.
+* RECEIVED — the reservation task was lost: re-enqueue ``orders.process``;
+* RESERVED / AWAITING_PAYMENT past the payment deadline — expire: with no payment at the
+  provider the stock is released here, in the batch; otherwise ``payments.expire`` closes the
+  trade first (a trade found paid is treated as paid);
+* RESERVED before the payment deadline — the payment task was lost: re-enqueue
+  ``payments.create`` (same idempotency key, so at most one charge).
+
+Claimed orders get a new stage deadline (a lease), so a follow-up that is itself lost is
+re-driven again later. Every task is idempotent, so a duplicate follow-up is harmless.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from domain.orders import OrderStatus, ensure_transition
-from models import Order
+from domain.orders import OrderStatus
+from models import Order, Payment
 from services import timeline
-from services.stock import release_reservations
+from services.payments import Followup, expire_order
 
-#: Statuses whose stage is driven by a queued task; the sweeper re-drives them when stalled.
-REDRIVEN: dict[OrderStatus, str] = {OrderStatus.RECEIVED: "orders.process"}
-
-#: Statuses that expire at their stage deadline (stock released, order EXPIRED).
-EXPIRING: tuple[OrderStatus, ...] = (OrderStatus.RESERVED,)
+SWEPT = (OrderStatus.RECEIVED, OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT)
 
 
-def _claim(session: Session, statuses: tuple[str, ...], now: datetime, limit: int) -> list[Order]:
+@dataclass
+class SweepResult:
+    followups: list[Followup] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+
+
+def _claim(session: Session, now: datetime, limit: int) -> list[Order]:
     return list(
         session.scalars(
             select(Order)
-            .where(Order.status.in_(statuses), Order.stage_deadline < now)
+            .where(Order.status.in_(SWEPT), Order.stage_deadline < now)
             .order_by(Order.stage_deadline)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True, of=Order)
         )
     )
 
 
-def claim_stalled(
-    session: Session, *, now: datetime, redrive_after_s: int, limit: int
-) -> list[tuple[str, str]]:
-    """Return ``(task_name, order_id)`` pairs to re-enqueue; their deadlines move forward."""
-    orders = _claim(session, tuple(REDRIVEN), now, limit)
+def sweep(session: Session, *, now: datetime, redrive_after_s: int, limit: int) -> SweepResult:
+    """Claim overdue orders and decide what happens to each (see the module docstring)."""
+    result = SweepResult()
+    orders = _claim(session, now, limit)
     if not orders:
-        return []
-    ids = [o.id for o in orders]
-    events = [
-        {
-            "order_id": o.id,
-            "kind": "redrive",
-            "from_status": o.status,
-            "to_status": o.status,
-            "detail": {"attempt": o.stage_attempts + 1},
-            "actor": "sweeper",
-        }
-        for o in orders
-    ]
-    redrives = [(REDRIVEN[OrderStatus(o.status)], o.id) for o in orders]
-    session.execute(
-        update(Order)
-        .where(Order.id.in_(ids))
-        .values(
-            stage_deadline=now + timedelta(seconds=redrive_after_s),
-            stage_attempts=Order.stage_attempts + 1,
+        return result
+    with_payment = set(
+        session.scalars(
+            select(Payment.order_id).where(Payment.order_id.in_([o.id for o in orders]))
         )
     )
-    timeline.record_many(session, events)
-    return redrives
+    for order in orders:
+        task = _decide(order, now, order.id in with_payment)
+        if task == "expire-now":
+            expire_order(session, order, now=now)
+            result.expired.append(order.id)
+            continue
+        timeline.record(
+            session, order.id, "redrive", from_status=order.status, to_status=order.status,
+            detail={"task": task, "attempt": order.stage_attempts + 1}, actor="sweeper",
+        )  # fmt: skip
+        order.stage_attempts += 1
+        order.stage_deadline = now + timedelta(seconds=redrive_after_s)
+        result.followups.append(Followup(task, order.id))
+    return result
 
 
-def expire_overdue(session: Session, *, now: datetime, limit: int) -> list[str]:
-    """Expire reserved orders past their payment deadline; returns the expired order ids."""
-    orders = _claim(session, EXPIRING, now, limit)
-    if not orders:
-        return []
-    ids = [o.id for o in orders]
-    events = [
-        {
-            "order_id": o.id,
-            "kind": "transition",
-            "from_status": o.status,
-            "to_status": ensure_transition(o.status, OrderStatus.EXPIRED),
-            "detail": {"reason": "payment_timeout"},
-            "actor": "sweeper",
-        }
-        for o in orders
-    ]
-    release_reservations(session, ids, now=now, reason="payment deadline passed")
-    session.execute(
-        update(Order)
-        .where(Order.id.in_(ids))
-        .values(status=OrderStatus.EXPIRED, reason="payment_timeout", stage_deadline=None)
-    )
-    timeline.record_many(session, events)
-    return ids
+def _decide(order: Order, now: datetime, has_payment: bool) -> str:
+    if order.status == OrderStatus.RECEIVED:
+        return "orders.process"
+    overdue = order.payment_deadline is None or order.payment_deadline <= now
+    if overdue:
+        return "payments.expire" if has_payment else "expire-now"
+    return "payments.create"

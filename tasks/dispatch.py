@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from services.payments import Followup
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,12 @@ def enqueue(task_name: str, *args: Any, **options: Any) -> None:
     app.send_task(task_name, args=list(args), **options)
 
 
-def enqueue_many(items: Iterable[tuple[str, str]]) -> int:
+def enqueue_followups(followups: Iterable[Followup]) -> int:
+    """Publish what a service asked for after its commit."""
+    return enqueue_many((f.task, f.arg) for f in followups)
+
+
+def enqueue_many(items: Iterable[tuple[str, str | int]]) -> int:
     """Publish ``(task_name, order_id)`` pairs over one producer connection; returns the count.
 
     A failure part-way is logged, not raised: the rows' stage deadlines were already moved

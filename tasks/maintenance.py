@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-from services.sweeper import claim_stalled, expire_overdue
+from services.sweeper import sweep as sweep_orders
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
-from tasks.dispatch import enqueue_many
+from tasks.dispatch import enqueue_followups
 from workers.app import app
 
 
 @app.task(name="maintenance.sweep", base=OrderflowTask, bind=True)
 def sweep(self: OrderflowTask) -> int:
-    """Re-drive orders whose stage deadline passed; returns how many were re-enqueued."""
+    """Re-drive stalled orders and expire unpaid ones; returns how many orders it acted on."""
     s = get_settings()
     try:
         with unit_of_work() as session:
-            redrives = claim_stalled(
+            result = sweep_orders(
                 session, now=utcnow(), redrive_after_s=s.intake_redrive_s, limit=s.sweep_batch
             )
     except Exception as exc:
         self.retry_or_fail(exc)
-    return enqueue_many(redrives)
-
-
-@app.task(name="maintenance.expire_reservations", base=OrderflowTask, bind=True)
-def expire_reservations(self: OrderflowTask) -> int:
-    """Release stock of reserved orders past their payment deadline; returns how many."""
-    s = get_settings()
-    try:
-        with unit_of_work() as session:
-            expired = expire_overdue(session, now=utcnow(), limit=s.sweep_batch)
-    except Exception as exc:
-        self.retry_or_fail(exc)
-    return len(expired)
+    return enqueue_followups(result.followups) + len(result.expired)

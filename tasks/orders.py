@@ -7,25 +7,31 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 
 from domain.errors import ValidationError
+from domain.orders import OrderStatus
 from producers.intake import accept_message
 from services.reservation import reserve_order
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
+from tasks.dispatch import enqueue
 from workers.app import app
 
 
 @app.task(name="orders.process", base=OrderflowTask, bind=True, order_id_arg=0)
 def process_order(self: OrderflowTask, order_id: str) -> str:
-    """Reserve stock for a RECEIVED order (a no-op for any other status)."""
+    """Reserve stock for a RECEIVED order (a no-op for any other status), then hand it to the
+    payment stage."""
+    s = get_settings()
     try:
         with unit_of_work() as session:
             outcome = reserve_order(
-                session, order_id, now=utcnow(), payment_window_s=get_settings().payment_window_s
-            )
+                session, order_id, now=utcnow(), payment_window_s=s.payment_window_s,
+                redrive_s=s.create_redrive_s,
+            )  # fmt: skip
     except Exception as exc:
         self.retry_or_fail(exc)
-    # The payment stage is enqueued here, after the commit, once it exists.
+    if outcome.changed and outcome.status == OrderStatus.RESERVED:
+        enqueue("payments.create", order_id)  # after the commit; the sweeper covers a loss
     return outcome.status
 
 

@@ -28,7 +28,8 @@ TEST_REDIS_DB = 9
 # settings; every child process inherits them through the environment.
 TEST_ENV = {
     "SWEEP_INTERVAL_S": "0.5",
-    "EXPIRE_INTERVAL_S": "0.5",
+    "PAYMENT_POLL_INTERVAL_S": "0.5",
+    "CREATE_REDRIVE_S": "3",
     "INTAKE_REDRIVE_S": "3",
     "TASK_MAX_RETRIES": "3",
 }

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from producers.intake import accept_message
 from services.reservation import reserve_order
-from services.sweeper import claim_stalled, expire_overdue
+from services.sweeper import sweep
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message
 from tests.helpers import assert_stock_consistent, reservations_per_order, status_counts, stock_of
@@ -99,15 +99,15 @@ def test_two_sweepers_expire_each_order_once(catalog):
     later = now() + timedelta(seconds=5)
     results: list[list[str]] = []
 
-    def sweep():
+    def run_sweeper():
         while True:
             with unit_of_work() as s:
-                got = expire_overdue(s, now=later, limit=7)
+                got = sweep(s, now=later, redrive_after_s=30, limit=7).expired
             if not got:
                 return
             results.append(got)
 
-    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    threads = [threading.Thread(target=run_sweeper) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -119,15 +119,24 @@ def test_two_sweepers_expire_each_order_once(catalog):
     assert_stock_consistent()
 
 
-def test_stalled_orders_are_redriven_with_backoff_of_deadline(catalog):
+def test_stalled_orders_are_redriven_and_leased(catalog):
     catalog({"A": 5})
     oid = accept_message(order_message("A"), channel="test").order_id
     with unit_of_work() as s:
-        assert claim_stalled(s, now=now(), redrive_after_s=30, limit=10) == []
+        assert sweep(s, now=now(), redrive_after_s=30, limit=10).followups == []
+    later = now() + timedelta(minutes=5)
     with unit_of_work() as s:
-        got = claim_stalled(s, now=now() + timedelta(minutes=5), redrive_after_s=30, limit=10)
-    assert got == [("orders.process", oid)]
+        got = sweep(s, now=later, redrive_after_s=30, limit=10).followups
+    assert [(f.task, f.arg) for f in got] == [("orders.process", oid)]
     with unit_of_work() as s:  # deadline moved forward: not claimed again right away
-        assert (
-            claim_stalled(s, now=now() + timedelta(minutes=5), redrive_after_s=30, limit=10) == []
-        )
+        assert sweep(s, now=later, redrive_after_s=30, limit=10).followups == []
+
+
+def test_reserved_order_without_payment_is_redriven_to_payment_stage(catalog):
+    catalog({"A": 5})
+    oid = accept_message(order_message("A"), channel="test").order_id
+    reserve(oid, window=600)
+    with unit_of_work() as s:
+        got = sweep(s, now=now() + timedelta(seconds=60), redrive_after_s=30, limit=10)
+    assert [(f.task, f.arg) for f in got.followups] == [("payments.create", oid)]
+    assert got.expired == []

@@ -1,0 +1,116 @@
+"""Builds the concrete adapters from settings. Services only ever see the Protocols.
+
+Each provider is built once per process (keys are parsed once) and shares a ``requests``
+session, so connections are pooled. A provider that is not configured raises
+:class:`ProviderRejected` with code ``not_configured`` — a clear error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+
+from adapters.errors import ProviderRejected
+from adapters.payments.alipay import AlipayConfig, AlipayProvider
+from adapters.payments.base import PaymentProvider
+from adapters.payments.stripe import StripeConfig, StripeProvider
+from adapters.payments.wechatpay import WeChatPayConfig, WeChatPayProvider
+from settings import Settings, get_settings
+
+T = TypeVar("T")
+
+PAYMENT_PROVIDERS = ("alipay", "wechatpay", "stripe")
+
+_lock = threading.Lock()
+_cache: dict[str, PaymentProvider] = {}
+
+
+def _require(value: T | None, name: str, provider: str) -> T:
+    if value is None:
+        raise ProviderRejected(provider, f"{name.upper()} is not set", code="not_configured")
+    return value
+
+
+def _read(path: Path | None, name: str, provider: str) -> bytes:
+    return _require(path, name, provider).read_bytes()
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _alipay(s: Settings) -> PaymentProvider:
+    config = AlipayConfig(
+        gateway_url=s.alipay_gateway_url,
+        app_id=_require(s.alipay_app_id, "alipay_app_id", "alipay"),
+        app_private_key_pem=_read(s.alipay_app_private_key_file, "alipay_app_private_key_file",
+                                  "alipay"),
+        alipay_public_key_pem=_read(s.alipay_public_key_file, "alipay_public_key_file", "alipay"),
+        connect_timeout=s.provider_connect_timeout_s,
+        read_timeout=s.provider_read_timeout_s,
+    )  # fmt: skip
+    return AlipayProvider(config, _session())
+
+
+def _platform_keys(spec: str | None) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for item in _require(spec, "wechatpay_platform_keys", "wechatpay").split(","):
+        serial, _, path = item.strip().partition("=")
+        keys[serial] = Path(path).read_bytes()
+    return keys
+
+
+def _wechatpay(s: Settings) -> PaymentProvider:
+    api_key = _require(s.wechatpay_api_v3_key, "wechatpay_api_v3_key", "wechatpay")
+    config = WeChatPayConfig(
+        base_url=s.wechatpay_base_url,
+        mchid=_require(s.wechatpay_mchid, "wechatpay_mchid", "wechatpay"),
+        appid=_require(s.wechatpay_appid, "wechatpay_appid", "wechatpay"),
+        merchant_serial_no=_require(s.wechatpay_serial_no, "wechatpay_serial_no", "wechatpay"),
+        merchant_private_key_pem=_read(s.wechatpay_private_key_file, "wechatpay_private_key_file",
+                                       "wechatpay"),
+        api_v3_key=api_key.get_secret_value().encode(),
+        platform_public_keys=_platform_keys(s.wechatpay_platform_keys),
+        connect_timeout=s.provider_connect_timeout_s,
+        read_timeout=s.provider_read_timeout_s,
+    )  # fmt: skip
+    return WeChatPayProvider(config, _session())
+
+
+def _stripe(s: Settings) -> PaymentProvider:
+    secret = _require(s.stripe_secret_key, "stripe_secret_key", "stripe")
+    webhook = _require(s.stripe_webhook_secret, "stripe_webhook_secret", "stripe")
+    config = StripeConfig(
+        api_base=s.stripe_api_base,
+        secret_key=secret.get_secret_value(),
+        webhook_secret=webhook.get_secret_value(),
+        connect_timeout=s.provider_connect_timeout_s,
+        read_timeout=s.provider_read_timeout_s,
+    )
+    return StripeProvider(config, _session())
+
+
+_BUILDERS = {"alipay": _alipay, "wechatpay": _wechatpay, "stripe": _stripe}
+
+
+def payment_provider(name: str) -> PaymentProvider:
+    """The configured adapter for ``name`` (built on first use in this process)."""
+    if name not in _BUILDERS:
+        raise ProviderRejected(name, "unknown payment provider", code="unknown_provider")
+    with _lock:
+        if name not in _cache:
+            _cache[name] = _BUILDERS[name](get_settings())
+        return _cache[name]
+
+
+def reset() -> None:
+    """Forget built adapters (settings changed, e.g. in tests)."""
+    with _lock:
+        _cache.clear()

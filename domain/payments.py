@@ -1,0 +1,66 @@
+"""Payment and refund statuses with their transition tables. Statuses only move forward.
+
+::
+
+    CREATING ─▶ PENDING ─▶ PAID ─▶ PARTIALLY_REFUNDED ─▶ REFUNDED
+        │          │        ▲  └──────────────────────────▲
+        └──────────┴─▶ CLOSED (a late payment after close still moves it to PAID: the money
+                              was taken, and the service refunds it)
+
+``CREATING`` means the idempotency key is stored and the provider call may or may not have
+happened; retrying the create with the same key is always safe.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class PaymentStatus(enum.StrEnum):
+    CREATING = "CREATING"
+    PENDING = "PENDING"
+    PAID = "PAID"
+    CLOSED = "CLOSED"
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
+    REFUNDED = "REFUNDED"
+
+
+P = PaymentStatus
+
+PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    P.CREATING: frozenset({P.PENDING, P.PAID, P.CLOSED}),
+    P.PENDING: frozenset({P.PAID, P.CLOSED}),
+    P.CLOSED: frozenset({P.PAID}),
+    P.PAID: frozenset({P.PARTIALLY_REFUNDED, P.REFUNDED}),
+    P.PARTIALLY_REFUNDED: frozenset({P.REFUNDED}),
+    P.REFUNDED: frozenset(),
+}
+
+#: Money has been taken at some point (refunds are tracked separately).
+CAPTURED: frozenset[PaymentStatus] = frozenset({P.PAID, P.PARTIALLY_REFUNDED, P.REFUNDED})
+
+
+def payment_can_move(current: PaymentStatus | str, target: PaymentStatus | str) -> bool:
+    """True if ``current -> target`` is a forward move. Staying put is not a move."""
+    return PaymentStatus(target) in PAYMENT_TRANSITIONS[PaymentStatus(current)]
+
+
+class RefundStatus(enum.StrEnum):
+    REQUESTED = "REQUESTED"  # stored with its refund number; provider not called yet
+    PENDING = "PENDING"  # the provider accepted it and is processing
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
+    RefundStatus.REQUESTED: frozenset(
+        {RefundStatus.PENDING, RefundStatus.SUCCEEDED, RefundStatus.FAILED}
+    ),
+    RefundStatus.PENDING: frozenset({RefundStatus.SUCCEEDED, RefundStatus.FAILED}),
+    RefundStatus.SUCCEEDED: frozenset(),
+    RefundStatus.FAILED: frozenset(),
+}
+
+
+def refund_can_move(current: RefundStatus | str, target: RefundStatus | str) -> bool:
+    return RefundStatus(target) in REFUND_TRANSITIONS[RefundStatus(current)]

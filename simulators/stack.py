@@ -1,0 +1,144 @@
+"""The three payment simulators together, with keys generated for the run.
+
+Used by ``orderflow demo`` and the end-to-end tests: :meth:`PaymentStack.start` generates the
+merchant keys (test-only, written 0600 into ``key_dir``, never committed), starts Alipay, WeChat
+Pay and Stripe simulators on 127.0.0.1, and exposes :attr:`env` — the settings orderflow's
+processes need to talk to them. :meth:`charges` and :meth:`refunds` read the simulators' own
+ledgers, which are the judge of "charged exactly once".
+
+Like every simulator, this imports nothing from ``adapters/``, ``services/`` or ``domain/``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from simulators.alipay import AlipaySimulator
+from simulators.stripe import StripeSimulator
+from simulators.wechatpay import WeChatPaySimulator
+
+PROVIDERS = ("alipay", "wechatpay", "stripe")
+
+
+def _keypair() -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class PaymentStack:
+    alipay: AlipaySimulator
+    wechatpay: WeChatPaySimulator
+    stripe: StripeSimulator
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, public_base_url: str, key_dir: Path) -> PaymentStack:
+        key_dir.mkdir(parents=True, exist_ok=True)
+        base = public_base_url.rstrip("/")
+        ali_private, ali_public = _keypair()
+        alipay = AlipaySimulator("2021000000000001", ali_public).start()
+        wx_private, wx_public = _keypair()
+        api_v3_key = secrets.token_hex(16).encode()  # 32 ASCII bytes, as WeChat issues them
+        wx_serial = secrets.token_hex(20).upper()
+        wechat = WeChatPaySimulator(
+            mchid="1900000001", appid="wx0000000000000001", merchant_serial_no=wx_serial,
+            merchant_public_key_pem=wx_public, api_v3_key=api_v3_key,
+        ).start()  # fmt: skip
+        stripe_secret = "sk_test_" + secrets.token_hex(16)
+        webhook_secret = "whsec_" + secrets.token_hex(16)
+        stripe = StripeSimulator(stripe_secret, webhook_secret, f"{base}/webhooks/stripe").start()
+        platform = _write(key_dir / "wechatpay-platform.pem", wechat.platform_public_key_pem)
+        env = {
+            "PUBLIC_BASE_URL": base,
+            "ALIPAY_GATEWAY_URL": alipay.gateway_url,
+            "ALIPAY_APP_ID": alipay.app_id,
+            "ALIPAY_APP_PRIVATE_KEY_FILE": str(_write(key_dir / "alipay-app.pem", ali_private)),
+            "ALIPAY_PUBLIC_KEY_FILE": str(
+                _write(key_dir / "alipay-public.pem", alipay.alipay_public_key_pem)
+            ),
+            "WECHATPAY_BASE_URL": wechat.url,
+            "WECHATPAY_MCHID": wechat.mchid,
+            "WECHATPAY_APPID": wechat.appid,
+            "WECHATPAY_SERIAL_NO": wx_serial,
+            "WECHATPAY_PRIVATE_KEY_FILE": str(
+                _write(key_dir / "wechatpay-merchant.pem", wx_private)
+            ),
+            "WECHATPAY_API_V3_KEY": api_v3_key.decode(),
+            "WECHATPAY_PLATFORM_KEYS": f"{wechat.platform_serial}={platform}",
+            "STRIPE_API_BASE": stripe.url,
+            "STRIPE_SECRET_KEY": stripe_secret,
+            "STRIPE_WEBHOOK_SECRET": webhook_secret,
+        }
+        return cls(alipay, wechat, stripe, env)
+
+    def stop(self) -> None:
+        self.alipay.stop()
+        self.wechatpay.stop()
+        self.stripe.stop()
+
+    def simulator(self, provider: str) -> Any:
+        return {"alipay": self.alipay, "wechatpay": self.wechatpay, "stripe": self.stripe}[provider]
+
+    def pay(self, provider: str, out_trade_no: str) -> None:
+        """The buyer pays (Stripe finds the PaymentIntent by its out_trade_no metadata)."""
+        self.simulator(provider).pay(out_trade_no)
+
+    def set_faults(self, **faults: Any) -> None:
+        self.alipay.set_faults(**faults)
+        self.wechatpay.set_faults(**faults)
+        self.stripe.set_faults(**faults)
+
+    def charges(self) -> Counter[tuple[str, str]]:
+        """How many times each (provider, out_trade_no) was charged, per the simulators."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for c in self.alipay.ledger()["charges"]:
+            counts["alipay", c["out_trade_no"]] += 1
+        for c in self.wechatpay.ledger()["charges"]:
+            counts["wechatpay", c["out_trade_no"]] += 1
+        ledger = self.stripe.ledger()
+        trade_of = {
+            pi["id"]: pi["metadata"].get("out_trade_no") for pi in ledger["payment_intents"]
+        }
+        for c in ledger["charges"]:
+            counts["stripe", trade_of[c["payment_intent"]]] += 1
+        return counts
+
+    def refunds(self) -> dict[tuple[str, str], int]:
+        """Total refunded per (provider, out_trade_no), in minor units."""
+        totals: Counter[tuple[str, str]] = Counter()
+        for r in self.alipay.ledger()["refunds"]:
+            totals["alipay", r["out_trade_no"]] += int(Decimal(r["amount"]) * 100)
+        for r in self.wechatpay.ledger()["refunds"]:
+            if r["status"] in ("SUCCESS", "PROCESSING"):
+                totals["wechatpay", r["out_trade_no"]] += int(r["amount"]["refund"])
+        ledger = self.stripe.ledger()
+        trade_of = {
+            pi["id"]: pi["metadata"].get("out_trade_no") for pi in ledger["payment_intents"]
+        }
+        for r in ledger["refunds"]:
+            if r["status"] in ("succeeded", "pending"):
+                totals["stripe", trade_of[r["payment_intent"]]] += int(r["amount"])
+        return dict(totals)

@@ -1,0 +1,127 @@
+"""Payment-stage tasks. Each one: prepare (transaction), call the provider (no transaction),
+finish (transaction), enqueue follow-ups after the commit. See :mod:`services.payments`."""
+
+from __future__ import annotations
+
+from domain.errors import ProviderRejected
+from services import payments
+from services.unit_of_work import unit_of_work
+from settings import get_settings
+from tasks.base import OrderflowTask, utcnow
+from tasks.dispatch import enqueue_followups
+from tasks.providers import CircuitOpen, call
+from workers.app import app
+
+
+@app.task(name="payments.create", base=OrderflowTask, bind=True, order_id_arg=0)
+def create_payment(self: OrderflowTask, order_id: str) -> str:
+    """Create the payment at the provider; RESERVED -> AWAITING_PAYMENT."""
+    s = get_settings()
+    try:
+        with unit_of_work() as session:
+            plan = payments.prepare_create(
+                session, order_id, now=utcnow(), notify_base_url=s.public_base_url,
+                redrive_s=s.create_redrive_s,
+            )  # fmt: skip
+        if plan is None:
+            return "noop"
+        try:
+            created = call(plan.provider, "create", order_id, lambda p: p.create(plan.request))
+        except CircuitOpen:
+            return "circuit_open"  # the sweeper re-drives it at the stage deadline
+        except ProviderRejected as exc:
+            with unit_of_work() as session:
+                payments.fail_create(session, order_id, exc)
+            return "rejected"
+        with unit_of_work() as session:
+            payments.finish_create(
+                session, order_id, created, now=utcnow(), first_query_s=s.payment_query_first_s
+            )
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    return "created"
+
+
+@app.task(name="payments.query", base=OrderflowTask, bind=True)
+def query_payment(self: OrderflowTask, payment_id: int) -> str:
+    """Poll the provider for a pending payment (the fallback when no notification came)."""
+    try:
+        with unit_of_work() as session:
+            plan = payments.prepare_query(session, payment_id)
+        if plan is None:
+            return "noop"
+        try:
+            status = call(plan.provider, "query", plan.order_id, lambda p: p.query(plan.request))
+        except CircuitOpen:
+            return "circuit_open"  # next poll tick tries again
+        with unit_of_work() as session:
+            followups = payments.finish_query(session, plan.order_id, status, now=utcnow())
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    enqueue_followups(followups)
+    return str(status.state)
+
+
+def _close(task: OrderflowTask, order_id: str) -> str:
+    try:
+        with unit_of_work() as session:
+            plan = payments.prepare_close(session, order_id, now=utcnow())
+        if plan is None:
+            return "noop"
+        try:
+            result = call(plan.provider, "close", order_id, lambda p: p.close(plan.request))
+        except CircuitOpen:
+            return "circuit_open"  # the sweeper comes back after the lease
+        with unit_of_work() as session:
+            followups = payments.finish_close(session, order_id, result, now=utcnow())
+    except Exception as exc:
+        task.retry_or_fail(exc)
+    enqueue_followups(followups)
+    return "closed" if result.closed else "paid"
+
+
+@app.task(name="payments.expire", base=OrderflowTask, bind=True, order_id_arg=0)
+def expire_payment(self: OrderflowTask, order_id: str) -> str:
+    """At the payment deadline: close the trade, then expire (or accept it if it was paid)."""
+    return _close(self, order_id)
+
+
+@app.task(name="payments.close", base=OrderflowTask, bind=True, order_id_arg=0)
+def close_payment(self: OrderflowTask, order_id: str) -> str:
+    """After a cancel: close the trade (a trade found paid is refunded)."""
+    return _close(self, order_id)
+
+
+@app.task(name="payments.refund", base=OrderflowTask, bind=True)
+def refund(self: OrderflowTask, refund_id: int) -> str:
+    """Carry out (or check on) a refund; the refund number makes repeats harmless."""
+    try:
+        with unit_of_work() as session:
+            plan = payments.prepare_refund(session, refund_id)
+        if plan is None:
+            return "noop"
+        req = plan.request
+        try:
+            result = call(plan.provider, "refund", plan.order_id, lambda p: p.refund(req))
+        except CircuitOpen:
+            return "circuit_open"  # the poll job re-drives it
+        with unit_of_work() as session:
+            payments.finish_refund(session, plan.order_id, req.refund_no, result, now=utcnow())
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    return str(result.state)
+
+
+@app.task(name="maintenance.poll_payments", base=OrderflowTask, bind=True)
+def poll_payments(self: OrderflowTask) -> int:
+    """Beat: enqueue status queries for pending payments and re-drive unfinished refunds."""
+    s = get_settings()
+    try:
+        with unit_of_work() as session:
+            followups = payments.claim_due(
+                session, now=utcnow(), limit=s.sweep_batch, first_s=s.payment_query_first_s,
+                max_s=s.payment_query_max_s,
+            )  # fmt: skip
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    return enqueue_followups(followups)

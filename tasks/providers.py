@@ -1,0 +1,80 @@
+"""Calling a payment provider from a task: circuit breaker, timing and the timeline entry.
+
+No transaction is open while the provider is called (DESIGN.md §3.5).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TypeVar
+
+import redis
+
+from adapters.circuit import CircuitBreaker
+from adapters.payments.base import PaymentProvider
+from adapters.registry import payment_provider
+from domain.errors import ProviderRejected, ProviderUnavailable
+from services import timeline
+from services.unit_of_work import unit_of_work
+from settings import get_settings
+from workers.embedded import redis_client_url
+
+T = TypeVar("T")
+
+
+class CircuitOpen(ProviderUnavailable):
+    """The provider's circuit is open: the call was not made. The order simply waits."""
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    s = get_settings()
+    assert s.redis_url
+    return redis.Redis.from_url(redis_client_url(s.redis_url), socket_timeout=2)
+
+
+def breaker(provider: str) -> CircuitBreaker:
+    s = get_settings()
+    return CircuitBreaker(_redis(), provider, s.circuit_failure_threshold, s.circuit_cooldown_s)
+
+
+def call(provider: str, operation: str, order_id: str, fn: Callable[[PaymentProvider], T]) -> T:
+    """Call ``fn(adapter)`` through the provider's circuit breaker.
+
+    Raises :class:`CircuitOpen` without calling when the circuit is open. A transient failure
+    is counted (and recorded on the order's timeline) and re-raised for the task to retry; a
+    business rejection counts as the provider being up.
+    """
+    cb = breaker(provider)
+    if not cb.allow():
+        raise CircuitOpen(provider, f"circuit open for {cb.retry_after_s():.1f}s")
+    started = time.perf_counter()
+    try:
+        result = fn(payment_provider(provider))
+    except ProviderUnavailable as exc:
+        opened = cb.record_failure()
+        _record(order_id, provider, operation, started, f"unavailable: {exc}", opened)
+        raise
+    except ProviderRejected as exc:
+        cb.record_success()
+        _record(order_id, provider, operation, started, f"rejected: {exc.code}", False)
+        raise
+    cb.record_success()
+    return result
+
+
+def _record(
+    order_id: str, provider: str, operation: str, started: float, outcome: str, opened: bool
+) -> None:
+    detail = {
+        "provider": provider,
+        "operation": operation,
+        "ms": round((time.perf_counter() - started) * 1000),
+        "outcome": outcome[:200],
+    }
+    if opened:
+        detail["circuit"] = "opened"
+    with unit_of_work() as session:
+        timeline.record(session, order_id, "provider_call", detail=detail)

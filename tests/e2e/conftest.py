@@ -1,0 +1,78 @@
+"""The running pipeline for payment tests: simulators, API, workers per queue and beat."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from settings import get_settings
+
+
+@dataclass
+class Pipeline:
+    base_url: str
+    api_key: str
+    stack: Any
+    procs: Any
+
+    def post_order(self, message: dict[str, Any]) -> str:
+        r = requests.post(f"{self.base_url}/v1/orders", json=message,
+                          headers={"X-API-Key": self.api_key}, timeout=30)  # fmt: skip
+        assert r.status_code in (200, 202), r.text
+        return str(r.json()["id"])
+
+    def get_order(self, order_id: str) -> dict[str, Any]:
+        r = requests.get(f"{self.base_url}/v1/orders/{order_id}",
+                         headers={"X-API-Key": self.api_key}, timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def post(self, path: str, body: dict[str, Any]) -> requests.Response:
+        return requests.post(f"{self.base_url}{path}", json=body,
+                             headers={"X-API-Key": self.api_key}, timeout=30)  # fmt: skip
+
+
+@pytest.fixture
+def pipeline_env(services, tmp_path, monkeypatch) -> Iterator[tuple[int, Any]]:
+    """Simulators started and their settings exported (no orderflow process started yet)."""
+    from adapters import registry
+    from simulators.stack import PaymentStack
+    from workers.procs import free_port
+
+    port = free_port()
+    stack = PaymentStack.start(f"http://127.0.0.1:{port}", tmp_path / "keys")
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    registry.reset()
+    try:
+        yield port, stack
+    finally:
+        stack.stop()
+        registry.reset()
+
+
+@pytest.fixture
+def start_pipeline(pipeline_env, procs, db, api_key):
+    """Call it (after any monkeypatched settings) to start API, workers and beat."""
+    from workers.procs import wait_worker_ready
+
+    port, stack = pipeline_env
+
+    def start(*, orders_concurrency: int = 2, payments_concurrency: int = 8) -> Pipeline:
+        get_settings.cache_clear()
+        procs.api(port)
+        workers = [
+            procs.worker("orders", "orders,maintenance", concurrency=orders_concurrency),
+            procs.worker("payments", "payments", concurrency=payments_concurrency, pool="threads"),
+        ]
+        procs.beat()
+        for w in workers:
+            wait_worker_ready(w)
+        return Pipeline(f"http://127.0.0.1:{port}", api_key, stack, procs)
+
+    return start
