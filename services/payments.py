@@ -175,6 +175,21 @@ def finish_create(
         order.stage_deadline = order.payment_deadline
 
 
+def rotate_create_key(session: Session, order_id: str) -> None:
+    """The provider replays a stored failure for the current key (``REPLAYED_FAILURE``): mint a
+    new one. Only while nothing the customer can pay was returned (payment still CREATING)."""
+    _lock_order(session, order_id)
+    payment = _lock_payment(session, order_id)
+    if payment is None or payment.status != PaymentStatus.CREATING:
+        return
+    prefix = f"pay-{payment.out_trade_no}"  # keys are pay-<no>, then pay-<no>-r1, -r2, ...
+    attempt = int(payment.idempotency_key.removeprefix(prefix).removeprefix("-r") or 0) + 1
+    payment.idempotency_key = f"{prefix}-r{attempt}"
+    timeline.record(
+        session, order_id, "payment", detail={"idempotency_key": "rotated", "attempt": attempt}
+    )
+
+
 def fail_create(session: Session, order_id: str, error: ProviderRejected) -> None:
     """The provider refused to create the payment: the order needs an operator."""
     order = _lock_order(session, order_id)

@@ -208,6 +208,7 @@ class Options:
     response_sign: str = "valid"  # valid | corrupt | missing | tamper (content changed after)
     close_paid_sub_code: str = "ACQ.TRADE_STATUS_ERROR"  # unconfirmed in the docs, so a knob
     qr_survives_close: bool = False  # a close before scan leaves the QR payable (race testing)
+    honour_time_expire: bool = True  # False: a trade stays payable past time_expire (clock skew)
     timestamp_tolerance_s: float | None = 900.0  # None disables the request timestamp check
     notify_copies: int = 1  # duplicates of each notification (same notify_id)
     notify_delay: float = 0.0  # seconds before the first delivery
@@ -563,6 +564,8 @@ class AlipaySimulator:
     # -- trade lookup ------------------------------------------------------------------------
     def _expire(self, trade: Trade) -> None:
         """Unpaid trades past ``time_expire`` close themselves, as Alipay's timeout does."""
+        if not self.options.honour_time_expire:
+            return
         if trade.status == "WAIT_BUYER_PAY" and trade.time_expire and _now() > trade.time_expire:
             trade.status, trade.closed_at = "TRADE_CLOSED", _ts()
 

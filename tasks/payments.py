@@ -3,7 +3,8 @@ finish (transaction), enqueue follow-ups after the commit. See :mod:`services.pa
 
 from __future__ import annotations
 
-from domain.errors import ProviderRejected
+from adapters.payments.base import REPLAYED_FAILURE
+from domain.errors import ProviderRejected, ProviderUnavailable
 from services import payments
 from services.unit_of_work import unit_of_work
 from settings import get_settings
@@ -33,6 +34,11 @@ def create_payment(self: OrderflowTask, order_id: str) -> str:
             with unit_of_work() as session:
                 payments.fail_create(session, order_id, exc)
             return "rejected"
+        except ProviderUnavailable as exc:
+            if exc.code == REPLAYED_FAILURE:
+                with unit_of_work() as session:
+                    payments.rotate_create_key(session, order_id)
+            raise
         with unit_of_work() as session:
             payments.finish_create(
                 session, order_id, created, now=utcnow(), first_query_s=s.payment_query_first_s

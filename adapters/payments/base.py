@@ -25,6 +25,7 @@ from adapters.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from domain.money import Money
 
 __all__ = [
+    "REPLAYED_FAILURE",
     "ClosePayment",
     "CloseResult",
     "CreatePayment",
@@ -44,6 +45,12 @@ __all__ = [
     "RefundState",
     "SignatureInvalid",
 ]
+
+
+#: ``ProviderUnavailable.code`` when a provider that stores responses per idempotency key (Stripe)
+#: replays a stored server error: retrying with the same key can never succeed, so the caller
+#: mints a new key. Safe for money: the failed attempt returned nothing the customer can pay.
+REPLAYED_FAILURE = "replayed_failure"
 
 
 class PaymentState(enum.StrEnum):

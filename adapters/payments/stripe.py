@@ -48,6 +48,7 @@ from typing import Any
 import requests
 
 from adapters.payments.base import (
+    REPLAYED_FAILURE,
     ClosePayment,
     CloseResult,
     CreatePayment,
@@ -169,6 +170,9 @@ def classify_error(response: requests.Response) -> ProviderError:
         retry = should_retry.lower() == "true"
     else:
         retry = status in (409, 429) or status >= 500 or code in _RETRYABLE_CODES
+    if retry and status >= 500 and response.headers.get("Idempotent-Replayed") == "true":
+        # Stripe replays a saved 5xx for the same key forever: the caller needs a new key.
+        return ProviderUnavailable(NAME, message, code=REPLAYED_FAILURE)
     error_cls = ProviderUnavailable if retry else ProviderRejected
     return error_cls(NAME, message, code=code or f"http_{status}")
 

@@ -54,3 +54,140 @@ def test_happy_path_through_each_provider(start_pipeline, catalog):
     }
     assert stock_of("P") == (10, 3)
     assert_stock_consistent()
+
+
+def timeline_kinds(view: dict, kind: str, to: str | None = None) -> int:
+    return sum(1 for e in view["timeline"] if e["kind"] == kind and (to is None or e["to"] == to))
+
+
+def test_eight_concurrent_duplicate_notifications_apply_once(start_pipeline, catalog):
+    catalog({"D": 10})
+    p = start_pipeline()
+    p.stack.alipay.configure(notify_copies=8)
+    p.stack.wechatpay.set_options(notify_copies=8)
+    p.stack.stripe.webhook_copies = 8
+    ids = {prov: p.post_order(order_message("D", 1, provider=prov)) for prov in PROVIDERS}
+    for prov, oid in ids.items():
+        wait_status(p, oid, "AWAITING_PAYMENT")
+        p.stack.pay(prov, out_trade_no(oid))
+    for oid in ids.values():
+        view = wait_status(p, oid, "PAID")
+        assert timeline_kinds(view, "transition", "PAID") == 1
+        assert timeline_kinds(view, "payment", "PAID") == 1
+    sims = {"alipay": p.stack.alipay.notifier, "wechatpay": p.stack.wechatpay.notifier,
+            "stripe": p.stack.stripe.notifier}  # fmt: skip
+    for prov, notifier in sims.items():
+        wait_until(lambda n=notifier: n.pending() == 0 and len(n.deliveries) >= 8, 30)
+        statuses = [status for _url, status, _attempt in notifier.deliveries]
+        assert len(statuses) >= 8, prov
+        assert all(s is not None and 200 <= s < 300 for s in statuses), (prov, statuses)
+    assert set(p.stack.charges().values()) == {1}
+
+
+def test_polling_confirms_when_no_notification_arrives(start_pipeline, catalog):
+    catalog({"Q": 5})
+    p = start_pipeline()
+    p.stack.stripe.webhook_url = None  # the provider never calls us back
+    oid = p.post_order(order_message("Q", 1, provider="stripe"))
+    wait_status(p, oid, "AWAITING_PAYMENT")
+    p.stack.pay("stripe", out_trade_no(oid))
+    view = wait_status(p, oid, "PAID", timeout_s=90)
+    assert timeline_kinds(view, "notification") == 0
+    assert any(e["kind"] == "payment" and (e["detail"] or {}).get("source") == "query"
+               for e in view["timeline"])  # fmt: skip
+
+
+def test_amount_mismatch_needs_attention(start_pipeline, catalog):
+    catalog({"M": 5}, price=1000)
+    p = start_pipeline()
+    oid = p.post_order(order_message("M", 1, provider="alipay"))
+    wait_status(p, oid, "AWAITING_PAYMENT")
+    p.stack.alipay.pay(out_trade_no(oid), amount="0.01")
+    view = wait_status(p, oid, "NEEDS_ATTENTION")
+    assert view["reason"] == "amount_mismatch"
+    assert view["payment"]["status"] == "PAID"  # money was taken; an operator decides
+
+
+def test_payment_after_expiry_is_refunded_once_and_stock_released_once(
+    start_pipeline, catalog, monkeypatch
+):
+    monkeypatch.setenv("PAYMENT_WINDOW_S", "3")
+    catalog({"X": 5})
+    p = start_pipeline()
+    # The buyer's app still shows the QR and Alipay's clock runs behind ours: the close finds no
+    # trade (never scanned), yet the buyer pays a moment later.
+    p.stack.alipay.configure(qr_survives_close=True, honour_time_expire=False)
+    oid = p.post_order(order_message("X", 2, provider="alipay"))
+    wait_status(p, oid, "AWAITING_PAYMENT")
+    view = wait_status(p, oid, "EXPIRED", timeout_s=60)
+    assert view["reason"] == "payment_timeout"
+    assert stock_of("X") == (5, 0)
+    p.stack.alipay.pay(out_trade_no(oid))  # the late payment
+    key = ("alipay", out_trade_no(oid))
+    wait_until(lambda: p.stack.refunds().get(key) == 2000, 60)
+    view = wait_status(p, oid, "EXPIRED")
+    wait_until(lambda: p.get_order(oid)["payment"]["status"] == "REFUNDED", 30)
+    assert p.stack.charges()[key] == 1
+    assert p.stack.refunds()[key] == 2000  # refunded once, in full
+    assert stock_of("X") == (5, 0)
+    assert_stock_consistent()
+
+
+def test_cancel_before_payment_closes_trade_and_releases_stock(start_pipeline, catalog):
+    catalog({"C": 5})
+    p = start_pipeline()
+    oid = p.post_order(order_message("C", 2, provider="wechatpay"))
+    wait_status(p, oid, "AWAITING_PAYMENT")
+    assert stock_of("C") == (5, 2)
+    r = p.post(f"/v1/orders/{oid}/cancel", {"reason": "customer changed mind"})
+    assert r.status_code == 202, r.text
+    assert stock_of("C") == (5, 0)
+    wait_until(lambda: p.get_order(oid)["payment"]["status"] == "CLOSED", 30)
+    ledger = p.stack.wechatpay.ledger()["orders"][out_trade_no(oid)]
+    assert ledger["trade_state"] == "CLOSED"
+    again = p.post(f"/v1/orders/{oid}/cancel", {})
+    assert again.status_code == 409 and again.json()["details"][0]["field"] == "status"
+    assert_stock_consistent()
+
+
+def test_cancel_after_payment_refunds_in_full(start_pipeline, catalog):
+    catalog({"R": 5}, price=1500)
+    p = start_pipeline()
+    oid = p.post_order(order_message("R", 2, provider="stripe"))
+    wait_status(p, oid, "AWAITING_PAYMENT")
+    p.stack.pay("stripe", out_trade_no(oid))
+    wait_status(p, oid, "PAID")
+    assert (
+        p.post(f"/v1/orders/{oid}/cancel", {"reason": "out of stock in store"}).status_code == 202
+    )
+    key = ("stripe", out_trade_no(oid))
+    wait_until(lambda: p.stack.refunds().get(key) == 3000, 30)
+    wait_until(lambda: p.get_order(oid)["payment"]["status"] == "REFUNDED", 30)
+    assert stock_of("R") == (5, 0)
+
+
+def test_partial_and_full_refunds_idempotent_by_number(start_pipeline, catalog):
+    catalog({"F": 5}, price=1000)
+    p = start_pipeline()
+    oid = p.post_order(order_message("F", 3, provider="alipay"))
+    wait_status(p, oid, "AWAITING_PAYMENT")
+    p.stack.pay("alipay", out_trade_no(oid))
+    wait_status(p, oid, "PAID")
+    first = p.post(f"/v1/orders/{oid}/refunds", {"amount": 1000, "refund_no": "rf-1"})
+    assert first.status_code == 202, first.text
+    repeat = p.post(f"/v1/orders/{oid}/refunds", {"amount": 1000, "refund_no": "rf-1"})
+    assert repeat.status_code == 202
+    conflict = p.post(f"/v1/orders/{oid}/refunds", {"amount": 500, "refund_no": "rf-1"})
+    assert conflict.status_code == 409
+    too_much = p.post(f"/v1/orders/{oid}/refunds", {"amount": 5000, "refund_no": "rf-2"})
+    assert too_much.status_code == 422 and too_much.json()["details"][0]["field"] == "amount"
+    key = ("alipay", out_trade_no(oid))
+    wait_until(lambda: p.stack.refunds().get(key) == 1000, 30)
+    wait_until(lambda: p.get_order(oid)["payment"]["status"] == "PARTIALLY_REFUNDED", 30)
+    rest = p.post(f"/v1/orders/{oid}/refunds", {"refund_no": "rf-2"})  # the remainder
+    assert rest.status_code == 202
+    wait_until(lambda: p.get_order(oid)["payment"]["status"] == "REFUNDED", 30)
+    assert p.stack.refunds()[key] == 3000
+    refunds = p.get_order(oid)["payment"]["refunds"]
+    assert sorted((r["refund_no"], r["amount"], r["status"]) for r in refunds) == [
+        ("rf-1", 1000, "SUCCEEDED"), ("rf-2", 2000, "SUCCEEDED")]  # fmt: skip

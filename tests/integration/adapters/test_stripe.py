@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from adapters.payments.base import (
+    REPLAYED_FAILURE,
     ClosePayment,
     CreatePayment,
     Notification,
@@ -252,8 +253,9 @@ def test_injected_500_is_saved_and_replayed_for_the_same_key(
     with pytest.raises(ProviderUnavailable):
         provider.create(req)
     sim.set_faults(error_rate=0.0)
-    with pytest.raises(ProviderUnavailable):  # Stripe replays the saved 500, no new execution
+    with pytest.raises(ProviderUnavailable) as replayed:  # the saved 500, no new execution
         provider.create(req)
+    assert replayed.value.code == REPLAYED_FAILURE  # tells the caller to mint a new key
     assert sim.ledger()["payment_intents"] == []
     assert [s for m, p, s in sim.request_log if p == "/v1/payment_intents"] == [500, 500]
     assert req.idempotency_key in sim.ledger()["idempotency_keys"]
