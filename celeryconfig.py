@@ -64,4 +64,9 @@ beat_schedule = {
         "schedule": _s.payment_poll_interval_s,
         "options": {"expires": _s.payment_poll_interval_s * 2},
     },
+    "reconcile-payments": {
+        "task": "maintenance.reconcile",
+        "schedule": _s.reconcile_interval_s,
+        "options": {"expires": 3600},
+    },
 }

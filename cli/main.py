@@ -15,10 +15,12 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema")
 orders_app = typer.Typer(no_args_is_help=True, help="Inspect orders")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: tasks that failed for good")
 stock_app = typer.Typer(no_args_is_help=True, help="Stock counters and the ledger")
+payments_app = typer.Typer(no_args_is_help=True, help="Payments, refunds and reconciliation")
 app.add_typer(db_app, name="db")
 app.add_typer(orders_app, name="orders")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(stock_app, name="stock")
+app.add_typer(payments_app, name="payments")
 
 
 @db_app.command("upgrade")
@@ -94,6 +96,70 @@ def orders_list(
                 f"{o.total_amount} {o.currency}", o.created_at.isoformat(timespec="seconds"),
             )  # fmt: skip
     console.print(table)
+
+
+@orders_app.command("cancel")
+@command
+def orders_cancel(
+    order_id: str,
+    reason: str = typer.Option("cancelled by operator", help="Recorded on the timeline"),
+) -> None:
+    """Cancel an order before it ships: stock released, payment closed or refunded."""
+    from services import payments
+    from services.unit_of_work import unit_of_work
+    from tasks.dispatch import enqueue_followups
+
+    with unit_of_work() as session:
+        followups = payments.cancel_order(
+            session, order_id, now=datetime.now(UTC), actor="cli", reason=reason
+        )
+    enqueue_followups(followups)
+    console.print(
+        f"cancelled {order_id}" + (" (closing/refunding the payment)" if followups else "")
+    )
+
+
+@payments_app.command("refund")
+@command
+def payments_refund(
+    order_id: str,
+    refund_no: str = typer.Option(..., help="Your refund number; the same number refunds once"),
+    amount: int | None = typer.Option(None, min=1, help="Minor units; default: all remaining"),
+    reason: str = typer.Option("refund by operator"),
+) -> None:
+    """Refund part or all of an order's payment (idempotent by refund number)."""
+    from services import payments
+    from services.unit_of_work import unit_of_work
+    from tasks.dispatch import enqueue_followups
+
+    with unit_of_work() as session:
+        followup = payments.refund_for_order(
+            session, order_id, amount=amount, refund_no=refund_no, reason=reason, actor="cli",
+            now=datetime.now(UTC),
+        )  # fmt: skip
+    enqueue_followups([followup] if followup else [])
+    console.print(f"refund {refund_no} for {order_id} requested")
+
+
+@payments_app.command("reconcile")
+@command
+def payments_reconcile(
+    sample: int = typer.Option(50, min=0, help="Final payments to re-check as well"),
+) -> None:
+    """Compare payments with the providers; fix what is safe, list what is not."""
+    from tasks.payments import run_reconcile
+
+    report = run_reconcile(sample)
+    table = Table("order", "provider", "out_trade_no", "ours", "provider says", "action")
+    for f in report.findings:
+        table.add_row(f.order_id, f.provider, f.out_trade_no, f.ours, f.theirs, f.action)
+    if report.findings:
+        console.print(table)
+    console.print(
+        f"checked {report.checked}, fixed {len(report.fixed)}, unresolved {len(report.unresolved)}"
+    )
+    if report.unresolved:
+        raise typer.Exit(1)
 
 
 @dlq_app.command("list")

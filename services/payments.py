@@ -73,7 +73,7 @@ class ProviderCall:
 # -- locking helpers ------------------------------------------------------------------------
 
 
-def _lock_order(session: Session, order_id: str) -> Order:
+def lock_order(session: Session, order_id: str) -> Order:
     order = session.scalars(
         select(Order).where(Order.id == order_id).with_for_update(of=Order)
     ).one_or_none()
@@ -82,7 +82,7 @@ def _lock_order(session: Session, order_id: str) -> Order:
     return order
 
 
-def _lock_payment(session: Session, order_id: str) -> Payment | None:
+def lock_payment(session: Session, order_id: str) -> Payment | None:
     return session.scalars(
         select(Payment).where(Payment.order_id == order_id).with_for_update()
     ).one_or_none()
@@ -123,10 +123,10 @@ def prepare_create(
     session: Session, order_id: str, *, now: datetime, notify_base_url: str, redrive_s: int
 ) -> ProviderCall | None:
     """Store the payment (and its idempotency key) for a RESERVED order; None if not needed."""
-    order = _lock_order(session, order_id)
+    order = lock_order(session, order_id)
     if order.status != OrderStatus.RESERVED or order.payment_deadline is None:
         return None
-    payment = _lock_payment(session, order_id)
+    payment = lock_payment(session, order_id)
     if payment is None:
         key = order.id.replace("-", "")  # 32 chars: fits every provider's merchant order number
         payment = Payment(
@@ -159,8 +159,8 @@ def finish_create(
     session: Session, order_id: str, created: PaymentCreated, *, now: datetime, first_query_s: float
 ) -> None:
     """Record the instructions; RESERVED -> AWAITING_PAYMENT (unless a webhook already paid it)."""
-    order = _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     if payment is None:
         raise NotFound(f"payment of order {order_id}")
     payment.provider_ref = payment.provider_ref or created.provider_ref
@@ -178,8 +178,8 @@ def finish_create(
 def rotate_create_key(session: Session, order_id: str) -> None:
     """The provider replays a stored failure for the current key (``REPLAYED_FAILURE``): mint a
     new one. Only while nothing the customer can pay was returned (payment still CREATING)."""
-    _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     if payment is None or payment.status != PaymentStatus.CREATING:
         return
     prefix = f"pay-{payment.out_trade_no}"  # keys are pay-<no>, then pay-<no>-r1, -r2, ...
@@ -192,8 +192,8 @@ def rotate_create_key(session: Session, order_id: str) -> None:
 
 def fail_create(session: Session, order_id: str, error: ProviderRejected) -> None:
     """The provider refused to create the payment: the order needs an operator."""
-    order = _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     if payment is not None:
         payment.last_error = str(error)[:500]
         _move_payment(session, payment, PaymentStatus.CLOSED, error=error.code)
@@ -286,8 +286,8 @@ def apply_notification(
     )
     if order_id is None:
         return []  # genuine, but not ours to act on (e.g. another system's trade)
-    order = _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     assert payment is not None
     timeline.record(
         session, order_id, "notification",
@@ -314,8 +314,8 @@ def prepare_query(session: Session, payment_id: int) -> ProviderCall | None:
 def finish_query(
     session: Session, order_id: str, status: ProviderStatus, *, now: datetime
 ) -> list[Followup]:
-    order = _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     assert payment is not None
     return apply_status(session, order, payment, status, now=now, source="query")
 
@@ -360,8 +360,8 @@ def claim_due(
 
 def prepare_close(session: Session, order_id: str, *, now: datetime) -> ProviderCall | None:
     """Before expiring or after cancelling: the trade to close at the provider, if any."""
-    order = _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     if payment is None or payment.status not in (PaymentStatus.CREATING, PaymentStatus.PENDING):
         # Nothing open at the provider: an overdue order can expire right away.
         overdue = order.payment_deadline is not None and order.payment_deadline <= now
@@ -388,8 +388,8 @@ def finish_close(
 ) -> list[Followup]:
     """Record a close. A trade that turned out paid is treated as paid (or refunded if the
     order is already over); a closed one lets an overdue order expire."""
-    order = _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     assert payment is not None
     if not result.closed:
         return apply_status(session, order, payment, result.status, now=now, source="close")
@@ -405,10 +405,10 @@ def cancel_order(
     session: Session, order_id: str, *, now: datetime, actor: str, reason: str
 ) -> list[Followup]:
     """Cancel before shipping: release stock now; close the trade or refund what was paid."""
-    order = _lock_order(session, order_id)
+    order = lock_order(session, order_id)
     if order.status not in CANCELLABLE:
         raise ConflictError(f"order {order_id} is {order.status} and can no longer be cancelled")
-    payment = _lock_payment(session, order_id)
+    payment = lock_payment(session, order_id)
     release_reservations(session, [order.id], now=now, reason=f"cancelled: {reason}")
     order.reason = "cancelled"
     order.stage_deadline = None
@@ -486,8 +486,8 @@ def refund_for_order(
     now: datetime,
 ) -> Followup | None:
     """The API/CLI entry point for a refund of an order's payment."""
-    order = _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     if payment is None:
         raise ValidationError("order", "order has no payment")
     return request_refund(
@@ -513,8 +513,8 @@ def prepare_refund(session: Session, refund_id: int) -> ProviderCall | None:
 def finish_refund(
     session: Session, order_id: str, refund_no: str, result: RefundResult, *, now: datetime
 ) -> None:
-    _lock_order(session, order_id)
-    payment = _lock_payment(session, order_id)
+    lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
     refund = session.scalars(
         select(Refund).where(Refund.refund_no == refund_no).with_for_update()
     ).one()

@@ -133,7 +133,7 @@ class PaymentStack:
             totals["alipay", r["out_trade_no"]] += int(Decimal(r["amount"]) * 100)
         for r in self.wechatpay.ledger()["refunds"]:
             if r["status"] in ("SUCCESS", "PROCESSING"):
-                totals["wechatpay", r["out_trade_no"]] += int(r["amount"]["refund"])
+                totals["wechatpay", r["out_trade_no"]] += int(r["amount"])
         ledger = self.stripe.ledger()
         trade_of = {
             pi["id"]: pi["metadata"].get("out_trade_no") for pi in ledger["payment_intents"]

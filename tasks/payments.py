@@ -3,15 +3,20 @@ finish (transaction), enqueue follow-ups after the commit. See :mod:`services.pa
 
 from __future__ import annotations
 
-from adapters.payments.base import REPLAYED_FAILURE
+import logging
+
+from adapters.payments.base import REPLAYED_FAILURE, PaymentRef
+from adapters.payments.base import PaymentStatus as ProviderStatus
 from domain.errors import ProviderRejected, ProviderUnavailable
-from services import payments
+from services import payments, reconcile
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
 from tasks.dispatch import enqueue_followups
 from tasks.providers import CircuitOpen, call
 from workers.app import app
+
+log = logging.getLogger(__name__)
 
 
 @app.task(name="payments.create", base=OrderflowTask, bind=True, order_id_arg=0)
@@ -131,3 +136,28 @@ def poll_payments(self: OrderflowTask) -> int:
     except Exception as exc:
         self.retry_or_fail(exc)
     return enqueue_followups(followups)
+
+
+def run_reconcile(sample: int) -> reconcile.ReconcileReport:
+    """Reconcile through the circuit breakers; refunds it creates are enqueued after commit."""
+
+    def query(provider: str, order_id: str, ref: PaymentRef) -> ProviderStatus:
+        return call(provider, "reconcile", order_id, lambda p: p.query(ref))
+
+    report = reconcile.reconcile(unit_of_work, query, now=utcnow(), sample=sample)
+    enqueue_followups(report.followups)
+    return report
+
+
+@app.task(name="maintenance.reconcile", base=OrderflowTask, bind=True)
+def reconcile_payments(self: OrderflowTask) -> dict[str, int]:
+    """Beat (daily): reconcile payments with the providers; the summary is logged."""
+    try:
+        report = run_reconcile(get_settings().reconcile_sample)
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    summary = {"checked": report.checked, "fixed": len(report.fixed),
+               "unresolved": len(report.unresolved)}  # fmt: skip
+    for finding in report.unresolved:
+        log.warning("reconcile: %s", finding)
+    return summary

@@ -152,3 +152,54 @@ def test_fresh_correctly_signed_stripe_event_is_accepted(start_pipeline, catalog
                  "Stripe-Signature": f"t={now},v1={p.stack.stripe.sign(body, now)}"},
     )  # fmt: skip
     assert r.status_code == 200, r.text
+
+
+def test_provider_down_opens_circuit_orders_wait_then_pay(start_pipeline, catalog, monkeypatch):
+    monkeypatch.setenv("CIRCUIT_FAILURE_THRESHOLD", "3")
+    monkeypatch.setenv("CIRCUIT_COOLDOWN_S", "3")
+    catalog({"W": 20})
+    p = start_pipeline()
+    p.stack.wechatpay.server.set_faults(error_rate=1.0)
+    ids = [p.post_order(order_message("W", 1, provider="wechatpay")) for _ in range(5)]
+
+    def circuit_opened() -> bool:
+        return any(
+            (e["detail"] or {}).get("circuit") == "opened"
+            for oid in ids for e in p.get_order(oid)["timeline"]
+        )  # fmt: skip
+
+    wait_until(circuit_opened, 60)
+    time.sleep(2)
+    assert status_counts() == {"RESERVED": 5}  # waiting, not failed
+    p.stack.wechatpay.server.set_faults(error_rate=0.0)
+    auto_pay(p.stack, 100)
+    wait_until(lambda: status_counts() == {"PAID": 5}, 120, 0.5)
+    assert_charged_exactly_once(p, ids)
+
+
+def test_reconcile_fixes_paid_at_provider_and_reports_what_it_cannot(
+    start_pipeline, catalog, monkeypatch
+):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PAYMENT_QUERY_FIRST_S", "3600")  # no polling: only reconcile can tell
+    catalog({"Z": 5})
+    p = start_pipeline()
+    p.stack.stripe.webhook_url = None  # and no notification
+    paid_there = p.post_order(order_message("Z", 1, provider="stripe"))
+    phantom = p.post_order(order_message("Z", 1, provider="stripe"))
+    for oid in (paid_there, phantom):
+        wait_until(lambda o=oid: p.get_order(o)["status"] == "AWAITING_PAYMENT", 60)
+    p.stack.pay("stripe", paid_there.replace("-", ""))
+    with unit_of_work() as s:  # a row that claims money the provider never took
+        from sqlalchemy import text
+
+        s.execute(text("UPDATE payments SET status = 'PAID' WHERE order_id = :o"), {"o": phantom})
+    run = subprocess.run([sys.executable, "-m", "cli.main", "payments", "reconcile"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "250"})  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "checked 2, fixed 1, unresolved 1" in run.stdout
+    assert "we recorded PAID, provider says PENDING" in run.stdout
+    assert p.get_order(paid_there)["status"] == "PAID"

@@ -191,3 +191,32 @@ def test_partial_and_full_refunds_idempotent_by_number(start_pipeline, catalog):
     refunds = p.get_order(oid)["payment"]["refunds"]
     assert sorted((r["refund_no"], r["amount"], r["status"]) for r in refunds) == [
         ("rf-1", 1000, "SUCCEEDED"), ("rf-2", 2000, "SUCCEEDED")]  # fmt: skip
+
+
+def test_cli_refund_and_cancel(start_pipeline, catalog):
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True,
+                              text=True, timeout=120, env=dict(os.environ))  # fmt: skip
+
+    catalog({"K": 5}, price=1000)
+    p = start_pipeline()
+    paid = p.post_order(order_message("K", 2, provider="wechatpay"))
+    unpaid = p.post_order(order_message("K", 1, provider="wechatpay"))
+    wait_status(p, paid, "AWAITING_PAYMENT")
+    wait_status(p, unpaid, "AWAITING_PAYMENT")
+    p.stack.pay("wechatpay", out_trade_no(paid))
+    wait_status(p, paid, "PAID")
+    too_much = cli("payments", "refund", paid, "--refund-no", "cli-0", "--amount", "99999")
+    assert too_much.returncode == 1 and "amount: must be between 1 and" in too_much.stderr
+    ok = cli("payments", "refund", paid, "--refund-no", "cli-1", "--amount", "500")
+    assert ok.returncode == 0, ok.stderr
+    key = ("wechatpay", out_trade_no(paid))
+    wait_until(lambda: p.stack.refunds().get(key) == 500, 30)
+    cancel = cli("orders", "cancel", unpaid, "--reason", "fraud check")
+    assert cancel.returncode == 0, cancel.stderr
+    assert p.get_order(unpaid)["status"] == "CANCELLED"
+    assert cli("orders", "cancel", unpaid).returncode == 1
