@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import requests
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,6 +25,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from cli.common import console
 from settings import get_settings
+from simulators.stack import PaymentStack
 
 DEMO_DB = "orderflow_demo"
 # (sku, units in stock, active): demand is spread so some SKUs run out and are rejected.
@@ -102,27 +106,93 @@ def run_demo(*, orders: int, payment_window_s: int, concurrency: int) -> None:
         "SWEEP_INTERVAL_S": "1",
         "PAYMENT_POLL_INTERVAL_S": "1",
         "INTAKE_REDRIVE_S": "10",
+        "CREATE_REDRIVE_S": "10",
     }
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
     get_settings.cache_clear()
     try:
-        with embedded_services(), _demo_database():
-            _run(orders, payment_window_s, concurrency, key)
+        with embedded_services(), _demo_database(), _payment_simulators() as stack:
+            _run(orders, concurrency, key, stack)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
+        _restore(saved)
 
 
-def _run(orders: int, payment_window_s: int, concurrency: int, key: str) -> None:
+def _restore(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    get_settings.cache_clear()
+
+
+@contextmanager
+def _payment_simulators() -> Iterator[PaymentStack]:
+    """Alipay, WeChat Pay and Stripe simulators with keys generated for this run."""
+    from workers.procs import free_port
+
+    port = free_port()
+    key_dir = Path(tempfile.mkdtemp(prefix="orderflow-demo-keys-"))
+    stack = PaymentStack.start(f"http://127.0.0.1:{port}", key_dir)
+    saved = {k: os.environ.get(k) for k in stack.env}
+    os.environ.update(stack.env)
+    os.environ["DEMO_API_PORT"] = str(port)
+    get_settings.cache_clear()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        _restore(saved)
+        os.environ.pop("DEMO_API_PORT", None)
+        shutil.rmtree(key_dir, ignore_errors=True)
+
+
+def _customer_decision(order_id: str) -> str:
+    """What the demo's customer does once asked to pay: mostly pay, sometimes walk away."""
+    roll = int(order_id.replace("-", "")[:8], 16) % 100
+    return "pay" if roll < 85 else "cancel" if roll < 90 else "abandon"
+
+
+class _Customers:
+    """Plays the customers: pays at the provider's simulator, cancels through the API."""
+
+    def __init__(self, stack: PaymentStack, base_url: str, key: str) -> None:
+        self.stack = stack
+        self.base_url = base_url
+        self.http = requests.Session()
+        self.http.headers["X-API-Key"] = key
+        self.handled: set[str] = set()
+
+    def act(self) -> None:
+        from sqlalchemy import select
+
+        from models import Order, Payment
+        from services.unit_of_work import unit_of_work
+
+        with unit_of_work() as session:
+            waiting = session.execute(
+                select(Order.id, Payment.provider, Payment.out_trade_no)
+                .join(Payment, Payment.order_id == Order.id)
+                .where(Order.status == "AWAITING_PAYMENT")
+            ).all()
+        for order_id, provider, trade in waiting:
+            if order_id in self.handled:
+                continue
+            self.handled.add(order_id)
+            decision = _customer_decision(order_id)
+            if decision == "pay":
+                self.stack.pay(provider, trade)
+            elif decision == "cancel":
+                url = f"{self.base_url}/v1/orders/{order_id}/cancel"
+                self.http.post(url, json={"reason": "customer changed their mind"}, timeout=30)
+
+
+def _run(orders: int, concurrency: int, key: str, stack: PaymentStack) -> None:
     from models.migrate import upgrade
     from services.queries import status_counts
     from services.unit_of_work import unit_of_work
-    from workers.procs import ProcessGroup, free_port, wait_worker_ready
+    from workers.procs import ProcessGroup, wait_worker_ready
 
     def counts() -> dict[str, int]:
         with unit_of_work() as session:
@@ -132,82 +202,98 @@ def _run(orders: int, payment_window_s: int, concurrency: int, key: str) -> None
     _seed()
     group = ProcessGroup(log_dir=get_settings().state_dir / "demo-logs")
     try:
-        port = free_port()
-        console.print("[bold]orderflow demo[/]: starting API, worker and beat ...")
+        port = int(os.environ["DEMO_API_PORT"])
+        console.print("[bold]orderflow demo[/]: starting API, workers, beat and simulators ...")
         group.api(port)
-        worker = group.worker("worker-orders", "orders,maintenance", concurrency=2)
+        workers = [
+            group.worker("worker-orders", "orders,maintenance", concurrency=2),
+            group.worker("worker-payments", "payments", concurrency=8, pool="threads"),
+        ]
         group.beat()
-        wait_worker_ready(worker)
-        url = f"http://127.0.0.1:{port}/v1/orders"
+        for w in workers:
+            wait_worker_ready(w)
+        base = f"http://127.0.0.1:{port}"
+        customers = _Customers(stack, base, key)
         rng = random.Random(42)
         messages = [_message(i, rng) for i in range(orders)]
-        columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+        columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())  # fmt: skip
-        session = requests.Session()
-        session.headers["X-API-Key"] = key
         with Progress(*columns, console=console) as progress:
-            t_intake = progress.add_task("intake", total=orders)
-            t_stock = progress.add_task("reserved", total=orders)
-            t_expiry = progress.add_task("expired", total=None)
+            stages = ("intake", "reserved/rejected", "payment started", "paid or closed")
+            bars = {name: progress.add_task(name, total=orders) for name in stages}
             started = time.monotonic()
 
             def post(msg: dict[str, object]) -> int:
-                code = session.post(url, json=msg, timeout=30).status_code
-                progress.advance(t_intake)
+                code = customers.http.post(f"{base}/v1/orders", json=msg, timeout=30).status_code
+                progress.advance(bars["intake"])
                 return code
 
             with ThreadPoolExecutor(concurrency) as pool:
                 codes = list(pool.map(post, messages))
-            intake_s = time.monotonic() - started
+            marks = {"intake": time.monotonic() - started}
             bad = [c for c in codes if c not in (200, 202)]
             if bad:
                 raise RuntimeError(f"{len(bad)} orders were refused by the API: {set(bad)}")
+            final = {"REJECTED", "PAID", "EXPIRED", "CANCELLED", "NEEDS_ATTENTION"}
             while True:
+                customers.act()
                 c = counts()
-                done = orders - c.get("RECEIVED", 0)
-                progress.update(t_stock, completed=done)
+                stocked = orders - c.get("RECEIVED", 0)
+                started_pay = stocked - c.get("RESERVED", 0)
+                done = sum(n for status, n in c.items() if status in final)
+                progress.update(bars["reserved/rejected"], completed=stocked)
+                progress.update(bars["payment started"], completed=started_pay)
+                progress.update(bars["paid or closed"], completed=done)
+                if stocked >= orders and "reserved" not in marks:
+                    marks["reserved"] = time.monotonic() - started
                 if done >= orders:
+                    marks["final"] = time.monotonic() - started
                     break
                 time.sleep(0.2)
-            stage_s = time.monotonic() - started
-            held = counts().get("RESERVED", 0)
-            progress.update(t_expiry, total=held)
-            while True:
-                c = counts()
-                progress.update(t_expiry, completed=c.get("EXPIRED", 0))
-                if c.get("RESERVED", 0) == 0:
-                    break
-                time.sleep(0.5)
-        _summary(orders, intake_s, stage_s, held, payment_window_s)
+        _summary(orders, marks, stack)
     finally:
         group.stop_all()
-        console.print("stopped API, worker and beat")
+        console.print("stopped API, workers, beat and simulators")
 
 
-def _summary(orders: int, intake_s: float, stage_s: float, held: int, window_s: int) -> None:
+def _summary(orders: int, marks: dict[str, float], stack: PaymentStack) -> None:
     from sqlalchemy import func, select
 
-    from models import Order
+    from models import Order, Payment
     from services.queries import stock_drift
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
         rows = session.execute(
-            select(Order.status, Order.reason, func.count())
-            .group_by(Order.status, Order.reason)
-            .order_by(Order.status, Order.reason)
+            select(Order.status, Order.reason, Order.payment_provider, func.count())
+            .group_by(Order.status, Order.reason, Order.payment_provider)
+            .order_by(Order.status, Order.reason, Order.payment_provider)
         ).all()
+        paid_here = dict(
+            session.execute(
+                select(Payment.provider, func.count())
+                .where(Payment.status.in_(["PAID", "PARTIALLY_REFUNDED", "REFUNDED"]))
+                .group_by(Payment.provider)
+            ).all()
+        )
         drift = stock_drift(session)
-    table = Table("status", "reason", "orders", title="outcome")
-    for status, reason, n in rows:
-        table.add_row(status, reason or "", str(n))
+    table = Table("status", "reason", "provider", "orders", title="outcome")
+    for status, reason, provider, n in rows:
+        table.add_row(status, reason or "", provider, str(n))
     console.print(table)
-    rates = Table("figure", "value", title="rates")
+    charges = stack.charges()
+    doubled = sum(1 for n in charges.values() if n > 1)
+    paid = sum(n for status, _r, _p, n in rows if status == "PAID")
+    rates = Table("figure", "value", title="rates and checks")
     rates.add_row("orders pushed", str(orders))
-    rates.add_row("intake (HTTP, stored)", f"{orders / intake_s:,.0f} orders/s")
-    rates.add_row("intake -> reserved/rejected", f"{orders / stage_s:,.0f} orders/s")
-    rates.add_row("reserved, then expired unpaid", f"{held} (window {window_s}s)")
+    rates.add_row("intake (HTTP, stored)", f"{orders / marks['intake']:,.0f} orders/s")
+    rates.add_row("intake -> reserved/rejected", f"{orders / marks['reserved']:,.0f} orders/s")
+    rates.add_row("intake -> final (paid/expired/...)", f"{orders / marks['final']:,.0f} orders/s")
+    rates.add_row("paid orders", f"{paid} ({paid / marks['final']:,.0f}/s incl. customer time)")
+    rates.add_row("charges at the simulators", f"{sum(charges.values())} "
+                  f"(by provider here: {dict(sorted(paid_here.items()))})")  # fmt: skip
+    rates.add_row("orders charged twice", str(doubled))
     rates.add_row("stock counters vs ledger", "match" if not drift else f"{len(drift)} DRIFT")
     console.print(rates)
-    if drift:
-        raise RuntimeError("stock counters differ from the ledger")
+    if drift or doubled:
+        raise RuntimeError("a correctness check failed (see the table above)")
