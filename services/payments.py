@@ -40,10 +40,11 @@ from adapters.payments.base import (
 from adapters.payments.base import PaymentStatus as ProviderStatus
 from domain.errors import ConflictError, NotFound, ProviderRejected, ValidationError
 from domain.money import Money
-from domain.orders import CANCELLABLE, OrderStatus, can_transition, ensure_transition
+from domain.orders import CANCELLABLE, OrderStatus, can_transition
 from domain.payments import CAPTURED, PaymentStatus, RefundStatus, payment_can_move, refund_can_move
 from models import Order, Payment, ProcessedNotification, Refund
 from services import timeline
+from services.order_state import lock_order, move_order
 from services.stock import release_reservations
 
 AWAITING = (OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT)
@@ -73,30 +74,10 @@ class ProviderCall:
 # -- locking helpers ------------------------------------------------------------------------
 
 
-def lock_order(session: Session, order_id: str) -> Order:
-    order = session.scalars(
-        select(Order).where(Order.id == order_id).with_for_update(of=Order)
-    ).one_or_none()
-    if order is None:
-        raise NotFound(f"order {order_id}")
-    return order
-
-
 def lock_payment(session: Session, order_id: str) -> Payment | None:
     return session.scalars(
         select(Payment).where(Payment.order_id == order_id).with_for_update()
     ).one_or_none()
-
-
-def _move_order(
-    session: Session, order: Order, target: OrderStatus, *, actor: str = "system", **detail: Any
-) -> None:
-    current = order.status
-    order.status = ensure_transition(current, target)
-    timeline.record(
-        session, order.id, "transition", from_status=current, to_status=target,
-        detail=detail or None, actor=actor,
-    )  # fmt: skip
 
 
 def _move_payment(session: Session, payment: Payment, target: PaymentStatus, **detail: Any) -> bool:
@@ -169,7 +150,7 @@ def finish_create(
     _move_payment(session, payment, PaymentStatus.PENDING)
     if order.status == OrderStatus.RESERVED:
         shown = sorted(created.instructions)  # the keys only: the timeline holds no secrets
-        _move_order(
+        move_order(
             session, order, OrderStatus.AWAITING_PAYMENT, provider=payment.provider, shown=shown
         )
         order.stage_deadline = order.payment_deadline
@@ -200,7 +181,7 @@ def fail_create(session: Session, order_id: str, error: ProviderRejected) -> Non
     if order.status == OrderStatus.RESERVED:
         order.reason = f"payment_rejected:{error.code or 'unknown'}"
         order.stage_deadline = None
-        _move_order(session, order, OrderStatus.NEEDS_ATTENTION, error=str(error)[:200])
+        move_order(session, order, OrderStatus.NEEDS_ATTENTION, error=str(error)[:200])
 
 
 # -- confirmation (webhooks and polling) ----------------------------------------------------
@@ -249,13 +230,13 @@ def _after_paid(
         detail = {"expected": str(expected), "paid": str(status.amount)}
         if can_transition(OrderStatus(order.status), OrderStatus.NEEDS_ATTENTION):
             order.stage_deadline = None
-            _move_order(session, order, OrderStatus.NEEDS_ATTENTION, **detail)
+            move_order(session, order, OrderStatus.NEEDS_ATTENTION, **detail)
         else:
             timeline.record(session, order.id, "attention", detail=detail)
         return []
     if order.status in AWAITING:
         order.stage_deadline = None
-        _move_order(session, order, OrderStatus.PAID, provider=payment.provider)
+        move_order(session, order, OrderStatus.PAID, provider=payment.provider)
         return []
     if order.status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
         refund_no = f"late-{payment.out_trade_no}"
@@ -380,7 +361,7 @@ def expire_order(session: Session, order: Order, *, now: datetime) -> None:
     release_reservations(session, [order.id], now=now, reason="payment deadline passed")
     order.reason = "payment_timeout"
     order.stage_deadline = None
-    _move_order(session, order, OrderStatus.EXPIRED, reason="payment_timeout")
+    move_order(session, order, OrderStatus.EXPIRED, reason="payment_timeout")
 
 
 def finish_close(
@@ -412,7 +393,7 @@ def cancel_order(
     release_reservations(session, [order.id], now=now, reason=f"cancelled: {reason}")
     order.reason = "cancelled"
     order.stage_deadline = None
-    _move_order(session, order, OrderStatus.CANCELLED, actor=actor, reason=reason)
+    move_order(session, order, OrderStatus.CANCELLED, actor=actor, reason=reason)
     if payment is None:
         return []
     if payment.status in CAPTURED:

@@ -25,6 +25,7 @@ from domain.money import Money
 from domain.payments import CAPTURED, PaymentStatus
 from models import Payment
 from services import payments, timeline
+from services.order_state import lock_order
 
 #: (provider, order id, ref) -> what the provider says; raises ProviderError when it cannot tell.
 QueryFn = Callable[[str, str, PaymentRef], ProviderStatus]
@@ -89,7 +90,7 @@ def judge(
     ):
         return f"report: provider amount {theirs.amount} differs from ours", []  # fmt: skip
     if paid_there and ours not in CAPTURED:
-        order = payments.lock_order(session, payment.order_id)
+        order = lock_order(session, payment.order_id)
         payment = payments.lock_payment(session, payment.order_id)
         assert payment is not None
         followups = payments.apply_status(session, order, payment, theirs, now=now,
