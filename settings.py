@@ -92,6 +92,39 @@ class Settings(BaseSettings):
         None, description="serial=path.pem[,serial=path.pem]: WeChat Pay platform public keys"
     )
 
+    # --- shipping and tracking ----------------------------------------------------------------
+    shipping_mode: str = Field(
+        "book",
+        pattern="^(book|manual)$",
+        description="book: book through the warehouse API; manual: wait for a registered waybill",
+    )
+    shipping_redrive_s: int = Field(
+        60, ge=1, description="A PAID order not booked this long is re-driven"
+    )
+    warehouse_booking_url: str = "http://127.0.0.1:9200"
+    warehouse_api_key: SecretStr | None = None
+    kuaidi100_query_url: str = "https://poll.kuaidi100.com/poll/query.do"
+    kuaidi100_subscribe_url: str = "https://poll.kuaidi100.com/poll"
+    kuaidi100_customer: str | None = None
+    kuaidi100_key: SecretStr | None = None
+    kuaidi100_callback_salt: SecretStr | None = Field(None, description="Signs Kuaidi100 pushes")
+    tracking_interval_s: float = Field(
+        10.0, gt=0, description="Beat period of the tracking scheduler"
+    )
+    tracking_batch: int = Field(200, ge=1, description="Shipments claimed per scheduler tick")
+    tracking_poll_chunk: int = Field(20, ge=1, description="Shipments polled per task")
+    tracking_time_scale: float = Field(
+        1.0, gt=0, description="Divides every tracking cadence (demo/tests compress time)"
+    )
+    tracking_min_interval_s: float = Field(
+        1800.0, gt=0, description="Never query one waybill more often (Kuaidi100 locks it)"
+    )
+    tracking_rate_per_s: float = Field(5.0, gt=0, description="Kuaidi100 queries/s per account")
+    tracking_burst: int = Field(10, ge=1, description="Token bucket burst for Kuaidi100 queries")
+    tracking_stale_after_s: float = Field(
+        3 * 86400.0, gt=0, description="No tracking update this long raises an alert"
+    )
+
     stripe_api_base: str = "https://api.stripe.com"
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None

@@ -14,6 +14,13 @@ from typing import TypeVar
 import requests
 
 from adapters.errors import ProviderRejected
+from adapters.logistics.base import BookingService, TrackingProvider
+from adapters.logistics.kuaidi100 import (
+    Kuaidi100Config,
+    Kuaidi100Provider,
+    WarehouseBookingConfig,
+    WarehouseBookingService,
+)
 from adapters.payments.alipay import AlipayConfig, AlipayProvider
 from adapters.payments.base import PaymentProvider
 from adapters.payments.stripe import StripeConfig, StripeProvider
@@ -26,6 +33,7 @@ PAYMENT_PROVIDERS = ("alipay", "wechatpay", "stripe")
 
 _lock = threading.Lock()
 _cache: dict[str, PaymentProvider] = {}
+_logistics: dict[str, BookingService | TrackingProvider] = {}
 
 
 def _require(value: T | None, name: str, provider: str) -> T:
@@ -110,7 +118,48 @@ def payment_provider(name: str) -> PaymentProvider:
         return _cache[name]
 
 
+def booking_service() -> BookingService:
+    """The warehouse/carrier booking service."""
+    with _lock:
+        if "booking" not in _logistics:
+            s = get_settings()
+            key = _require(s.warehouse_api_key, "warehouse_api_key", "warehouse")
+            config = WarehouseBookingConfig(
+                base_url=s.warehouse_booking_url,
+                api_key=key.get_secret_value(),
+                connect_timeout=s.provider_connect_timeout_s,
+                read_timeout=s.provider_read_timeout_s,
+            )
+            _logistics["booking"] = WarehouseBookingService(config, _session())
+        service = _logistics["booking"]
+        assert isinstance(service, BookingService)
+        return service
+
+
+def tracking_provider() -> TrackingProvider:
+    """The carrier-tracking provider (Kuaidi100)."""
+    with _lock:
+        if "tracking" not in _logistics:
+            s = get_settings()
+            key = _require(s.kuaidi100_key, "kuaidi100_key", "kuaidi100")
+            salt = _require(s.kuaidi100_callback_salt, "kuaidi100_callback_salt", "kuaidi100")
+            config = Kuaidi100Config(
+                query_url=s.kuaidi100_query_url,
+                subscribe_url=s.kuaidi100_subscribe_url,
+                customer=_require(s.kuaidi100_customer, "kuaidi100_customer", "kuaidi100"),
+                key=key.get_secret_value(),
+                callback_salt=salt.get_secret_value(),
+                connect_timeout=s.provider_connect_timeout_s,
+                read_timeout=s.provider_read_timeout_s,
+            )
+            _logistics["tracking"] = Kuaidi100Provider(config, _session())
+        provider = _logistics["tracking"]
+        assert isinstance(provider, TrackingProvider)
+        return provider
+
+
 def reset() -> None:
     """Forget built adapters (settings changed, e.g. in tests)."""
     with _lock:
         _cache.clear()
+        _logistics.clear()

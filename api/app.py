@@ -22,11 +22,13 @@ from api.auth import require_api_key
 from api.errors import error_response
 from api.limits import BodySizeLimit
 from api.payments import router as payments_router
+from api.shipping import router as shipping_router
 from domain.errors import ConflictError, NotFound
 from producers.intake import accept
 from producers.schema import field_errors, parse_message
 from services.payments import payment_view
 from services.queries import order_view
+from services.shipping import shipment_view
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 
@@ -52,6 +54,7 @@ def create_app() -> FastAPI:
         return error_response(422, "validation_failed", "request is invalid", details)
 
     app.include_router(payments_router)
+    app.include_router(shipping_router)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -100,6 +103,7 @@ def create_app() -> FastAPI:
             with unit_of_work() as session:
                 view = order_view(session, order_id)
                 view["payment"] = payment_view(session, order_id)
+                view["shipment"] = shipment_view(session, order_id)
                 return view
         except NotFound:
             return error_response(404, "not_found", f"order {order_id} not found")

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from cli.common import console
 from settings import get_settings
-from simulators.stack import PaymentStack
+from simulators.stack import ProviderStack
 
 DEMO_DB = "orderflow_demo"
 # (sku, units in stock, active): demand is spread so some SKUs run out and are rejected.
@@ -112,7 +112,7 @@ def run_demo(*, orders: int, payment_window_s: int, concurrency: int) -> None:
     os.environ.update(overrides)
     get_settings.cache_clear()
     try:
-        with embedded_services(), _demo_database(), _payment_simulators() as stack:
+        with embedded_services(), _demo_database(), _simulators() as stack:
             _run(orders, concurrency, key, stack)
     finally:
         _restore(saved)
@@ -128,13 +128,13 @@ def _restore(saved: dict[str, str | None]) -> None:
 
 
 @contextmanager
-def _payment_simulators() -> Iterator[PaymentStack]:
+def _simulators() -> Iterator[ProviderStack]:
     """Alipay, WeChat Pay and Stripe simulators with keys generated for this run."""
     from workers.procs import free_port
 
     port = free_port()
     key_dir = Path(tempfile.mkdtemp(prefix="orderflow-demo-keys-"))
-    stack = PaymentStack.start(f"http://127.0.0.1:{port}", key_dir)
+    stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir)
     saved = {k: os.environ.get(k) for k in stack.env}
     os.environ.update(stack.env)
     os.environ["DEMO_API_PORT"] = str(port)
@@ -157,7 +157,7 @@ def _customer_decision(order_id: str) -> str:
 class _Customers:
     """Plays the customers: pays at the provider's simulator, cancels through the API."""
 
-    def __init__(self, stack: PaymentStack, base_url: str, key: str) -> None:
+    def __init__(self, stack: ProviderStack, base_url: str, key: str) -> None:
         self.stack = stack
         self.base_url = base_url
         self.http = requests.Session()
@@ -188,7 +188,7 @@ class _Customers:
                 self.http.post(url, json={"reason": "customer changed their mind"}, timeout=30)
 
 
-def _run(orders: int, concurrency: int, key: str, stack: PaymentStack) -> None:
+def _run(orders: int, concurrency: int, key: str, stack: ProviderStack) -> None:
     from models.migrate import upgrade
     from services.queries import status_counts
     from services.unit_of_work import unit_of_work
@@ -256,7 +256,7 @@ def _run(orders: int, concurrency: int, key: str, stack: PaymentStack) -> None:
         console.print("stopped API, workers, beat and simulators")
 
 
-def _summary(orders: int, marks: dict[str, float], stack: PaymentStack) -> None:
+def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None:
     from sqlalchemy import func, select
 
     from models import Order, Payment

@@ -51,6 +51,8 @@ AWAITING = (OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT)
 #: How long an in-flight close/create keeps the sweeper away from an order.
 LEASE_S = 30
 REFUND_REDRIVE_S = 30
+#: A PAID order whose booking has not started within this is re-driven by the sweeper.
+SHIP_BY_S = 60
 REFUND_QUERY_S = 10
 
 
@@ -235,9 +237,10 @@ def _after_paid(
             timeline.record(session, order.id, "attention", detail=detail)
         return []
     if order.status in AWAITING:
-        order.stage_deadline = None
+        # The shipping stage must start by this deadline, or the sweeper re-drives the booking.
+        order.stage_deadline = now + timedelta(seconds=SHIP_BY_S)
         move_order(session, order, OrderStatus.PAID, provider=payment.provider)
-        return []
+        return [Followup("shipping.book", order.id)]
     if order.status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
         refund_no = f"late-{payment.out_trade_no}"
         followup = request_refund(

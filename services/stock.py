@@ -108,3 +108,42 @@ def release_reservations(
         ],
     )
     return sum(totals.values())
+
+
+def ship_reservations(session: Session, order_id: str, *, now: datetime) -> int:
+    """The parcel left: each ACTIVE reservation becomes CONSUMED and its units leave both
+    ``on_hand`` and ``reserved``, with ledger rows. Idempotent like the release."""
+    active = list(
+        session.scalars(
+            select(Reservation)
+            .where(Reservation.order_id == order_id, Reservation.status == "ACTIVE")
+            .order_by(Reservation.id)
+            .with_for_update()
+        )
+    )
+    if not active:
+        return 0
+    lock_stock(session, ((r.sku, r.warehouse) for r in active))
+    for r in active:
+        r.status = "CONSUMED"
+        r.released_at = now
+        session.execute(
+            update(Stock)
+            .where(Stock.sku == r.sku, Stock.warehouse == r.warehouse)
+            .values(on_hand=Stock.on_hand - r.quantity, reserved=Stock.reserved - r.quantity)
+        )
+    session.execute(
+        insert(StockMovement),
+        [
+            {
+                "sku": r.sku,
+                "warehouse": r.warehouse,
+                "kind": "ship",
+                "delta_on_hand": -r.quantity,
+                "delta_reserved": -r.quantity,
+                "order_id": order_id,
+            }
+            for r in active
+        ],
+    )
+    return sum(r.quantity for r in active)

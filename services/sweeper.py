@@ -9,7 +9,9 @@ twice, and a sweep never waits on a row a worker is busy with. For each claimed 
   provider the stock is released here, in the batch; otherwise ``payments.expire`` closes the
   trade first (a trade found paid is treated as paid);
 * RESERVED before the payment deadline — the payment task was lost: re-enqueue
-  ``payments.create`` (same idempotency key, so at most one charge).
+  ``payments.create`` (same idempotency key, so at most one charge);
+* PAID (when orderflow books shipments itself) — the booking task was lost: re-enqueue
+  ``shipping.book`` (same booking key, so at most one parcel).
 
 Claimed orders get a new stage deadline (a lease), so a follow-up that is itself lost is
 re-driven again later. Every task is idempotent, so a duplicate follow-up is harmless.
@@ -28,7 +30,12 @@ from models import Order, Payment
 from services import timeline
 from services.payments import Followup, expire_order
 
-SWEPT = (OrderStatus.RECEIVED, OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT)
+SWEPT = (
+    OrderStatus.RECEIVED,
+    OrderStatus.RESERVED,
+    OrderStatus.AWAITING_PAYMENT,
+    OrderStatus.PAID,
+)
 
 
 @dataclass
@@ -37,11 +44,12 @@ class SweepResult:
     expired: list[str] = field(default_factory=list)
 
 
-def _claim(session: Session, now: datetime, limit: int) -> list[Order]:
+def _claim(session: Session, now: datetime, limit: int, book: bool) -> list[Order]:
+    statuses = SWEPT if book else tuple(s for s in SWEPT if s != OrderStatus.PAID)
     return list(
         session.scalars(
             select(Order)
-            .where(Order.status.in_(SWEPT), Order.stage_deadline < now)
+            .where(Order.status.in_(statuses), Order.stage_deadline < now)
             .order_by(Order.stage_deadline)
             .limit(limit)
             .with_for_update(skip_locked=True, of=Order)
@@ -49,10 +57,16 @@ def _claim(session: Session, now: datetime, limit: int) -> list[Order]:
     )
 
 
-def sweep(session: Session, *, now: datetime, redrive_after_s: int, limit: int) -> SweepResult:
-    """Claim overdue orders and decide what happens to each (see the module docstring)."""
+def sweep(
+    session: Session, *, now: datetime, redrive_after_s: int, limit: int, book: bool = True
+) -> SweepResult:
+    """Claim overdue orders and decide what happens to each (see the module docstring).
+
+    ``book`` is False when the warehouse registers waybills itself (``shipping_mode=manual``):
+    then a PAID order simply waits and is not re-driven.
+    """
     result = SweepResult()
-    orders = _claim(session, now, limit)
+    orders = _claim(session, now, limit, book)
     if not orders:
         return result
     with_payment = set(
@@ -79,6 +93,8 @@ def sweep(session: Session, *, now: datetime, redrive_after_s: int, limit: int) 
 def _decide(order: Order, now: datetime, has_payment: bool) -> str:
     if order.status == OrderStatus.RECEIVED:
         return "orders.process"
+    if order.status == OrderStatus.PAID:
+        return "shipping.book"
     overdue = order.payment_deadline is None or order.payment_deadline <= now
     if overdue:
         return "payments.expire" if has_payment else "expire-now"

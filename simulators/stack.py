@@ -1,10 +1,12 @@
-"""The three payment simulators together, with keys generated for the run.
+"""Every provider simulator together, with keys generated for the run.
 
-Used by ``orderflow demo`` and the end-to-end tests: :meth:`PaymentStack.start` generates the
-merchant keys (test-only, written 0600 into ``key_dir``, never committed), starts Alipay, WeChat
-Pay and Stripe simulators on 127.0.0.1, and exposes :attr:`env` — the settings orderflow's
-processes need to talk to them. :meth:`charges` and :meth:`refunds` read the simulators' own
-ledgers, which are the judge of "charged exactly once".
+Used by ``orderflow demo`` and the end-to-end tests: :meth:`ProviderStack.start` generates the
+merchant keys (test-only, written 0600 into ``key_dir``, never committed), starts the Alipay,
+WeChat Pay, Stripe, Kuaidi100 and warehouse-booking simulators on 127.0.0.1, and exposes
+:attr:`env` — the settings orderflow's processes need to talk to them. ``time_scale`` compresses
+tracking time for both sides: a parcel's 34-hour trace takes 34 h / time_scale.
+:meth:`charges` and :meth:`refunds` read the simulators' own ledgers, which are the judge of
+"charged exactly once".
 
 Like every simulator, this imports nothing from ``adapters/``, ``services/`` or ``domain/``.
 """
@@ -22,7 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from simulators.alipay import AlipaySimulator
+from simulators.kuaidi100 import Kuaidi100Simulator
 from simulators.stripe import StripeSimulator
+from simulators.warehouse import WarehouseSimulator
 from simulators.wechatpay import WeChatPaySimulator
 
 PROVIDERS = ("alipay", "wechatpay", "stripe")
@@ -48,14 +52,18 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 @dataclass
-class PaymentStack:
+class ProviderStack:
     alipay: AlipaySimulator
     wechatpay: WeChatPaySimulator
     stripe: StripeSimulator
+    kuaidi100: Kuaidi100Simulator
+    warehouse: WarehouseSimulator
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, public_base_url: str, key_dir: Path) -> PaymentStack:
+    def start(
+        cls, public_base_url: str, key_dir: Path, *, time_scale: float = 3600.0
+    ) -> ProviderStack:
         key_dir.mkdir(parents=True, exist_ok=True)
         base = public_base_url.rstrip("/")
         ali_private, ali_public = _keypair()
@@ -71,6 +79,13 @@ class PaymentStack:
         webhook_secret = "whsec_" + secrets.token_hex(16)
         stripe = StripeSimulator(stripe_secret, webhook_secret, f"{base}/webhooks/stripe").start()
         platform = _write(key_dir / "wechatpay-platform.pem", wechat.platform_public_key_pem)
+        k100_key = secrets.token_hex(12)
+        min_interval = 1800.0 / time_scale  # Kuaidi100's 30-minute rule, compressed
+        kuaidi100 = Kuaidi100Simulator(
+            "K100CUSTOMER", k100_key, time_scale=time_scale, min_query_interval_s=min_interval
+        ).start()
+        warehouse_key = secrets.token_hex(12)
+        warehouse = WarehouseSimulator(warehouse_key, tracker=kuaidi100).start()
         env = {
             "PUBLIC_BASE_URL": base,
             "ALIPAY_GATEWAY_URL": alipay.gateway_url,
@@ -91,13 +106,21 @@ class PaymentStack:
             "STRIPE_API_BASE": stripe.url,
             "STRIPE_SECRET_KEY": stripe_secret,
             "STRIPE_WEBHOOK_SECRET": webhook_secret,
+            "KUAIDI100_QUERY_URL": f"{kuaidi100.url}/poll/query.do",
+            "KUAIDI100_SUBSCRIBE_URL": f"{kuaidi100.url}/poll",
+            "KUAIDI100_CUSTOMER": kuaidi100.customer,
+            "KUAIDI100_KEY": k100_key,
+            "KUAIDI100_CALLBACK_SALT": secrets.token_hex(8),
+            "WAREHOUSE_BOOKING_URL": warehouse.url,
+            "WAREHOUSE_API_KEY": warehouse_key,
+            "TRACKING_TIME_SCALE": str(time_scale),
+            "TRACKING_MIN_INTERVAL_S": str(min_interval),
         }
-        return cls(alipay, wechat, stripe, env)
+        return cls(alipay, wechat, stripe, kuaidi100, warehouse, env)
 
     def stop(self) -> None:
-        self.alipay.stop()
-        self.wechatpay.stop()
-        self.stripe.stop()
+        for sim in (self.alipay, self.wechatpay, self.stripe, self.warehouse, self.kuaidi100):
+            sim.stop()
 
     def simulator(self, provider: str) -> Any:
         return {"alipay": self.alipay, "wechatpay": self.wechatpay, "stripe": self.stripe}[provider]

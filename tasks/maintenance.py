@@ -17,8 +17,9 @@ def sweep(self: OrderflowTask) -> int:
     try:
         with unit_of_work() as session:
             result = sweep_orders(
-                session, now=utcnow(), redrive_after_s=s.intake_redrive_s, limit=s.sweep_batch
-            )
+                session, now=utcnow(), redrive_after_s=s.intake_redrive_s, limit=s.sweep_batch,
+                book=s.shipping_mode == "book",
+            )  # fmt: skip
     except Exception as exc:
         self.retry_or_fail(exc)
     return enqueue_followups(result.followups) + len(result.expired)

@@ -7,6 +7,7 @@ import logging
 
 from adapters.payments.base import REPLAYED_FAILURE, PaymentRef
 from adapters.payments.base import PaymentStatus as ProviderStatus
+from adapters.registry import payment_provider
 from domain.errors import ProviderRejected, ProviderUnavailable
 from services import payments, reconcile
 from services.unit_of_work import unit_of_work
@@ -32,7 +33,12 @@ def create_payment(self: OrderflowTask, order_id: str) -> str:
         if plan is None:
             return "noop"
         try:
-            created = call(plan.provider, "create", order_id, lambda p: p.create(plan.request))
+            created = call(
+                plan.provider,
+                "create",
+                order_id,
+                lambda: payment_provider(plan.provider).create(plan.request),
+            )
         except CircuitOpen:
             return "circuit_open"  # the sweeper re-drives it at the stage deadline
         except ProviderRejected as exc:
@@ -62,7 +68,12 @@ def query_payment(self: OrderflowTask, payment_id: int) -> str:
         if plan is None:
             return "noop"
         try:
-            status = call(plan.provider, "query", plan.order_id, lambda p: p.query(plan.request))
+            status = call(
+                plan.provider,
+                "query",
+                plan.order_id,
+                lambda: payment_provider(plan.provider).query(plan.request),
+            )
         except CircuitOpen:
             return "circuit_open"  # next poll tick tries again
         with unit_of_work() as session:
@@ -80,7 +91,12 @@ def _close(task: OrderflowTask, order_id: str) -> str:
         if plan is None:
             return "noop"
         try:
-            result = call(plan.provider, "close", order_id, lambda p: p.close(plan.request))
+            result = call(
+                plan.provider,
+                "close",
+                order_id,
+                lambda: payment_provider(plan.provider).close(plan.request),
+            )
         except CircuitOpen:
             return "circuit_open"  # the sweeper comes back after the lease
         with unit_of_work() as session:
@@ -113,7 +129,12 @@ def refund(self: OrderflowTask, refund_id: int) -> str:
             return "noop"
         req = plan.request
         try:
-            result = call(plan.provider, "refund", plan.order_id, lambda p: p.refund(req))
+            result = call(
+                plan.provider,
+                "refund",
+                plan.order_id,
+                lambda: payment_provider(plan.provider).refund(req),
+            )
         except CircuitOpen:
             return "circuit_open"  # the poll job re-drives it
         with unit_of_work() as session:
@@ -142,7 +163,8 @@ def run_reconcile(sample: int) -> reconcile.ReconcileReport:
     """Reconcile through the circuit breakers; refunds it creates are enqueued after commit."""
 
     def query(provider: str, order_id: str, ref: PaymentRef) -> ProviderStatus:
-        return call(provider, "reconcile", order_id, lambda p: p.query(ref))
+        adapter = payment_provider(provider)
+        return call(provider, "reconcile", order_id, lambda: adapter.query(ref))
 
     report = reconcile.reconcile(unit_of_work, query, now=utcnow(), sample=sample)
     enqueue_followups(report.followups)

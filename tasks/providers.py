@@ -1,4 +1,4 @@
-"""Calling a payment provider from a task: circuit breaker, timing and the timeline entry.
+"""Calling a provider from a task: circuit breaker, timing and the timeline entry.
 
 No transaction is open while the provider is called (DESIGN.md §3.5).
 """
@@ -13,8 +13,6 @@ from typing import TypeVar
 import redis
 
 from adapters.circuit import CircuitBreaker
-from adapters.payments.base import PaymentProvider
-from adapters.registry import payment_provider
 from domain.errors import ProviderRejected, ProviderUnavailable
 from services import timeline
 from services.unit_of_work import unit_of_work
@@ -40,8 +38,8 @@ def breaker(provider: str) -> CircuitBreaker:
     return CircuitBreaker(_redis(), provider, s.circuit_failure_threshold, s.circuit_cooldown_s)
 
 
-def call(provider: str, operation: str, order_id: str, fn: Callable[[PaymentProvider], T]) -> T:
-    """Call ``fn(adapter)`` through the provider's circuit breaker.
+def call(provider: str, operation: str, order_id: str, fn: Callable[[], T]) -> T:
+    """Call ``fn()`` (one provider request) through the provider's circuit breaker.
 
     Raises :class:`CircuitOpen` without calling when the circuit is open. A transient failure
     is counted (and recorded on the order's timeline) and re-raised for the task to retry; a
@@ -52,7 +50,7 @@ def call(provider: str, operation: str, order_id: str, fn: Callable[[PaymentProv
         raise CircuitOpen(provider, f"circuit open for {cb.retry_after_s():.1f}s")
     started = time.perf_counter()
     try:
-        result = fn(payment_provider(provider))
+        result = fn()
     except ProviderUnavailable as exc:
         opened = cb.record_failure()
         _record(order_id, provider, operation, started, f"unavailable: {exc}", opened)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-app = Celery("orderflow", include=["tasks.orders", "tasks.payments", "tasks.maintenance"])
+app = Celery(
+    "orderflow", include=["tasks.orders", "tasks.payments", "tasks.shipping", "tasks.maintenance"]
+)
 app.config_from_object("celeryconfig")
 
 from workers import signals  # noqa: E402,F401  (registers the worker signal handlers)

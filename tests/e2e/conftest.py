@@ -40,11 +40,11 @@ class Pipeline:
 def pipeline_env(services, tmp_path, monkeypatch) -> Iterator[tuple[int, Any]]:
     """Simulators started and their settings exported (no orderflow process started yet)."""
     from adapters import registry
-    from simulators.stack import PaymentStack
+    from simulators.stack import ProviderStack
     from workers.procs import free_port
 
     port = free_port()
-    stack = PaymentStack.start(f"http://127.0.0.1:{port}", tmp_path / "keys")
+    stack = ProviderStack.start(f"http://127.0.0.1:{port}", tmp_path / "keys")
     for key, value in stack.env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
