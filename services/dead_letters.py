@@ -87,25 +87,25 @@ def _take_open(session: Session, dl_id: int) -> DeadLetter:
     return dl
 
 
-def replay(session: Session, dl_id: int, *, now: datetime, actor: str) -> Replay:
-    """Mark the dead letter replayed and return the task to enqueue after commit."""
+def _resolve(session: Session, dl_id: int, status: str, *, now: datetime, actor: str) -> DeadLetter:
     dl = _take_open(session, dl_id)
     session.execute(
-        update(DeadLetter).where(DeadLetter.id == dl_id).values(status="REPLAYED", resolved_at=now)
+        update(DeadLetter).where(DeadLetter.id == dl_id).values(status=status, resolved_at=now)
     )
     if dl.order_id:
         timeline.record(
-            session, dl.order_id, "dlq_replay", detail={"dead_letter_id": dl_id}, actor=actor
-        )
+            session, dl.order_id, f"dlq_{status.lower()}", detail={"dead_letter_id": dl_id},
+            actor=actor,
+        )  # fmt: skip
+    return dl
+
+
+def replay(session: Session, dl_id: int, *, now: datetime, actor: str) -> Replay:
+    """Mark the dead letter replayed and return the task to enqueue after commit."""
+    dl = _resolve(session, dl_id, "REPLAYED", now=now, actor=actor)
     return Replay(dl.task_name, dl.args, dl.kwargs, dl.queue)
 
 
 def discard(session: Session, dl_id: int, *, now: datetime, actor: str) -> None:
-    dl = _take_open(session, dl_id)
-    session.execute(
-        update(DeadLetter).where(DeadLetter.id == dl_id).values(status="DISCARDED", resolved_at=now)
-    )
-    if dl.order_id:
-        timeline.record(
-            session, dl.order_id, "dlq_discard", detail={"dead_letter_id": dl_id}, actor=actor
-        )
+    """Mark the dead letter handled without running it."""
+    _resolve(session, dl_id, "DISCARDED", now=now, actor=actor)

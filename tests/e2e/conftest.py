@@ -63,13 +63,19 @@ def start_pipeline(pipeline_env, procs, db, api_key):
 
     port, stack = pipeline_env
 
-    def start(*, orders_concurrency: int = 2, payments_concurrency: int = 8) -> Pipeline:
+    def start(
+        *, orders_concurrency: int = 2, payments_concurrency: int = 8, shipping: bool = False
+    ) -> Pipeline:
+        """``shipping=False`` leaves PAID orders where they are (payment tests look at PAID)."""
         get_settings.cache_clear()
         procs.api(port)
         workers = [
             procs.worker("orders", "orders,maintenance", concurrency=orders_concurrency),
             procs.worker("payments", "payments", concurrency=payments_concurrency, pool="threads"),
         ]
+        if shipping:
+            workers.append(procs.worker("shipping", "shipping,tracking", concurrency=8,
+                                        pool="threads"))  # fmt: skip
         procs.beat()
         for w in workers:
             wait_worker_ready(w)
