@@ -48,9 +48,12 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        # "body.carrier" -> "carrier": the same field names as the order message errors.
         details = [
-            {"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()
-        ]
+            {"field": ".".join(str(p) for p in e["loc"][1 if e["loc"][:1] == ("body",) else 0 :])
+             or "body", "reason": e["msg"]}
+            for e in exc.errors()
+        ]  # fmt: skip
         return error_response(422, "validation_failed", "request is invalid", details)
 
     app.include_router(payments_router)

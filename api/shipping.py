@@ -21,8 +21,8 @@ router = APIRouter()
 
 class WaybillBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    carrier: str = Field(min_length=2, max_length=32, description="Kuaidi100 code, e.g. yuantong")
-    waybill: str = Field(min_length=6, max_length=32)
+    carrier: str = Field(pattern=r"^[a-z0-9]{2,32}$", description="Kuaidi100 code, e.g. yuantong")
+    waybill: str = Field(pattern=r"^[A-Za-z0-9-]{6,32}$")
 
 
 def _register(order_id: str, body: WaybillBody, actor: str) -> list[Followup]:

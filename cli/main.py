@@ -16,11 +16,13 @@ orders_app = typer.Typer(no_args_is_help=True, help="Inspect orders")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: tasks that failed for good")
 stock_app = typer.Typer(no_args_is_help=True, help="Stock counters and the ledger")
 payments_app = typer.Typer(no_args_is_help=True, help="Payments, refunds and reconciliation")
+shipments_app = typer.Typer(no_args_is_help=True, help="Shipments and tracking")
 app.add_typer(db_app, name="db")
 app.add_typer(orders_app, name="orders")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(stock_app, name="stock")
 app.add_typer(payments_app, name="payments")
+app.add_typer(shipments_app, name="shipments")
 
 
 @db_app.command("upgrade")
@@ -160,6 +162,28 @@ def payments_reconcile(
     )
     if report.unresolved:
         raise typer.Exit(1)
+
+
+@shipments_app.command("register")
+@command
+def shipments_register(
+    order_id: str,
+    carrier: str = typer.Option(..., help="Kuaidi100 carrier code, e.g. yuantong"),
+    waybill: str = typer.Option(..., help="The parcel's waybill number"),
+) -> None:
+    """Register the waybill the warehouse printed for a PAID order: the order ships."""
+    from services import shipping
+    from services.unit_of_work import unit_of_work
+    from tasks.dispatch import enqueue_followups
+    from tasks.shipping import first_poll_s
+
+    with unit_of_work() as session:
+        followups = shipping.register_waybill(
+            session, order_id, carrier, waybill, now=datetime.now(UTC), actor="cli",
+            first_poll_s=first_poll_s(),
+        )  # fmt: skip
+    enqueue_followups(followups)
+    console.print(f"order {order_id} shipped as {carrier} {waybill}")
 
 
 @dlq_app.command("list")
