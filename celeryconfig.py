@@ -69,4 +69,14 @@ beat_schedule = {
         "schedule": _s.reconcile_interval_s,
         "options": {"expires": 3600},
     },
+    "schedule-tracking": {
+        "task": "maintenance.schedule_tracking",
+        "schedule": _s.tracking_interval_s,
+        "options": {"expires": _s.tracking_interval_s * 2},
+    },
+    "tracking-staleness": {
+        "task": "maintenance.tracking_staleness",
+        "schedule": 3600.0,
+        "options": {"expires": 3600},
+    },
 }

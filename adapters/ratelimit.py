@@ -42,7 +42,8 @@ local granted = math.min(want, math.floor(tokens))
 if all_or_nothing and granted < want then granted = 0 end
 tokens = tokens - granted
 -- %.6f: Lua's default number formatting keeps only 14 digits, which would round ts.
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', ts))
+local fmt = '%.6f'
+redis.call('HSET', KEYS[1], 'tokens', string.format(fmt, tokens), 'ts', string.format(fmt, ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return granted
 """

@@ -56,8 +56,9 @@ def create_app() -> FastAPI:
         ]  # fmt: skip
         return error_response(422, "validation_failed", "request is invalid", details)
 
-    app.include_router(payments_router)
+    # Static webhook paths (/webhooks/kuaidi100) before the /webhooks/{provider} pattern.
     app.include_router(shipping_router)
+    app.include_router(payments_router)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

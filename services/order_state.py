@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from domain.errors import NotFound
 from domain.orders import OrderStatus, ensure_transition
@@ -20,7 +20,10 @@ from services import timeline
 def lock_order(session: Session, order_id: str) -> Order:
     """``SELECT … FOR UPDATE`` the order (always the first row a stage locks)."""
     order = session.scalars(
-        select(Order).where(Order.id == order_id).with_for_update(of=Order)
+        select(Order)
+        .where(Order.id == order_id)
+        .options(lazyload(Order.lines))  # lines are rarely needed here; load them on access
+        .with_for_update(of=Order)
     ).one_or_none()
     if order is None:
         raise NotFound(f"order {order_id}")

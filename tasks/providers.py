@@ -27,7 +27,7 @@ class CircuitOpen(ProviderUnavailable):
 
 
 @lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
     s = get_settings()
     assert s.redis_url
     return redis.Redis.from_url(redis_client_url(s.redis_url), socket_timeout=2)
@@ -35,7 +35,9 @@ def _redis() -> redis.Redis:
 
 def breaker(provider: str) -> CircuitBreaker:
     s = get_settings()
-    return CircuitBreaker(_redis(), provider, s.circuit_failure_threshold, s.circuit_cooldown_s)
+    return CircuitBreaker(
+        redis_client(), provider, s.circuit_failure_threshold, s.circuit_cooldown_s
+    )
 
 
 def call(provider: str, operation: str, order_id: str, fn: Callable[[], T]) -> T:

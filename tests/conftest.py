@@ -30,6 +30,7 @@ TEST_ENV = {
     "SWEEP_INTERVAL_S": "0.5",
     "PAYMENT_POLL_INTERVAL_S": "0.5",
     "CREATE_REDRIVE_S": "3",
+    "TRACKING_INTERVAL_S": "0.3",
     "INTAKE_REDRIVE_S": "3",
     "TASK_MAX_RETRIES": "3",
 }

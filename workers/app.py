@@ -5,7 +5,14 @@ from __future__ import annotations
 from celery import Celery
 
 app = Celery(
-    "orderflow", include=["tasks.orders", "tasks.payments", "tasks.shipping", "tasks.maintenance"]
+    "orderflow",
+    include=[
+        "tasks.orders",
+        "tasks.payments",
+        "tasks.shipping",
+        "tasks.tracking",
+        "tasks.maintenance",
+    ],
 )
 app.config_from_object("celeryconfig")
 

@@ -3,6 +3,8 @@ pushes and polling, through to COMPLETED. Real workers; simulators over real HTT
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import order_message, wait_until
@@ -56,3 +58,86 @@ def test_manual_waybill_registration(start_pipeline, catalog, monkeypatch):
     assert p.get_order(oid)["status"] in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
     assert stock_of("M") == (3, 0)
     assert p.stack.warehouse.ledger()["bookings"] == {}  # manual mode books nothing
+
+
+def tracking_entries(view: dict, source: str) -> list[dict]:
+    return [e for e in view["timeline"]
+            if e["kind"] == "tracking" and (e["detail"] or {}).get("source") == source]  # fmt: skip
+
+
+def transitions(view: dict) -> list[str]:
+    return [e["to"] for e in view["timeline"] if e["kind"] == "transition"]
+
+
+def test_full_journey_to_completed_by_push(start_pipeline, catalog):
+    catalog({"J": 10})
+    p = start_pipeline(shipping=True)
+    p.stack.kuaidi100.quota = 0  # every poll is refused (601): only pushes can move the order
+    oid = paid_order(p, "J", 1, provider="wechatpay")
+    wait_until(lambda: p.get_order(oid)["status"] == "COMPLETED", 90)
+    view = p.get_order(oid)
+    assert transitions(view) == ["RECEIVED", "RESERVED", "AWAITING_PAYMENT", "PAID", "SHIPPED",
+                                 "IN_TRANSIT", "DELIVERED", "COMPLETED"]  # fmt: skip
+    assert tracking_entries(view, "push") and not [
+        e for e in tracking_entries(view, "poll") if (e["detail"] or {}).get("new_events")
+    ]
+    assert view["shipment"]["status"] == "DELIVERED"
+    codes = [e["raw_code"] for e in view["shipment"]["events"]]
+    assert codes[-1] == "301" and len(codes) == len(
+        set((e["at"], e["raw_code"], e["description"]) for e in view["shipment"]["events"])
+    )
+
+
+def test_full_journey_to_completed_by_polling_alone(start_pipeline, catalog):
+    catalog({"L": 10})
+    p = start_pipeline(shipping=True)
+    p.stack.kuaidi100.set_push_options(delay_s=3600)  # pushes never arrive in time
+    oid = paid_order(p, "L", 1, provider="stripe")
+    wait_until(lambda: p.get_order(oid)["status"] == "COMPLETED", 90)
+    view = p.get_order(oid)
+    assert tracking_entries(view, "poll") and not tracking_entries(view, "push")
+    ledger = p.stack.kuaidi100.ledger()
+    assert ledger["throttle_violations"] == 0  # never queried inside the minimum interval
+
+
+def test_duplicate_and_out_of_order_pushes_never_go_backwards(start_pipeline, catalog):
+    catalog({"O": 10})
+    p = start_pipeline(shipping=True)
+    p.stack.kuaidi100.quota = 0
+    p.stack.kuaidi100.set_push_options(duplicate=True, out_of_order=True)
+    oid = paid_order(p, "O", 1, provider="alipay")
+    wait_until(lambda: p.get_order(oid)["status"] == "COMPLETED", 90)
+    view = p.get_order(oid)
+    assert transitions(view).count("IN_TRANSIT") <= 1
+    assert transitions(view).count("DELIVERED") == 1
+    events = view["shipment"]["events"]
+    assert len(events) == len({(e["at"], e["raw_code"], e["description"]) for e in events})
+
+
+def test_forged_push_is_rejected_and_changes_nothing(start_pipeline, catalog):
+    import json as _json
+
+    import requests
+
+    catalog({"Y": 10})
+    p = start_pipeline(shipping=True)
+    oid = paid_order(p, "Y", 1)
+    wait_until(lambda: p.get_order(oid)["shipment"] is not None
+               and p.get_order(oid)["shipment"]["waybill"], 60)  # fmt: skip
+    waybill = p.get_order(oid)["shipment"]["waybill"]
+    p.stack.kuaidi100.set_push_options(delay_s=3600)  # no genuine push ...
+    p.stack.kuaidi100.quota = 0  # ... and no successful poll from here on
+    time.sleep(1)  # let an in-flight poll finish
+    before = p.get_order(oid)
+    param = _json.dumps({"status": "shutdown", "message": "", "lastResult": {
+        "message": "ok", "nu": waybill, "ischeck": "1", "com": "yuantong", "status": "200",
+        "state": "3", "data": [{"time": "2026-11-25 10:00:00", "ftime": "2026-11-25 10:00:00",
+                                "context": "forged delivery", "status": "签收",
+                                "statusCode": "301"}]}})  # fmt: skip
+    for sign in ("0" * 32, None):
+        form = {"param": param} | ({"sign": sign} if sign else {})
+        r = requests.post(f"{p.base_url}/webhooks/kuaidi100", data=form, timeout=10)
+        assert r.status_code == 400, r.text
+    after = p.get_order(oid)
+    assert after["shipment"]["events"] == before["shipment"]["events"]
+    assert "DELIVERED" not in transitions(after)

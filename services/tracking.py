@@ -1,0 +1,435 @@
+"""The tracking stage: which shipments to poll, and what a poll or push result changes.
+
+Scheduling (beat, then a task; DESIGN.md §3.5 — no row lock during a provider call):
+
+1. :func:`claim_due` — one short transaction: ``FOR UPDATE SKIP LOCKED`` the shipments whose
+   ``next_poll_at`` passed and set a lease, so two beats never claim the same shipment. Commit.
+2. The task layer takes rate-limit tokens (``adapters.ratelimit.TokenBucket.reserve``), hands
+   the shipments it has no token for back with :func:`release_lease`, and queries the provider
+   for the rest with no transaction open (:func:`poll_targets` gives what to send).
+3. :func:`record_poll` — a new transaction per result (or per batch): apply it, clear the lease
+   and schedule the next poll from the policy in :mod:`domain.tracking`.
+
+Pushes go straight to :func:`apply_result` (``source="push"``). Locks are taken order first, then
+shipment — the same order as every other stage — so a push and a poll of the same parcel
+serialize on the order row and never deadlock. Shipment statuses only move forward
+(:func:`domain.tracking.can_advance`); a stale or out-of-order result still adds its unseen
+events, and is recorded on the timeline as ignored.
+
+The order follows its shipment: SHIPPED -> IN_TRANSIT -> DELIVERED -> COMPLETED; EXCEPTION and
+EXPIRED -> NEEDS_ATTENTION with the reason. An order flagged by a tracking exception is moved on
+again when the carrier resolves the problem (a later IN_TRANSIT or DELIVERED); an order flagged
+for any other reason is left to the operator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import case, func, null, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from adapters.logistics.base import TrackingEvent as TrackingEventDTO
+from adapters.logistics.base import TrackingResult
+from domain.errors import NotFound
+from domain.orders import OrderStatus, can_transition
+from domain.tracking import (
+    FINAL,
+    MOVING,
+    Cadence,
+    ShipmentStatus,
+    can_advance,
+    is_final,
+    next_poll_delay,
+)
+from models import Order, Shipment, TrackingEvent
+from services import timeline
+from services.order_state import lock_order, move_order
+
+Source = Literal["poll", "push"]
+
+_FINAL = sorted(s.value for s in FINAL)
+_ACTOR = "tracking"
+#: Order reasons written here; only an order flagged with this prefix is moved on automatically.
+EXCEPTION_REASON = "tracking_exception"
+EXPIRED_REASON = "tracking_expired"
+
+
+@dataclass(frozen=True, slots=True)
+class PollTarget:
+    """What the task layer needs to query one claimed shipment."""
+
+    shipment_id: int
+    order_id: str
+    carrier: str
+    waybill: str
+    phone: str | None  # Kuaidi100 needs it for some carriers (SF, ZTO)
+    has_push: bool
+
+
+# -- scheduling -----------------------------------------------------------------------------
+
+
+def claim_due(
+    session: Session, *, now: datetime, limit: int, lease_s: float, min_interval_s: float
+) -> list[int]:
+    """Claim up to ``limit`` shipments due for a poll; returns their ids, most overdue first.
+
+    Due: ``next_poll_at <= now``, carrier and waybill known, status not final, no live lease
+    (``lease_until`` NULL or past) and not polled within ``min_interval_s`` (Kuaidi100 locks a
+    number queried more often). Claimed rows get ``lease_until = now + lease_s``. Rows another
+    transaction holds are skipped, and a committed lease excludes them from the next claim, so
+    concurrent claimers never get the same shipment. ``lease_s`` must exceed the poll task's
+    hard time limit: an expired lease makes the shipment claimable again.
+    """
+    due = (
+        select(Shipment.id)
+        .where(
+            Shipment.next_poll_at <= now,
+            Shipment.carrier.is_not(None),
+            Shipment.waybill.is_not(None),
+            Shipment.status.not_in(_FINAL),
+            or_(Shipment.lease_until.is_(None), Shipment.lease_until < now),
+            or_(
+                Shipment.last_polled_at.is_(None),
+                Shipment.last_polled_at <= now - timedelta(seconds=min_interval_s),
+            ),
+        )
+        .order_by(Shipment.next_poll_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    rows = session.execute(
+        update(Shipment)
+        .where(Shipment.id == due.c.id)
+        .values(lease_until=now + timedelta(seconds=lease_s))
+        .returning(Shipment.id, Shipment.next_poll_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [row[0] for row in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+
+def release_lease(
+    session: Session, shipment_ids: Sequence[int], *, now: datetime, retry_in_s: float
+) -> None:
+    """Hand back claimed shipments that were not polled (e.g. no rate-limit token): clear the
+    lease and retry at ``now + retry_in_s``. ``last_polled_at`` is untouched — no query went
+    out. A shipment that became final meanwhile (a push) keeps ``next_poll_at`` NULL."""
+    if not shipment_ids:
+        return
+    retry_at = now + timedelta(seconds=retry_in_s)
+    session.execute(
+        update(Shipment)
+        .where(Shipment.id.in_(list(shipment_ids)))
+        .values(
+            lease_until=None,
+            next_poll_at=case((Shipment.status.in_(_FINAL), null()), else_=retry_at),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def poll_targets(
+    session: Session, shipment_ids: Sequence[int], *, now: datetime, push_window_s: float
+) -> list[PollTarget]:
+    """Carrier, waybill and phone of claimed shipments (no locks taken).
+
+    ``has_push`` is true for a subscribed shipment that received a push within
+    ``push_window_s`` — pass it to :func:`record_poll`. A subscription that never pushed does
+    not count: Kuaidi100 only pushes once it has a trace.
+    """
+    if not shipment_ids:
+        return []
+    rows = session.execute(
+        select(Shipment, Order.shipping_address)
+        .join(Order, Order.id == Shipment.order_id)
+        .where(Shipment.id.in_(list(shipment_ids)))
+        .order_by(Shipment.id)
+    ).all()
+    targets = []
+    for shipment, address in rows:
+        if shipment.carrier is None or shipment.waybill is None:
+            continue
+        phone = address.get("phone") if isinstance(address, dict) else None
+        targets.append(
+            PollTarget(
+                shipment_id=shipment.id,
+                order_id=shipment.order_id,
+                carrier=shipment.carrier,
+                waybill=shipment.waybill,
+                phone=str(phone) if phone else None,
+                has_push=_recent_push(shipment, now, push_window_s),
+            )
+        )
+    return targets
+
+
+def _recent_push(shipment: Shipment, now: datetime, window_s: float) -> bool:
+    last = shipment.last_push_at
+    return shipment.subscribed and last is not None and (now - last).total_seconds() <= window_s
+
+
+def record_poll(
+    session: Session,
+    shipment_id: int,
+    *,
+    now: datetime,
+    result: TrackingResult | None,
+    failed: bool,
+    cadence: Cadence,
+    has_push: bool,
+    error: str | None = None,
+) -> None:
+    """Record one poll of a claimed shipment and schedule the next one.
+
+    Applies ``result`` (as :func:`apply_result` with ``source="poll"``), sets
+    ``last_polled_at = now``, clears the lease, counts consecutive failures (``failed``: the
+    query raised; ``error`` goes on the timeline) and sets ``next_poll_at`` from
+    :func:`domain.tracking.next_poll_delay` — NULL once the shipment is final.
+    """
+    if failed and result is not None:
+        raise ValueError("a failed poll has no result")
+    if result is not None:
+        shipment = _apply(session, shipment_id, result, now=now, source="poll")
+    else:
+        shipment = _lock_shipment(session, shipment_id)  # no order lock needed: no order move
+    shipment.last_polled_at = now
+    shipment.lease_until = None
+    shipment.poll_failures = shipment.poll_failures + 1 if failed else 0
+    delay = next_poll_delay(
+        shipment.status,
+        last_event_age_s=(now - (shipment.last_event_at or shipment.created_at)).total_seconds(),
+        has_push=has_push,
+        failures=shipment.poll_failures,
+        cadence=cadence,
+    )
+    shipment.next_poll_at = None if delay is None else now + timedelta(seconds=delay)
+    if failed:
+        timeline.record(
+            session, shipment.order_id, "tracking",
+            detail={"shipment_id": shipment.id, "poll_failed": shipment.poll_failures,
+                    "error": (error or "unknown")[:200], "retry_in_s": delay},
+            actor=_ACTOR,
+        )  # fmt: skip
+
+
+def stale_shipments(
+    session: Session, *, now: datetime, stale_after_s: float, limit: int
+) -> list[tuple[int, str, datetime | None]]:
+    """Active (not final) shipments with no new event for ``stale_after_s`` — measured from
+    ``last_event_at``, or from ``created_at`` for a shipment without any event — longest quiet
+    first, as ``(shipment id, order id, last_event_at)``. For the staleness alert."""
+    quiet_since = func.coalesce(Shipment.last_event_at, Shipment.created_at)
+    rows = session.execute(
+        select(Shipment.id, Shipment.order_id, Shipment.last_event_at)
+        .where(
+            Shipment.status.not_in(_FINAL),
+            quiet_since < now - timedelta(seconds=stale_after_s),
+        )
+        .order_by(quiet_since, Shipment.id)
+        .limit(limit)
+    ).all()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+# -- applying results -----------------------------------------------------------------------
+
+
+def apply_result(
+    session: Session,
+    shipment_id: int,
+    result: TrackingResult,
+    *,
+    now: datetime,
+    source: Source,
+) -> None:
+    """Apply what the provider says about a shipment, idempotently and forward-only.
+
+    Locks the order, then the shipment. Events are inserted once (deduplicated on
+    :func:`event_dedupe_key`). The status moves only if :func:`domain.tracking.can_advance`
+    allows it and the result is not older than what is known (its newest event is not before
+    ``last_event_at``); otherwise the result is recorded on the timeline as ignored. A change
+    of status moves the order (module docstring). Raises NotFound for an unknown shipment.
+    """
+    _apply(session, shipment_id, result, now=now, source=source)
+
+
+def event_dedupe_key(at: datetime, raw_code: str, description: str) -> str:
+    """sha256 hex (64 chars) of the event's UTC time, raw code and description.
+
+    The time is normalized to UTC so the same event parsed with another offset (a push and a
+    query) gets the same key; a separator keeps ``("1", "2x")`` and ``("12", "x")`` apart.
+    """
+    utc = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    text = "\x1f".join((utc.isoformat(), raw_code, description))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:64]
+
+
+def _lock_shipment(session: Session, shipment_id: int) -> Shipment:
+    shipment = session.scalars(
+        select(Shipment).where(Shipment.id == shipment_id).with_for_update(of=Shipment)
+    ).one_or_none()
+    if shipment is None:
+        raise NotFound(f"shipment {shipment_id}")
+    return shipment
+
+
+def _apply(
+    session: Session, shipment_id: int, result: TrackingResult, *, now: datetime, source: Source
+) -> Shipment:
+    # order_id never changes, so reading it before taking any lock is safe.
+    order_id = session.scalar(select(Shipment.order_id).where(Shipment.id == shipment_id))
+    if order_id is None:
+        raise NotFound(f"shipment {shipment_id}")
+    order = lock_order(session, order_id)
+    shipment = _lock_shipment(session, shipment_id)
+    # Pending row changes are flushed once, by the caller's next query or commit, instead of
+    # before every insert below (a poll batch does one UPDATE per shipment, not two).
+    with session.no_autoflush:
+        _apply_locked(session, order, shipment, result, now=now, source=source)
+    return shipment
+
+
+def _apply_locked(
+    session: Session,
+    order: Order,
+    shipment: Shipment,
+    result: TrackingResult,
+    *,
+    now: datetime,
+    source: Source,
+) -> None:
+    new_events = _insert_events(session, shipment.id, result.events)
+    current = ShipmentStatus(shipment.status)
+    target = ShipmentStatus(result.status)
+    newest = max((e.at for e in result.events), default=None)
+    # A result whose newest event predates what we know is old data (a delayed push, a lagging
+    # provider replica). A result without events makes no claim about time.
+    stale = (
+        newest is not None
+        and shipment.last_event_at is not None
+        and (newest < shipment.last_event_at)
+    )
+    if newest is not None and (shipment.last_event_at is None or newest > shipment.last_event_at):
+        shipment.last_event_at = newest
+    if source == "push":
+        shipment.last_push_at = now
+    detail: dict[str, Any] = {
+        "shipment_id": shipment.id, "source": source, "new_events": new_events,
+        "raw_state": result.raw_state,
+    }  # fmt: skip
+    if target != current and (stale or not can_advance(current, target)):
+        detail.update(ignored="stale" if stale else "not_forward", reported=target.value)
+        timeline.record(
+            session, order.id, "tracking", from_status=current, to_status=current,
+            detail=detail, actor=_ACTOR,
+        )  # fmt: skip
+        return
+    if not stale and result.raw_state:
+        shipment.raw_state = result.raw_state[:32]
+    if target == current:
+        if new_events:
+            timeline.record(
+                session, order.id, "tracking", from_status=current, to_status=current,
+                detail=detail, actor=_ACTOR,
+            )  # fmt: skip
+        return
+    shipment.status = target
+    if is_final(target):
+        shipment.next_poll_at = None  # polling stops; keeps the due-index scan short
+    timeline.record(
+        session, order.id, "tracking", from_status=current, to_status=target,
+        detail=detail, actor=_ACTOR,
+    )  # fmt: skip
+    _follow_shipment(session, order, target, result, source=source)
+
+
+def _insert_events(session: Session, shipment_id: int, events: Iterable[TrackingEventDTO]) -> int:
+    """Insert unseen events; returns how many were new."""
+    rows: dict[str, dict[str, Any]] = {}
+    for e in events:
+        key = event_dedupe_key(e.at, e.raw_code, e.description)
+        rows.setdefault(
+            key,
+            {
+                "shipment_id": shipment_id,
+                "occurred_at": e.at,
+                "status": str(e.status),
+                "raw_code": e.raw_code[:32] or None,
+                "description": e.description[:500],
+                "location": e.location[:200] or None,
+                "dedupe_key": key,
+            },
+        )
+    if not rows:
+        return 0
+    inserted = session.execute(
+        pg_insert(TrackingEvent)
+        .values(list(rows.values()))
+        .on_conflict_do_nothing(constraint="uq_tracking_events_dedupe")
+        .returning(TrackingEvent.id)
+    ).all()
+    return len(inserted)
+
+
+# -- the order follows its shipment ---------------------------------------------------------
+
+
+def _follow_shipment(
+    session: Session, order: Order, status: ShipmentStatus, result: TrackingResult, *, source: str
+) -> None:
+    """Move the (locked) order after its shipment moved to ``status``; never raises
+    InvalidTransition — a move the order's table does not allow is simply not made."""
+    detail = {"source": source, "waybill": result.waybill}
+    if status in MOVING:
+        if order.status == OrderStatus.SHIPPED or _flagged_by_tracking(order):
+            _move(session, order, OrderStatus.IN_TRANSIT, **detail)
+    elif status == ShipmentStatus.DELIVERED:
+        if order.status in (OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT) or _flagged_by_tracking(
+            order
+        ):
+            _move(session, order, OrderStatus.DELIVERED, **detail)
+            _move(session, order, OrderStatus.COMPLETED, **detail)
+    elif status == ShipmentStatus.EXCEPTION:
+        reason = f"{EXCEPTION_REASON}: {_exception_text(result)}"
+        _flag(session, order, reason, **detail)
+    elif status == ShipmentStatus.EXPIRED:
+        _flag(session, order, EXPIRED_REASON, **detail)
+
+
+def _flagged_by_tracking(order: Order) -> bool:
+    return order.status == OrderStatus.NEEDS_ATTENTION and (order.reason or "").startswith(
+        EXCEPTION_REASON
+    )
+
+
+def _move(session: Session, order: Order, target: OrderStatus, **detail: Any) -> None:
+    if not can_transition(OrderStatus(order.status), target):
+        return
+    if order.status == OrderStatus.NEEDS_ATTENTION:
+        order.reason = None  # the carrier resolved what the order was flagged for
+    move_order(session, order, target, actor=_ACTOR, **detail)
+
+
+def _flag(session: Session, order: Order, reason: str, **detail: Any) -> None:
+    if not can_transition(OrderStatus(order.status), OrderStatus.NEEDS_ATTENTION):
+        return
+    order.reason = reason[:200]
+    move_order(session, order, OrderStatus.NEEDS_ATTENTION, actor=_ACTOR, reason=reason, **detail)
+
+
+def _exception_text(result: TrackingResult) -> str:
+    """The newest exception event's description (else the newest event's, else the raw
+    state): what an operator reads first."""
+    for e in reversed(result.events):
+        if ShipmentStatus(e.status) == ShipmentStatus.EXCEPTION:
+            return e.description
+    if result.events:
+        return result.events[-1].description
+    return f"state {result.raw_state or 'unknown'}"

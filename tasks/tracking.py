@@ -1,0 +1,127 @@
+"""Tracking tasks: the beat scheduler claims due shipments; poll tasks query Kuaidi100 under a
+Redis token bucket; a staleness check raises alerts. See :mod:`services.tracking`.
+
+Two beats running the scheduler at once never double-poll: claims use ``FOR UPDATE SKIP LOCKED``
+plus a lease longer than a poll task can live, and a waybill is never claimed again within
+``TRACKING_MIN_INTERVAL_S`` of its last poll (Kuaidi100 locks numbers queried more often).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from functools import lru_cache
+
+from adapters.logistics.base import TrackingResult
+from adapters.ratelimit import TokenBucket
+from adapters.registry import tracking_provider
+from domain.errors import ProviderError
+from domain.tracking import Cadence
+from services import tracking
+from services.unit_of_work import unit_of_work
+from settings import get_settings
+from tasks.base import OrderflowTask, utcnow
+from tasks.dispatch import enqueue
+from tasks.providers import CircuitOpen, call, redis_client
+from workers.app import app
+
+log = logging.getLogger(__name__)
+PUSH_WINDOW_H = 8  # a shipment that got a push this recently is polled only as a fallback
+
+
+def cadence() -> Cadence:
+    """The configured cadence: compressed by TRACKING_TIME_SCALE, min interval as configured."""
+    s = get_settings()
+    return replace(Cadence().scaled(s.tracking_time_scale), min_interval=s.tracking_min_interval_s)
+
+
+def lease_s() -> float:
+    # Longer than a poll task can live (hard time limit), so a claim never expires mid-poll.
+    return get_settings().task_time_limit_s * 2.0
+
+
+@lru_cache(maxsize=1)
+def _bucket() -> TokenBucket:
+    s = get_settings()
+    return TokenBucket(redis_client(), "kuaidi100", s.tracking_rate_per_s, s.tracking_burst)
+
+
+@app.task(name="maintenance.schedule_tracking", base=OrderflowTask, bind=True)
+def schedule_tracking(self: OrderflowTask) -> int:
+    """Beat: claim due shipments (leased) and enqueue them in chunks; returns how many."""
+    s = get_settings()
+    try:
+        with unit_of_work() as session:
+            ids = tracking.claim_due(
+                session, now=utcnow(), limit=s.tracking_batch, lease_s=lease_s(),
+                min_interval_s=s.tracking_min_interval_s,
+            )  # fmt: skip
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    chunk = s.tracking_poll_chunk
+    for i in range(0, len(ids), chunk):
+        enqueue("tracking.poll", ids[i : i + chunk])
+    return len(ids)
+
+
+@app.task(name="tracking.poll", base=OrderflowTask, bind=True)
+def poll(self: OrderflowTask, shipment_ids: list[int]) -> int:
+    """Query each claimed shipment (within the account's quota) and record the outcome."""
+    s = get_settings()
+    granted = _bucket().reserve(len(shipment_ids))
+    try:
+        if granted < len(shipment_ids):
+            with unit_of_work() as session:  # over quota: try these again shortly
+                tracking.release_lease(session, shipment_ids[granted:], now=utcnow(),
+                                       retry_in_s=max(1.0, 1 / s.tracking_rate_per_s))  # fmt: skip
+        with unit_of_work() as session:
+            targets = tracking.poll_targets(session, shipment_ids[:granted], now=utcnow(),
+                                            push_window_s=PUSH_WINDOW_H * 3600 /
+                                            s.tracking_time_scale)  # fmt: skip
+        for target in targets:
+            _poll_one(target)
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    return len(targets)
+
+
+def _poll_one(target: tracking.PollTarget) -> None:
+    """Query one waybill (no transaction open), then record the outcome or the failure."""
+    provider = tracking_provider()
+
+    def query() -> TrackingResult:
+        return provider.query(target.carrier, target.waybill, target.phone)
+
+    result: TrackingResult | None = None
+    error: str | None = None
+    try:
+        result = call("kuaidi100", "query", target.order_id, query)
+    except CircuitOpen:
+        with unit_of_work() as session:
+            retry_in = get_settings().circuit_cooldown_s
+            tracking.release_lease(session, [target.shipment_id], now=utcnow(), retry_in_s=retry_in)
+        return
+    except ProviderError as exc:
+        error = str(exc)[:200]
+    with unit_of_work() as session:
+        tracking.record_poll(
+            session, target.shipment_id, now=utcnow(), result=result, failed=result is None,
+            cadence=cadence(), has_push=target.has_push, error=error,
+        )  # fmt: skip
+
+
+@app.task(name="maintenance.tracking_staleness", base=OrderflowTask, bind=True)
+def staleness(self: OrderflowTask) -> int:
+    """Beat: log an alert for every active shipment without an update for too long."""
+    s = get_settings()
+    try:
+        with unit_of_work() as session:
+            stale = tracking.stale_shipments(
+                session, now=utcnow(), stale_after_s=s.tracking_stale_after_s, limit=500
+            )
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    for shipment_id, order_id, last in stale:
+        log.warning("tracking stale: shipment %s of order %s, last update %s",
+                    shipment_id, order_id, last)  # fmt: skip
+    return len(stale)
