@@ -107,6 +107,7 @@ def run_demo(*, orders: int, payment_window_s: int, concurrency: int) -> None:
         "PAYMENT_POLL_INTERVAL_S": "1",
         "INTAKE_REDRIVE_S": "10",
         "CREATE_REDRIVE_S": "10",
+        "TRACKING_INTERVAL_S": "0.5",
     }
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
@@ -134,7 +135,8 @@ def _simulators() -> Iterator[ProviderStack]:
 
     port = free_port()
     key_dir = Path(tempfile.mkdtemp(prefix="orderflow-demo-keys-"))
-    stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir)
+    # One second of demo time is ten hours of parcel time: a 34-hour trace takes ~3.4 s.
+    stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir, time_scale=36000)
     saved = {k: os.environ.get(k) for k in stack.env}
     os.environ.update(stack.env)
     os.environ["DEMO_API_PORT"] = str(port)
@@ -163,6 +165,7 @@ class _Customers:
         self.http = requests.Session()
         self.http.headers["X-API-Key"] = key
         self.handled: set[str] = set()
+        self.too_late = 0
 
     def act(self) -> None:
         from sqlalchemy import select
@@ -182,7 +185,10 @@ class _Customers:
             self.handled.add(order_id)
             decision = _customer_decision(order_id)
             if decision == "pay":
-                self.stack.pay(provider, trade)
+                try:
+                    self.stack.pay(provider, trade)
+                except Exception:  # noqa: BLE001 - each simulator has its own error type
+                    self.too_late += 1  # the trade expired before this customer paid
             elif decision == "cancel":
                 url = f"{self.base_url}/v1/orders/{order_id}/cancel"
                 self.http.post(url, json={"reason": "customer changed their mind"}, timeout=30)
@@ -208,6 +214,7 @@ def _run(orders: int, concurrency: int, key: str, stack: ProviderStack) -> None:
         workers = [
             group.worker("worker-orders", "orders,maintenance", concurrency=2),
             group.worker("worker-payments", "payments", concurrency=8, pool="threads"),
+            group.worker("worker-shipping", "shipping,tracking", concurrency=8, pool="threads"),
         ]
         group.beat()
         for w in workers:
@@ -219,7 +226,8 @@ def _run(orders: int, concurrency: int, key: str, stack: ProviderStack) -> None:
         columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())  # fmt: skip
         with Progress(*columns, console=console) as progress:
-            stages = ("intake", "reserved/rejected", "payment started", "paid or closed")
+            stages = ("intake", "reserved/rejected", "payment started", "paid or closed",
+                      "shipped", "completed")  # fmt: skip
             bars = {name: progress.add_task(name, total=orders) for name in stages}
             started = time.monotonic()
 
@@ -234,16 +242,23 @@ def _run(orders: int, concurrency: int, key: str, stack: ProviderStack) -> None:
             bad = [c for c in codes if c not in (200, 202)]
             if bad:
                 raise RuntimeError(f"{len(bad)} orders were refused by the API: {set(bad)}")
-            final = {"REJECTED", "PAID", "EXPIRED", "CANCELLED", "NEEDS_ATTENTION"}
+            final = {"REJECTED", "COMPLETED", "EXPIRED", "CANCELLED", "NEEDS_ATTENTION"}
+            after_pay = {"PAID", "SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"}
+            shipped = {"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"}
             while True:
                 customers.act()
                 c = counts()
                 stocked = orders - c.get("RECEIVED", 0)
                 started_pay = stocked - c.get("RESERVED", 0)
                 done = sum(n for status, n in c.items() if status in final)
+                closed = sum(n for st, n in c.items() if st in final | after_pay)
                 progress.update(bars["reserved/rejected"], completed=stocked)
                 progress.update(bars["payment started"], completed=started_pay)
-                progress.update(bars["paid or closed"], completed=done)
+                progress.update(bars["paid or closed"], completed=closed)
+                paid_so_far = sum(c.get(st, 0) for st in after_pay)
+                for bar, count in (("shipped", sum(c.get(st, 0) for st in shipped)),
+                                   ("completed", c.get("COMPLETED", 0))):  # fmt: skip
+                    progress.update(bars[bar], completed=count, total=max(paid_so_far, 1))
                 if stocked >= orders and "reserved" not in marks:
                     marks["reserved"] = time.monotonic() - started
                 if done >= orders:
@@ -283,13 +298,17 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
     console.print(table)
     charges = stack.charges()
     doubled = sum(1 for n in charges.values() if n > 1)
-    paid = sum(n for status, _r, _p, n in rows if status == "PAID")
+    paid_statuses = ("PAID", "SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
+    paid = sum(n for status, _r, _p, n in rows if status in paid_statuses)
+    completed = sum(n for status, _r, _p, n in rows if status == "COMPLETED")
     rates = Table("figure", "value", title="rates and checks")
     rates.add_row("orders pushed", str(orders))
     rates.add_row("intake (HTTP, stored)", f"{orders / marks['intake']:,.0f} orders/s")
     rates.add_row("intake -> reserved/rejected", f"{orders / marks['reserved']:,.0f} orders/s")
-    rates.add_row("intake -> final (paid/expired/...)", f"{orders / marks['final']:,.0f} orders/s")
+    rates.add_row("intake -> final (completed/expired/...)",
+                  f"{orders / marks['final']:,.0f} orders/s ({marks['final']:.0f} s)")  # fmt: skip
     rates.add_row("paid orders", f"{paid} ({paid / marks['final']:,.0f}/s incl. customer time)")
+    rates.add_row("completed (delivered) orders", str(completed))
     rates.add_row("charges at the simulators", f"{sum(charges.values())} "
                   f"(by provider here: {dict(sorted(paid_here.items()))})")  # fmt: skip
     rates.add_row("orders charged twice", str(doubled))

@@ -259,7 +259,7 @@ def stock_report() -> None:
 @app.command("demo")
 def demo(
     orders: int = typer.Option(1000, min=1, max=100_000, help="How many orders to push"),
-    payment_window: int = typer.Option(8, min=1, help="Seconds before unpaid orders expire"),
+    payment_window: int = typer.Option(15, min=1, help="Seconds before unpaid orders expire"),
     concurrency: int = typer.Option(16, min=1, max=256, help="Concurrent intake clients"),
 ) -> None:
     """Run the pipeline end to end on the embedded default (or configured servers)."""
