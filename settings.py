@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     api_port: int = 8000
     max_body_bytes: int = Field(1_048_576, description="Largest accepted request body")
     max_lines_per_order: int = 100
+    admin_api_key: SecretStr | None = Field(
+        None, description="X-Admin-Key for /v1/admin/*; unset = the admin API refuses everyone"
+    )
+    session_ttl_s: int = Field(86400, ge=60, description="Login token lifetime")
+    login_max_failures: int = Field(
+        10, ge=1, description="Failed logins per account and per address before 429"
+    )
+    login_window_s: int = Field(60, ge=1, description="Sliding window of the login rate limit")
 
     # --- pipeline timing (seconds) ------------------------------------------------------------
     payment_window_s: int = Field(900, ge=1, description="Reservation lifetime / payment deadline")

@@ -19,11 +19,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError as PydanticValidationError
 
 from api.auth import require_api_key
+from api.catalog import router as catalog_router
 from api.errors import error_response
 from api.limits import BodySizeLimit
 from api.payments import router as payments_router
 from api.shipping import router as shipping_router
-from domain.errors import ConflictError, NotFound
+from api.users import router as users_router
+from domain.errors import ConflictError, NotFound, ValidationError
 from producers.intake import accept
 from producers.schema import field_errors, parse_message
 from services.payments import payment_view
@@ -59,6 +61,8 @@ def create_app() -> FastAPI:
     # Static webhook paths (/webhooks/kuaidi100) before the /webhooks/{provider} pattern.
     app.include_router(shipping_router)
     app.include_router(payments_router)
+    app.include_router(users_router)
+    app.include_router(catalog_router)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -96,6 +100,9 @@ def create_app() -> FastAPI:
                 str(exc),
                 [{"field": "external_id", "reason": "already used with a different body"}],
             )
+        except ValidationError as exc:
+            details = [{"field": exc.field, "reason": exc.reason}]
+            return error_response(422, "validation_failed", "order is invalid", details)
         if result.created:
             await run_in_threadpool(_publish_process, result.order_id)
         body = {"id": result.order_id, "status": result.status, "created": result.created}

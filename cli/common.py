@@ -41,6 +41,8 @@ def command(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             with servers():
                 return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise  # typer.Exit is a RuntimeError: let the command's own exit code through
         except OrderflowError as exc:
             raise fail(str(exc)) from None
         except (OSError, RuntimeError) as exc:

@@ -22,6 +22,7 @@ import requests
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.orm import Session
 
 from cli.common import console
 from settings import get_settings
@@ -292,6 +293,8 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
             ).all()
         )
         drift = stock_drift(session)
+        created = _stage_rate(session, "AWAITING_PAYMENT")
+        shipped_rate = _stage_rate(session, "SHIPPED")
     table = Table("status", "reason", "provider", "orders", title="outcome")
     for status, reason, provider, n in rows:
         table.add_row(status, reason or "", provider, str(n))
@@ -311,8 +314,27 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
     rates.add_row("completed (delivered) orders", str(completed))
     rates.add_row("charges at the simulators", f"{sum(charges.values())} "
                   f"(by provider here: {dict(sorted(paid_here.items()))})")  # fmt: skip
+    rates.add_row("payment stage: payments created", created)
+    rates.add_row("shipping stage: parcels booked", shipped_rate)
     rates.add_row("orders charged twice", str(doubled))
     rates.add_row("stock counters vs ledger", "match" if not drift else f"{len(drift)} DRIFT")
     console.print(rates)
     if drift or doubled:
         raise RuntimeError("a correctness check failed (see the table above)")
+
+
+def _stage_rate(session: Session, status: str) -> str:
+    """How many orders entered ``status`` and how fast, from the timeline's timestamps."""
+    from sqlalchemy import func, select
+
+    from models import OrderEvent
+
+    n, first, last = session.execute(
+        select(
+            func.count(), func.min(OrderEvent.created_at), func.max(OrderEvent.created_at)
+        ).where(OrderEvent.kind == "transition", OrderEvent.to_status == status)
+    ).one()
+    if not n or first is None or last is None or last <= first:
+        return str(n)
+    span = (last - first).total_seconds()
+    return f"{n} in {span:.1f} s ({n / span:,.0f}/s)"

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError as PydanticValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from domain.errors import ConflictError
+from domain.errors import ConflictError, ValidationError
 from producers.intake import accept
 from producers.schema import field_errors, parse_message
 
@@ -52,6 +52,8 @@ def _import_line(report: ImportReport, number: int, raw: str) -> None:
         report.errors.append((number, reasons))
     except ConflictError as exc:
         report.errors.append((number, f"external_id: {exc}"))
+    except ValidationError as exc:
+        report.errors.append((number, str(exc)))
     else:
         if result.created:
             report.accepted += 1

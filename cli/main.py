@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from cli.catalog import catalog_app, stock_admin_app, users_app
 from cli.common import command, console, fail, print_json
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="orderflow operations")
@@ -23,6 +24,10 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(stock_app, name="stock")
 app.add_typer(payments_app, name="payments")
 app.add_typer(shipments_app, name="shipments")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(users_app, name="users")
+# receive / adjust / move / repair join `stock report` in the one `stock` group.
+stock_app.registered_commands += stock_admin_app.registered_commands
 
 
 @db_app.command("upgrade")
@@ -237,8 +242,10 @@ def stock_report() -> None:
     """On hand / reserved / available per SKU and warehouse, and the ledger drift check."""
     from sqlalchemy import select
 
+    from cli.catalog import print_repair_proposals
     from models import Stock
     from services.queries import stock_drift
+    from services.stock_admin import propose_repairs
     from services.unit_of_work import unit_of_work
 
     table = Table("sku", "warehouse", "on hand", "reserved", "available")
@@ -248,10 +255,13 @@ def stock_report() -> None:
                 s.sku, s.warehouse, str(s.on_hand), str(s.reserved), str(s.on_hand - s.reserved)
             )
         drift = stock_drift(session)
+        proposals = propose_repairs(session)
     console.print(table)
-    if drift:
-        console.print("[red]counters differ from the ledger:[/]")
-        print_json(drift)
+    if drift or proposals:
+        if drift:
+            console.print("[red]counters differ from the ledger:[/]")
+            print_json(drift)
+        print_repair_proposals(proposals)  # proposed, never applied: see `stock repair --apply`
         raise typer.Exit(1)
     console.print("[green]counters match the ledger[/]")
 

@@ -1,12 +1,12 @@
 """SQLAlchemy 2.0 typed mappings for every orderflow table; migrations live in ``migrations/``."""
 
 from models.base import Base
-from models.catalog import Product, Stock, StockMovement
+from models.catalog import Product, ProductPrice, Stock, StockMovement
 from models.logistics import Shipment, TrackingEvent
 from models.ops import DeadLetter, ProcessedNotification
 from models.orders import Order, OrderEvent, OrderLine, Reservation
 from models.payments import Payment, Refund
-from models.users import User
+from models.users import User, UserSession
 
 __all__ = [
     "Base",
@@ -17,6 +17,7 @@ __all__ = [
     "Payment",
     "ProcessedNotification",
     "Product",
+    "ProductPrice",
     "Refund",
     "Reservation",
     "Shipment",
@@ -24,4 +25,5 @@ __all__ = [
     "StockMovement",
     "TrackingEvent",
     "User",
+    "UserSession",
 ]

@@ -1,8 +1,11 @@
-"""Products, stock counters per (sku, warehouse) and the append-only stock ledger."""
+"""Products and their price history, stock counters per (sku, warehouse) and the append-only
+stock ledger."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, text
+from datetime import datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedAt, Currency, MinorUnits, UpdatedAt
@@ -20,6 +23,30 @@ class Product(Base):
     active: Mapped[bool] = mapped_column(server_default=text("true"))
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
+
+
+class ProductPrice(Base):
+    """One row per price a product has had: valid from ``valid_from`` until the next row's.
+
+    Written beside every price change made through ``services.catalog_admin`` (never updated);
+    the newest row equals ``products.price_amount`` / ``currency``. Rows go with the product
+    when a never-ordered product is deleted.
+    """
+
+    __tablename__ = "product_prices"
+    __table_args__ = (
+        CheckConstraint("price_amount >= 0", name="price_not_negative"),
+        Index("ix_product_prices_sku_valid_from", "sku", "valid_from"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sku: Mapped[str] = mapped_column(
+        String(64), ForeignKey("products.sku", onupdate="CASCADE", ondelete="CASCADE")
+    )
+    price_amount: Mapped[MinorUnits]
+    currency: Mapped[Currency]
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor: Mapped[str | None] = mapped_column(String(100))
 
 
 class Stock(Base):

@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from domain.errors import ValidationError
 from domain.money import Money
 from models import Product, Stock, StockMovement
+from services import catalog_admin
 from services.locks import lock_stock
 
 
 def upsert_product(
-    session: Session, sku: str, name: str, price: Money, active: bool = True
+    session: Session, sku: str, name: str, price: Money, active: bool = True, *, actor: str = "seed"
 ) -> None:
-    """Create the product or update its name, price and active flag."""
-    values = {
-        "sku": sku,
-        "name": name,
-        "price_amount": price.amount,
-        "currency": price.currency,
-        "active": active,
-    }
-    stmt = pg_insert(Product).values(**values)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Product.sku],
-            set_={k: stmt.excluded[k] for k in ("name", "price_amount", "currency", "active")},
-        )
-    )
+    """Create the product or update its name, price and active flag (price history included).
+
+    A convenience for seeding (demo, tests); the admin API and CLI use
+    :mod:`services.catalog_admin` directly.
+    """
+    if session.scalar(select(Product.id).where(Product.sku == sku)) is None:
+        catalog_admin.create_product(session, sku, name, price, active=active, actor=actor)
+        return
+    catalog_admin.update_product(
+        session, sku, name=name, price_amount=price.amount, currency=price.currency,
+        active=active, actor=actor,
+    )  # fmt: skip
 
 
 def receive_stock(

@@ -19,9 +19,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from domain.errors import ConflictError
+from domain.errors import ConflictError, ValidationError
 from domain.orders import OrderStatus
-from models import Order, OrderLine
+from models import Order, OrderLine, User
 from services import timeline
 
 
@@ -49,7 +49,12 @@ class IntakeResult:
 def accept_order(
     session: Session, order: NewOrder, *, now: datetime, redrive_after_s: int, channel: str
 ) -> IntakeResult:
-    """Insert the order (status RECEIVED) or return the existing one with the same key."""
+    """Insert the order (status RECEIVED) or return the existing one with the same key.
+
+    Raises :class:`ValidationError` (field ``user_id``) for a user that does not exist.
+    """
+    if order.user_id is not None and session.get(User, order.user_id) is None:
+        raise ValidationError("user_id", f"no user with id {order.user_id}")
     order_id = str(uuid.uuid4())
     inserted = session.execute(
         pg_insert(Order)

@@ -158,3 +158,13 @@ def test_same_order_fifty_times_concurrently_makes_one(procs, db, api_key):
     assert sum(r.json()["created"] for r in responses) == 1
     assert len({r.json()["id"] for r in responses}) == 1
     assert stored_rows()[:2] == (1, 1)
+
+
+def test_unknown_user_is_422_and_stores_nothing(client, api_key):
+    body = order_message()
+    body["user_id"] = 424242
+    r = post(client, body, api_key)
+    assert r.status_code == 422 and r.json()["details"] == [
+        {"field": "user_id", "reason": "no user with id 424242"}
+    ]
+    assert stored_rows() == (0, 0, 0)

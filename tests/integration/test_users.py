@@ -1,0 +1,273 @@
+"""Users against real PostgreSQL and Redis: registration, argon2id hashes and their upgrade,
+login that does not reveal which emails exist, the login rate limit, tokens, my orders."""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from argon2 import PasswordHasher, Type, extract_parameters
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api.users import login_limiter
+from api.users import router as users_router
+from models import User, UserSession
+from producers.intake import accept_message
+from services import users
+from services.unit_of_work import unit_of_work
+from tests.conftest import order_message, redis_client
+
+PASSWORD = "Correct-horse-42"
+
+
+def make_app():
+    from api.app import create_app
+
+    app = create_app()
+    if not any(getattr(r, "path", None) == "/v1/sessions" for r in app.routes):
+        app.include_router(users_router)
+    return app
+
+
+@pytest.fixture
+def app(db):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def register(client, email="alice@example.com", password=PASSWORD, **extra):
+    return client.post("/v1/users", json={"email": email, "password": password, **extra})
+
+
+def login(client, email="alice@example.com", password=PASSWORD):
+    return client.post("/v1/sessions", json={"email": email, "password": password})
+
+
+def stored_hash(email="alice@example.com") -> str:
+    with unit_of_work() as s:
+        return s.scalars(select(User.password_hash).where(User.email == email)).one()
+
+
+def user_count() -> int:
+    with unit_of_work() as s:
+        return s.scalar(select(func.count()).select_from(User))
+
+
+# --- registration ------------------------------------------------------------------------------
+
+
+def test_register_normalizes_email_and_stores_argon2id(client):
+    r = register(client, email="  Alice@Example.COM ", display_name="Alice")
+    assert r.status_code == 201, r.text
+    assert r.json()["email"] == "alice@example.com"
+    stored = stored_hash()
+    assert stored.startswith("$argon2id$")
+    params = extract_parameters(stored)
+    assert params.type is Type.ID
+    assert params.memory_cost >= 19456 and params.time_cost >= 2 and params.parallelism == 1
+    assert PASSWORD not in stored
+
+
+def test_duplicate_email_is_409_whatever_the_case(client):
+    assert register(client).status_code == 201
+    r = register(client, email="ALICE@example.com ")
+    assert r.status_code == 409
+    assert r.json()["details"] == [{"field": "email", "reason": "already registered"}]
+    assert user_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "field", "reason"),
+    [
+        ("bob@example.com", "Short-1", "password", "at least 10"),
+        ("bob@example.com", "Aa1-" * 33, "password", "at most 128"),
+        ("bob@example.com", "abcdefghijklmnop", "password", "two of"),
+        ("bob@example.com", "1234567890123", "password", "two of"),
+        ("bob10chars@example.com", "BOB10chars@example.com", "password", "email"),
+        ("not-an-email", PASSWORD, "email", "not an email"),
+        ("", PASSWORD, "email", "required"),
+    ],
+    ids=["short", "long", "one-class", "digits-only", "equals-email", "bad-email", "no-email"],
+)
+def test_policy_errors_name_the_field_and_store_nothing(client, email, password, field, reason):
+    r = register(client, email=email, password=password)
+    assert r.status_code == 422, r.text
+    detail = r.json()["details"][0]
+    assert detail["field"] == field and reason in detail["reason"]
+    assert user_count() == 0
+
+
+def test_missing_field_is_422_naming_it(client):
+    r = client.post("/v1/users", json={"email": "a@example.com"})
+    assert r.status_code == 422 and r.json()["details"][0]["field"] == "password"
+
+
+# --- sessions and my orders --------------------------------------------------------------------
+
+
+def test_login_my_orders_and_logout(client, catalog):
+    catalog({"A": 5})
+    uid = register(client).json()["id"]
+    other = register(client, email="eve@example.com").json()["id"]
+    mine = [accept_message({**order_message("A"), "user_id": uid}, channel="test").order_id
+            for _ in range(2)]  # fmt: skip
+    accept_message({**order_message("A"), "user_id": other}, channel="test")
+
+    r = login(client, email=" ALICE@example.com")
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert r.json()["token_type"] == "bearer"
+    expires = datetime.fromisoformat(r.json()["expires_at"])
+    assert expires > datetime.now(UTC) + timedelta(minutes=10)
+    with unit_of_work() as s:  # only the hash is stored
+        hashes = list(s.scalars(select(UserSession.token_hash)))
+    assert hashes == [hashlib.sha256(token.encode()).hexdigest()]
+
+    auth = {"Authorization": f"Bearer {token}"}
+    orders = client.get("/v1/users/me/orders", headers=auth)
+    assert orders.status_code == 200
+    assert sorted(o["id"] for o in orders.json()["orders"]) == sorted(mine)
+    assert orders.json()["orders"][0]["lines"] == [{"sku": "A", "quantity": 1, "unit_amount": None}]
+
+    assert client.delete("/v1/sessions/current", headers=auth).status_code == 204
+    after = client.get("/v1/users/me/orders", headers=auth)
+    assert after.status_code == 401 and after.headers["WWW-Authenticate"] == "Bearer"
+    assert client.delete("/v1/sessions/current", headers=auth).status_code == 401
+    with unit_of_work() as s:  # revoked, not forgotten
+        assert s.scalar(select(UserSession.revoked_at)) is not None
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer nope", "Basic abc", "token"])
+def test_bad_or_missing_token_is_401(client, header):
+    headers = {"Authorization": header} if header else {}
+    r = client.get("/v1/users/me/orders", headers=headers)
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+
+
+def test_expired_token_is_refused(client):
+    register(client)
+    with unit_of_work() as s:
+        issued = users.login(
+            s, users.LoginLimiter(redis_client()), "alice@example.com", PASSWORD,
+            client_address="127.0.0.1", now=datetime.now(UTC) - timedelta(hours=2), ttl_s=3600,
+        )  # fmt: skip
+    r = client.get("/v1/users/me/orders", headers={"Authorization": f"Bearer {issued.token}"})
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "legacy",
+    [
+        PasswordHasher(time_cost=1, memory_cost=8192, parallelism=2, type=Type.ID),
+        PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, type=Type.I),
+    ],
+    ids=["weak-argon2id", "argon2i"],
+)
+def test_legacy_hash_is_upgraded_at_login(client, legacy):
+    with unit_of_work() as s:
+        s.add(User(email="old@example.com", password_hash=legacy.hash(PASSWORD)))
+    assert not stored_hash("old@example.com").startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert login(client, email="old@example.com").status_code == 201
+    upgraded = stored_hash("old@example.com")
+    params = extract_parameters(upgraded)
+    assert (params.type, params.memory_cost, params.time_cost, params.parallelism) == (
+        Type.ID, 19456, 2, 1,
+    )  # fmt: skip
+    assert login(client, email="old@example.com").status_code == 201  # the new hash verifies
+    assert stored_hash("old@example.com") == upgraded  # and is not rehashed again
+
+
+# --- no account enumeration --------------------------------------------------------------------
+
+
+def test_unknown_email_and_wrong_password_are_indistinguishable(app):
+    app.dependency_overrides[login_limiter] = lambda: users.LoginLimiter(
+        redis_client(), max_failures=1000
+    )
+    with TestClient(app) as client:
+        assert register(client).status_code == 201
+        wrong = lambda: login(client, password="Wrong-password-1")  # noqa: E731
+        unknown = lambda: login(client, email="nobody@example.com")  # noqa: E731
+        wrong(), unknown()  # warm both paths
+        times: dict[str, list[float]] = {"wrong": [], "unknown": []}
+        answers = set()
+        for _ in range(10):
+            for name, attempt in (("wrong", wrong), ("unknown", unknown)):
+                started = time.perf_counter()
+                r = attempt()
+                times[name].append(time.perf_counter() - started)
+                answers.add((r.status_code, r.content, r.headers.get("WWW-Authenticate")))
+    assert len(answers) == 1, answers
+    assert next(iter(answers))[0] == 401
+    wrong_s, unknown_s = statistics.median(times["wrong"]), statistics.median(times["unknown"])
+    # Both do one argon2 verification (~tens of ms); skipping it would differ by all of that.
+    assert abs(wrong_s - unknown_s) < 0.5 * max(wrong_s, unknown_s), (wrong_s, unknown_s)
+
+
+# --- rate limit --------------------------------------------------------------------------------
+
+
+def test_eleventh_failed_login_in_a_minute_is_429(client):
+    register(client)
+    for attempt in range(10):
+        assert login(client, password="Wrong-password-1").status_code == 401, attempt
+    r = login(client)  # even the right password: the 11th attempt is refused unchecked
+    assert r.status_code == 429
+    assert r.json()["error"] == "rate_limited" and 1 <= int(r.headers["Retry-After"]) <= 60
+    with unit_of_work() as s:
+        assert s.scalar(select(func.count()).select_from(UserSession)) == 0
+
+
+def test_limit_is_per_account_across_addresses(app, db):
+    with TestClient(app) as first:
+        register(first)
+    for i in range(10):
+        c = TestClient(app, client=(f"198.51.100.{i}", 4000))
+        assert login(c, password="Wrong-password-1").status_code == 401
+    fresh = TestClient(app, client=("198.51.100.99", 4000))
+    assert login(fresh).status_code == 429
+    assert login(fresh, email="someone-else@example.com").status_code == 401  # address is fine
+
+
+def test_limit_is_per_address_across_accounts(app, db):
+    attacker = TestClient(app, client=("203.0.113.7", 5000))
+    for i in range(10):
+        assert login(attacker, email=f"user{i}@example.com").status_code == 401
+    assert login(attacker, email="user10@example.com").status_code == 429
+    other = TestClient(app, client=("203.0.113.8", 5000))
+    assert login(other, email="user10@example.com").status_code == 401
+
+
+def test_successful_logins_are_not_counted(client):
+    register(client)
+    for _ in range(12):
+        assert login(client).status_code == 201
+
+
+def test_window_slides_and_limits_are_parameters(db):
+    limiter = users.LoginLimiter(redis_client(), max_failures=2, window_s=1)
+    for _ in range(2):
+        limiter.acquire("x@example.com", "192.0.2.1")  # two failures (slots kept)
+    with pytest.raises(users.LoginThrottled) as info:
+        limiter.acquire("x@example.com", "192.0.2.1")
+    assert info.value.retry_after_s == 1
+    time.sleep(1.1)
+    limiter.acquire("x@example.com", "192.0.2.1")  # the old failures aged out
+
+
+def test_ipv6_addresses_share_their_64(db):
+    limiter = users.LoginLimiter(redis_client(), max_failures=3)
+    for i in range(3):
+        limiter.acquire(f"u{i}@example.com", f"2001:db8:1:2::{i + 1}")
+    with pytest.raises(users.LoginThrottled):
+        limiter.acquire("u9@example.com", "2001:db8:1:2:ffff::9")
+    limiter.acquire("u9@example.com", "2001:db8:1:3::1")  # another /64
