@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     max_body_bytes: int = Field(1_048_576, description="Largest accepted request body")
     max_lines_per_order: int = 100
+    flower_basic_auth: SecretStr | None = Field(
+        None, description="user:password for Flower; `orderflow up` generates one when unset"
+    )
     admin_api_key: SecretStr | None = Field(
         None, description="X-Admin-Key for /v1/admin/*; unset = the admin API refuses everyone"
     )

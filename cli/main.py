@@ -266,6 +266,33 @@ def stock_report() -> None:
     console.print("[green]counters match the ledger[/]")
 
 
+@app.command("up")
+def up(
+    api_port: int = typer.Option(8000, min=1, max=65535),
+    flower_port: int = typer.Option(5555, min=1, max=65535),
+    simulators: bool = typer.Option(
+        True, help="Start the provider simulators (a local stand-in for every provider)"
+    ),
+) -> None:
+    """Run the API, a worker per queue, beat, Flower and the simulators until Ctrl-C."""
+    from cli.ops import run_up
+
+    try:
+        run_up(api_port=api_port, flower_port=flower_port, simulators=simulators)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command("doctor")
+@command
+def doctor() -> None:
+    """Check database, migrations, broker, workers, beat and providers; exit 1 on a failure."""
+    from cli.ops import run_doctor
+
+    if not run_doctor():
+        raise typer.Exit(1)
+
+
 @app.command("demo")
 def demo(
     orders: int = typer.Option(1000, min=1, max=100_000, help="How many orders to push"),

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 from services.sweeper import sweep as sweep_orders
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
 from tasks.dispatch import enqueue_followups
+from tasks.providers import redis_client
 from workers.app import app
+
+#: Set by every sweep; `orderflow doctor` reads its age to tell whether beat is alive.
+HEARTBEAT_KEY = "orderflow:heartbeat:sweep"
 
 
 @app.task(name="maintenance.sweep", base=OrderflowTask, bind=True)
@@ -22,4 +28,5 @@ def sweep(self: OrderflowTask) -> int:
             )  # fmt: skip
     except Exception as exc:
         self.retry_or_fail(exc)
+    redis_client().set(HEARTBEAT_KEY, time.time())
     return enqueue_followups(result.followups) + len(result.expired)
