@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import requests
 from sqlalchemy import text
 
@@ -149,12 +148,10 @@ def _workers() -> str:
 
 def _beat() -> str:
     from tasks.maintenance import HEARTBEAT_KEY
-    from workers.embedded import redis_client_url
+    from workers.connections import redis_client
 
     s = get_settings()
-    assert s.redis_url
-    client = redis.Redis.from_url(redis_client_url(s.redis_url), socket_timeout=3)
-    last = client.get(HEARTBEAT_KEY)
+    last = redis_client().get(HEARTBEAT_KEY)
     if last is None:
         raise RuntimeError("no sweep has run yet: is beat running (and a maintenance worker)?")
     age = time.time() - float(last)

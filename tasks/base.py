@@ -1,6 +1,11 @@
 """What every orderflow task shares: retry classification, capped jittered backoff and dead
 letters.
 
+A message whose task keeps killing its worker process (a poison message: acks-late plus
+reject-on-worker-lost would redeliver it forever) is stopped at :data:`MAX_DELIVERIES`: each
+delivery is counted in Redis under the task id and retry number before the body runs, and the
+next delivery past the limit becomes a dead letter instead of running again.
+
 A task body calls one service inside a unit of work. Any exception goes through
 :meth:`OrderflowTask.retry_or_fail`: retryable ones (``retryable = True`` on our error tree,
 lost database or broker connections, deadlocks, serialization failures) are retried with capped
@@ -11,6 +16,7 @@ can re-run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from datetime import UTC, datetime
@@ -24,6 +30,7 @@ from celery import Task
 from services import dead_letters
 from services.unit_of_work import unit_of_work
 from settings import get_settings
+from workers.connections import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,10 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     kombu.exceptions.OperationalError,
 )
+
+#: Deliveries of one message (same task id and retry number) before it is dead-lettered.
+MAX_DELIVERIES = 3
+_DELIVERY_TTL_S = 86400
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
@@ -64,6 +75,24 @@ class OrderflowTask(Task):  # type: ignore[misc]
     def max_retries(self) -> int:  # type: ignore[override]
         return get_settings().task_max_retries
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = self._delivery_key()
+        if key is not None:
+            deliveries = _count_delivery(key)
+            if deliveries > MAX_DELIVERIES:
+                self._dead_letter(PoisonMessage(self.name, deliveries), args, kwargs)
+                return None
+        result = super().__call__(*args, **kwargs)
+        if key is not None:
+            _forget_delivery(key)  # finished (or raised) without killing the process
+        return result
+
+    def _delivery_key(self) -> str | None:
+        request = self.request
+        if request.called_directly or not request.id:
+            return None
+        return f"deliveries:{request.id}:{request.retries}"
+
     def retry_or_fail(self, exc: BaseException) -> NoReturn:
         if is_retryable(exc):
             log.warning("task %s retrying after %r", self.name, exc)
@@ -78,6 +107,14 @@ class OrderflowTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
+        key = self._delivery_key()
+        if key is not None:
+            _forget_delivery(key)
+        self._dead_letter(exc, args, kwargs)
+
+    def _dead_letter(
+        self, exc: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         order_id = None
         if self.order_id_arg is not None and len(args) > self.order_id_arg:
             order_id = str(args[self.order_id_arg])
@@ -86,7 +123,7 @@ class OrderflowTask(Task):  # type: ignore[misc]
                 dead_letters.record(
                     session,
                     task_name=self.name,
-                    task_id=task_id,
+                    task_id=self.request.id,
                     args=list(args),
                     kwargs=kwargs,
                     queue=(self.request.delivery_info or {}).get("routing_key"),
@@ -97,4 +134,30 @@ class OrderflowTask(Task):  # type: ignore[misc]
         except Exception:
             # The database is unreachable: the order keeps its stage deadline, so the sweeper
             # re-drives it once the database is back. Nothing is lost; log loudly.
-            log.exception("could not record dead letter for %s %s", self.name, task_id)
+            log.exception("could not record dead letter for %s %s", self.name, self.request.id)
+
+
+class PoisonMessage(Exception):
+    """A message whose task kept killing its worker process."""
+
+    def __init__(self, task_name: str, deliveries: int) -> None:
+        super().__init__(
+            f"{task_name} was delivered {deliveries} times and never finished "
+            f"(its worker process died each time); not running it again"
+        )
+
+
+def _count_delivery(key: str) -> int:
+    """INCR the delivery count (with a TTL); on a Redis failure assume a first delivery."""
+    try:
+        pipe = redis_client().pipeline()
+        pipe.incr(key)
+        pipe.expire(key, _DELIVERY_TTL_S)
+        return int(pipe.execute()[0])
+    except redis.exceptions.RedisError:
+        return 1  # fail open: losing the poison guard is better than stopping all work
+
+
+def _forget_delivery(key: str) -> None:
+    with contextlib.suppress(redis.exceptions.RedisError):  # else the TTL cleans up
+        redis_client().delete(key)

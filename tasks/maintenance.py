@@ -9,8 +9,8 @@ from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
 from tasks.dispatch import enqueue_followups
-from tasks.providers import redis_client
 from workers.app import app
+from workers.connections import redis_client
 
 #: Set by every sweep; `orderflow doctor` reads its age to tell whether beat is alive.
 HEARTBEAT_KEY = "orderflow:heartbeat:sweep"

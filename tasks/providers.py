@@ -7,30 +7,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import TypeVar
-
-import redis
 
 from adapters.circuit import CircuitBreaker
 from domain.errors import ProviderRejected, ProviderUnavailable
 from services import timeline
 from services.unit_of_work import unit_of_work
 from settings import get_settings
-from workers.embedded import redis_client_url
+from workers.connections import redis_client
 
 T = TypeVar("T")
 
 
 class CircuitOpen(ProviderUnavailable):
     """The provider's circuit is open: the call was not made. The order simply waits."""
-
-
-@lru_cache(maxsize=1)
-def redis_client() -> redis.Redis:
-    s = get_settings()
-    assert s.redis_url
-    return redis.Redis.from_url(redis_client_url(s.redis_url), socket_timeout=2)
 
 
 def breaker(provider: str) -> CircuitBreaker:

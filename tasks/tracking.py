@@ -22,8 +22,9 @@ from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
 from tasks.dispatch import enqueue
-from tasks.providers import CircuitOpen, call, redis_client
+from tasks.providers import CircuitOpen, call
 from workers.app import app
+from workers.connections import redis_client
 
 log = logging.getLogger(__name__)
 PUSH_WINDOW_H = 8  # a shipment that got a push this recently is polled only as a fallback

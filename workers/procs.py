@@ -79,12 +79,18 @@ class ProcessGroup:
         return proc
 
     def worker(
-        self, name: str, queues: str, *, concurrency: int = 2, pool: str = "prefork"
+        self,
+        name: str,
+        queues: str,
+        *,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        app: str = "workers.app",
     ) -> Proc:
         return self.start(
             name,
             [
-                sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+                sys.executable, "-m", "celery", "-A", app, "worker",
                 "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", f"{name}@%h",
                 "--without-gossip", "--without-mingle", "-l", "INFO",
             ],

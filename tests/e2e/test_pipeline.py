@@ -224,3 +224,34 @@ def test_cli_jsonl_intake_reports_bad_lines(procs, catalog, tmp_path):
         capture_output=True, text=True, timeout=120, env=os.environ.copy(),
     )  # fmt: skip
     assert "accepted 0, already present 3, rejected 2" in again.stdout
+
+
+def test_task_that_always_kills_its_worker_is_dead_lettered_after_three_deliveries(
+    procs, catalog, api_key, tmp_path
+):
+    from workers.procs import wait_worker_ready
+
+    catalog({"N": 50})
+    base = start_api(procs)
+    worker = procs.worker("crashy", "orders,maintenance", concurrency=2, app="tests.e2e.crash_app")
+    wait_worker_ready(worker)
+    procs.beat()
+    marker = tmp_path / "deliveries.txt"
+    from tasks.dispatch import enqueue
+
+    enqueue("orders.crash_always", str(marker))
+    ids = post_many(base, api_key, [order_message("N", 1) for _ in range(30)])
+    wait_until(lambda: settled(30), 120)  # other orders flow normally meanwhile
+
+    def dead_lettered() -> bool:
+        with unit_of_work() as s:
+            return s.scalar(select(func.count()).where(DeadLetter.task_name ==
+                                                       "orders.crash_always")) == 1  # fmt: skip
+
+    wait_until(dead_lettered, 120, 0.5)
+    deliveries = marker.read_text().split()
+    assert len(deliveries) == 3  # the body ran three times, each time killing its process
+    with unit_of_work() as s:
+        dl = s.scalars(select(DeadLetter)).one()
+    assert dl.error_class.endswith("PoisonMessage") and "never finished" in dl.error_message
+    assert len(ids) == 30 and status_counts() == {"RESERVED": 30}
