@@ -19,6 +19,7 @@ from models import User, UserSession
 from producers.intake import accept_message
 from services import users
 from services.unit_of_work import unit_of_work
+from settings import get_settings
 from tests.conftest import order_message, redis_client
 
 PASSWORD = "Correct-horse-42"
@@ -34,7 +35,11 @@ def make_app():
 
 
 @pytest.fixture
-def app(db):
+def app(db, monkeypatch):
+    # A day-long window: the limiter uses Redis server time, and a wall-clock step on the test
+    # machine (seen on VMs) must not age failures out in the middle of a test.
+    monkeypatch.setenv("LOGIN_WINDOW_S", "86400")
+    get_settings.cache_clear()
     return make_app()
 
 
