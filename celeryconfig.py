@@ -48,9 +48,12 @@ task_queues = [
     Queue("shipping"),
     Queue("tracking"),
     Queue("maintenance"),
+    Queue("callbacks"),
 ]
 # Route by the task name's prefix: orders.* -> orders, payments.* -> payments, and so on.
-task_routes = {f"{q}.*": {"queue": q} for q in ("orders", "payments", "shipping", "tracking")}
+task_routes = {
+    f"{q}.*": {"queue": q} for q in ("orders", "payments", "shipping", "tracking", "callbacks")
+}
 task_routes["maintenance.*"] = {"queue": "maintenance"}
 
 beat_schedule = {
@@ -78,5 +81,10 @@ beat_schedule = {
         "task": "maintenance.tracking_staleness",
         "schedule": 3600.0,
         "options": {"expires": 3600},
+    },
+    "dispatch-callbacks": {
+        "task": "maintenance.dispatch_callbacks",
+        "schedule": _s.callback_dispatch_interval_s,
+        "options": {"expires": _s.callback_dispatch_interval_s * 2},
     },
 }

@@ -136,6 +136,33 @@ class Settings(BaseSettings):
         3 * 86400.0, gt=0, description="No tracking update this long raises an alert"
     )
 
+    # --- status callbacks to upstream ------------------------------------------------------------
+    callback_dispatch_interval_s: float = Field(
+        2.0, gt=0, description="Beat period of the callback dispatcher"
+    )
+    callback_batch: int = Field(500, ge=1, description="Callback deliveries claimed per tick")
+    callback_chunk: int = Field(
+        20, ge=1, description="Deliveries per callbacks.deliver task and per endpoint per tick"
+    )
+    callback_lease_s: float = Field(
+        120.0, gt=0, description="Claim lease; must exceed the deliver task's hard time limit"
+    )
+    callback_task_budget_s: float = Field(
+        20.0, gt=0, description="A deliver task hands the rest of its chunk back after this"
+    )
+    callback_connect_timeout_s: float = 2.0
+    callback_read_timeout_s: float = 5.0
+    callback_backoff_first_s: float = Field(
+        10.0, gt=0, description="First retry of a failed callback; doubles per attempt"
+    )
+    callback_backoff_cap_s: float = Field(900.0, gt=0, description="Longest gap between attempts")
+    callback_pause_after: int = Field(
+        10, ge=1, description="Consecutive failures that pause an endpoint"
+    )
+    callback_max_attempts: int = Field(
+        20, ge=1, description="Attempts before a callback is FAILED (resend revives it)"
+    )
+
     stripe_api_base: str = "https://api.stripe.com"
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError as PydanticValidationError
 
 from api.auth import require_api_key
+from api.callbacks import router as callbacks_router
 from api.catalog import router as catalog_router
 from api.errors import error_response
 from api.limits import BodySizeLimit
@@ -63,6 +64,7 @@ def create_app() -> FastAPI:
     app.include_router(payments_router)
     app.include_router(users_router)
     app.include_router(catalog_router)
+    app.include_router(callbacks_router)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

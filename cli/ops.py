@@ -25,6 +25,7 @@ WORKERS = (
     ("worker-payments", "payments", 8, "threads"),
     ("worker-shipping", "shipping,tracking", 8, "threads"),
     ("worker-maintenance", "maintenance", 1, "prefork"),
+    ("worker-callbacks", "callbacks", 8, "threads"),
 )
 
 

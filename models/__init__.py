@@ -1,6 +1,7 @@
 """SQLAlchemy 2.0 typed mappings for every orderflow table; migrations live in ``migrations/``."""
 
 from models.base import Base
+from models.callbacks import CallbackDelivery, CallbackEndpoint
 from models.catalog import Product, ProductPrice, Stock, StockMovement
 from models.logistics import Shipment, TrackingEvent
 from models.ops import DeadLetter, ProcessedNotification
@@ -10,6 +11,8 @@ from models.users import User, UserSession
 
 __all__ = [
     "Base",
+    "CallbackDelivery",
+    "CallbackEndpoint",
     "DeadLetter",
     "Order",
     "OrderEvent",

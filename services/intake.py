@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from domain.errors import ConflictError, ValidationError
 from domain.orders import OrderStatus
 from models import Order, OrderLine, User
-from services import timeline
+from services import callbacks, timeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,12 @@ def accept_order(
         "transition",
         to_status=OrderStatus.RECEIVED,
         detail={"channel": channel, "source": order.source, "external_id": order.external_id},
+    )
+    callbacks.record_status_change(
+        session,
+        callbacks.OrderSnapshot(order_id, order.source, order.external_id, order.currency),
+        None,
+        OrderStatus.RECEIVED,
     )
     return IntakeResult(order_id, True, OrderStatus.RECEIVED)
 

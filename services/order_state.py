@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, lazyload
 from domain.errors import NotFound
 from domain.orders import OrderStatus, ensure_transition
 from models import Order
-from services import timeline
+from services import callbacks, timeline
 
 
 def lock_order(session: Session, order_id: str) -> Order:
@@ -40,3 +40,4 @@ def move_order(
         session, order.id, "transition", from_status=current, to_status=target,
         detail=detail or None, actor=actor,
     )  # fmt: skip
+    callbacks.record_status_change(session, order, current, target)

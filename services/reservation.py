@@ -22,7 +22,7 @@ from domain.allocation import Line, allocate
 from domain.errors import NotFound, OutOfStock
 from domain.orders import OrderStatus, RejectReason, ensure_transition
 from models import Order, OrderLine, Product
-from services import timeline
+from services import callbacks, timeline
 from services.locks import lock_stock_by_sku
 from services.stock import Hold, apply_reservations
 
@@ -95,6 +95,9 @@ def reserve_order(
             "payment_deadline": expires_at.isoformat(),
         },
     )
+    # The ORM UPDATE above synchronized ``order`` in the session (synchronize_session="auto"),
+    # so the callback sees the new status and total without another round trip.
+    callbacks.record_status_change(session, order, OrderStatus.RECEIVED, target)
     return ReserveOutcome(order_id, target, True)
 
 
@@ -123,4 +126,5 @@ def _reject(session: Session, order: Order, exc: OutOfStock) -> ReserveOutcome:
         to_status=target,
         detail={"reason": exc.reason, "detail": exc.detail},
     )
+    callbacks.record_status_change(session, order, current, target)
     return ReserveOutcome(order.id, target, True, exc.reason)

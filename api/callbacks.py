@@ -1,0 +1,93 @@
+"""Status-callback endpoints, behind the admin API key (``X-Admin-Key``, see :mod:`api.catalog`).
+
+* ``PUT /v1/admin/callbacks/{source}`` ``{"url", "secret"?}`` registers or replaces the source's
+  endpoint -> 200. Without ``secret`` one is generated and returned in this response only; a
+  given secret is never echoed back.
+* ``GET /v1/admin/callbacks`` lists endpoints with their health (never secrets).
+* ``POST /v1/admin/callbacks/{source}/resume`` un-pauses an endpoint -> ``{"released": n}``.
+* ``POST /v1/admin/callbacks/resend`` ``{"event_id"}`` or ``{"order_id"}`` queues events again
+  with their original event ids -> ``{"queued": n}``.
+
+Errors: 401 without a valid key, 404 for an unknown source or event, 422 naming the field.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from sqlalchemy.orm import Session
+
+from api.catalog import Admin
+from api.errors import error_response
+from domain.errors import NotFound, ValidationError
+from services import callbacks
+from services.unit_of_work import unit_of_work
+
+router = APIRouter(prefix="/v1/admin/callbacks")
+T = TypeVar("T")
+
+
+def _run(fn: Callable[[Session], T]) -> T | Any:
+    try:
+        with unit_of_work() as session:
+            return fn(session)
+    except ValidationError as exc:
+        return error_response(
+            422, "validation_failed", str(exc), [{"field": exc.field, "reason": exc.reason}]
+        )
+    except NotFound as exc:
+        return error_response(404, "not_found", str(exc))
+
+
+class EndpointIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=callbacks.MAX_URL_LEN)
+    secret: SecretStr | None = Field(None, description="16-200 chars; omitted = generated")
+
+
+class ResendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_id: str | None = Field(None, max_length=64)
+    order_id: str | None = Field(None, max_length=36)
+
+
+@router.get("")
+def list_endpoints(_actor: Admin) -> Any:
+    return _run(lambda s: {"endpoints": [asdict(e) for e in callbacks.list_endpoints(s)]})
+
+
+@router.put("/{source}")
+def register(source: str, body: EndpointIn, _actor: Admin) -> Any:
+    generated = body.secret is None
+    secret = body.secret or SecretStr(secrets.token_urlsafe(32))
+
+    def put(session: Session) -> dict[str, Any]:
+        endpoint = callbacks.register_endpoint(session, source, body.url, secret)
+        view: dict[str, Any] = {"id": endpoint.id, "source": endpoint.source, "url": endpoint.url,
+                                "paused": endpoint.paused_at is not None}  # fmt: skip
+        if generated:
+            view["secret"] = secret.get_secret_value()  # this response only; store it now
+        return view
+
+    return _run(put)
+
+
+@router.post("/{source}/resume")
+def resume(source: str, _actor: Admin) -> Any:
+    return _run(lambda s: {"released": callbacks.resume(s, source, now=datetime.now(UTC))})
+
+
+@router.post("/resend")
+def resend(body: ResendIn, _actor: Admin) -> Any:
+    now = datetime.now(UTC)
+    return _run(
+        lambda s: {
+            "queued": callbacks.resend(s, now=now, event_id=body.event_id, order_id=body.order_id)
+        }
+    )
