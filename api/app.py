@@ -27,6 +27,7 @@ from api.payments import router as payments_router
 from api.shipping import router as shipping_router
 from api.users import router as users_router
 from domain.errors import ConflictError, NotFound, ValidationError
+from observability.metrics import metrics_response
 from producers.intake import accept
 from producers.schema import field_errors, parse_message
 from services.payments import payment_view
@@ -65,6 +66,8 @@ def create_app() -> FastAPI:
     app.include_router(users_router)
     app.include_router(catalog_router)
     app.include_router(callbacks_router)
+
+    app.add_api_route("/metrics", metrics_response, include_in_schema=False)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

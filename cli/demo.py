@@ -197,6 +197,7 @@ class _Customers:
 
 def _run(orders: int, concurrency: int, key: str, stack: ProviderStack) -> None:
     from models.migrate import upgrade
+    from observability.metrics import prepare_multiproc_dir
     from services.queries import status_counts
     from services.unit_of_work import unit_of_work
     from workers.procs import ProcessGroup, wait_worker_ready
@@ -207,6 +208,7 @@ def _run(orders: int, concurrency: int, key: str, stack: ProviderStack) -> None:
 
     upgrade()
     _seed()
+    prepare_multiproc_dir()
     group = ProcessGroup(log_dir=get_settings().state_dir / "demo-logs")
     try:
         port = int(os.environ["DEMO_API_PORT"])

@@ -67,9 +67,11 @@ def _start_simulators(api_port: int):  # type: ignore[no-untyped-def]
 
 def _serve(api_port: int, flower_port: int, stop: threading.Event) -> None:
     from models.migrate import upgrade
+    from observability.metrics import prepare_multiproc_dir
     from workers.procs import ProcessGroup, wait_worker_ready
 
     upgrade()
+    prepare_multiproc_dir()  # workers' metrics reach the API's /metrics through this directory
     s = get_settings()
     auth = s.flower_basic_auth.get_secret_value() if s.flower_basic_auth else None
     if auth is None:

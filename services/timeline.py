@@ -9,6 +9,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from models import OrderEvent
+from observability import metrics
 
 
 def record(
@@ -22,6 +23,11 @@ def record(
     actor: str = "system",
 ) -> None:
     """Append one event to the order's timeline, in the caller's transaction."""
+    if kind == "transition" and from_status and to_status:
+        # Before the insert: the newest transition event is the one that entered from_status.
+        seconds = metrics.seconds_in_stage(session, order_id)
+        if seconds is not None:
+            metrics.observe_transition(from_status, to_status, seconds)
     session.execute(
         insert(OrderEvent).values(
             order_id=order_id,

@@ -27,6 +27,7 @@ import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
 
+from observability import metrics
 from services import dead_letters
 from services.unit_of_work import unit_of_work
 from settings import get_settings
@@ -96,6 +97,8 @@ class OrderflowTask(Task):  # type: ignore[misc]
     def retry_or_fail(self, exc: BaseException) -> NoReturn:
         if is_retryable(exc):
             log.warning("task %s retrying after %r", self.name, exc)
+            if self.request.retries < self.max_retries:  # else retry() re-raises: a failure
+                metrics.task_retried(self.name, exc)
             raise self.retry(exc=exc, countdown=backoff_s(self.request.retries))
         raise exc
 
@@ -107,6 +110,7 @@ class OrderflowTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
+        metrics.task_failed(self.name, exc)
         key = self._delivery_key()
         if key is not None:
             _forget_delivery(key)

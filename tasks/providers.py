@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from adapters.circuit import CircuitBreaker
 from domain.errors import ProviderRejected, ProviderUnavailable
+from observability import metrics
 from services import timeline
 from services.unit_of_work import unit_of_work
 from settings import get_settings
@@ -39,20 +40,31 @@ def call(provider: str, operation: str, order_id: str, fn: Callable[[], T]) -> T
     """
     cb = breaker(provider)
     if not cb.allow():
+        metrics.observe_provider_call(provider, operation, "circuit_open")
         raise CircuitOpen(provider, f"circuit open for {cb.retry_after_s():.1f}s")
     started = time.perf_counter()
     try:
         result = fn()
     except ProviderUnavailable as exc:
+        metrics.observe_provider_call(provider, operation, "unavailable", _since(started))
         opened = cb.record_failure()
         _record(order_id, provider, operation, started, f"unavailable: {exc}", opened)
         raise
     except ProviderRejected as exc:
+        metrics.observe_provider_call(provider, operation, "rejected", _since(started))
         cb.record_success()
         _record(order_id, provider, operation, started, f"rejected: {exc.code}", False)
         raise
+    except Exception:
+        metrics.observe_provider_call(provider, operation, "error", _since(started))
+        raise
+    metrics.observe_provider_call(provider, operation, "ok", _since(started))
     cb.record_success()
     return result
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
 
 
 def _record(

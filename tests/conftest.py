@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,11 +49,18 @@ def _redis_test_url(url: str) -> str:
 @pytest.fixture(scope="session")
 def services() -> Iterator[dict[str, str]]:
     """Database and Redis for the session; yields the URLs (also exported to os.environ)."""
-    saved = {k: os.environ.get(k) for k in [*TEST_ENV, "DATABASE_URL", "REDIS_URL", "API_KEYS"]}
+    saved = {
+        k: os.environ.get(k)
+        for k in [*TEST_ENV, "DATABASE_URL", "REDIS_URL", "API_KEYS", "PROMETHEUS_MULTIPROC_DIR"]
+    }
     os.environ.update(TEST_ENV)
     os.environ["API_KEYS"] = f"test-{secrets.token_hex(8)},shop-a:shopkey-{secrets.token_hex(8)}"
     get_settings.cache_clear()
+    from observability.metrics import prepare_multiproc_dir
     from workers.embedded import embedded_services
+
+    # Per session, so concurrent test runs never sum each other's worker metrics.
+    prepare_multiproc_dir(Path(tempfile.mkdtemp(prefix="orderflow-metrics-")))
 
     with embedded_services():
         base = get_settings()

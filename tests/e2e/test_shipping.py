@@ -141,3 +141,34 @@ def test_forged_push_is_rejected_and_changes_nothing(start_pipeline, catalog):
     after = p.get_order(oid)
     assert after["shipment"]["events"] == before["shipment"]["events"]
     assert "DELIVERED" not in transitions(after)
+
+
+def test_metrics_after_a_run_expose_the_pipeline(start_pipeline, catalog):
+    """After orders ran end to end, /metrics shows them: states read from the database and
+    counters/histograms recorded inside the worker processes."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    catalog({"X": 10})
+    p = start_pipeline(shipping=True)
+    ids = [paid_order(p, "X", 1, provider=prov) for prov in ("alipay", "wechatpay", "stripe")]
+    for oid in ids:
+        wait_until(lambda o=oid: p.get_order(o)["status"] == "COMPLETED", 90)
+    text = requests.get(f"{p.base_url}/metrics", timeout=10).text
+    samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+    def value(name: str, **labels: str) -> float:
+        matching = (s for s in samples if s.name == name)
+        return sum(
+            s.value for s in matching if all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    assert value("orderflow_orders", status="COMPLETED") == 3
+    assert value("orderflow_order_stage_seconds_count", to_status="PAID") >= 3
+    assert value("orderflow_order_stage_seconds_count", to_status="COMPLETED") >= 3
+    for provider in ("alipay", "wechatpay", "stripe", "warehouse"):
+        assert value("orderflow_provider_calls_total", provider=provider, outcome="ok") >= 1
+    assert value("orderflow_queue_depth", queue="orders") >= 0
+    assert value("orderflow_circuit_open", provider="alipay") == 0
+    assert value("orderflow_dead_letters_open") == 0
+    assert not [s for s in samples if s.name == "orderflow_scrape_error" and s.value]

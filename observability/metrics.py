@@ -1,0 +1,498 @@
+"""Prometheus metrics of the API and the workers, served by the API at ``GET /metrics``.
+
+Two kinds of series, named ``orderflow_*``:
+
+**Event series**, recorded where the event happens (worker processes, and the API for webhooks):
+
+- ``orderflow_task_retries_total{task,error}``: a task scheduled a retry (``error`` = class name)
+- ``orderflow_task_failures_total{task,error}``: a task failed for good (became a dead letter)
+- ``orderflow_provider_call_seconds{provider,operation}`` (histogram): every provider request
+- ``orderflow_provider_calls_total{provider,operation,outcome}``: ``ok``, ``rejected`` (a
+  business "no": the provider is up), ``unavailable``, ``error`` (an exception the adapter did
+  not classify: a bug), ``circuit_open`` (no request went out)
+- ``orderflow_order_stage_seconds{from_status,to_status}`` (histogram): time an order spent in
+  ``from_status`` (:func:`seconds_in_stage`)
+
+**State series**, read at scrape time by :class:`PipelineCollector` (PostgreSQL is the truth,
+so counts come from it rather than from counters that a restart would lose):
+
+- ``orderflow_orders{status}``: orders per status (every status, zero-filled)
+- ``orderflow_orders_overdue{status}``: orders past their stage deadline, in the deadline-driven
+  statuses (:data:`DEADLINE_STATUSES`); ``orderflow_orders_overdue_oldest_seconds{status}``: how
+  long the most overdue one has been overdue
+- ``orderflow_dead_letters_open``: dead letters not yet replayed or discarded
+- ``orderflow_shipments_active``, ``orderflow_shipments_stale`` (active, quiet longer than
+  ``tracking_stale_after_s``), ``orderflow_shipments_oldest_update_age_seconds``
+- ``orderflow_queue_depth{queue}``: messages waiting in each Celery queue (Redis broker only)
+- ``orderflow_circuit_open{provider}``: 1 while the provider's circuit breaker is open
+- ``orderflow_scrape_error{backend}`` (1 if reading postgres/redis/broker failed) and
+  ``orderflow_scrape_duration_seconds{backend}``
+
+Multiprocess mode
+-----------------
+Celery runs tasks in prefork children and thread pools, and ``/metrics`` is served by the API:
+a plain in-memory counter in a worker child would be invisible. prometheus_client's multiprocess
+mode makes every process write its values to mmap files in ``$PROMETHEUS_MULTIPROC_DIR``; the
+API merges the files of all processes at scrape time (``MultiProcessCollector``). The variable
+must be set *before* prometheus_client is imported, so it is set by the process that owns a run,
+before it starts the others: :func:`prepare_multiproc_dir` (``orderflow up``/``demo``, the test
+session, a container entrypoint) picks ``$PROMETHEUS_MULTIPROC_DIR`` or
+``<state_dir>/metrics``, empties it and exports it to the children. A process started without
+the variable (a unit test, a one-off CLI command) keeps its metrics in memory, where they do no
+harm; the API then serves only its own. Files of exited processes are kept on purpose: their
+counts are part of the totals. Only event series are multiprocess; there are no live gauges, so
+:func:`process_exited` is bookkeeping for the future.
+
+Deployment: the files are shared through the local filesystem only, so every machine that runs
+workers must also run an API process (or any exporter calling :func:`render`) on the same
+directory, and Prometheus scrapes each of them. The state series then come from every exporter
+alike (they read the shared database and Redis): aggregate them with ``max``, not ``sum``.
+
+Scrape cost
+-----------
+One short read-only transaction (``statement_timeout`` 2 s) and a handful of Redis commands:
+``GROUP BY status`` over ``orders`` (an index-only scan of ``ix_orders_status_deadline``, linear
+in the table — archive finished orders once it holds tens of millions), overdue orders (a range
+scan of the same index over the in-flight statuses), open dead letters (``ix_dead_letters_status``)
+and active shipments (a scan of ``shipments``; a partial index on active rows would bound it).
+A backend that fails is reported as ``orderflow_scrape_error{backend}=1`` and its series are
+left out; the rest of the scrape still succeeds.
+
+Recording never raises: a metric must not fail a task or a request.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import ParamSpec
+
+import redis
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from adapters.circuit import CircuitBreaker, CircuitState
+from domain.orders import FINAL_STATUSES, OrderStatus
+from domain.tracking import FINAL as SHIPMENT_FINAL
+from models import DeadLetter, Order, OrderEvent, Shipment
+from models.db import get_engine
+from settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+
+#: prometheus_client's own variable (it reads it itself, at import and when a value is created).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: kombu's Redis transport keeps messages with a priority in ``<queue>\x06\x16<step>`` lists.
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (3, 6, 9)
+
+#: Every name passed to ``tasks.providers.call`` (one circuit breaker each).
+PROVIDERS = ("alipay", "wechatpay", "stripe", "kuaidi100", "warehouse")
+
+#: Statuses whose ``stage_deadline`` means "the pipeline must have acted by then". Today only
+#: RECEIVED..PAID (the sweeper's) set one, the others report 0 until a stage gives them one.
+#: NEEDS_ATTENTION waits for a person and final statuses wait for nothing: never overdue.
+DEADLINE_STATUSES = tuple(
+    s for s in OrderStatus if s not in FINAL_STATUSES and s != OrderStatus.NEEDS_ATTENTION
+)
+
+_SCRAPE_STATEMENT_TIMEOUT_MS = 2000
+_REDIS_TIMEOUT_S = 1.0
+
+# Stages last from milliseconds (reserve) to days (a parcel in transit).
+STAGE_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600,
+    4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400,
+)  # fmt: skip
+# Provider requests: connect timeout ~3 s, read timeout 10 s.
+PROVIDER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# -- event series (multiprocess when PROMETHEUS_MULTIPROC_DIR is set) ---------------------------
+
+TASK_RETRIES = Counter(
+    "orderflow_task_retries", "Task retries scheduled, by task and error class", ["task", "error"]
+)
+TASK_FAILURES = Counter(
+    "orderflow_task_failures",
+    "Tasks that failed for good (written as dead letters), by task and error class",
+    ["task", "error"],
+)
+PROVIDER_CALL_SECONDS = Histogram(
+    "orderflow_provider_call_seconds",
+    "Latency of provider requests (every outcome)",
+    ["provider", "operation"],
+    buckets=PROVIDER_BUCKETS,
+)
+PROVIDER_CALLS = Counter(
+    "orderflow_provider_calls",
+    "Provider calls by outcome: ok, rejected, unavailable, error, circuit_open (not sent)",
+    ["provider", "operation", "outcome"],
+)
+ORDER_STAGE_SECONDS = Histogram(
+    "orderflow_order_stage_seconds",
+    "Time an order spent in from_status before moving to to_status",
+    ["from_status", "to_status"],
+    buckets=STAGE_BUCKETS,
+)
+
+PROVIDER_OUTCOMES = ("ok", "rejected", "unavailable", "error", "circuit_open")
+
+
+def _never_raise(fn: Callable[P, None]) -> Callable[P, None]:
+    """Log (at debug: it could be every call) instead of raising into a task or request."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            log.debug("could not record metric in %s", fn.__name__, exc_info=True)
+
+    return wrapper
+
+
+@_never_raise
+def observe_transition(from_status: str, to_status: str, seconds_in_previous_stage: float) -> None:
+    """Record that an order left ``from_status`` for ``to_status`` after that many seconds.
+
+    Called where the transition is written, inside its transaction: a transaction that then
+    rolls back and is retried is counted twice. Rare, and it errs towards visibility.
+    """
+    ORDER_STAGE_SECONDS.labels(str(from_status), str(to_status)).observe(
+        max(seconds_in_previous_stage, 0.0)  # clocks may disagree by a little
+    )
+
+
+@_never_raise
+def task_retried(task: str, exc: BaseException) -> None:
+    TASK_RETRIES.labels(task, type(exc).__name__).inc()
+
+
+@_never_raise
+def task_failed(task: str, exc: BaseException) -> None:
+    TASK_FAILURES.labels(task, type(exc).__name__).inc()
+
+
+@_never_raise
+def observe_provider_call(
+    provider: str, operation: str, outcome: str, seconds: float | None = None
+) -> None:
+    """Count one provider call; ``seconds`` is None when no request went out (circuit open)."""
+    PROVIDER_CALLS.labels(provider, operation, outcome).inc()
+    if seconds is not None:
+        PROVIDER_CALL_SECONDS.labels(provider, operation).observe(seconds)
+
+
+def seconds_in_stage(session: Session, order_id: str) -> float | None:
+    """Seconds since the order entered its current status, by the database clock.
+
+    Measured from the newest ``transition`` event on its timeline (intake writes one for
+    RECEIVED), so call it *before* writing the new transition event. ``now()`` is the start of
+    the current transaction, as is each event's ``created_at``. None if the order has no
+    transition event. One indexed lookup (``ix_order_events_order_id_id``).
+    """
+    entered = (
+        select(func.max(OrderEvent.created_at))
+        .where(OrderEvent.order_id == order_id, OrderEvent.kind == "transition")
+        .scalar_subquery()
+    )
+    value = session.scalar(select(func.extract("epoch", func.now() - entered)))
+    return None if value is None else float(value)
+
+
+# -- multiprocess directory ---------------------------------------------------------------------
+
+
+def multiproc_dir() -> Path | None:
+    """This process's metrics directory, or None when multiprocess mode is off."""
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def prepare_multiproc_dir(path: Path | None = None) -> Path:
+    """Set up the metrics directory of a run; call it once, before starting API and workers.
+
+    Uses ``path``, else ``$PROMETHEUS_MULTIPROC_DIR``, else ``<state_dir>/metrics``; creates it,
+    removes the ``*.db`` files of an earlier run (only those: the directory may be shared with
+    other things) and exports it to ``os.environ`` so every child process inherits it.
+    """
+    directory = path or multiproc_dir() or get_settings().state_dir / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.db"):
+        old.unlink(missing_ok=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def process_exited(pid: int) -> None:
+    """Drop the live-gauge files of an exited worker child (counters and histograms stay)."""
+    directory = multiproc_dir()
+    if directory is not None:
+        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+if (_dir := multiproc_dir()) is not None:
+    # A worker writes its first value lazily; the directory must exist by then.
+    _dir.mkdir(parents=True, exist_ok=True)
+
+
+# -- state series, read at scrape time -----------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _redis(url: str) -> redis.Redis:
+    # Short timeouts: a dead Redis must cost a scrape one second, not Prometheus's whole timeout.
+    # kombu spells a unix socket redis+socket:///path, redis-py unix:///path
+    # (as workers.embedded.redis_client_url, not imported: services must not depend on workers).
+    return redis.Redis.from_url(
+        url.replace("redis+socket://", "unix://", 1),
+        socket_timeout=_REDIS_TIMEOUT_S,
+        socket_connect_timeout=_REDIS_TIMEOUT_S,
+    )
+
+
+def queue_names() -> tuple[str, ...]:
+    """The Celery queues (``celeryconfig.task_queues``); each is a Redis list of that name."""
+    # Imported lazily (it reads the broker URL, which only a run has configured) and by name,
+    # so that type checking services, which import this module, does not pull Celery in.
+    config = importlib.import_module("celeryconfig")
+    return tuple(str(queue.name) for queue in config.task_queues)
+
+
+def _is_redis_url(url: str) -> bool:
+    return url.split("://", 1)[0] in ("redis", "rediss", "redis+socket", "unix")
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+class PipelineCollector(Collector):
+    """Scrape-time state series from PostgreSQL and Redis (see the module docstring).
+
+    Each backend is read all-or-nothing: if a read fails, none of that backend's series are
+    emitted and ``orderflow_scrape_error{backend}`` is 1.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings or get_settings()
+
+    def collect(self) -> Iterator[Metric]:
+        errors = _gauge("orderflow_scrape_error", "1 if reading the backend failed", ["backend"])
+        durations = _gauge(
+            "orderflow_scrape_duration_seconds", "Time spent reading the backend", ["backend"]
+        )
+        parts: dict[str, Callable[[], list[Metric]]] = {
+            "postgres": self._database,
+            "redis": self._circuits,
+            "broker": self._queues,
+        }
+        for backend, read in parts.items():
+            started = time.perf_counter()
+            try:
+                families = read()
+                failed = 0
+            except Exception:
+                log.warning("metrics: reading %s failed", backend, exc_info=True)
+                families, failed = [], 1
+            errors.add_metric([backend], failed)
+            durations.add_metric([backend], time.perf_counter() - started)
+            yield from families
+        yield errors
+        yield durations
+
+    def describe(self) -> Iterator[Metric]:
+        # Registering must not query the backends: describe nothing (an unchecked collector).
+        return iter(())
+
+    # -- PostgreSQL ---------------------------------------------------------------------------
+
+    def _database(self) -> list[Metric]:
+        with get_engine().connect() as conn, conn.begin():
+            conn.execute(text(f"SET LOCAL statement_timeout = {_SCRAPE_STATEMENT_TIMEOUT_MS}"))
+            return [
+                *self._orders(conn),
+                *self._overdue(conn),
+                self._dead_letters(conn),
+                *self._shipments(conn),
+            ]
+
+    def _orders(self, conn: Connection) -> list[Metric]:
+        counts = {s.value: 0 for s in OrderStatus}
+        for status, count in conn.execute(
+            select(Order.status, func.count()).group_by(Order.status)
+        ):
+            counts[status] = int(count)
+        family = _gauge("orderflow_orders", "Orders per status", ["status"])
+        for status, count in counts.items():
+            family.add_metric([status], count)
+        return [family]
+
+    def _overdue(self, conn: Connection) -> list[Metric]:
+        overdue = _gauge(
+            "orderflow_orders_overdue",
+            "Orders past their stage deadline (the sweeper should have moved them on)",
+            ["status"],
+        )
+        oldest = _gauge(
+            "orderflow_orders_overdue_oldest_seconds",
+            "How long the most overdue order of the status has been past its deadline",
+            ["status"],
+        )
+        rows = {
+            status: (int(count), float(age))
+            for status, count, age in conn.execute(
+                select(
+                    Order.status,
+                    func.count(),
+                    func.extract("epoch", func.now() - func.min(Order.stage_deadline)),
+                )
+                .where(Order.status.in_(DEADLINE_STATUSES), Order.stage_deadline < func.now())
+                .group_by(Order.status)
+            )
+        }
+        for status in DEADLINE_STATUSES:
+            count, age = rows.get(status.value, (0, 0.0))
+            overdue.add_metric([status.value], count)
+            oldest.add_metric([status.value], age)
+        return [overdue, oldest]
+
+    def _dead_letters(self, conn: Connection) -> Metric:
+        count = conn.scalar(select(func.count()).where(DeadLetter.status == "OPEN")) or 0
+        family = _gauge("orderflow_dead_letters_open", "Dead letters not replayed or discarded")
+        family.add_metric([], int(count))
+        return family
+
+    def _shipments(self, conn: Connection) -> list[Metric]:
+        quiet_since = func.coalesce(Shipment.last_event_at, Shipment.created_at)
+        stale_before = func.now() - timedelta(seconds=self.settings.tracking_stale_after_s)
+        active, stale, oldest_age = conn.execute(
+            select(
+                func.count(),
+                func.count().filter(quiet_since < stale_before),
+                func.coalesce(func.extract("epoch", func.now() - func.min(quiet_since)), 0),
+            ).where(Shipment.status.not_in(sorted(s.value for s in SHIPMENT_FINAL)))
+        ).one()
+        values = (
+            ("orderflow_shipments_active", "Shipments not yet delivered or expired", active),
+            (
+                "orderflow_shipments_stale",
+                "Active shipments without a tracking update for tracking_stale_after_s",
+                stale,
+            ),
+            (
+                "orderflow_shipments_oldest_update_age_seconds",
+                "Seconds since the last tracking update of the quietest active shipment",
+                oldest_age,
+            ),
+        )
+        families: list[Metric] = []
+        for name, doc, value in values:
+            family = _gauge(name, doc)
+            family.add_metric([], float(value))
+            families.append(family)
+        return families
+
+    # -- Redis ----------------------------------------------------------------------------------
+
+    def _circuits(self) -> list[Metric]:
+        s = self.settings
+        if not s.redis_url:
+            raise RuntimeError("REDIS_URL is not set")
+        client = _redis(s.redis_url)
+        family = _gauge(
+            "orderflow_circuit_open", "1 while the provider's circuit breaker is open", ["provider"]
+        )
+        for provider in PROVIDERS:
+            state = CircuitBreaker(
+                client, provider, s.circuit_failure_threshold, s.circuit_cooldown_s
+            ).state()
+            family.add_metric([provider], 1 if state == CircuitState.OPEN else 0)
+        return [family]
+
+    def _queues(self) -> list[Metric]:
+        """LLEN of each queue list (plus its priority lists); nothing for a non-Redis broker."""
+        s = self.settings
+        url = s.broker_url or s.redis_url
+        if not url or not _is_redis_url(url):
+            return []  # e.g. RabbitMQ: its own exporter reports queue depths
+        queues = queue_names()
+        pipe = _redis(url).pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(queue)
+            for step in _PRIORITY_STEPS:
+                pipe.llen(f"{queue}{_PRIORITY_SEP}{step}")
+        lengths = pipe.execute()
+        per_queue = 1 + len(_PRIORITY_STEPS)
+        family = _gauge("orderflow_queue_depth", "Messages waiting in the queue", ["queue"])
+        for i, queue in enumerate(queues):
+            family.add_metric([queue], sum(lengths[i * per_queue : (i + 1) * per_queue]))
+        return [family]
+
+
+# -- exposition ---------------------------------------------------------------------------------
+
+
+def build_registry(directory: Path | None = None) -> CollectorRegistry:
+    """A registry with the event series of every process plus the state series.
+
+    With a multiprocess directory (``directory``, else :func:`multiproc_dir`) the event series
+    are merged from its files; without one they are this process's own (the default registry).
+    """
+    directory = directory or multiproc_dir()
+    registry = CollectorRegistry(auto_describe=False)
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_DefaultRegistry())
+    registry.register(PipelineCollector())
+    return registry
+
+
+class _DefaultRegistry(Collector):
+    """The default registry's series (the in-memory event series, process and GC stats)."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
+
+
+def render(directory: Path | None = None) -> bytes:
+    """The text exposition of all orderflow series (what ``GET /metrics`` returns)."""
+    return generate_latest(build_registry(directory))
+
+
+def metrics_response() -> Response:
+    """The ``GET /metrics`` endpoint; mount it with
+    ``app.add_api_route("/metrics", metrics_response, include_in_schema=False)``.
+
+    Sync on purpose: it blocks on PostgreSQL and Redis, so FastAPI runs it in the thread pool.
+    Unauthenticated like ``/healthz``: expose the API's port to the monitoring network only.
+    (starlette, not fastapi, is imported here: workers import this module too.)
+    """
+    return Response(render(), media_type=CONTENT_TYPE_LATEST)

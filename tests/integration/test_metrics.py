@@ -1,0 +1,288 @@
+"""GET /metrics on real PostgreSQL and Redis: state series read at scrape time, a failing backend,
+and event series recorded by other processes (multiprocess mode)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import insert
+
+from adapters.circuit import CircuitBreaker, CircuitState
+from models import DeadLetter, Order, OrderEvent, Shipment
+from observability import metrics
+from services.unit_of_work import unit_of_work
+from settings import PROJECT_ROOT, get_settings
+from tests.conftest import redis_client
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
+    return directory
+
+
+@pytest.fixture
+def client(db: None, metrics_dir: Path) -> Iterator[TestClient]:
+    from api.app import create_app
+
+    app = create_app()
+    if not any(getattr(route, "path", None) == "/metrics" for route in app.routes):
+        app.add_api_route("/metrics", metrics.metrics_response, include_in_schema=False)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def fresh_settings() -> Iterator[None]:
+    """For tests that monkeypatch settings: re-read them before and after."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def scrape(client: TestClient) -> Samples:
+    r = client.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}
+
+
+# -- builders ------------------------------------------------------------------------------------
+
+
+def add_order(status: str, deadline: datetime | None = None) -> str:
+    oid = str(uuid.uuid4())
+    with unit_of_work() as s:
+        s.add(
+            Order(
+                id=oid, source="test", external_id=oid, body_hash="0" * 64, status=status,
+                currency="CNY", total_amount=1000, payment_provider="alipay",
+                shipping_address={"name": "Li Lei"}, stage_deadline=deadline,
+            )
+        )  # fmt: skip
+    return oid
+
+
+def add_shipment(order_id: str, status: str, quiet_for: timedelta) -> None:
+    with unit_of_work() as s:
+        s.add(
+            Shipment(
+                order_id=order_id, booking_key=f"bk-{uuid.uuid4().hex}", status=status,
+                carrier="yuantong", waybill="YT" + uuid.uuid4().hex[:12],
+                created_at=NOW - quiet_for - timedelta(hours=1), last_event_at=NOW - quiet_for,
+            )
+        )  # fmt: skip
+
+
+def add_dead_letter(status: str = "OPEN") -> None:
+    with unit_of_work() as s:
+        s.execute(
+            insert(DeadLetter).values(
+                task_name="payments.create", task_id=uuid.uuid4().hex, args=["x"], kwargs={},
+                queue="payments", error_class="builtins.RuntimeError", error_message="boom",
+                attempts=4, status=status,
+            )
+        )  # fmt: skip
+
+
+def celery_queues() -> list[str]:
+    import celeryconfig
+
+    return [q.name for q in celeryconfig.task_queues]
+
+
+def open_circuit(provider: str) -> None:
+    s = get_settings()
+    breaker = CircuitBreaker(
+        redis_client(), provider, s.circuit_failure_threshold, s.circuit_cooldown_s
+    )
+    for _ in range(s.circuit_failure_threshold):
+        breaker.record_failure()
+    assert breaker.state() == CircuitState.OPEN
+
+
+# -- state series --------------------------------------------------------------------------------
+
+
+def test_state_series_come_from_postgres_and_redis(client: TestClient) -> None:
+    add_order("RECEIVED", NOW + timedelta(minutes=5))
+    add_order("RECEIVED", NOW - timedelta(minutes=10))  # overdue
+    add_order("AWAITING_PAYMENT", NOW - timedelta(hours=1))  # overdue
+    for _ in range(3):
+        add_order("COMPLETED", NOW - timedelta(days=1))  # final: never overdue
+    add_order("NEEDS_ATTENTION", NOW - timedelta(days=1))  # waits for a person: not overdue
+    in_transit = add_order("IN_TRANSIT")
+    add_shipment(in_transit, "IN_TRANSIT", quiet_for=timedelta(days=4))  # stale (> 3 days)
+    add_shipment(in_transit, "IN_TRANSIT", quiet_for=timedelta(hours=2))
+    add_shipment(in_transit, "DELIVERED", quiet_for=timedelta(days=9))  # final: not counted
+    add_dead_letter()
+    add_dead_letter()
+    add_dead_letter("REPLAYED")
+    broker = redis_client()
+    broker.lpush("payments", "m1", "m2", "m3")
+    broker.lpush("tracking\x06\x163", "m4", "m5")  # kombu's list for priority-3 messages
+    open_circuit("stripe")
+
+    samples = scrape(client)
+
+    assert value(samples, "orderflow_orders", status="RECEIVED") == 2
+    assert value(samples, "orderflow_orders", status="COMPLETED") == 3
+    assert value(samples, "orderflow_orders", status="PAID") == 0  # zero-filled
+    assert value(samples, "orderflow_orders_overdue", status="RECEIVED") == 1
+    assert value(samples, "orderflow_orders_overdue", status="AWAITING_PAYMENT") == 1
+    assert value(samples, "orderflow_orders_overdue", status="PAID") == 0
+    assert ("orderflow_orders_overdue", frozenset({("status", "COMPLETED")})) not in samples
+    assert ("orderflow_orders_overdue", frozenset({("status", "NEEDS_ATTENTION")})) not in samples
+    oldest = value(samples, "orderflow_orders_overdue_oldest_seconds", status="AWAITING_PAYMENT")
+    assert 3600 <= oldest < 3600 + 120
+    assert value(samples, "orderflow_dead_letters_open") == 2
+    assert value(samples, "orderflow_shipments_active") == 2
+    assert value(samples, "orderflow_shipments_stale") == 1
+    age = value(samples, "orderflow_shipments_oldest_update_age_seconds")
+    assert 4 * 86400 <= age < 4 * 86400 + 120
+    depths = {q: value(samples, "orderflow_queue_depth", queue=q) for q in celery_queues()}
+    assert depths == {q: {"payments": 3, "tracking": 2}.get(q, 0) for q in celery_queues()}
+    assert {"orders", "payments", "shipping", "tracking", "maintenance"} <= set(depths)
+    assert value(samples, "orderflow_circuit_open", provider="stripe") == 1
+    for provider in ("alipay", "wechatpay", "kuaidi100", "warehouse"):
+        assert value(samples, "orderflow_circuit_open", provider=provider) == 0
+    for backend in ("postgres", "redis", "broker"):
+        assert value(samples, "orderflow_scrape_error", backend=backend) == 0
+
+
+def test_a_dead_redis_fails_only_its_own_series(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, fresh_settings: None
+) -> None:
+    add_order("PAID")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    get_settings.cache_clear()
+
+    samples = scrape(client)
+
+    assert value(samples, "orderflow_scrape_error", backend="redis") == 1
+    assert value(samples, "orderflow_scrape_error", backend="broker") == 1
+    assert value(samples, "orderflow_scrape_error", backend="postgres") == 0
+    assert value(samples, "orderflow_orders", status="PAID") == 1
+    assert not {"orderflow_circuit_open", "orderflow_queue_depth"} & names(samples)
+
+
+def test_a_non_redis_broker_reports_no_queue_depth(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, fresh_settings: None
+) -> None:
+    monkeypatch.setenv("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    get_settings.cache_clear()
+
+    samples = scrape(client)
+
+    assert "orderflow_queue_depth" not in names(samples)
+    assert value(samples, "orderflow_scrape_error", backend="broker") == 0
+    assert value(samples, "orderflow_circuit_open", provider="alipay") == 0
+
+
+# -- event series from other processes -----------------------------------------------------------
+
+WORKER = textwrap.dedent(
+    """
+    from domain.errors import ProviderUnavailable
+    from observability import metrics
+
+    metrics.task_retried("payments.create", ProviderUnavailable("alipay", "timeout"))
+    metrics.task_failed("payments.create", RuntimeError("boom"))
+    metrics.observe_provider_call("alipay", "precreate", "ok", 0.2)
+    metrics.observe_provider_call("alipay", "precreate", "unavailable", 3.5)
+    metrics.observe_provider_call("alipay", "precreate", "circuit_open")
+    metrics.observe_transition("RECEIVED", "RESERVED", 0.03)
+    """
+)
+
+
+def test_event_series_of_all_processes_are_merged(client: TestClient, metrics_dir: Path) -> None:
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(metrics_dir)}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER], cwd=PROJECT_ROOT, env=env)
+        for _ in range(2)
+    ]
+    assert [w.wait(timeout=60) for w in workers] == [0, 0]
+    assert len(list(metrics_dir.glob("*.db"))) >= 2  # one file per process
+
+    samples = scrape(client)
+
+    retries = value(
+        samples, "orderflow_task_retries_total", task="payments.create", error="ProviderUnavailable"
+    )
+    assert retries == 2
+    failures = value(
+        samples, "orderflow_task_failures_total", task="payments.create", error="RuntimeError"
+    )
+    assert failures == 2
+    for outcome in ("ok", "unavailable", "circuit_open"):
+        calls = value(
+            samples, "orderflow_provider_calls_total",
+            provider="alipay", operation="precreate", outcome=outcome,
+        )  # fmt: skip
+        assert calls == 2, outcome
+    labels = {"provider": "alipay", "operation": "precreate"}
+    assert value(samples, "orderflow_provider_call_seconds_count", **labels) == 4  # not the skip
+    assert value(samples, "orderflow_provider_call_seconds_sum", **labels) == pytest.approx(7.4)
+    assert value(samples, "orderflow_provider_call_seconds_bucket", **labels, le="0.25") == 2
+    stage = {"from_status": "RECEIVED", "to_status": "RESERVED"}
+    assert value(samples, "orderflow_order_stage_seconds_count", **stage) == 2
+    assert value(samples, "orderflow_order_stage_seconds_bucket", **stage, le="0.05") == 2
+
+
+def test_prepare_multiproc_dir_starts_a_run_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    directory = tmp_path / "run"
+    directory.mkdir()
+    (directory / "counter_999.db").write_bytes(b"old run")
+    (directory / "notes.txt").write_text("not ours")
+
+    assert metrics.prepare_multiproc_dir(directory) == directory
+
+    assert os.environ[metrics.MULTIPROC_ENV] == str(directory)  # children inherit it
+    assert sorted(p.name for p in directory.iterdir()) == ["notes.txt"]
+
+
+def test_seconds_in_stage_uses_the_last_transition(db: None) -> None:
+    oid = add_order("RESERVED")
+    with unit_of_work() as s:
+        assert metrics.seconds_in_stage(s, oid) is None
+        for ago, to_status in ((300, "RECEIVED"), (90, "RESERVED")):
+            s.execute(
+                insert(OrderEvent).values(
+                    order_id=oid, kind="transition", to_status=to_status,
+                    created_at=datetime.now(UTC) - timedelta(seconds=ago),
+                )
+            )  # fmt: skip
+    with unit_of_work() as s:
+        seconds = metrics.seconds_in_stage(s, oid)
+    assert seconds is not None and 90 <= seconds < 100
