@@ -79,29 +79,57 @@ def orders_show(order_id: str) -> None:
         print_json(order_view(session, order_id))
 
 
+AGE_RE = r"^(\d+)([smhd])$"
+
+
+def _parse_age(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``3d`` -> seconds (a CLI input: one-line error when wrong)."""
+    import re
+
+    match = re.match(AGE_RE, text)
+    if not match:
+        raise fail(f"older-than: {text!r} is not an age like 90s, 15m, 2h or 3d")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
 @orders_app.command("list")
 @command
 def orders_list(
     status: str | None = typer.Option(None, help="Only this status"),
+    provider: str | None = typer.Option(None, help="Only this payment provider"),
+    older_than: str | None = typer.Option(None, help="Only orders older than this, e.g. 2h"),
     limit: int = typer.Option(50, min=1, max=10_000),
 ) -> None:
-    """The newest orders (optionally of one status)."""
+    """The newest orders, filtered by status, payment provider and age."""
+    from datetime import timedelta
+
     from sqlalchemy import select
 
+    from adapters.registry import PAYMENT_PROVIDERS
     from domain.orders import OrderStatus
     from models import Order
     from services.unit_of_work import unit_of_work
 
     if status is not None and status not in OrderStatus.__members__:
         raise fail(f"status: unknown status {status!r}; one of {', '.join(OrderStatus)}")
+    if provider is not None and provider not in PAYMENT_PROVIDERS:
+        raise fail(
+            f"provider: unknown provider {provider!r}; one of {', '.join(PAYMENT_PROVIDERS)}"
+        )
     stmt = select(Order).order_by(Order.created_at.desc()).limit(limit)
     if status:
         stmt = stmt.where(Order.status == status)
-    table = Table("id", "source", "external id", "status", "reason", "total", "created")
+    if provider:
+        stmt = stmt.where(Order.payment_provider == provider)
+    if older_than:
+        stmt = stmt.where(
+            Order.created_at < datetime.now(UTC) - timedelta(seconds=_parse_age(older_than))
+        )
+    table = Table("id", "source", "external id", "status", "reason", "provider", "total", "created")
     with unit_of_work() as session:
         for o in session.scalars(stmt):
             table.add_row(
-                o.id, o.source, o.external_id, o.status, o.reason or "",
+                o.id, o.source, o.external_id, o.status, o.reason or "", o.payment_provider,
                 f"{o.total_amount} {o.currency}", o.created_at.isoformat(timespec="seconds"),
             )  # fmt: skip
     console.print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import insert
@@ -10,6 +11,17 @@ from sqlalchemy.orm import Session
 
 from models import OrderEvent
 from observability import metrics
+
+#: Set by the task layer while a task runs: ``{"task", "worker", "retries"}``. Every timeline row
+#: written meanwhile carries it, so a transition shows which attempt, on which worker, made it.
+task_context: ContextVar[dict[str, Any] | None] = ContextVar("task_context", default=None)
+
+
+def _with_task(detail: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    context = task_context.get()
+    if context is None:
+        return dict(detail) if detail else None
+    return {**(detail or {}), "task": context}
 
 
 def record(
@@ -34,7 +46,7 @@ def record(
             kind=kind,
             from_status=from_status,
             to_status=to_status,
-            detail=dict(detail) if detail else None,
+            detail=_with_task(detail),
             actor=actor,
         )
     )
@@ -43,4 +55,6 @@ def record(
 def record_many(session: Session, rows: list[dict[str, Any]]) -> None:
     """Append several events at once (one round trip), e.g. from a batch job."""
     if rows:
-        session.execute(insert(OrderEvent), rows)
+        session.execute(
+            insert(OrderEvent), [{**r, "detail": _with_task(r.get("detail"))} for r in rows]
+        )

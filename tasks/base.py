@@ -28,7 +28,7 @@ import sqlalchemy.exc
 from celery import Task
 
 from observability import metrics
-from services import dead_letters
+from services import dead_letters, timeline
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from workers.connections import redis_client
@@ -83,7 +83,13 @@ class OrderflowTask(Task):  # type: ignore[misc]
             if deliveries > MAX_DELIVERIES:
                 self._dead_letter(PoisonMessage(self.name, deliveries), args, kwargs)
                 return None
-        result = super().__call__(*args, **kwargs)
+        token = timeline.task_context.set(
+            {"name": self.name, "worker": self.request.hostname, "retries": self.request.retries}
+        )
+        try:
+            result = super().__call__(*args, **kwargs)
+        finally:
+            timeline.task_context.reset(token)
         if key is not None:
             _forget_delivery(key)  # finished (or raised) without killing the process
         return result
@@ -99,8 +105,20 @@ class OrderflowTask(Task):  # type: ignore[misc]
             log.warning("task %s retrying after %r", self.name, exc)
             if self.request.retries < self.max_retries:  # else retry() re-raises: a failure
                 metrics.task_retried(self.name, exc)
+                self._timeline_retry(exc)
             raise self.retry(exc=exc, countdown=backoff_s(self.request.retries))
         raise exc
+
+    def _timeline_retry(self, exc: BaseException) -> None:
+        """Note the failed attempt on the order's timeline (best effort: the DB may be down)."""
+        args = self.request.args or []
+        if self.order_id_arg is None or len(args) <= self.order_id_arg:
+            return
+        with contextlib.suppress(Exception), unit_of_work() as session:
+            timeline.record(
+                session, str(args[self.order_id_arg]), "task_retry",
+                detail={"error": f"{type(exc).__name__}: {exc}"[:200]},
+            )  # fmt: skip
 
     def on_failure(
         self,

@@ -38,6 +38,7 @@ def create_payment(self: OrderflowTask, order_id: str) -> str:
                 "create",
                 order_id,
                 lambda: payment_provider(plan.provider).create(plan.request),
+                request=plan.request,
             )
         except CircuitOpen:
             return "circuit_open"  # the sweeper re-drives it at the stage deadline
@@ -73,6 +74,7 @@ def query_payment(self: OrderflowTask, payment_id: int) -> str:
                 "query",
                 plan.order_id,
                 lambda: payment_provider(plan.provider).query(plan.request),
+                request=plan.request,
             )
         except CircuitOpen:
             return "circuit_open"  # next poll tick tries again
@@ -96,6 +98,7 @@ def _close(task: OrderflowTask, order_id: str) -> str:
                 "close",
                 order_id,
                 lambda: payment_provider(plan.provider).close(plan.request),
+                request=plan.request,
             )
         except CircuitOpen:
             return "circuit_open"  # the sweeper comes back after the lease
@@ -134,6 +137,7 @@ def refund(self: OrderflowTask, refund_id: int) -> str:
                 "refund",
                 plan.order_id,
                 lambda: payment_provider(plan.provider).refund(req),
+                request=req,
             )
         except CircuitOpen:
             return "circuit_open"  # the poll job re-drives it
@@ -164,7 +168,7 @@ def run_reconcile(sample: int) -> reconcile.ReconcileReport:
 
     def query(provider: str, order_id: str, ref: PaymentRef) -> ProviderStatus:
         adapter = payment_provider(provider)
-        return call(provider, "reconcile", order_id, lambda: adapter.query(ref))
+        return call(provider, "reconcile", order_id, lambda: adapter.query(ref), request=ref)
 
     report = reconcile.reconcile(unit_of_work, query, now=utcnow(), sample=sample)
     enqueue_followups(report.followups)

@@ -5,13 +5,15 @@ No transaction is open while the provider is called (DESIGN.md §3.5).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from adapters.circuit import CircuitBreaker
 from domain.errors import ProviderRejected, ProviderUnavailable
 from observability import metrics
+from observability.redact import redact
 from services import timeline
 from services.unit_of_work import unit_of_work
 from settings import get_settings
@@ -31,52 +33,64 @@ def breaker(provider: str) -> CircuitBreaker:
     )
 
 
-def call(provider: str, operation: str, order_id: str, fn: Callable[[], T]) -> T:
+def call(
+    provider: str, operation: str, order_id: str, fn: Callable[[], T], *, request: Any = None
+) -> T:
     """Call ``fn()`` (one provider request) through the provider's circuit breaker.
 
-    Raises :class:`CircuitOpen` without calling when the circuit is open. A transient failure
-    is counted (and recorded on the order's timeline) and re-raised for the task to retry; a
-    business rejection counts as the provider being up.
+    Raises :class:`CircuitOpen` without calling when the circuit is open. Every call that is
+    made lands on the order's timeline (``provider_call``: operation, outcome, latency, and the
+    request and response with secrets and personal data redacted). A transient failure is
+    counted toward the circuit and re-raised for the task to retry; a business rejection counts
+    as the provider being up.
     """
     cb = breaker(provider)
     if not cb.allow():
         metrics.observe_provider_call(provider, operation, "circuit_open")
         raise CircuitOpen(provider, f"circuit open for {cb.retry_after_s():.1f}s")
-    started = time.perf_counter()
+    call_record = _CallRecord(order_id, provider, operation, request)
     try:
         result = fn()
     except ProviderUnavailable as exc:
-        metrics.observe_provider_call(provider, operation, "unavailable", _since(started))
         opened = cb.record_failure()
-        _record(order_id, provider, operation, started, f"unavailable: {exc}", opened)
+        call_record.done("unavailable", error=str(exc), opened=opened)
         raise
     except ProviderRejected as exc:
-        metrics.observe_provider_call(provider, operation, "rejected", _since(started))
         cb.record_success()
-        _record(order_id, provider, operation, started, f"rejected: {exc.code}", False)
+        call_record.done("rejected", error=f"{exc.code}: {exc}")
         raise
-    except Exception:
-        metrics.observe_provider_call(provider, operation, "error", _since(started))
+    except Exception as exc:
+        call_record.done("error", error=repr(exc))
         raise
-    metrics.observe_provider_call(provider, operation, "ok", _since(started))
     cb.record_success()
+    call_record.done("ok", response=result)
     return result
 
 
-def _since(started: float) -> float:
-    return time.perf_counter() - started
+class _CallRecord:
+    """Times one provider call, then records it in the metrics and on the order's timeline."""
 
+    def __init__(self, order_id: str, provider: str, operation: str, request: Any) -> None:
+        self.order_id, self.provider, self.operation = order_id, provider, operation
+        self.request = request
+        self.started = time.perf_counter()
 
-def _record(
-    order_id: str, provider: str, operation: str, started: float, outcome: str, opened: bool
-) -> None:
-    detail = {
-        "provider": provider,
-        "operation": operation,
-        "ms": round((time.perf_counter() - started) * 1000),
-        "outcome": outcome[:200],
-    }
-    if opened:
-        detail["circuit"] = "opened"
-    with unit_of_work() as session:
-        timeline.record(session, order_id, "provider_call", detail=detail)
+    def done(
+        self, outcome: str, *, response: Any = None, error: str | None = None, opened: bool = False
+    ) -> None:
+        seconds = time.perf_counter() - self.started
+        metrics.observe_provider_call(self.provider, self.operation, outcome, seconds)
+        detail: dict[str, Any] = {
+            "provider": self.provider,
+            "operation": self.operation,
+            "ms": round(seconds * 1000),
+            "outcome": outcome if error is None else f"{outcome}: {error}"[:200],
+            "request": redact(self.request),
+        }
+        if response is not None:
+            detail["response"] = redact(response)
+        if opened:
+            detail["circuit"] = "opened"
+        # The timeline is best effort here: the call happened whether or not this row lands.
+        with contextlib.suppress(Exception), unit_of_work() as session:
+            timeline.record(session, self.order_id, "provider_call", detail=detail)

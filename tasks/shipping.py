@@ -33,7 +33,10 @@ def book(self: OrderflowTask, order_id: str) -> str:
             return "noop"
         service = booking_service()
         try:
-            booked = call("warehouse", "book", order_id, lambda: service.book(plan.request))
+            booked = call(
+                "warehouse", "book", order_id, lambda: service.book(plan.request),
+                request=plan.request,
+            )  # fmt: skip
         except CircuitOpen:
             return "circuit_open"  # the sweeper re-drives it at the stage deadline
         except ProviderRejected as exc:
@@ -63,9 +66,12 @@ def subscribe(self: OrderflowTask, shipment_id: int) -> str:
         order_id, carrier, waybill, phone = target
         provider = tracking_provider()
         callback = f"{s.public_base_url.rstrip('/')}/webhooks/kuaidi100"
+        sent = {"carrier": carrier, "waybill": waybill, "phone": phone, "callback": callback}
         try:
-            newly = call("kuaidi100", "subscribe", order_id,
-                         lambda: provider.subscribe(carrier, waybill, callback, phone))  # fmt: skip
+            newly = call(
+                "kuaidi100", "subscribe", order_id,
+                lambda: provider.subscribe(carrier, waybill, callback, phone), request=sent,
+            )  # fmt: skip
         except CircuitOpen:
             return "circuit_open"
         with unit_of_work() as session:

@@ -96,7 +96,7 @@ def _poll_one(target: tracking.PollTarget) -> None:
     result: TrackingResult | None = None
     error: str | None = None
     try:
-        result = call("kuaidi100", "query", target.order_id, query)
+        result = call("kuaidi100", "query", target.order_id, query, request=target)
     except CircuitOpen:
         with unit_of_work() as session:
             retry_in = get_settings().circuit_cooldown_s

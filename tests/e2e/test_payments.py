@@ -48,6 +48,21 @@ def test_happy_path_through_each_provider(start_pipeline, catalog):
         view = wait_status(p, oid, "PAID")
         assert view["payment"]["status"] == "PAID"
         assert any(e["kind"] == "notification" for e in view["timeline"])
+        # The timeline names the task attempt (worker, retry count) behind each transition ...
+        awaiting = next(e for e in view["timeline"] if e["to"] == "AWAITING_PAYMENT")
+        task = awaiting["detail"]["task"]
+        assert task["name"] == "payments.create" and task["retries"] == 0
+        assert task["worker"].startswith("payments@")
+        # ... and every provider call, with secrets and personal data redacted.
+        create = next(e for e in view["timeline"] if e["kind"] == "provider_call"
+                      and e["detail"]["operation"] == "create")  # fmt: skip
+        assert create["detail"]["outcome"] == "ok" and create["detail"]["ms"] >= 0
+        assert create["detail"]["request"]["amount"] == {"amount": 1000, "currency": "CNY"}
+        assert create["detail"]["request"]["idempotency_key"] == "***"
+    stripe_view = p.get_order(ids["stripe"])
+    stripe_create = next(e for e in stripe_view["timeline"] if e["kind"] == "provider_call"
+                         and e["detail"]["operation"] == "create")  # fmt: skip
+    assert stripe_create["detail"]["response"]["instructions"] == {"client_secret": "***"}
     charges = p.stack.charges()
     assert {k: v for k, v in charges.items()} == {
         (prov, out_trade_no(oid)): 1 for prov, oid in ids.items()

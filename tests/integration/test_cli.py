@@ -89,3 +89,21 @@ def test_dlq_list_replay_discard(db):
     assert again.returncode == 1 and "already replayed" in again.stderr
     with unit_of_work() as s:
         assert sorted(s.scalars(select(DeadLetter.status))) == ["DISCARDED", "REPLAYED"]
+
+
+def test_orders_list_filters_by_provider_status_and_age(catalog):
+    from producers.intake import accept_message
+    from tests.conftest import order_message
+
+    catalog({"A": 5})
+    for provider in ("alipay", "stripe", "stripe"):
+        accept_message(order_message("A", provider=provider), channel="test")
+    run = cli("orders", "list", "--provider", "stripe", "--status", "RECEIVED")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("stripe") == 2 and "alipay" not in run.stdout
+    old = cli("orders", "list", "--older-than", "1h")
+    assert old.returncode == 0 and "RECEIVED" not in old.stdout  # all were made just now
+    bad = cli("orders", "list", "--older-than", "soon")
+    assert bad.returncode == 1 and "older-than: 'soon' is not an age" in bad.stderr
+    unknown = cli("orders", "list", "--provider", "paypal")
+    assert unknown.returncode == 1 and "provider: unknown provider" in unknown.stderr
