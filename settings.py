@@ -8,6 +8,7 @@ child process (workers, beat, API) of that run reuses the same servers.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,8 +18,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent
 
 
+#: A second settings file, e.g. the one the dev-profile simulators write with their generated
+#: keys. Missing files are ignored; real environment variables always win.
+EXTRA_ENV_FILE = os.environ.get("ORDERFLOW_ENV_FILE")
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=(".env", EXTRA_ENV_FILE) if EXTRA_ENV_FILE else ".env",
+        extra="ignore",
+        frozen=True,
+    )
 
     # --- servers ------------------------------------------------------------------------------
     database_url: str | None = Field(None, description="PostgreSQL URL; unset = embedded pgserver")

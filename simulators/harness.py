@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import random
 import socket
 import struct
@@ -123,7 +124,9 @@ class SimulatorServer:
         self.ledger_provider: Callable[[], Any] = lambda: {}
         self.reset_hooks: list[Callable[[], None]] = []
         self.request_log: list[tuple[str, str, int]] = []  # (method, path, status)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._make_handler())
+        # 127.0.0.1 unless SIMULATOR_BIND says otherwise (0.0.0.0 inside a dev container only).
+        bind = os.environ.get("SIMULATOR_BIND", "127.0.0.1")
+        self._httpd = ThreadingHTTPServer((bind, port), self._make_handler())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
         self.route("GET", "/_sim/ledger", lambda _r: Response.json(self.ledger_provider()))
@@ -149,7 +152,7 @@ class SimulatorServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}"  # how clients on this host reach it
 
     def start(self) -> SimulatorServer:
         # A short poll interval makes stop() return quickly (the default is 0.5 s).

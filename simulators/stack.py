@@ -62,30 +62,40 @@ class ProviderStack:
 
     @classmethod
     def start(
-        cls, public_base_url: str, key_dir: Path, *, time_scale: float = 3600.0
+        cls,
+        public_base_url: str,
+        key_dir: Path,
+        *,
+        time_scale: float = 3600.0,
+        base_port: int = 0,
     ) -> ProviderStack:
+        """Start every simulator; ``base_port`` > 0 gives fixed ports base+1 … base+5."""
         key_dir.mkdir(parents=True, exist_ok=True)
         base = public_base_url.rstrip("/")
         ali_private, ali_public = _keypair()
-        alipay = AlipaySimulator("2021000000000001", ali_public).start()
+        port = lambda n: base_port + n if base_port else 0  # noqa: E731 - tiny local rule
+        alipay = AlipaySimulator("2021000000000001", ali_public, port=port(1)).start()
         wx_private, wx_public = _keypair()
         api_v3_key = secrets.token_hex(16).encode()  # 32 ASCII bytes, as WeChat issues them
         wx_serial = secrets.token_hex(20).upper()
         wechat = WeChatPaySimulator(
             mchid="1900000001", appid="wx0000000000000001", merchant_serial_no=wx_serial,
-            merchant_public_key_pem=wx_public, api_v3_key=api_v3_key,
+            merchant_public_key_pem=wx_public, api_v3_key=api_v3_key, port=port(2),
         ).start()  # fmt: skip
         stripe_secret = "sk_test_" + secrets.token_hex(16)
         webhook_secret = "whsec_" + secrets.token_hex(16)
-        stripe = StripeSimulator(stripe_secret, webhook_secret, f"{base}/webhooks/stripe").start()
+        stripe = StripeSimulator(
+            stripe_secret, webhook_secret, f"{base}/webhooks/stripe", port=port(3)
+        ).start()
         platform = _write(key_dir / "wechatpay-platform.pem", wechat.platform_public_key_pem)
         k100_key = secrets.token_hex(12)
         min_interval = 1800.0 / time_scale  # Kuaidi100's 30-minute rule, compressed
         kuaidi100 = Kuaidi100Simulator(
-            "K100CUSTOMER", k100_key, time_scale=time_scale, min_query_interval_s=min_interval
-        ).start()
+            "K100CUSTOMER", k100_key, time_scale=time_scale, min_query_interval_s=min_interval,
+            port=port(4),
+        ).start()  # fmt: skip
         warehouse_key = secrets.token_hex(12)
-        warehouse = WarehouseSimulator(warehouse_key, tracker=kuaidi100).start()
+        warehouse = WarehouseSimulator(warehouse_key, tracker=kuaidi100, port=port(5)).start()
         env = {
             "PUBLIC_BASE_URL": base,
             "ALIPAY_GATEWAY_URL": alipay.gateway_url,
@@ -165,3 +175,56 @@ class ProviderStack:
             if r["status"] in ("succeeded", "pending"):
                 totals["stripe", trade_of[r["payment_intent"]]] += int(r["amount"])
         return dict(totals)
+
+
+def write_env_file(env: dict[str, str], path: Path, *, advertise_host: str | None) -> None:
+    """Write the settings as KEY=VALUE lines (0600), URLs pointing at ``advertise_host``."""
+    lines = []
+    for key, value in sorted(env.items()):
+        if advertise_host and key != "PUBLIC_BASE_URL":
+            value = value.replace("127.0.0.1", advertise_host)
+        lines.append(f"{key}={value}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)  # readers never see half a file
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every simulator until SIGTERM/Ctrl-C (docker-compose's ``dev`` profile uses this).
+
+    The generated keys and URLs go to ``--env-out``; orderflow's processes read that file when
+    ``ORDERFLOW_ENV_FILE`` points at it.
+    """
+    import argparse
+    import signal
+    import threading
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--public-base-url", required=True, help="orderflow API, for webhooks")
+    parser.add_argument("--env-out", type=Path, required=True)
+    parser.add_argument("--key-dir", type=Path, default=None, help="default: next to --env-out")
+    parser.add_argument("--advertise-host", default=None, help="hostname clients use")
+    parser.add_argument("--base-port", type=int, default=9100)
+    parser.add_argument("--time-scale", type=float, default=3600.0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    key_dir = args.key_dir or args.env_out.parent / "keys"
+    stack = ProviderStack.start(
+        args.public_base_url, key_dir, time_scale=args.time_scale, base_port=args.base_port
+    )
+    write_env_file(stack.env, args.env_out, advertise_host=args.advertise_host)
+    print(f"simulators on ports {args.base_port + 1}-{args.base_port + 5}; "
+          f"settings in {args.env_out}", flush=True)  # fmt: skip
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

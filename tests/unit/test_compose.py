@@ -68,3 +68,48 @@ def test_every_command_exists_outside_containers():
         module = _module_of(command)
         assert module is not None, f"{name}: unknown command {command}"
         importlib.import_module(module)
+
+
+def test_dev_profile_simulators_hand_their_settings_to_orderflow(tmp_path):
+    """`python -m simulators.stack` (the dev-profile command) serves every simulator and writes
+    the settings that orderflow then reads through ORDERFLOW_ENV_FILE."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from workers.procs import free_port
+
+    env_file = tmp_path / "simulators.env"
+    base = free_port() + 10
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.stack", "--public-base-url", "http://127.0.0.1:1",
+         "--env-out", str(env_file), "--base-port", str(base), "--time-scale", "3600"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not env_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert env_file.exists(), proc.stdout.read() if proc.poll() is not None else "timeout"
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        for n in range(1, 6):
+            assert requests.get(f"http://127.0.0.1:{base + n}/_sim/ledger", timeout=5).ok
+        child = subprocess.run(
+            [sys.executable, "-c",
+             "from settings import get_settings as g; s = g(); "
+             "print(s.stripe_api_base, s.alipay_app_id, s.kuaidi100_customer)"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "ALIPAY_",
+                                                                          "KUAIDI100_"))}
+            | {"ORDERFLOW_ENV_FILE": str(env_file)},
+        )  # fmt: skip
+        assert child.stdout.split() == [f"http://127.0.0.1:{base + 3}", "2021000000000001",
+                                        "K100CUSTOMER"], child.stderr  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
