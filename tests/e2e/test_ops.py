@@ -55,6 +55,10 @@ def test_flower_refuses_without_credentials(procs, services):
         assert requests.get(base + path, timeout=5).status_code == 401, path
     ok = requests.get(base + "/", auth=("ops", "s3cret-test-only"), timeout=10)
     assert ok.status_code == 200
+    broker = requests.get(base + "/broker", auth=("ops", "s3cret-test-only"), timeout=30)
+    assert broker.status_code == 200
+    for queue in ("orders", "payments", "shipping", "tracking", "maintenance", "callbacks"):
+        assert queue in broker.text, queue  # every queue is visible to the operator
     assert requests.get(base + "/", auth=("ops", "wrong"), timeout=5).status_code == 401
 
 
