@@ -25,7 +25,11 @@ from settings import PROJECT_ROOT, get_settings
 from tests.conftest import redis_client
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-NOW = datetime.now(UTC)
+
+
+def _now() -> datetime:
+    # Per call, not at import: the suite may run this module minutes after collecting it.
+    return datetime.now(UTC)
 
 
 @pytest.fixture
@@ -91,12 +95,13 @@ def add_order(status: str, deadline: datetime | None = None) -> str:
 
 
 def add_shipment(order_id: str, status: str, quiet_for: timedelta) -> None:
+    last_event = _now() - quiet_for
     with unit_of_work() as s:
         s.add(
             Shipment(
                 order_id=order_id, booking_key=f"bk-{uuid.uuid4().hex}", status=status,
                 carrier="yuantong", waybill="YT" + uuid.uuid4().hex[:12],
-                created_at=NOW - quiet_for - timedelta(hours=1), last_event_at=NOW - quiet_for,
+                created_at=last_event - timedelta(hours=1), last_event_at=last_event,
             )
         )  # fmt: skip
 
@@ -132,12 +137,12 @@ def open_circuit(provider: str) -> None:
 
 
 def test_state_series_come_from_postgres_and_redis(client: TestClient) -> None:
-    add_order("RECEIVED", NOW + timedelta(minutes=5))
-    add_order("RECEIVED", NOW - timedelta(minutes=10))  # overdue
-    add_order("AWAITING_PAYMENT", NOW - timedelta(hours=1))  # overdue
+    add_order("RECEIVED", _now() + timedelta(minutes=5))
+    add_order("RECEIVED", _now() - timedelta(minutes=10))  # overdue
+    add_order("AWAITING_PAYMENT", _now() - timedelta(hours=1))  # overdue
     for _ in range(3):
-        add_order("COMPLETED", NOW - timedelta(days=1))  # final: never overdue
-    add_order("NEEDS_ATTENTION", NOW - timedelta(days=1))  # waits for a person: not overdue
+        add_order("COMPLETED", _now() - timedelta(days=1))  # final: never overdue
+    add_order("NEEDS_ATTENTION", _now() - timedelta(days=1))  # waits for a person: not overdue
     in_transit = add_order("IN_TRANSIT")
     add_shipment(in_transit, "IN_TRANSIT", quiet_for=timedelta(days=4))  # stale (> 3 days)
     add_shipment(in_transit, "IN_TRANSIT", quiet_for=timedelta(hours=2))
