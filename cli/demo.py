@@ -7,6 +7,7 @@ servers by default, or on the configured ones, so it never touches other data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -113,9 +114,10 @@ def run_demo(*, orders: int, payment_window_s: int, concurrency: int) -> None:
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
     get_settings.cache_clear()
+    owns_broker = get_settings().broker_url is None and get_settings().redis_url is None
     try:
-        with embedded_services(), _demo_database(), _simulators() as stack:
-            _run(orders, concurrency, key, stack)
+        with embedded_services(), _demo_database(), _simulators() as (stack, port):
+            _run(orders, concurrency, key, stack, port=port, owns_broker=owns_broker)
     finally:
         _restore(saved)
 
@@ -130,7 +132,7 @@ def _restore(saved: dict[str, str | None]) -> None:
 
 
 @contextmanager
-def _simulators() -> Iterator[ProviderStack]:
+def _simulators() -> Iterator[tuple[ProviderStack, int]]:
     """Alipay, WeChat Pay and Stripe simulators with keys generated for this run."""
     from workers.procs import free_port
 
@@ -140,14 +142,12 @@ def _simulators() -> Iterator[ProviderStack]:
     stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir, time_scale=36000)
     saved = {k: os.environ.get(k) for k in stack.env}
     os.environ.update(stack.env)
-    os.environ["DEMO_API_PORT"] = str(port)
     get_settings.cache_clear()
     try:
-        yield stack
+        yield stack, port
     finally:
         stack.stop()
         _restore(saved)
-        os.environ.pop("DEMO_API_PORT", None)
         shutil.rmtree(key_dir, ignore_errors=True)
 
 
@@ -195,7 +195,9 @@ class _Customers:
                 self.http.post(url, json={"reason": "customer changed their mind"}, timeout=30)
 
 
-def _run(orders: int, concurrency: int, key: str, stack: ProviderStack) -> None:
+def _run(
+    orders: int, concurrency: int, key: str, stack: ProviderStack, *, port: int, owns_broker: bool
+) -> None:
     from models.migrate import upgrade
     from observability.metrics import prepare_multiproc_dir
     from services.queries import status_counts
@@ -209,9 +211,10 @@ def _run(orders: int, concurrency: int, key: str, stack: ProviderStack) -> None:
     upgrade()
     _seed()
     prepare_multiproc_dir()
+    if owns_broker:
+        _purge_stale_tasks()
     group = ProcessGroup(log_dir=get_settings().state_dir / "demo-logs")
     try:
-        port = int(os.environ["DEMO_API_PORT"])
         console.print("[bold]orderflow demo[/]: starting API, workers, beat and simulators ...")
         group.api(port)
         workers = [
@@ -340,3 +343,15 @@ def _stage_rate(session: Session, status: str) -> str:
         return str(n)
     span = (last - first).total_seconds()
     return f"{n} in {span:.1f} s ({n / span:,.0f}/s)"
+
+
+def _purge_stale_tasks() -> None:
+    """Drop task messages left in the broker by an earlier demo: they name orders of a demo
+    database that no longer exists. Called only on the embedded Redis, which the demo owns; a
+    configured broker may carry real work, so it is left alone."""
+    from workers.app import app
+
+    with app.connection_for_write() as conn:
+        for queue in app.amqp.queues:
+            with contextlib.suppress(Exception):  # a queue that never existed
+                conn.default_channel.queue_purge(queue)

@@ -138,12 +138,16 @@ def wait_http(url: str, proc: Proc | None = None, timeout_s: float = 30.0) -> No
 
 
 def wait_worker_ready(proc: Proc, timeout_s: float = 60.0) -> None:
-    """Wait until the worker logged that it is ready to consume."""
+    """Wait until the worker logged that it is ready to consume.
+
+    The whole log is searched, not its tail: a worker may log a lot (e.g. failing stale
+    messages) right after it became ready.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
-        if " ready." in proc.log_tail(200):
+        if proc.log_path is not None and b" ready." in proc.log_path.read_bytes():
             return
         time.sleep(0.1)
     raise TimeoutError(f"{proc.name} not ready within {timeout_s}s:\n{proc.log_tail()}")
