@@ -46,10 +46,7 @@ class Settings(BaseSettings):
         SecretStr("dev-key-change-me"),
         description="Comma-separated intake API keys (source:key or key); test/dev default only",
     )
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
     max_body_bytes: int = Field(1_048_576, description="Largest accepted request body")
-    max_lines_per_order: int = 100
     flower_basic_auth: SecretStr | None = Field(
         None, description="user:password for Flower; `orderflow up` generates one when unset"
     )
@@ -75,7 +72,9 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         300, description="Redis redelivery timeout; must exceed every task's hard time limit"
     )
-    default_warehouse: str = "main"
+    default_warehouse: str = Field(
+        "main", description="Warehouse of stock commands that name none (and of the demo)"
+    )
     create_redrive_s: int = Field(
         20, ge=1, description="A RESERVED order without a payment this long is re-driven"
     )
