@@ -14,7 +14,6 @@ Errors: 401 without a valid key, 404 for an unknown source or event, 422 naming 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,25 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy.orm import Session
 
 from api.catalog import Admin
-from api.errors import error_response
-from domain.errors import NotFound, ValidationError
+from api.errors import run_in_unit_of_work
 from services import callbacks
-from services.unit_of_work import unit_of_work
 
 router = APIRouter(prefix="/v1/admin/callbacks")
 T = TypeVar("T")
-
-
-def _run(fn: Callable[[Session], T]) -> T | Any:
-    try:
-        with unit_of_work() as session:
-            return fn(session)
-    except ValidationError as exc:
-        return error_response(
-            422, "validation_failed", str(exc), [{"field": exc.field, "reason": exc.reason}]
-        )
-    except NotFound as exc:
-        return error_response(404, "not_found", str(exc))
 
 
 class EndpointIn(BaseModel):
@@ -59,7 +44,9 @@ class ResendIn(BaseModel):
 
 @router.get("")
 def list_endpoints(_actor: Admin) -> Any:
-    return _run(lambda s: {"endpoints": [asdict(e) for e in callbacks.list_endpoints(s)]})
+    return run_in_unit_of_work(
+        lambda s: {"endpoints": [asdict(e) for e in callbacks.list_endpoints(s)]}
+    )
 
 
 @router.put("/{source}")
@@ -75,18 +62,20 @@ def register(source: str, body: EndpointIn, _actor: Admin) -> Any:
             view["secret"] = secret.get_secret_value()  # this response only; store it now
         return view
 
-    return _run(put)
+    return run_in_unit_of_work(put)
 
 
 @router.post("/{source}/resume")
 def resume(source: str, _actor: Admin) -> Any:
-    return _run(lambda s: {"released": callbacks.resume(s, source, now=datetime.now(UTC))})
+    return run_in_unit_of_work(
+        lambda s: {"released": callbacks.resume(s, source, now=datetime.now(UTC))}
+    )
 
 
 @router.post("/resend")
 def resend(body: ResendIn, _actor: Admin) -> Any:
     now = datetime.now(UTC)
-    return _run(
+    return run_in_unit_of_work(
         lambda s: {
             "queued": callbacks.resend(s, now=now, event_id=body.event_id, order_id=body.order_id)
         }

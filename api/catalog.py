@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt
 from sqlalchemy.orm import Session
 
-from api.errors import error_response
-from domain.errors import ConflictError, NotFound, ValidationError
+from api.errors import error_response, run_in_unit_of_work
 from services import catalog_admin, stock_admin
-from services.unit_of_work import unit_of_work
 from settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -70,22 +67,6 @@ def require_admin(
 Admin = Annotated[str, Depends(require_admin)]
 
 
-def _run(fn: Callable[[Session], T]) -> T | Any:
-    """Run ``fn`` in one unit of work; map the service errors to the JSON error shape."""
-    try:
-        with unit_of_work() as session:
-            return fn(session)
-    except ValidationError as exc:
-        return error_response(
-            422, "validation_failed", str(exc), [{"field": exc.field, "reason": exc.reason}]
-        )
-    except NotFound as exc:
-        return error_response(404, "not_found", f"{exc} not found")
-    except ConflictError as exc:
-        field, _, reason = str(exc).partition(": ")
-        return error_response(409, "conflict", str(exc), [{"field": field, "reason": reason}])
-
-
 # --- products ----------------------------------------------------------------------------------
 
 
@@ -112,7 +93,9 @@ def list_products(
     active: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Any:
-    return _run(lambda s: {"products": catalog_admin.list_products(s, active=active, limit=limit)})
+    return run_in_unit_of_work(
+        lambda s: {"products": catalog_admin.list_products(s, active=active, limit=limit)}
+    )
 
 
 @router.post("/products", status_code=201)
@@ -124,7 +107,7 @@ def create_product(body: ProductCreate, actor: Admin) -> Any:
         )
         return catalog_admin.product_view(product)
 
-    return _run(create)
+    return run_in_unit_of_work(create)
 
 
 @router.patch("/products/{sku}")
@@ -136,7 +119,7 @@ def update_product(sku: str, body: ProductPatch, actor: Admin) -> Any:
             [{"field": "body", "reason": "give one or more of name, price_amount, currency, "
               "active (not null)"}],
         )  # fmt: skip
-    return _run(
+    return run_in_unit_of_work(
         lambda s: catalog_admin.product_view(
             catalog_admin.update_product(s, sku, actor=actor, **changes)
         )
@@ -145,21 +128,23 @@ def update_product(sku: str, body: ProductPatch, actor: Admin) -> Any:
 
 @router.post("/products/{sku}/deactivate")
 def deactivate_product(sku: str, actor: Admin) -> Any:
-    return _run(
+    return run_in_unit_of_work(
         lambda s: catalog_admin.product_view(catalog_admin.deactivate_product(s, sku, actor=actor))
     )
 
 
 @router.delete("/products/{sku}")
 def delete_product(sku: str, actor: Admin) -> Any:
-    return _run(
+    return run_in_unit_of_work(
         lambda s: {"sku": sku, "outcome": catalog_admin.delete_product(s, sku, actor=actor)}
     )
 
 
 @router.get("/products/{sku}/prices")
 def price_history(sku: str, _actor: Admin) -> Any:
-    return _run(lambda s: {"sku": sku, "prices": catalog_admin.price_history(s, sku)})
+    return run_in_unit_of_work(
+        lambda s: {"sku": sku, "prices": catalog_admin.price_history(s, sku)}
+    )
 
 
 # --- stock -------------------------------------------------------------------------------------
@@ -196,7 +181,7 @@ def _warehouse(value: str | None) -> str:
 
 @router.post("/stock/receive")
 def receive(body: ReceiveBody, actor: Admin) -> Any:
-    return _run(
+    return run_in_unit_of_work(
         lambda s: stock_admin.receive(
             s, body.sku, _warehouse(body.warehouse), body.quantity, actor=actor,
             reason=body.reason,
@@ -206,7 +191,7 @@ def receive(body: ReceiveBody, actor: Admin) -> Any:
 
 @router.post("/stock/adjust")
 def adjust(body: AdjustBody, actor: Admin) -> Any:
-    return _run(
+    return run_in_unit_of_work(
         lambda s: stock_admin.adjust(
             s, body.sku, _warehouse(body.warehouse), body.delta, reason=body.reason, actor=actor
         ).as_dict()
@@ -222,9 +207,11 @@ def move(body: MoveBody, actor: Admin) -> Any:
         )  # fmt: skip
         return {"from": src.as_dict(), "to": dst.as_dict()}
 
-    return _run(run)
+    return run_in_unit_of_work(run)
 
 
 @router.get("/stock/drift")
 def drift(_actor: Admin) -> Any:
-    return _run(lambda s: {"proposals": [p.as_dict() for p in stock_admin.propose_repairs(s)]})
+    return run_in_unit_of_work(
+        lambda s: {"proposals": [p.as_dict() for p in stock_admin.propose_repairs(s)]}
+    )

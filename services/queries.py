@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Subquery, func, select
 from sqlalchemy.orm import Session
 
 from domain.errors import NotFound
@@ -56,9 +56,9 @@ def status_counts(session: Session) -> dict[str, int]:
     return {status: count for status, count in rows}
 
 
-def stock_drift(session: Session) -> list[dict[str, Any]]:
-    """Rows whose counters differ from the ledger sums (empty when all is consistent)."""
-    ledger = (
+def ledger_sums() -> Subquery:
+    """Per (sku, warehouse): the sums of the ledger's deltas — what the counters must equal."""
+    return (
         select(
             StockMovement.sku,
             StockMovement.warehouse,
@@ -68,6 +68,11 @@ def stock_drift(session: Session) -> list[dict[str, Any]]:
         .group_by(StockMovement.sku, StockMovement.warehouse)
         .subquery()
     )
+
+
+def stock_drift(session: Session) -> list[dict[str, Any]]:
+    """Rows whose counters differ from the ledger sums (empty when all is consistent)."""
+    ledger = ledger_sums()
     rows = session.execute(
         select(
             Stock.sku,

@@ -42,6 +42,7 @@ from models import Product, Reservation, Stock, StockMovement
 from services.catalog import receive_stock
 from services.catalog_admin import check_code
 from services.locks import lock_stock
+from services.queries import ledger_sums
 
 #: Largest single receipt, adjustment or move: a typo guard, far above any real delivery.
 MAX_QUANTITY = 1_000_000
@@ -244,16 +245,7 @@ class RepairProposal:
 def _inconsistent_rows(
     session: Session, keys: Iterable[tuple[str, str]] | None
 ) -> list[tuple[str, str, int | None, int | None, int, int, int]]:
-    ledger = (
-        select(
-            StockMovement.sku,
-            StockMovement.warehouse,
-            func.sum(StockMovement.delta_on_hand).label("on_hand"),
-            func.sum(StockMovement.delta_reserved).label("reserved"),
-        )
-        .group_by(StockMovement.sku, StockMovement.warehouse)
-        .subquery()
-    )
+    ledger = ledger_sums()
     held = (
         select(Reservation.sku, Reservation.warehouse, func.sum(Reservation.quantity).label("q"))
         .where(Reservation.status == "ACTIVE")
