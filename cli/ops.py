@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from cli.common import console
 from settings import get_settings
+from simulators.stack import ProviderStack
 
 # One worker per queue: DB-bound orders work on prefork, network-bound stages on threads.
 WORKERS = (
@@ -54,9 +55,7 @@ def run_up(*, api_port: int, flower_port: int, simulators: bool) -> None:
                 stack.stop()
 
 
-def _start_simulators(api_port: int):  # type: ignore[no-untyped-def]
-    from simulators.stack import ProviderStack
-
+def _start_simulators(api_port: int) -> ProviderStack:
     key_dir = Path(tempfile.mkdtemp(prefix="orderflow-up-keys-"))
     stack = ProviderStack.start(f"http://127.0.0.1:{api_port}", key_dir)
     os.environ.update(stack.env)
