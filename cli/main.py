@@ -239,6 +239,28 @@ def dlq_list(limit: int = typer.Option(100, min=1)) -> None:
     console.print(table)
 
 
+@dlq_app.command("show")
+@command
+def dlq_show(dead_letter_id: int) -> None:
+    """One dead letter: task, arguments, error, attempts, status."""
+    from models import DeadLetter
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        dl = session.get(DeadLetter, dead_letter_id)
+        if dl is None:
+            raise fail(f"id: no dead letter {dead_letter_id}")
+        print_json(
+            {
+                "id": dl.id, "task": dl.task_name, "task_id": dl.task_id, "queue": dl.queue,
+                "order_id": dl.order_id, "args": dl.args, "kwargs": dl.kwargs,
+                "error_class": dl.error_class, "error": dl.error_message,
+                "attempts": dl.attempts, "status": dl.status, "created_at": dl.created_at,
+                "resolved_at": dl.resolved_at,
+            }
+        )  # fmt: skip
+
+
 @dlq_app.command("replay")
 @command
 def dlq_replay(dead_letter_id: int) -> None:

@@ -77,6 +77,9 @@ def test_dlq_list_replay_discard(db):
             )
             for i in range(2)
         ]
+    shown = cli("dlq", "show", str(ids[0]))
+    assert shown.returncode == 0 and '"error": "boom"' in shown.stdout and "order-0" in shown.stdout
+    assert cli("dlq", "show", "999999").returncode == 1
     listed = cli("dlq", "list")
     assert listed.returncode == 0 and "orders.process" in listed.stdout and "boom" in listed.stdout
     replay = cli("dlq", "replay", str(ids[0]))
