@@ -6,8 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: venv demo test test-unit lint fmt clean lock
+.PHONY: venv demo test test-unit lint fmt clean lock bench
 
 venv: $(STAMP)
 
@@ -25,6 +26,11 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# Benchmarks against ceilings measured in the same run (see docs/performance.md). Uses its own
+# database and empties the task queues of its broker: do not share the broker with another run.
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

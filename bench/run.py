@@ -1,0 +1,370 @@
+"""``make bench`` / ``python -m bench.run``: ceilings and pipeline figures in one run.
+
+Runs in its own throw-away database (created, migrated, dropped) on the configured servers, or
+on the embedded ones when DATABASE_URL / REDIS_URL are unset. Every process it starts is stopped
+by pid; every loop is bounded in count and time. Prints one table and writes bench/results.json.
+
+The broker should not be shared with another orderflow run meanwhile: the bench purges the
+pipeline's queues before and after it runs (its orders leave payment tasks behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import create_engine, make_url, text
+
+from bench.common import Figure, git_revision
+from settings import PROJECT_ROOT, get_settings
+
+if TYPE_CHECKING:
+    from workers.procs import ProcessGroup
+
+RESULTS = PROJECT_ROOT / "bench" / "results.json"
+SPREAD_SKUS = [f"BENCH-{i:05d}" for i in range(10_000)]
+HOT_SKU = "BENCH-HOT"
+QUEUES = ("orders", "payments", "shipping", "tracking", "maintenance", "callbacks")
+console = Console()
+
+
+@contextlib.contextmanager
+def throwaway_database() -> Iterator[str]:
+    """Create ``orderflow_bench_<pid>``, point DATABASE_URL at it, migrate; drop it after."""
+    from models.db import dispose_engine
+    from models.migrate import upgrade
+
+    base = get_settings().database_url
+    assert base is not None
+    name = f"orderflow_bench_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    saved = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = make_url(base).set(database=name).render_as_string(False)
+    get_settings.cache_clear()
+    dispose_engine()
+    try:
+        upgrade()
+        yield name
+    finally:
+        dispose_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        if saved is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = saved
+        get_settings.cache_clear()
+
+
+def seed_catalog() -> None:
+    """10,000 spread SKUs (1,000 units each) and one hot SKU with ample stock."""
+    from domain.money import Money
+    from services.catalog import receive_stock, upsert_product
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        for sku, units in [(s, 1_000) for s in SPREAD_SKUS] + [(HOT_SKU, 10_000_000)]:
+            upsert_product(session, sku, f"Bench {sku}", Money(1990, "CNY"), actor="bench")
+            receive_stock(session, sku, "main", units, actor="bench", reason="bench seed")
+
+
+def purge_queues() -> None:
+    """Empty the pipeline's queues on the broker (leftovers of this or an earlier bench)."""
+    from workers.app import app
+
+    with app.connection_for_write() as conn:
+        for queue in QUEUES:
+            with contextlib.suppress(Exception):
+                conn.default_channel.queue_purge(queue)
+
+
+def redis_conn() -> redis.Redis:
+    from workers.embedded import redis_client_url
+
+    url = get_settings().redis_url
+    assert url is not None
+    return redis.Redis.from_url(redis_client_url(url), socket_timeout=5)
+
+
+class Bench:
+    """Runs the phases in order and collects the figures."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.rev = git_revision()
+        self.figures: list[Figure] = []
+        self.ceil: dict[str, float] = {}
+
+    def add(self, figure: str, unit: str, value: float, ceiling: float | None, cfg: str) -> None:
+        self.figures.append(Figure(figure, unit, value, ceiling, cfg, self.rev))
+        console.log(
+            f"{figure}: {value:,.1f} {unit}" + (f" (ceiling {ceiling:,.1f})" if ceiling else "")
+        )
+
+    def raw_postgres(self) -> None:
+        """Ceiling 1: the intake (and intake + reservation) SQL through psycopg2, 1/2/4 threads."""
+        from bench.ceilings import raw_postgres
+
+        seconds = 2.0 if self.quick else 4.0
+        for reserve, label in ((False, "intake"), (True, "intake+reserve")):
+            r = raw_postgres(SPREAD_SKUS, reserve=reserve, seconds=seconds)
+            self.ceil[label] = r.best
+            per = ", ".join(f"{n}t={v:,.0f}" for n, v in r.by_threads.items())
+            self.add(
+                f"raw PostgreSQL {label} SQL",
+                "orders/s",
+                r.best,
+                None,
+                f"psycopg2, best of threads (1,2,4): {per}",
+            )
+
+    def seed_style(self) -> None:
+        """The naive ORM loop, against the raw intake+reserve ceiling."""
+        from bench.baseline import seed_style
+
+        rate = seed_style(SPREAD_SKUS, seconds=3.0 if self.quick else 5.0)
+        self.add(
+            "seed-style ORM loop (1 process)",
+            "orders/s",
+            rate,
+            self.ceil["intake+reserve"],
+            "SQLAlchemy ORM, one transaction per order, no locks/ledger/queue",
+        )
+
+    def celery_chains(self, group: ProcessGroup) -> None:
+        """Ceilings 2 and 3: 3-hop no-op chains, then chains with one UPDATE per hop."""
+        from bench.ceilings import prepare_chain_table, raw_celery_chains
+
+        rdb = redis_conn()
+        noop_n, db_n = (500, 300) if self.quick else (2000, 1000)
+        prepare_chain_table(db_n)
+        rate, done = raw_celery_chains(group, rdb, chains=noop_n, with_db=False, timeout_s=90)
+        self.ceil["celery"] = rate
+        self.add(
+            "raw Celery 3-hop no-op chain",
+            "chains/s",
+            rate,
+            None,
+            f"{done}/{noop_n} chains, 1 worker prefork 2, acks late, prefetch 1",
+        )
+        rate, done = raw_celery_chains(group, rdb, chains=db_n, with_db=True, timeout_s=90)
+        self.ceil["celery+pg"] = rate
+        self.add(
+            "raw Celery + PostgreSQL 3-hop chain",
+            "chains/s",
+            rate,
+            self.ceil["celery"],
+            f"{done}/{db_n} chains, one UPDATE transaction per hop",
+        )
+
+    def intake(self, base: str, key: str) -> None:
+        """POST /v1/orders at 16 and 32 client threads against one uvicorn process."""
+        from bench.pipeline import intake_figures
+
+        n = 400 if self.quick else 1500
+        for conc in (16, 32):
+            rate, p50, p99, refused = intake_figures(
+                base, key, SPREAD_SKUS, concurrency=conc, orders=n
+            )
+            cfg = f"{n} orders, {conc} client threads, 1 uvicorn process, {refused} refused"
+            self.add(f"intake accepted (c={conc})", "orders/s", rate, self.ceil["intake"], cfg)
+            self.add(f"intake p50 (c={conc})", "ms", p50, None, cfg)
+            self.add(f"intake p99 (c={conc})", "ms", p99, 50.0, cfg + "; ceiling = 50 ms target")
+        purge_queues()
+
+    def reserved(self, group: ProcessGroup, base: str, key: str) -> None:
+        """Intake -> RESERVED: spread with 2 and 1 processes, hot SKU with 2; stage latency."""
+        from bench.pipeline import WorkerSpec, to_stage
+
+        n = 300 if self.quick else 1000
+        runs = [
+            ("spread-p2", SPREAD_SKUS, 2),
+            ("hot-p2", [HOT_SKU], 2),
+            ("spread-p1", SPREAD_SKUS, 1),
+        ]
+        rates: dict[str, float] = {}
+        for label, skus, procs in runs:
+            purge_queues()  # payment tasks left by the previous run would compete
+            r = to_stage(
+                group,
+                base,
+                key,
+                source=f"bench-{label}",
+                skus=skus,
+                orders=n,
+                workers=[WorkerSpec("orders,maintenance", procs)],
+                target=frozenset({"RESERVED"}),
+                timeout_s=150,
+            )
+            rates[label] = r.rate
+            cfg = (
+                f"{r.orders} orders over {len(skus)} SKU(s), orders+maintenance prefork {procs}, "
+                f"16 client threads, API running; final {r.counts}"
+                + ("" if r.finished else "; TIMED OUT")
+            )
+            ceiling = rates["spread-p2"] if label == "hot-p2" else self.ceil["intake+reserve"]
+            self.add(f"intake -> RESERVED ({label})", "orders/s", r.rate, ceiling, cfg)
+        ratio = rates["spread-p2"] / rates["spread-p1"] if rates["spread-p1"] else 0.0
+        self.add(
+            "scaling: 2 processes / 1",
+            "x",
+            ratio,
+            2.0,
+            "to-RESERVED rate, spread, prefork 2 vs prefork 1; ceiling = linear",
+        )
+        self.add(
+            "intake -> RESERVED vs Celery+PG chain",
+            "orders/s",
+            rates["spread-p2"],
+            self.ceil["celery+pg"],
+            "1 hop of the pipeline vs the 3-hop raw chain",
+        )
+        self.stages("bench-spread-p2", n)
+
+    def paid(self, group: ProcessGroup, base: str, key: str) -> None:
+        """Intake -> PAID with the Alipay simulator paying at once (auto_pay_after_ms=0)."""
+        from bench.pipeline import PAID_OR_LATER, WorkerSpec, to_stage
+
+        n = 300 if self.quick else 1000
+        purge_queues()  # payments.create of the RESERVED runs' orders must not run first
+        r = to_stage(
+            group,
+            base,
+            key,
+            source="bench-paid",
+            skus=SPREAD_SKUS,
+            orders=n,
+            workers=[WorkerSpec("orders,maintenance", 2), WorkerSpec("payments", 8, "threads")],
+            target=PAID_OR_LATER,
+            timeout_s=180,
+        )
+        cfg = (
+            f"{r.orders} alipay orders, orders+maintenance prefork 2 + payments threads 8, "
+            f"simulator pays at once; ceiling = raw Celery+PG 3-hop chain; final {r.counts}"
+            + ("" if r.finished else "; TIMED OUT")
+        )
+        self.add("intake -> PAID (spread)", "orders/s", r.rate, self.ceil["celery+pg"], cfg)
+        self.stages("bench-paid", n)
+
+    def stages(self, source: str, n: int) -> None:
+        """Per-stage latency p50/p99 of one run's orders, from the timeline."""
+        from bench.pipeline import stage_latencies
+
+        for s in stage_latencies(source):
+            cfg = (
+                f"{s.count} orders of {source} (burst of {n}, queue wait included); "
+                f"min {s.low * 1000:,.0f} ms, max {s.high * 1000:,.0f} ms"
+            )
+            self.add(f"stage {s.stage} p50 ({source})", "ms", s.p50 * 1000, None, cfg)
+            self.add(f"stage {s.stage} p99 ({source})", "ms", s.p99 * 1000, None, cfg)
+
+    def run(self) -> None:
+        from observability.metrics import prepare_multiproc_dir
+        from workers.procs import ProcessGroup, free_port
+
+        seed_started = time.monotonic()
+        seed_catalog()
+        console.log(
+            f"seeded {len(SPREAD_SKUS) + 1} SKUs in {time.monotonic() - seed_started:.1f} s"
+        )
+        purge_queues()
+        self.raw_postgres()
+        self.seed_style()
+        prepare_multiproc_dir(Path(tempfile.mkdtemp(prefix="orderflow-bench-metrics-")))
+        key = f"bench-{secrets.token_hex(12)}"
+        os.environ["API_KEYS"] = key
+        get_settings.cache_clear()
+        group = ProcessGroup(log_dir=Path(tempfile.mkdtemp(prefix="orderflow-bench-logs-")))
+        try:
+            self.celery_chains(group)
+            port = free_port()
+            with simulators(port):
+                group.api(port)
+                base = f"http://127.0.0.1:{port}"
+                self.intake(base, key)
+                self.reserved(group, base, key)
+                self.paid(group, base, key)
+        finally:
+            group.stop_all()
+            purge_queues()
+            console.log(f"process logs: {group.log_dir}")
+
+
+@contextlib.contextmanager
+def simulators(port: int) -> Iterator[None]:
+    """The provider simulators (Alipay pays every trade at once), their env exported."""
+    from simulators.stack import ProviderStack
+
+    key_dir = Path(tempfile.mkdtemp(prefix="orderflow-bench-keys-"))
+    stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir, time_scale=36000)
+    stack.alipay.configure(auto_pay_after_ms=0)
+    saved = {k: os.environ.get(k) for k in stack.env}
+    os.environ.update(stack.env)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        stack.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+        shutil.rmtree(key_dir, ignore_errors=True)
+
+
+def print_table(figures: list[Figure]) -> None:
+    table = Table("figure", "unit", "value", "ceiling", "ratio", title="orderflow bench")
+    for f in figures:
+        table.add_row(
+            f.figure,
+            f.unit,
+            f"{f.value:,.1f}",
+            "" if f.ceiling is None else f"{f.ceiling:,.1f}",
+            "" if f.ratio is None else f"{f.ratio:.0%}",
+        )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    from workers.embedded import embedded_services
+
+    started = time.monotonic()
+    bench = Bench(args.quick)
+    saved_keys = os.environ.get("API_KEYS")
+    try:
+        with embedded_services(), throwaway_database():
+            bench.run()
+    finally:
+        if saved_keys is None:
+            os.environ.pop("API_KEYS", None)
+        else:
+            os.environ["API_KEYS"] = saved_keys
+        if bench.figures:
+            print_table(bench.figures)
+            args.output.write_text(json.dumps([f.as_dict() for f in bench.figures], indent=2))
+            console.log(f"wrote {args.output} in {time.monotonic() - started:.0f} s total")
+
+
+if __name__ == "__main__":
+    main()
