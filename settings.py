@@ -9,6 +9,8 @@ child process (workers, beat, API) of that run reuses the same servers.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -210,3 +212,22 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
     return Settings()
+
+
+@contextmanager
+def exported_env(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Export ``values`` to ``os.environ`` for this run's child processes (``None`` leaves a
+    variable as it is), re-read the settings, and restore the previous environment on exit."""
+    chosen = {k: v for k, v in values.items() if v is not None}
+    saved = {k: os.environ.get(k) for k in chosen}
+    os.environ.update(chosen)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()

@@ -28,7 +28,7 @@ from rich.table import Table
 from sqlalchemy import create_engine, make_url, text
 
 from bench.common import Figure, git_revision
-from settings import PROJECT_ROOT, get_settings
+from settings import PROJECT_ROOT, exported_env, get_settings
 
 if TYPE_CHECKING:
     from workers.procs import ProcessGroup
@@ -52,23 +52,19 @@ def throwaway_database() -> Iterator[str]:
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    saved = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = make_url(base).set(database=name).render_as_string(False)
-    get_settings.cache_clear()
-    dispose_engine()
+    url = make_url(base).set(database=name).render_as_string(False)
     try:
-        upgrade()
-        yield name
+        with exported_env({"DATABASE_URL": url}):
+            dispose_engine()
+            try:
+                upgrade()
+                yield name
+            finally:
+                dispose_engine()
     finally:
-        dispose_engine()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-        if saved is None:
-            os.environ.pop("DATABASE_URL", None)
-        else:
-            os.environ["DATABASE_URL"] = saved
-        get_settings.cache_clear()
 
 
 def seed_catalog() -> None:
@@ -287,7 +283,7 @@ class Bench:
         self.seed_style()
         prepare_multiproc_dir(Path(tempfile.mkdtemp(prefix="orderflow-bench-metrics-")))
         key = f"bench-{secrets.token_hex(12)}"
-        os.environ["API_KEYS"] = key
+        os.environ["API_KEYS"] = key  # restored by main()'s exported_env
         get_settings.cache_clear()
         group = ProcessGroup(log_dir=Path(tempfile.mkdtemp(prefix="orderflow-bench-logs-")))
         try:
@@ -313,19 +309,11 @@ def simulators(port: int) -> Iterator[None]:
     key_dir = Path(tempfile.mkdtemp(prefix="orderflow-bench-keys-"))
     stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir, time_scale=36000)
     stack.alipay.configure(auto_pay_after_ms=0)
-    saved = {k: os.environ.get(k) for k in stack.env}
-    os.environ.update(stack.env)
-    get_settings.cache_clear()
     try:
-        yield
+        with exported_env(stack.env):
+            yield
     finally:
         stack.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
         shutil.rmtree(key_dir, ignore_errors=True)
 
 
@@ -351,15 +339,12 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.monotonic()
     bench = Bench(args.quick)
-    saved_keys = os.environ.get("API_KEYS")
     try:
-        with embedded_services(), throwaway_database():
+        # Re-exporting the current value makes exported_env restore it after bench.run sets it.
+        with exported_env({"API_KEYS": get_settings().api_keys.get_secret_value()}), \
+                embedded_services(), throwaway_database():  # fmt: skip
             bench.run()
     finally:
-        if saved_keys is None:
-            os.environ.pop("API_KEYS", None)
-        else:
-            os.environ["API_KEYS"] = saved_keys
         if bench.figures:
             print_table(bench.figures)
             args.output.write_text(json.dumps([f.as_dict() for f in bench.figures], indent=2))

@@ -8,7 +8,6 @@ servers by default, or on the configured ones, so it never touches other data.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import secrets
 import shutil
@@ -26,7 +25,7 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from cli.common import console
-from settings import get_settings
+from settings import exported_env, get_settings
 from simulators.stack import ProviderStack
 
 DEMO_DB = "orderflow_demo"
@@ -44,20 +43,16 @@ def _demo_database() -> Iterator[None]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{DEMO_DB}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{DEMO_DB}"'))
-    saved = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = make_url(base).set(database=DEMO_DB).render_as_string(False)
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        from models.db import dispose_engine
+    demo_url = make_url(base).set(database=DEMO_DB).render_as_string(False)
+    from models.db import dispose_engine
 
-        dispose_engine()
-        if saved is None:
-            os.environ.pop("DATABASE_URL", None)
-        else:
-            os.environ["DATABASE_URL"] = saved
-        get_settings.cache_clear()
+    try:
+        with exported_env({"DATABASE_URL": demo_url}):
+            try:
+                yield
+            finally:
+                dispose_engine()  # before the URL changes back: no connection to the demo DB
+    finally:
         admin.dispose()
 
 
@@ -111,24 +106,10 @@ def run_demo(*, orders: int, payment_window_s: int, concurrency: int) -> None:
         "CREATE_REDRIVE_S": "10",
         "TRACKING_INTERVAL_S": "0.5",
     }
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    get_settings.cache_clear()
-    owns_broker = get_settings().broker_url is None and get_settings().redis_url is None
-    try:
+    with exported_env(overrides):
+        owns_broker = get_settings().broker_url is None and get_settings().redis_url is None
         with embedded_services(), _demo_database(), _simulators() as (stack, port):
             _run(orders, concurrency, key, stack, port=port, owns_broker=owns_broker)
-    finally:
-        _restore(saved)
-
-
-def _restore(saved: dict[str, str | None]) -> None:
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    get_settings.cache_clear()
 
 
 @contextmanager
@@ -140,14 +121,11 @@ def _simulators() -> Iterator[tuple[ProviderStack, int]]:
     key_dir = Path(tempfile.mkdtemp(prefix="orderflow-demo-keys-"))
     # One second of demo time is ten hours of parcel time: a 34-hour trace takes ~3.4 s.
     stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir, time_scale=36000)
-    saved = {k: os.environ.get(k) for k in stack.env}
-    os.environ.update(stack.env)
-    get_settings.cache_clear()
     try:
-        yield stack, port
+        with exported_env(stack.env):
+            yield stack, port
     finally:
         stack.stop()
-        _restore(saved)
         shutil.rmtree(key_dir, ignore_errors=True)
 
 

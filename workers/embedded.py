@@ -15,7 +15,6 @@ AOF is on (``appendfsync everysec``) so a message accepted by the broker survive
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
 import warnings
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from settings import get_settings
+from settings import exported_env, get_settings
 
 _REDIS_START_TIMEOUT_S = 10.0
 
@@ -136,19 +135,9 @@ def embedded_services() -> Iterator[EmbeddedServices | None]:
         yield None
         return
     services = EmbeddedServices(settings.state_dir, need_pg, need_redis).start()
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "REDIS_URL")}
-    if services.database_url:
-        os.environ["DATABASE_URL"] = services.database_url
-    if services.redis_url:
-        os.environ["REDIS_URL"] = services.redis_url
-    get_settings.cache_clear()
+    urls = {"DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url}
     try:
-        yield services
+        with exported_env(urls):
+            yield services
     finally:
         services.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
