@@ -92,9 +92,13 @@ class Settings(BaseSettings):
     payment_query_max_s: float = Field(300.0, gt=0, description="Longest gap between queries")
     reconcile_interval_s: float = Field(86400.0, gt=0, description="Beat period of reconcile")
     reconcile_sample: int = Field(50, ge=0, description="Final payments re-checked per reconcile")
-    circuit_failure_threshold: int = Field(
-        5, ge=1, description="Consecutive provider failures that open the circuit"
+    circuit_min_calls: int = Field(
+        20, ge=1, description="Calls in the window before the failure ratio may open a circuit"
     )
+    circuit_failure_ratio: float = Field(
+        0.5, gt=0, le=1, description="Share of failed calls in the window that opens the circuit"
+    )
+    circuit_window_s: float = Field(30.0, gt=0, description="Window the failure ratio is over")
     circuit_cooldown_s: float = Field(30.0, gt=0, description="How long an open circuit waits")
     provider_connect_timeout_s: float = 3.05
     provider_read_timeout_s: float = 10.0

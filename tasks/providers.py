@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from adapters.circuit import CircuitBreaker
+from adapters.circuit import CircuitBreaker, breaker_for
+from adapters.payments.base import REPLAYED_FAILURE
 from domain.errors import ProviderRejected, ProviderUnavailable
 from observability import metrics
 from observability.redact import redact
 from services import timeline
 from services.unit_of_work import unit_of_work
-from settings import get_settings
 from workers.connections import redis_client
 
 T = TypeVar("T")
@@ -27,10 +27,7 @@ class CircuitOpen(ProviderUnavailable):
 
 
 def breaker(provider: str) -> CircuitBreaker:
-    s = get_settings()
-    return CircuitBreaker(
-        redis_client(), provider, s.circuit_failure_threshold, s.circuit_cooldown_s
-    )
+    return breaker_for(redis_client(), provider)
 
 
 def call(
@@ -41,8 +38,8 @@ def call(
     Raises :class:`CircuitOpen` without calling when the circuit is open. Every call that is
     made lands on the order's timeline (``provider_call``: operation, outcome, latency, and the
     request and response with secrets and personal data redacted). A transient failure is
-    counted toward the circuit and re-raised for the task to retry; a business rejection counts
-    as the provider being up.
+    counted toward the circuit (except a replayed stored failure) and re-raised for the task to
+    retry; a business rejection counts as the provider being up.
     """
     cb = breaker(provider)
     if not cb.allow():
@@ -52,7 +49,10 @@ def call(
     try:
         result = fn()
     except ProviderUnavailable as exc:
-        opened = cb.record_failure()
+        # A replayed failure is the provider answering with the result it stored for our key:
+        # it says nothing about the provider's health now, so the circuit does not count it.
+        # Counted, one such order re-opened a half-open circuit on every cool-down.
+        opened = exc.code != REPLAYED_FAILURE and cb.record_failure()
         call_record.done("unavailable", error=str(exc), opened=opened)
         raise
     except ProviderRejected as exc:

@@ -179,12 +179,20 @@ def order_message(
 
 
 def wait_until(
-    predicate: Callable[[], bool], timeout_s: float = 60.0, every_s: float = 0.2
+    predicate: Callable[[], bool],
+    timeout_s: float = 60.0,
+    every_s: float = 0.2,
+    show: Callable[[], object] | None = None,
 ) -> None:
-    """Poll ``predicate`` until true; fail the test with a clear message on timeout."""
+    """Poll ``predicate`` until true; fail the test with a clear message on timeout.
+
+    ``show`` is called once on timeout and its value goes into the failure message, so a
+    stuck pipeline says where it stuck (status counts, queue depths) instead of only "timeout".
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
+    seen = f"; last seen: {show()!r}" if show is not None else ""
+    raise AssertionError(f"condition not met within {timeout_s}s{seen}")

@@ -53,3 +53,24 @@ def reservations_per_order() -> dict[str, int]:
             )
         ).all()
         return {r[0]: r[1] for r in rows}
+
+
+def pipeline_state() -> dict[str, object]:
+    """Where the orders are: order and payment statuses and open dead letters by task.
+
+    Used as ``wait_until(..., show=pipeline_state)`` so a timeout says where the pipeline stuck.
+    """
+    from models import DeadLetter, Payment
+
+    with unit_of_work() as s:
+        payments = s.execute(select(Payment.status, func.count()).group_by(Payment.status)).all()
+        dead = s.execute(
+            select(DeadLetter.task_name, DeadLetter.error_class, func.count())
+            .where(DeadLetter.status == "OPEN")
+            .group_by(DeadLetter.task_name, DeadLetter.error_class)
+        ).all()
+    return {
+        "orders": status_counts(),
+        "payments": dict(payments),
+        "dead_letters": {f"{t} {e}": n for t, e, n in dead},
+    }

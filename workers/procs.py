@@ -8,6 +8,7 @@ period.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,6 +27,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_block(size: int, low: int = 20000, high: int = 32000) -> int:
+    """A base port ``b`` with ``b+1 … b+size`` all free on 127.0.0.1 right now.
+
+    Searched below Linux's ephemeral range (32768+) so client connections of a busy test run,
+    which take ports from that range, cannot claim one between this check and the bind.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, high - size)
+        if all(_is_free(base + n) for n in range(1, size + 1)):
+            return base
+    raise RuntimeError(f"no block of {size} free ports in {low}-{high}")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass

@@ -13,7 +13,7 @@ import requests
 
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, wait_until
-from tests.helpers import assert_stock_consistent, status_counts
+from tests.helpers import assert_stock_consistent, pipeline_state, status_counts
 
 pytestmark = pytest.mark.e2e
 PROVIDERS = ("alipay", "wechatpay", "stripe")
@@ -76,7 +76,7 @@ def test_thirty_percent_provider_failures_still_paid_exactly_once(
     p.stack.set_faults(error_rate=0.1, timeout_rate=0.1, reset_rate=0.1, hang_seconds=1.5, seed=7)
     auto_pay(p.stack, 200)
     ids = post_orders(p, 60, "F")
-    wait_until(lambda: status_counts() == {"PAID": 60}, 300, 0.5)
+    wait_until(lambda: status_counts() == {"PAID": 60}, 240, 0.5, show=pipeline_state)
     assert_charged_exactly_once(p, ids)
     failures = sum(
         1 for sim in (p.stack.alipay.server, p.stack.wechatpay.server, p.stack.stripe)
@@ -155,7 +155,7 @@ def test_fresh_correctly_signed_stripe_event_is_accepted(start_pipeline, catalog
 
 
 def test_provider_down_opens_circuit_orders_wait_then_pay(start_pipeline, catalog, monkeypatch):
-    monkeypatch.setenv("CIRCUIT_FAILURE_THRESHOLD", "3")
+    monkeypatch.setenv("CIRCUIT_MIN_CALLS", "3")
     monkeypatch.setenv("CIRCUIT_COOLDOWN_S", "3")
     catalog({"W": 20})
     p = start_pipeline()

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
-from adapters.circuit import CircuitBreaker, CircuitState
+from adapters.circuit import CircuitState, breaker_for
 from models import DeadLetter, Order, OrderEvent, Shipment
 from observability import metrics
 from services.unit_of_work import unit_of_work
@@ -124,11 +124,8 @@ def celery_queues() -> list[str]:
 
 
 def open_circuit(provider: str) -> None:
-    s = get_settings()
-    breaker = CircuitBreaker(
-        redis_client(), provider, s.circuit_failure_threshold, s.circuit_cooldown_s
-    )
-    for _ in range(s.circuit_failure_threshold):
+    breaker = breaker_for(redis_client(), provider)
+    for _ in range(breaker.policy.min_calls):
         breaker.record_failure()
     assert breaker.state() == CircuitState.OPEN
 

@@ -81,10 +81,10 @@ def test_dev_profile_simulators_hand_their_settings_to_orderflow(tmp_path):
 
     import requests
 
-    from workers.procs import free_port
+    from workers.procs import free_port_block
 
     env_file = tmp_path / "simulators.env"
-    base = free_port() + 10
+    base = free_port_block(5)
     proc = subprocess.Popen(
         [sys.executable, "-m", "simulators.stack", "--public-base-url", "http://127.0.0.1:1",
          "--env-out", str(env_file), "--base-port", str(base), "--time-scale", "3600"],
