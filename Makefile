@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv demo test test-unit lint fmt clean lock bench
+.PHONY: venv demo test test-unit test-reliability test-rabbitmq lint fmt clean lock bench
 
 venv: $(STAMP)
 
@@ -26,6 +26,17 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# The fault-injection and security suites at full size (500 orders under kills, a 1,000-order
+# burst, ...); `make test` runs the same scenarios at a short size. Figures are printed at the
+# end and written to .orderflow/reliability-results.json (see docs/reliability.md).
+test-reliability: $(STAMP)
+	RELIABILITY_FULL=1 $(PY) -m pytest tests/reliability tests/security $(PYTEST_ARGS)
+
+# The end-to-end suite with RabbitMQ as the Celery broker (its own vhost per run; see README).
+test-rabbitmq: BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
+test-rabbitmq: $(STAMP)
+	BROKER_URL='$(BROKER_URL)' $(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 # Benchmarks against ceilings measured in the same run (see docs/performance.md). Uses its own
 # database and empties the task queues of its broker: do not share the broker with another run.

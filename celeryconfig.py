@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from kombu import Queue
-
 from settings import get_settings
+from workers.broker import AMQP_TRANSPORT_OPTIONS, is_amqp
+from workers.broker import task_queues as broker_task_queues
 
 _s = get_settings()
 
+# Redis by default; amqp:// selects RabbitMQ (README "Choosing a broker"). Redis itself stays
+# required either way (REDIS_URL: circuit breakers, delivery counters, heartbeats).
 broker_url = _s.effective_broker_url
 # State lives in PostgreSQL; task results would only fill Redis.
 task_ignore_result = True
@@ -28,8 +30,27 @@ enable_utc = True
 task_soft_time_limit = _s.task_soft_time_limit_s
 task_time_limit = _s.task_time_limit_s
 # Redis redelivers an unacked message after this; it must exceed every task's hard limit,
-# or a slow task would run twice concurrently.
-broker_transport_options = {"visibility_timeout": _s.visibility_timeout_s}
+# or a slow task would run twice concurrently. kombu looks for such messages only every
+# interval x throttle seconds (10 x 10 by default): sweep ten times per visibility timeout
+# instead, so a message a dead host abandoned comes back within 1.1 x the timeout.
+broker_transport_options = {
+    "visibility_timeout": _s.visibility_timeout_s,
+    "unacked_restore_interval": max(1, _s.visibility_timeout_s // 10),
+    "unacked_restore_throttle": 1,
+}
+# The task queues, as every process must declare them on this broker (workers/broker.py).
+task_queues = broker_task_queues(broker_url)
+if is_amqp(broker_url):
+    # RabbitMQ: quorum queues (replicated, on disk) and publisher confirms, so a publish that
+    # returned is stored; no visibility timeout (a message comes back only when its consumer's
+    # channel closes). Quorum queues allow no global QoS, so countdown/ETA retries wait in
+    # RabbitMQ (Celery's native delayed delivery, in quorum queues too), not in the worker.
+    broker_transport_options = dict(AMQP_TRANSPORT_OPTIONS)
+    worker_detect_quorum_queues = True
+    broker_native_delayed_delivery_queue_type = "quorum"
+    # A queue named outside QUEUE_NAMES (e.g. by `dlq replay`) is a quorum queue too.
+    task_create_missing_queue_type = "quorum"
+    task_create_missing_queue_exchange_type = "topic"
 broker_connection_retry_on_startup = True
 # If the broker connection drops, running acks-late tasks will be redelivered anyway:
 # cancel them rather than letting them finish and ack on a dead channel.
@@ -42,14 +63,6 @@ worker_send_task_events = True
 task_send_sent_event = False
 
 task_default_queue = "orders"
-task_queues = [
-    Queue("orders"),
-    Queue("payments"),
-    Queue("shipping"),
-    Queue("tracking"),
-    Queue("maintenance"),
-    Queue("callbacks"),
-]
 # Route by the task name's prefix: orders.* -> orders, payments.* -> payments, and so on.
 task_routes = {
     f"{q}.*": {"queue": q} for q in ("orders", "payments", "shipping", "tracking", "callbacks")

@@ -8,7 +8,9 @@ child process (workers, beat, API) of that run reuses the same servers.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
@@ -47,6 +49,20 @@ class Settings(BaseSettings):
     api_keys: SecretStr = Field(
         SecretStr("dev-key-change-me"),
         description="Comma-separated intake API keys (source:key or key); test/dev default only",
+    )
+    # Intake authentication beyond API_KEYS (see services/api_keys.py and api/auth.py).
+    require_signed_requests: bool = Field(
+        False, description="Every intake request must carry X-Timestamp/X-Nonce/X-Signature"
+    )
+    signature_window_s: int = Field(
+        300, ge=1, le=3600, description="Largest accepted X-Timestamp skew, both directions"
+    )
+    key_encryption_key: SecretStr | None = Field(
+        None,
+        description="Fernet key(s), comma-separated, newest first: encrypt signing secrets at rest",
+    )
+    api_key_cache_ttl_s: float = Field(
+        5.0, ge=0, le=60, description="In-process cache of API-key lookups; revocation lag"
     )
     max_body_bytes: int = Field(1_048_576, description="Largest accepted request body")
     flower_basic_auth: SecretStr | None = Field(
@@ -200,16 +216,54 @@ class Settings(BaseSettings):
             raise RuntimeError("no broker configured: start the embedded services first")
         return url
 
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_well_formed(cls, value: SecretStr) -> SecretStr:
+        # A typo in a hashed entry must stop the process at start, not silently lock a client out.
+        for _source, key, hashed in parse_api_keys(value.get_secret_value()):
+            if hashed and not _SHA256_HEX.fullmatch(key):
+                raise ValueError("a sha256: entry of API_KEYS needs 64 lower-case hex digits")
+        return value
+
     def api_key_map(self) -> dict[str, str]:
-        """API key -> source it is bound to ('*' = any source)."""
-        keys: dict[str, str] = {}
-        for item in self.api_keys.get_secret_value().split(","):
-            item = item.strip()
-            if not item:
-                continue
-            source, sep, key = item.partition(":")
-            keys[key if sep else source] = source if sep else "*"
-        return keys
+        """Plaintext API key -> source it is bound to ('*' = any source). Hashed entries
+        (``sha256:<hex>``) are not here: see :meth:`api_key_digests`."""
+        items = parse_api_keys(self.api_keys.get_secret_value())
+        return {key: source for source, key, hashed in items if not hashed}
+
+    def api_key_digests(self) -> list[tuple[str, str]]:
+        """(hex SHA-256 of the key, source) for every API_KEYS entry, plaintext or hashed.
+
+        Entries: ``key`` / ``source:key`` (plaintext, for development and tests) or
+        ``sha256:<hex>`` / ``source:sha256:<hex>`` (the SHA-256 of the key as the client sends
+        it; ``orderflow apikeys hash`` prints it), so a deployment need not put a key in clear
+        in its environment. The ``sha256:`` prefix is therefore reserved.
+        """
+        return [
+            (key if hashed else hashlib.sha256(key.encode()).hexdigest(), source)
+            for source, key, hashed in parse_api_keys(self.api_keys.get_secret_value())
+        ]
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_api_keys(value: str) -> list[tuple[str, str, bool]]:
+    """``(source, key or hex digest, is_digest)`` per comma-separated API_KEYS entry: ``key``,
+    ``source:key``, ``sha256:<hex>`` or ``source:sha256:<hex>`` (source ``*`` = any source)."""
+    items: list[tuple[str, str, bool]] = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        source, sep, key = item.partition(":")
+        if not sep or source == "sha256":  # "key" or "sha256:<hex>": any source
+            source, key = "*", item
+        hashed = key.startswith("sha256:")
+        if not key:
+            continue
+        items.append((source, key.removeprefix("sha256:") if hashed else key, hashed))
+    return items
 
 
 @lru_cache(maxsize=1)

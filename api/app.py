@@ -17,12 +17,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from api.auth import require_api_key
 from api.callbacks import router as callbacks_router
 from api.catalog import router as catalog_router
 from api.errors import error_response
-from api.limits import BodySizeLimit
+from api.limits import BodySizeLimit, RejectNulCharacters
 from api.payments import router as payments_router
 from api.shipping import router as shipping_router
 from api.users import router as users_router
@@ -41,14 +42,28 @@ log = logging.getLogger(__name__)
 
 def create_app() -> FastAPI:
     app = FastAPI(title="orderflow", version="0.1.0")
+    app.add_middleware(RejectNulCharacters)  # inner: reads bodies BodySizeLimit has capped
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_req: Request, exc: HTTPException) -> JSONResponse:
-        code = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 503: "unavailable"}.get(
             exc.status_code, "error"
         )
-        return error_response(exc.status_code, code, str(exc.detail))
+        # api.auth.AuthError carries details naming the header and the reason.
+        details = getattr(exc, "details", None)
+        return error_response(exc.status_code, code, str(exc.detail), details)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(_req: Request, exc: DBAPIError) -> JSONResponse:
+        # PostgreSQL unreachable or restarting: nothing was stored (the transaction did not
+        # commit), so the client may send the same request again.
+        if not (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
+            raise exc
+        log.warning("database unavailable: %s", type(exc.orig).__name__)
+        response = error_response(503, "unavailable", "database unavailable; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_req: Request, exc: RequestValidationError) -> JSONResponse:
@@ -78,12 +93,14 @@ def create_app() -> FastAPI:
         raw = await request.body()
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # ValueError: JSONDecodeError, UnicodeDecodeError, a number of over 4300 digits.
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             return error_response(
                 400,
                 "invalid_json",
                 "body is not valid JSON",
-                [{"field": "body", "reason": str(exc)}],
+                [{"field": "body", "reason": reason}],
             )
         try:
             msg = parse_message(data)

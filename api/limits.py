@@ -1,9 +1,11 @@
-"""ASGI middleware that refuses request bodies above a size limit before they are buffered."""
+"""ASGI middleware at the edge: refuse request bodies above a size limit before they are
+buffered, and text containing NUL characters before it reaches the database."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -70,3 +72,102 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+#: ``\u0000`` as it appears in JSON text: the only way a NUL can be in valid JSON.
+_JSON_NUL = b"\\u0000"
+
+
+def _nul_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (key or value) in ``value`` that contains NUL."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    for key, item in items:
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return here
+        found = _nul_field(item, here)
+        if found is not None:
+            return found
+    return None
+
+
+class RejectNulCharacters:
+    """Answer 422 naming the field when a JSON body, the path or the query holds a NUL.
+
+    PostgreSQL cannot store NUL in ``text`` or ``jsonb``: such a value would otherwise fail
+    at the INSERT as a 500. Bodies are only parsed when their bytes contain ``\\u0000`` (a raw
+    NUL byte is not valid JSON and is refused by the route as such). Mount it inside
+    :class:`BodySizeLimit`, so the body it reads is already size-limited.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        field = _url_nul_field(scope)
+        if field is not None:
+            await _refuse(send, field)
+            return
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+        if b"json" not in content_type.lower():
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        if _JSON_NUL in body:
+            try:
+                field = _nul_field(json.loads(body))
+            except (ValueError, RecursionError):
+                field = None  # not JSON: the route answers that
+            if field is not None:
+                await _refuse(send, field)
+                return
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _url_nul_field(scope: Scope) -> str | None:
+    if "\x00" in scope.get("path", ""):
+        return "path"
+    query = scope.get("query_string", b"").decode("latin-1")
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "") or "query"
+    return None
+
+
+async def _refuse(send: Send, field: str) -> None:
+    body = {
+        "error": "validation_failed",
+        "message": "request is invalid",
+        "details": [{"field": field, "reason": "must not contain NUL (\\u0000) characters"}],
+    }
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 422,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

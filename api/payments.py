@@ -45,7 +45,11 @@ def _apply(provider: str, note: Any) -> list[Followup]:
 async def webhook(provider: str, request: Request) -> Response:
     if provider not in PAYMENT_PROVIDERS:
         return error_response(404, "not_found", f"no webhook for {provider!r}")
-    adapter = payment_provider(provider)
+    try:
+        adapter = payment_provider(provider)
+    except ProviderError as exc:  # not configured in this deployment: there is no webhook
+        log.warning("%s notification refused: %s", provider, exc)
+        return error_response(404, "not_found", f"no webhook for {provider!r}")
     body = await request.body()
     try:
         note = adapter.parse_notification(dict(request.headers), body)

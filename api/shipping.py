@@ -79,7 +79,11 @@ def _apply_push(update: PushUpdate) -> bool:
 @router.post("/webhooks/kuaidi100", include_in_schema=False)
 async def kuaidi100_push(request: Request) -> Response:
     """Kuaidi100 push: verify ``sign = upper(MD5(param + salt))`` first, then apply, then ack."""
-    provider = tracking_provider()
+    try:
+        provider = tracking_provider()
+    except ProviderError as exc:  # not configured in this deployment: there is no webhook
+        log.warning("kuaidi100 push refused: %s", exc)
+        return error_response(404, "not_found", "no webhook for 'kuaidi100'")
     # Parsed by hand: a form-urlencoded body needs no extra dependency (python-multipart).
     raw = (await request.body()).decode("utf-8", errors="replace")
     form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}

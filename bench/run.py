@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 RESULTS = PROJECT_ROOT / "bench" / "results.json"
 SPREAD_SKUS = [f"BENCH-{i:05d}" for i in range(10_000)]
 HOT_SKU = "BENCH-HOT"
-QUEUES = ("orders", "payments", "shipping", "tracking", "maintenance", "callbacks")
 console = Console()
 
 
@@ -81,12 +80,10 @@ def seed_catalog() -> None:
 
 def purge_queues() -> None:
     """Empty the pipeline's queues on the broker (leftovers of this or an earlier bench)."""
-    from workers.app import app
+    from workers.broker import purge_task_queues
 
-    with app.connection_for_write() as conn:
-        for queue in QUEUES:
-            with contextlib.suppress(Exception):
-                conn.default_channel.queue_purge(queue)
+    # On a fresh channel per queue: on RabbitMQ a missing queue closes its channel.
+    purge_task_queues(get_settings().effective_broker_url)
 
 
 def redis_conn() -> redis.Redis:

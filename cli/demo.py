@@ -7,7 +7,6 @@ servers by default, or on the configured ones, so it never touches other data.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import secrets
 import shutil
@@ -327,9 +326,6 @@ def _purge_stale_tasks() -> None:
     """Drop task messages left in the broker by an earlier demo: they name orders of a demo
     database that no longer exists. Called only on the embedded Redis, which the demo owns; a
     configured broker may carry real work, so it is left alone."""
-    from workers.app import app
+    from workers.broker import purge_task_queues
 
-    with app.connection_for_write() as conn:
-        for queue in app.amqp.queues:
-            with contextlib.suppress(Exception):  # a queue that never existed
-                conn.default_channel.queue_purge(queue)
+    purge_task_queues(get_settings().effective_broker_url)

@@ -43,10 +43,15 @@ def import_jsonl(path: Path, *, show_progress: bool = True) -> ImportReport:
 
 def _import_line(report: ImportReport, number: int, raw: str) -> None:
     try:
-        msg = parse_message(json.loads(raw))
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # also: too deeply nested, a 4300+ digit number
+        reason = getattr(exc, "msg", str(exc))
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else reason
+        report.errors.append((number, f"body: not valid JSON ({reason})"))
+        return
+    try:
+        msg = parse_message(data)
         result = accept(msg, channel="file")
-    except json.JSONDecodeError as exc:
-        report.errors.append((number, f"body: not valid JSON ({exc.msg})"))
     except PydanticValidationError as exc:
         reasons = "; ".join(f"{e['field']}: {e['reason']}" for e in field_errors(exc))
         report.errors.append((number, reasons))

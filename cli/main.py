@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from cli.apikeys import apikeys_app
 from cli.callbacks import callbacks_app
 from cli.catalog import catalog_app, stock_admin_app, users_app
 from cli.common import command, console, fail, print_json
@@ -28,6 +29,7 @@ app.add_typer(shipments_app, name="shipments")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(users_app, name="users")
 app.add_typer(callbacks_app, name="callbacks")
+app.add_typer(apikeys_app, name="apikeys")
 # receive / adjust / move / repair join `stock report` in the one `stock` group.
 stock_app.registered_commands += stock_admin_app.registered_commands
 

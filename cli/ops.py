@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from amqp.exceptions import PreconditionFailed
 from sqlalchemy import text
 
 from cli.common import console
@@ -133,10 +134,32 @@ def _migrations() -> str:
 
 def _broker() -> str:
     from workers.app import app
+    from workers.broker import declare_task_queues, is_amqp
 
+    url = get_settings().effective_broker_url
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=3)
-    return get_settings().effective_broker_url.split("@")[-1]  # never print credentials
+    where = url.split("@")[-1]  # never print credentials
+    if not is_amqp(url):
+        return f"Redis {where}"
+    # RabbitMQ refuses to redeclare a queue with other arguments (e.g. a classic queue left by
+    # an older setup): declaring them as the workers do shows that here, not in a worker log.
+    try:
+        declare_task_queues(url, app.amqp.queues.values())
+    except PreconditionFailed as exc:
+        raise RuntimeError(
+            f"{exc.reply_text}; drain and delete that queue, or use a new vhost "
+            "(README: Choosing a broker)"
+        ) from exc
+    return f"RabbitMQ {where} (quorum queues, publisher confirms)"
+
+
+def _redis() -> str:
+    from workers.connections import redis_client
+
+    # Required with either broker: circuit breakers, delivery counters, heartbeats, limits.
+    redis_client().ping()
+    return (get_settings().redis_url or "").split("@")[-1]
 
 
 def _workers() -> str:
@@ -191,6 +214,7 @@ def run_doctor() -> bool:
         _check("database", _database),
         _check("migrations", _migrations),
         _check("broker", _broker),
+        _check("redis", _redis),
         _check("workers", _workers),
         _check("beat", _beat),
         _check("providers", _providers),

@@ -1,5 +1,6 @@
 """SQLAlchemy 2.0 typed mappings for every orderflow table; migrations live in ``migrations/``."""
 
+from models.api_keys import ApiKey
 from models.base import Base
 from models.callbacks import CallbackDelivery, CallbackEndpoint
 from models.catalog import Product, ProductPrice, Stock, StockMovement
@@ -10,6 +11,7 @@ from models.payments import Payment, Refund
 from models.users import User, UserSession
 
 __all__ = [
+    "ApiKey",
     "Base",
     "CallbackDelivery",
     "CallbackEndpoint",

@@ -19,21 +19,24 @@ from celery import Celery
 
 from producers.schema import OrderMessage, parse_message
 from settings import get_settings
+from workers.broker import producer_options
 
 
 class OrderProducer:
     """Publish validated order messages onto the ``orders`` queue."""
 
     def __init__(self, broker_url: str | None = None) -> None:
-        self._app = Celery(
-            "orderflow-producer", broker=broker_url or get_settings().effective_broker_url
-        )
+        url = broker_url or get_settings().effective_broker_url
+        self._app = Celery("orderflow-producer", broker=url)
         self._app.conf.update(
             task_serializer="json",
             accept_content=["json"],
             task_ignore_result=True,
             broker_connection_retry_on_startup=True,
             task_publish_retry=True,
+            # The queues as the workers declare them (quorum queues and publisher confirms on
+            # RabbitMQ, which refuses a redeclaration with other arguments).
+            **producer_options(url),
         )
 
     def send(self, message: OrderMessage | Mapping[str, Any]) -> OrderMessage:

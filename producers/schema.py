@@ -11,6 +11,7 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,8 +23,18 @@ from pydantic import ValidationError as PydanticValidationError
 
 from domain.money import CURRENCY_EXPONENTS
 
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text or jsonb: refuse it here, naming the field.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
+Ref = Annotated[str, StringConstraints(min_length=1, max_length=128), NoNul]
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9 -]{5,19}$")]
 
 PROVIDERS = ("alipay", "wechatpay", "stripe")
@@ -36,10 +47,10 @@ class ShippingAddress(BaseModel):
     name: Text
     phone: Phone
     line1: Text
-    line2: Annotated[str, StringConstraints(max_length=200)] | None = None
+    line2: Annotated[str, StringConstraints(max_length=200), NoNul] | None = None
     city: Text
-    region: Annotated[str, StringConstraints(max_length=100)] | None = None
-    postal_code: Annotated[str, StringConstraints(max_length=20)] | None = None
+    region: Annotated[str, StringConstraints(max_length=100), NoNul] | None = None
+    postal_code: Annotated[str, StringConstraints(max_length=20), NoNul] | None = None
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 
 
@@ -56,8 +67,8 @@ class OrderMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: Code
-    external_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    customer_ref: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    external_id: Ref
+    customer_ref: Ref | None = None
     user_id: int | None = Field(None, gt=0)
     lines: list[OrderLineIn] = Field(min_length=1, max_length=100)
     currency: str

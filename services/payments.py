@@ -173,6 +173,24 @@ def rotate_create_key(session: Session, order_id: str) -> None:
     )
 
 
+def settled_on_create(
+    session: Session, order_id: str, error: ProviderRejected, *, now: datetime
+) -> Followup | None:
+    """A create found the trade already settled at the provider (``SETTLED_ON_CREATE``): e.g.
+    the first create succeeded, its result was never recorded (the database went away), and
+    the buyer paid before the retry. Ask the provider for the trade's status instead of
+    treating the answer as a refusal; returns the query to publish after the commit."""
+    lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    if payment is None or payment.status not in (PaymentStatus.CREATING, PaymentStatus.PENDING):
+        return None
+    payment.next_query_at = now
+    timeline.record(
+        session, order_id, "payment", detail={"settled_at_provider": error.code, "then": "query"}
+    )
+    return Followup("payments.query", payment.id)
+
+
 def fail_create(session: Session, order_id: str, error: ProviderRejected) -> None:
     """The provider refused to create the payment: the order needs an operator."""
     order = lock_order(session, order_id)

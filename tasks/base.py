@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -31,6 +32,7 @@ from observability import metrics
 from services import dead_letters, timeline
 from services.unit_of_work import unit_of_work
 from settings import get_settings
+from workers.broker import is_amqp, queue_of_routing_key
 from workers.connections import redis_client
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,16 @@ class OrderflowTask(Task):  # type: ignore[misc]
             if self.request.retries < self.max_retries:  # else retry() re-raises: a failure
                 metrics.task_retried(self.name, exc)
                 self._timeline_retry(exc)
-            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries))
+            raise self.retry(exc=exc, countdown=self._countdown(backoff_s(self.request.retries)))
         raise exc
+
+    def _countdown(self, seconds: float) -> float:
+        """On RabbitMQ a countdown waits in Celery's native delayed delivery, which counts whole
+        seconds and refuses a countdown under one (Celery 5.7 rejects, i.e. drops, such a
+        retry): round up there. Redis keeps the sub-second jitter."""
+        if is_amqp(self.app.conf.broker_url or ""):
+            return float(max(1, math.ceil(seconds)))
+        return seconds
 
     def _timeline_retry(self, exc: BaseException) -> None:
         """Note the failed attempt on the order's timeline (best effort: the DB may be down)."""
@@ -148,7 +158,9 @@ class OrderflowTask(Task):  # type: ignore[misc]
                     task_id=self.request.id,
                     args=list(args),
                     kwargs=kwargs,
-                    queue=(self.request.delivery_info or {}).get("routing_key"),
+                    queue=queue_of_routing_key(
+                        (self.request.delivery_info or {}).get("routing_key")
+                    ),
                     error=exc,
                     attempts=self.request.retries + 1,
                     order_id=order_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from adapters.payments.base import REPLAYED_FAILURE, PaymentRef
+from adapters.payments.base import REPLAYED_FAILURE, SETTLED_ON_CREATE, PaymentRef
 from adapters.payments.base import PaymentStatus as ProviderStatus
 from adapters.registry import payment_provider
 from domain.errors import ProviderRejected, ProviderUnavailable
@@ -43,6 +43,11 @@ def create_payment(self: OrderflowTask, order_id: str) -> str:
         except CircuitOpen:
             return "circuit_open"  # the sweeper re-drives it at the stage deadline
         except ProviderRejected as exc:
+            if exc.code in SETTLED_ON_CREATE:
+                with unit_of_work() as session:
+                    followup = payments.settled_on_create(session, order_id, exc, now=utcnow())
+                enqueue_followups([followup] if followup else [])
+                return "settled_at_provider"
             with unit_of_work() as session:
                 payments.fail_create(session, order_id, exc)
             return "rejected"

@@ -22,6 +22,7 @@ import redis
 from sqlalchemy import create_engine, make_url, text
 
 from settings import get_settings
+from tests.broker import amqp_session_vhost, purge_broker_for_test
 
 TEST_REDIS_DB = 9
 
@@ -62,7 +63,8 @@ def services() -> Iterator[dict[str, str]]:
     # Per session, so concurrent test runs never sum each other's worker metrics.
     prepare_multiproc_dir(Path(tempfile.mkdtemp(prefix="orderflow-metrics-")))
 
-    with embedded_services():
+    # On RabbitMQ (BROKER_URL=amqp://...) the session gets a vhost of its own (tests/broker.py).
+    with embedded_services(), amqp_session_vhost():
         base = get_settings()
         assert base.database_url and base.redis_url
         admin = create_engine(base.database_url, isolation_level="AUTOCOMMIT")
@@ -96,7 +98,8 @@ def services() -> Iterator[dict[str, str]]:
 def redis_client() -> redis.Redis:
     from workers.embedded import redis_client_url
 
-    return redis.Redis.from_url(redis_client_url(get_settings().effective_broker_url))
+    # REDIS_URL, never the broker: with RabbitMQ as the broker, Redis data still lives here.
+    return redis.Redis.from_url(redis_client_url(get_settings().redis_url or ""))
 
 
 @pytest.fixture
@@ -111,6 +114,7 @@ def db(services: dict[str, str]) -> Iterator[None]:
     client = redis_client()
     client.flushdb()
     client.close()
+    purge_broker_for_test()  # a broker other than this Redis db (e.g. RabbitMQ): empty queues
     yield
 
 

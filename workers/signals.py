@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from models.db import dispose_engine
 from observability.metrics import process_exited
+from workers.broker import declare_task_queues, is_amqp
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _declare_every_task_queue(sender: Any, **_: Any) -> None:
+    # RabbitMQ: the worker binds every task queue to native delayed delivery (retry
+    # countdowns) at start; declare them all first, or the queues of other workers not yet
+    # started would fail that binding. Best effort: the consumer retries the broker anyway.
+    app = sender.app
+    url = app.conf.broker_url or ""
+    if not is_amqp(url):
+        return
+    try:
+        declare_task_queues(url, app.amqp.queues.values())
+    except Exception:  # logged; the worker's own connection retries
+        log.warning("could not declare the task queues on the broker", exc_info=True)
 
 
 @worker_process_init.connect

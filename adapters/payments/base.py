@@ -26,6 +26,7 @@ from domain.money import Money
 
 __all__ = [
     "REPLAYED_FAILURE",
+    "SETTLED_ON_CREATE",
     "ClosePayment",
     "CloseResult",
     "CreatePayment",
@@ -51,6 +52,14 @@ __all__ = [
 #: replays a stored server error: retrying with the same key can never succeed, so the caller
 #: mints a new key. Safe for money: the failed attempt returned nothing the customer can pay.
 REPLAYED_FAILURE = "replayed_failure"
+
+#: ``ProviderRejected.code`` values a *create* can answer when the trade already exists and is
+#: settled at the provider — a create replayed after the buyer paid (Alipay
+#: ``ACQ.TRADE_HAS_SUCCESS``, WeChat Pay ``ORDERPAID``) or after it was closed. Not a refusal:
+#: the caller queries the trade and applies what it says.
+SETTLED_ON_CREATE = frozenset(
+    {"ACQ.TRADE_HAS_SUCCESS", "ACQ.TRADE_HAS_CLOSE", "ORDERPAID", "ORDER_CLOSED"}
+)
 
 
 class PaymentState(enum.StrEnum):

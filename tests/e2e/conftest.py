@@ -65,14 +65,20 @@ def start_pipeline(pipeline_env, procs, db, api_key):
     port, stack = pipeline_env
 
     def start(
-        *, orders_concurrency: int = 2, payments_concurrency: int = 8, shipping: bool = False
+        *,
+        orders_concurrency: int = 2,
+        payments_concurrency: int = 8,
+        payments_pool: str = "threads",
+        shipping: bool = False,
     ) -> Pipeline:
         """``shipping=False`` leaves PAID orders where they are (payment tests look at PAID)."""
         get_settings.cache_clear()
         procs.api(port)
         workers = [
             procs.worker("orders", "orders,maintenance", concurrency=orders_concurrency),
-            procs.worker("payments", "payments", concurrency=payments_concurrency, pool="threads"),
+            procs.worker(
+                "payments", "payments", concurrency=payments_concurrency, pool=payments_pool
+            ),
         ]
         if shipping:
             workers.append(procs.worker("shipping", "shipping,tracking", concurrency=8,

@@ -11,6 +11,7 @@ import time
 import pytest
 import requests
 
+from tests.broker import broker_is_amqp, broker_is_redis, rabbitmq_management_reachable
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +36,10 @@ def test_doctor_all_green_on_a_running_pipeline(start_pipeline):
 def test_doctor_fails_clearly_when_the_broker_is_down(db):
     from workers.procs import free_port
 
-    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    dead = free_port()
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{dead}/0"}
+    if not broker_is_redis():  # e.g. RabbitMQ: the broker is its own server
+        env["BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:{dead}//"
     run = cli("doctor", env=env)
     assert run.returncode == 1
     broker = next(line for line in run.stdout.splitlines() if "broker" in line)
@@ -43,7 +47,7 @@ def test_doctor_fails_clearly_when_the_broker_is_down(db):
     assert "Traceback" not in run.stdout + run.stderr
 
 
-def test_flower_refuses_without_credentials(procs, services):
+def _start_flower(procs) -> str:
     from cli.ops import flower_argv
     from workers.procs import free_port
 
@@ -51,15 +55,36 @@ def test_flower_refuses_without_credentials(procs, services):
     procs.start("flower", flower_argv(port, "ops:s3cret-test-only"))
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _answers(base), 60)
+    return base
+
+
+def test_flower_refuses_without_credentials(procs, services):
+    base = _start_flower(procs)
     for path in ("/", "/workers", "/tasks", "/api/workers", "/api/tasks", "/broker"):
         assert requests.get(base + path, timeout=5).status_code == 401, path
     ok = requests.get(base + "/", auth=("ops", "s3cret-test-only"), timeout=10)
     assert ok.status_code == 200
     broker = requests.get(base + "/broker", auth=("ops", "s3cret-test-only"), timeout=30)
     assert broker.status_code == 200
+    assert requests.get(base + "/", auth=("ops", "wrong"), timeout=5).status_code == 401
+
+
+@pytest.mark.skipif(
+    broker_is_amqp() and not rabbitmq_management_reachable(),
+    reason="on RabbitMQ Flower reads the queues from the management plugin (port 15672), "
+    "which this RabbitMQ does not run (`rabbitmq-plugins enable rabbitmq_management`)",
+)
+def test_flower_broker_page_lists_every_queue(procs, services):
+    from workers.app import app
+    from workers.broker import declare_task_queues, is_amqp
+
+    if is_amqp(app.conf.broker_url):  # RabbitMQ lists existing queues only
+        declare_task_queues(app.conf.broker_url, app.amqp.queues.values())
+    base = _start_flower(procs)
+    broker = requests.get(base + "/broker", auth=("ops", "s3cret-test-only"), timeout=30)
+    assert broker.status_code == 200
     for queue in ("orders", "payments", "shipping", "tracking", "maintenance", "callbacks"):
         assert queue in broker.text, queue  # every queue is visible to the operator
-    assert requests.get(base + "/", auth=("ops", "wrong"), timeout=5).status_code == 401
 
 
 def _answers(base: str) -> bool:

@@ -203,3 +203,36 @@ def test_reconcile_fixes_paid_at_provider_and_reports_what_it_cannot(
     assert "checked 2, fixed 1, unresolved 1" in run.stdout
     assert "we recorded PAID, provider says PENDING" in run.stdout
     assert p.get_order(paid_there)["status"] == "PAID"
+
+
+@pytest.mark.parametrize("provider", ["alipay", "wechatpay"])
+def test_create_replayed_after_the_buyer_paid_settles_by_query(
+    start_pipeline, catalog, monkeypatch, provider
+):
+    """The first create reached the provider but its result never committed here (PostgreSQL
+    went away); the buyer paid; the retried create finds the trade settled (Alipay
+    ACQ.TRADE_HAS_SUCCESS, WeChat ORDERPAID). The order must end PAID, not NEEDS_ATTENTION.
+    Found by the PostgreSQL-restart reliability scenario. (Stripe replays the PaymentIntent
+    itself for the same key: the order goes to AWAITING_PAYMENT and the first poll sees it paid.)"""
+    from tasks.dispatch import enqueue
+
+    monkeypatch.setenv("PAYMENT_QUERY_FIRST_S", "3600")  # no polling ...
+    monkeypatch.setenv("CREATE_REDRIVE_S", "3600")  # ... and no sweeper: only our create
+    catalog({"Q": 5})
+    p = start_pipeline()
+    p.stack.alipay.configure(notify_delay=3600)  # ... and no notification
+    p.stack.wechatpay.set_options(notify_delay_s=3600)
+    p.stack.stripe.webhook_url = None
+    oid = p.post_order(order_message("Q", 1, provider=provider))
+    wait_until(lambda: p.get_order(oid)["status"] == "AWAITING_PAYMENT", 60)
+    p.stack.pay(provider, oid.replace("-", ""))
+    with unit_of_work() as s:  # as if the create's result had never been recorded
+        from sqlalchemy import text
+
+        s.execute(text("UPDATE payments SET status = 'CREATING', next_query_at = NULL "
+                       "WHERE order_id = :o"), {"o": oid})  # fmt: skip
+        s.execute(text("UPDATE orders SET status = 'RESERVED' WHERE id = :o"), {"o": oid})
+    enqueue("payments.create", oid)
+    wait_until(lambda: p.get_order(oid)["status"] != "RESERVED", 60)
+    assert p.get_order(oid)["status"] == "PAID", p.get_order(oid)["timeline"][-3:]
+    assert_charged_exactly_once(p, [oid])

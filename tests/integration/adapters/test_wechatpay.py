@@ -391,7 +391,10 @@ def test_duplicate_and_out_of_order_notifications(
 
     notes = [provider.parse_notification(h, b) for h, b in receiver.wait_for(4)]
 
-    assert [n.out_trade_no for n in notes] == [second.out_trade_no] * 2 + [first.out_trade_no] * 2
+    # Released newest first, 50 ms apart; on a loaded machine two deliveries can still swap,
+    # so the adapter's contract is checked on the set: every copy parses, copies share an id.
+    arrived = sorted(n.out_trade_no for n in notes)
+    assert arrived == sorted([second.out_trade_no] * 2 + [first.out_trade_no] * 2)
     assert len({n.event_id for n in notes}) == 2  # duplicates share the event id
 
 

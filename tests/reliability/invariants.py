@@ -1,0 +1,98 @@
+"""The invariant checker run after every reliability scenario.
+
+It reads PostgreSQL and, when the scenario ran the provider simulators, their ledgers (the
+providers' own record of the money), and checks what must hold whatever was injected:
+
+* **no accepted order lost** — every id the API (or producer) acknowledged is a row;
+* **no order charged twice** — each trade was charged at most once at the provider, and every
+  charge belongs to a payment we recorded as paid (money taken is never unaccounted for);
+* **no stock reserved or released twice** — at most one ``reserve`` and one ``release`` ledger
+  row per (order, sku, warehouse);
+* **stock counters equal the ledger** — ``stock_drift`` is empty, nothing negative, and
+  ``reserved`` equals the sum of ACTIVE reservations;
+* **every order final or explicitly waiting** — an order not in a final status has a deadline
+  (``stage_deadline`` or ``payment_deadline``) at which the sweeper acts, or is
+  NEEDS_ATTENTION (waiting for an operator, with the reason recorded).
+
+:func:`check` raises ``AssertionError`` listing every violation, and returns the counts that the
+scenario records as its figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import text
+
+from domain.orders import FINAL_STATUSES
+from services.unit_of_work import unit_of_work
+from tests.helpers import assert_stock_consistent, status_counts
+
+_DOUBLE_MOVEMENTS = """
+    SELECT order_id, sku, warehouse, kind, count(*) FROM stock_movements
+    WHERE kind IN ('reserve', 'release') AND order_id IS NOT NULL
+    GROUP BY order_id, sku, warehouse, kind HAVING count(*) > 1
+"""
+_WAITING_WITHOUT_DEADLINE = """
+    SELECT id, status FROM orders
+    WHERE status <> ALL(:final) AND status <> 'NEEDS_ATTENTION'
+      AND stage_deadline IS NULL AND payment_deadline IS NULL
+"""
+_NEEDS_ATTENTION_WITHOUT_REASON = """
+    SELECT id FROM orders WHERE status = 'NEEDS_ATTENTION' AND coalesce(reason, '') = ''
+"""
+_PAID_TRADES = """
+    SELECT provider, out_trade_no FROM payments WHERE paid_at IS NOT NULL
+"""
+
+
+def check(accepted: Iterable[str], stack: Any = None) -> dict[str, Any]:
+    """Check every invariant; raise AssertionError naming each violation, else return counts.
+
+    ``accepted`` is every order id the system acknowledged during the scenario; ``stack`` is the
+    :class:`simulators.stack.ProviderStack` if providers took part.
+    """
+    accepted = set(accepted)
+    problems: list[str] = []
+    with unit_of_work() as s:
+        rows = s.execute(text("SELECT id FROM orders")).scalars().all()
+        lost = accepted - set(rows)
+        if lost:
+            problems.append(f"{len(lost)} accepted orders lost, e.g. {sorted(lost)[:3]}")
+        doubled = s.execute(text(_DOUBLE_MOVEMENTS)).all()
+        if doubled:
+            problems.append(f"stock moved twice for one order: {doubled[:3]}")
+        final = [str(x) for x in FINAL_STATUSES]
+        stuck = s.execute(text(_WAITING_WITHOUT_DEADLINE), {"final": final}).all()
+        if stuck:
+            problems.append(f"{len(stuck)} orders waiting with no deadline: {stuck[:3]}")
+        silent = s.execute(text(_NEEDS_ATTENTION_WITHOUT_REASON)).scalars().all()
+        if silent:
+            problems.append(f"{len(silent)} orders need attention with no reason: {silent[:3]}")
+        paid_trades = {(p, t) for p, t in s.execute(text(_PAID_TRADES)).all()}
+    charges_total = charged_twice = 0
+    if stack is not None:
+        charges = stack.charges()
+        charges_total = sum(charges.values())
+        twice = {k: n for k, n in charges.items() if n > 1}
+        charged_twice = len(twice)
+        if twice:
+            problems.append(f"{len(twice)} trades charged more than once: {list(twice)[:3]}")
+        unrecorded = set(charges) - paid_trades
+        if unrecorded:
+            example = sorted(unrecorded)[:3]
+            problems.append(f"{len(unrecorded)} charges with no paid payment: {example}")
+    try:
+        assert_stock_consistent()
+    except AssertionError as exc:
+        problems.append(f"stock counters differ from the ledger: {exc}")
+    assert not problems, "invariants violated:\n  " + "\n  ".join(problems)
+    return {
+        "accepted": len(accepted),
+        "lost": len(lost),
+        "charged_twice": charged_twice,
+        "charges": charges_total,
+        "stock_moved_twice": len(doubled),
+        "statuses": status_counts(),
+    }
