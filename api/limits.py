@@ -9,6 +9,8 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import error_response
+
 
 class BodyTooLarge(Exception):
     pass
@@ -27,7 +29,7 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
             return
         seen = 0
         started = False
@@ -51,27 +53,17 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(scope, receive, send)
 
-    async def _reject(self, send: Send) -> None:
-        body: dict[str, Any] = {
-            "error": "body_too_large",
-            "message": f"request body exceeds {self.max_bytes} bytes",
-            "details": [{"field": "body", "reason": f"larger than {self.max_bytes} bytes"}],
-        }
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            "body_too_large",
+            f"request body exceeds {self.max_bytes} bytes",
+            [{"field": "body", "reason": f"larger than {self.max_bytes} bytes"}],
         )
-        await send({"type": "http.response.body", "body": payload})
+        response.headers["connection"] = "close"  # the rest of the body is not read
+        await response(scope, receive, send)
 
 
 #: ``\u0000`` as it appears in JSON text: the only way a NUL can be in valid JSON.
@@ -115,7 +107,7 @@ class RejectNulCharacters:
             return
         field = _url_nul_field(scope)
         if field is not None:
-            await _refuse(send, field)
+            await _refuse(scope, receive, send, field)
             return
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
         if b"json" not in content_type.lower():
@@ -134,7 +126,7 @@ class RejectNulCharacters:
             except (ValueError, RecursionError):
                 field = None  # not JSON: the route answers that
             if field is not None:
-                await _refuse(send, field)
+                await _refuse(scope, receive, send, field)
                 return
 
         async def replay() -> Message:
@@ -153,21 +145,9 @@ def _url_nul_field(scope: Scope) -> str | None:
     return None
 
 
-async def _refuse(send: Send, field: str) -> None:
-    body = {
-        "error": "validation_failed",
-        "message": "request is invalid",
-        "details": [{"field": field, "reason": "must not contain NUL (\\u0000) characters"}],
-    }
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 422,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
+async def _refuse(scope: Scope, receive: Receive, send: Send, field: str) -> None:
+    reason = "must not contain NUL (\\u0000) characters"
+    response = error_response(
+        422, "validation_failed", "request is invalid", [{"field": field, "reason": reason}]
     )
-    await send({"type": "http.response.body", "body": payload})
+    await response(scope, receive, send)

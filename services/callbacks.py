@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 
 from domain.errors import NotFound, ValidationError
 from domain.orders import OrderStatus
-from models import CallbackDelivery, CallbackEndpoint, Payment, Shipment, TrackingEvent
+from models import CallbackDelivery, CallbackEndpoint, Shipment, TrackingEvent
 
 EVENT_TYPE = "order.status_changed"
 SIGNATURE_HEADER = "X-Orderflow-Signature"
@@ -177,18 +177,14 @@ def _payload(
 
 
 def _payment_part(session: Session, order_id: str) -> dict[str, Any] | None:
-    """What the customer needs to pay (the same instructions ``GET /v1/orders/{id}`` shows)."""
-    payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
-    if payment is None:
+    """What the customer needs to pay: the fields of ``GET /v1/orders/{id}``'s payment."""
+    from services.payments import payment_view  # payments -> order_state -> callbacks
+
+    view = payment_view(session, order_id)
+    if view is None:
         return None
-    return {
-        "provider": payment.provider,
-        "status": payment.status,
-        "out_trade_no": payment.out_trade_no,
-        "amount": payment.amount,
-        "currency": payment.currency,
-        "instructions": payment.instructions,
-    }
+    keys = ("provider", "status", "out_trade_no", "amount", "currency", "instructions")
+    return {key: view[key] for key in keys}
 
 
 def _tracking_part(session: Session, order_id: str) -> dict[str, Any] | None:

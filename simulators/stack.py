@@ -139,6 +139,12 @@ class ProviderStack:
         """The buyer pays (Stripe finds the PaymentIntent by its out_trade_no metadata)."""
         self.simulator(provider).pay(out_trade_no)
 
+    def auto_pay(self, after_ms: int) -> None:
+        """Every payment provider's buyer pays ``after_ms`` after the payment is created."""
+        self.alipay.configure(auto_pay_after_ms=after_ms)
+        self.wechatpay.set_options(auto_pay_after_ms=after_ms)
+        self.stripe.auto_pay_after_ms = after_ms
+
     def set_faults(self, **faults: Any) -> None:
         self.alipay.set_faults(**faults)
         self.wechatpay.set_faults(**faults)

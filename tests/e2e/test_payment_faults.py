@@ -19,12 +19,6 @@ pytestmark = pytest.mark.e2e
 PROVIDERS = ("alipay", "wechatpay", "stripe")
 
 
-def auto_pay(stack, ms: int) -> None:
-    stack.alipay.configure(auto_pay_after_ms=ms)
-    stack.wechatpay.set_options(auto_pay_after_ms=ms)
-    stack.stripe.auto_pay_after_ms = ms
-
-
 def post_orders(p, n: int, sku: str) -> list[str]:
     rng = random.Random(n)
     return [p.post_order(order_message(sku, 1, provider=rng.choice(PROVIDERS))) for _ in range(n)]
@@ -50,7 +44,7 @@ def test_sigkill_payments_worker_mid_payment(start_pipeline, catalog, monkeypatc
     catalog({"S": 500})
     p = start_pipeline(payments_concurrency=8)
     p.stack.set_faults(latency_ms=150)  # keep calls in flight when the kill lands
-    auto_pay(p.stack, 300)
+    p.stack.auto_pay(300)
     ids = post_orders(p, 200, "S")
     for round_no in range(2):
         target = 40 * (round_no + 1)
@@ -74,7 +68,7 @@ def test_thirty_percent_provider_failures_still_paid_exactly_once(
     catalog({"F": 200})
     p = start_pipeline(payments_concurrency=8)
     p.stack.set_faults(error_rate=0.1, timeout_rate=0.1, reset_rate=0.1, hang_seconds=1.5, seed=7)
-    auto_pay(p.stack, 200)
+    p.stack.auto_pay(200)
     ids = post_orders(p, 60, "F")
     wait_until(lambda: status_counts() == {"PAID": 60}, 240, 0.5, show=pipeline_state)
     assert_charged_exactly_once(p, ids)
@@ -172,7 +166,7 @@ def test_provider_down_opens_circuit_orders_wait_then_pay(start_pipeline, catalo
     time.sleep(2)
     assert status_counts() == {"RESERVED": 5}  # waiting, not failed
     p.stack.wechatpay.server.set_faults(error_rate=0.0)
-    auto_pay(p.stack, 100)
+    p.stack.auto_pay(100)
     wait_until(lambda: status_counts() == {"PAID": 5}, 120, 0.5)
     assert_charged_exactly_once(p, ids)
 

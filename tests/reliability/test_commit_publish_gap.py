@@ -21,7 +21,6 @@ from sqlalchemy import text
 
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, redis_client, wait_until
-from tests.e2e.test_payment_faults import auto_pay
 from tests.helpers import pipeline_state, status_counts
 from tests.reliability.conftest import size
 from tests.reliability.invariants import check
@@ -80,7 +79,7 @@ def test_crash_between_commit_and_publish(
     for w in workers:
         wait_worker_ready(w)
     procs.beat()
-    auto_pay(stack, 200)
+    stack.auto_pay(200)
     fig = figures()
     fig.injected(f"os._exit after commit, before publish: API on {n} orders "
                  f"(orders.process), worker on {n} (payments.create)")  # fmt: skip

@@ -18,7 +18,6 @@ import pytest
 import requests
 
 from tests.conftest import order_message, wait_until
-from tests.e2e.test_payment_faults import auto_pay
 from tests.helpers import pipeline_state, status_counts
 from tests.reliability.conftest import size
 from tests.reliability.invariants import check
@@ -50,7 +49,7 @@ def test_sigkill_a_worker_child_every_second(start_pipeline, catalog, figures):
     n = size(100, 500)
     catalog({"K1": n, "K2": n})
     p = start_pipeline(payments_pool="prefork", payments_concurrency=4, shipping=True)
-    auto_pay(p.stack, 200)
+    p.stack.auto_pay(200)
     fig = figures()
     rng = random.Random(5)
     stop, kills = threading.Event(), []
@@ -89,7 +88,7 @@ def test_all_workers_killed_at_once_mid_payment(start_pipeline, catalog, figures
     catalog({"K": n})
     p = start_pipeline()
     p.stack.set_faults(latency_ms=150)
-    auto_pay(p.stack, 300)
+    p.stack.auto_pay(300)
     rng = random.Random(3)
     ids = [p.post_order(order_message("K", 1, provider=rng.choice(PROVIDERS))) for _ in range(n)]
     # Kill while the batch is mid-payment: some paid, many waiting or being created.

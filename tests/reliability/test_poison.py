@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 from models import DeadLetter
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, wait_until
-from tests.e2e.test_payment_faults import auto_pay
 from tests.helpers import pipeline_state, status_counts
 from tests.reliability.conftest import size
 from tests.reliability.invariants import check
@@ -43,7 +42,7 @@ def test_task_that_always_crashes_its_worker(
     for w in workers:
         wait_worker_ready(w)
     procs.beat()
-    auto_pay(stack, 200)
+    stack.auto_pay(200)
     p = Pipeline(f"http://127.0.0.1:{port}", api_key, stack, procs)
     marker = tmp_path / "deliveries.txt"
     fig = figures()

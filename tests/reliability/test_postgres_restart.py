@@ -21,7 +21,6 @@ import pytest
 import requests
 
 from tests.conftest import order_message, wait_until
-from tests.e2e.test_payment_faults import auto_pay
 from tests.helpers import pipeline_state, status_counts
 from tests.reliability.conftest import size
 from tests.reliability.invariants import check
@@ -87,7 +86,7 @@ def test_postgres_crashes_mid_run_and_comes_back(
     n = size(90, 300)
     catalog({"G": n})
     p = start_pipeline(shipping=True)
-    auto_pay(p.stack, 200)
+    p.stack.auto_pay(200)
     rng = random.Random(29)
     messages = [order_message("G", 1, provider=rng.choice(PROVIDERS)) for _ in range(n)]
     accepted: list[str] = []

@@ -19,7 +19,6 @@ from sqlalchemy import text
 
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, wait_until
-from tests.e2e.test_payment_faults import auto_pay
 from tests.helpers import pipeline_state, status_counts
 from tests.reliability.conftest import size
 from tests.reliability.fault_proxy import FaultProxy
@@ -61,7 +60,7 @@ def test_provider_hangs_longer_than_the_visibility_timeout(
     monkeypatch.setenv("CREATE_REDRIVE_S", "120")  # so only Redis' redelivery duplicates work
     catalog({"H": n})
     p = start_pipeline(payments_concurrency=16)
-    auto_pay(p.stack, 100)
+    p.stack.auto_pay(100)
     fig = figures()
     p.stack.set_faults(timeout_rate=1.0, hang_seconds=7)
     fig.injected("every provider call held 7 s; Redis visibility timeout 4 s")
@@ -107,7 +106,7 @@ def test_latency_and_connection_resets_through_a_fault_proxy(
         monkeypatch.setenv("TASK_MAX_RETRIES", "10")
         catalog({"L": n})
         p = start_pipeline(payments_concurrency=16)
-        auto_pay(p.stack, 200)
+        p.stack.auto_pay(200)
         fig = figures()
         fig.injected("answers held 1-3 s (mean 2 s) with a 2.5 s read timeout; 10 % resets")
         ids = [p.post_order(order_message("L", 1, provider=rng.choice(PROVIDERS)))
