@@ -30,7 +30,8 @@ from api.users import router as users_router
 from domain.errors import ConflictError, NotFound, ValidationError
 from observability.metrics import metrics_response
 from producers.intake import accept
-from producers.schema import field_errors, parse_message
+from producers.schema import OrderMessage, field_errors, parse_message
+from services.intake import IntakeResult
 from services.payments import payment_view
 from services.queries import order_view
 from services.shipping import shipment_view
@@ -114,7 +115,7 @@ def create_app() -> FastAPI:
                 [{"field": "source", "reason": f"key is bound to source {source!r}"}],
             )
         try:
-            result = await run_in_threadpool(accept, msg, channel="http")
+            result = await run_in_threadpool(_accept_and_publish, msg)
         except ConflictError as exc:
             return error_response(
                 409,
@@ -125,8 +126,6 @@ def create_app() -> FastAPI:
         except ValidationError as exc:
             details = [{"field": exc.field, "reason": exc.reason}]
             return error_response(422, "validation_failed", "order is invalid", details)
-        if result.created:
-            await run_in_threadpool(_publish_process, result.order_id)
         body = {"id": result.order_id, "status": result.status, "created": result.created}
         return JSONResponse(body, status_code=202 if result.created else 200)
 
@@ -144,14 +143,21 @@ def create_app() -> FastAPI:
     return app
 
 
-def _publish_process(order_id: str) -> None:
+def _accept_and_publish(msg: OrderMessage) -> IntakeResult:
+    """Store the order (committed), then publish ``orders.process`` for a new one: both in one
+    trip to the thread pool. A publish failure is logged, not raised: the order is stored and
+    the sweeper re-drives it at its stage deadline."""
     from tasks.dispatch import enqueue  # the Celery app is only needed once we publish
 
-    try:
-        enqueue("orders.process", order_id)
-    except Exception:  # noqa: BLE001 - any broker failure is handled the same way
-        # Stored and committed already: the sweeper re-drives it at its stage deadline.
-        log.warning("could not publish orders.process for %s; the sweeper will", order_id)
+    result = accept(msg, channel="http")
+    if result.created:
+        try:
+            enqueue("orders.process", result.order_id)
+        except Exception:  # noqa: BLE001 - any broker failure is handled the same way
+            log.warning(
+                "could not publish orders.process for %s; the sweeper will", result.order_id
+            )
+    return result
 
 
 app = create_app()

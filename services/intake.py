@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from domain.errors import ConflictError, ValidationError
 from domain.orders import OrderStatus
-from models import Order, OrderLine, User
+from models import Order, User
 from services import callbacks, timeline
 
 
@@ -46,6 +46,31 @@ class IntakeResult:
     status: str
 
 
+# The whole insert in one round trip (a hot path): the order, its lines and the RECEIVED event,
+# the lines and the event only when the order row was inserted (ON CONFLICT gave a row back).
+_INSERT_ORDER = text(
+    """
+    WITH new_order AS (
+        INSERT INTO orders (id, source, external_id, body_hash, user_id, customer_ref, status,
+                            currency, total_amount, payment_provider, shipping_address,
+                            stage_deadline)
+        VALUES (:id, :source, :external_id, :body_hash, :user_id, :customer_ref, :status,
+                :currency, 0, :payment_provider, :shipping_address, :stage_deadline)
+        ON CONFLICT ON CONSTRAINT uq_orders_source_external_id DO NOTHING
+        RETURNING id),
+    new_lines AS (
+        INSERT INTO order_lines (order_id, line_no, sku, quantity)
+        SELECT new_order.id, l.line_no, l.sku, l.quantity
+        FROM new_order, unnest(CAST(:skus AS text[]), CAST(:quantities AS int[]))
+             WITH ORDINALITY AS l(sku, quantity, line_no)),
+    received AS (
+        INSERT INTO order_events (order_id, kind, to_status, detail, actor)
+        SELECT new_order.id, 'transition', :status, :event_detail, 'system' FROM new_order)
+    SELECT id FROM new_order
+    """
+).bindparams(bindparam("shipping_address", type_=JSONB), bindparam("event_detail", type_=JSONB))
+
+
 def accept_order(
     session: Session, order: NewOrder, *, now: datetime, redrive_after_s: int, channel: str
 ) -> IntakeResult:
@@ -56,41 +81,27 @@ def accept_order(
     if order.user_id is not None and session.get(User, order.user_id) is None:
         raise ValidationError("user_id", f"no user with id {order.user_id}")
     order_id = str(uuid.uuid4())
-    inserted = session.execute(
-        pg_insert(Order)
-        .values(
-            id=order_id,
-            source=order.source,
-            external_id=order.external_id,
-            body_hash=order.body_hash,
-            user_id=order.user_id,
-            customer_ref=order.customer_ref,
-            status=OrderStatus.RECEIVED,
-            currency=order.currency,
-            total_amount=0,
-            payment_provider=order.payment_provider,
-            shipping_address=dict(order.shipping_address),
-            stage_deadline=now + timedelta(seconds=redrive_after_s),
-        )
-        .on_conflict_do_nothing(constraint="uq_orders_source_external_id")
-        .returning(Order.id)
-    ).scalar_one_or_none()
+    params = {
+        "id": order_id,
+        "source": order.source,
+        "external_id": order.external_id,
+        "body_hash": order.body_hash,
+        "user_id": order.user_id,
+        "customer_ref": order.customer_ref,
+        "status": OrderStatus.RECEIVED.value,
+        "currency": order.currency,
+        "payment_provider": order.payment_provider,
+        "shipping_address": dict(order.shipping_address),
+        "stage_deadline": now + timedelta(seconds=redrive_after_s),
+        "skus": [sku for sku, _ in order.lines],
+        "quantities": [qty for _, qty in order.lines],
+        "event_detail": timeline.with_task(
+            {"channel": channel, "source": order.source, "external_id": order.external_id}
+        ),
+    }
+    inserted = session.connection().execute(_INSERT_ORDER, params).scalar_one_or_none()
     if inserted is None:
         return _existing(session, order)
-    session.execute(
-        insert(OrderLine),
-        [
-            {"order_id": order_id, "line_no": i, "sku": sku, "quantity": qty}
-            for i, (sku, qty) in enumerate(order.lines, start=1)
-        ],
-    )
-    timeline.record(
-        session,
-        order_id,
-        "transition",
-        to_status=OrderStatus.RECEIVED,
-        detail={"channel": channel, "source": order.source, "external_id": order.external_id},
-    )
     callbacks.record_status_change(
         session,
         callbacks.OrderSnapshot(order_id, order.source, order.external_id, order.currency),

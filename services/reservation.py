@@ -12,16 +12,16 @@ Contract of :func:`reserve_order` (call inside one unit of work):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from domain.allocation import Line, allocate
 from domain.errors import NotFound, OutOfStock
 from domain.orders import OrderStatus, RejectReason, ensure_transition
-from models import Order, OrderLine, Product
 from services import callbacks, timeline
 from services.locks import lock_stock_by_sku
 from services.stock import Hold, apply_reservations
@@ -35,53 +35,91 @@ class ReserveOutcome:
     reason: str | None = None
 
 
+# A hot path (one call per order): plain SQL constants on the session's connection, no ORM
+# objects. Statement building and ORM loading cost more CPU here than the database work itself.
+_LOCK_ORDER = text(
+    "SELECT status, currency, source, external_id, reason FROM orders WHERE id = :id FOR UPDATE"
+)
+_LINES_WITH_PRODUCTS = text(
+    """
+    SELECT l.sku, l.quantity, p.price_amount, p.currency, p.active
+    FROM order_lines l LEFT JOIN products p ON p.sku = l.sku
+    WHERE l.order_id = :id ORDER BY l.line_no
+    """
+)
+_PRICE_LINES = text(
+    """
+    UPDATE order_lines l SET unit_amount = p.price_amount
+    FROM products p WHERE l.order_id = :id AND p.sku = l.sku
+    """
+)
+_MARK_RESERVED = text(
+    """
+    UPDATE orders SET status = :status, total_amount = :total, payment_deadline = :expires_at,
+           stage_deadline = :stage_deadline, stage_attempts = 0, updated_at = now()
+    WHERE id = :id AND status = :from_status
+    """
+)
+_MARK_REJECTED = text(
+    """
+    UPDATE orders SET status = :status, reason = :reason, stage_deadline = NULL,
+           updated_at = now()
+    WHERE id = :id AND status = :from_status
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Priced:
+    price_amount: int
+    currency: str
+    active: bool
+
+
 def reserve_order(
     session: Session, order_id: str, *, now: datetime, payment_window_s: int, redrive_s: int = 30
 ) -> ReserveOutcome:
-    order = session.scalars(
-        select(Order).where(Order.id == order_id).with_for_update(of=Order)
-    ).one_or_none()
+    conn = session.connection()
+    order = conn.execute(_LOCK_ORDER, {"id": order_id}).one_or_none()
     if order is None:
         raise NotFound(f"order {order_id}")
     if order.status != OrderStatus.RECEIVED:
         return ReserveOutcome(order_id, order.status, False, order.reason)
-    lines = [
-        Line(sku, qty)
-        for sku, qty in session.execute(
-            select(OrderLine.sku, OrderLine.quantity).where(OrderLine.order_id == order_id)
-        )
-    ]
-    skus = sorted({line.sku for line in lines})
-    products = {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
-    stock_rows = lock_stock_by_sku(session, skus)
+    snapshot = callbacks.OrderSnapshot(order_id, order.source, order.external_id, order.currency)
+    lines: list[Line] = []
+    products: dict[str, _Priced] = {}
+    for sku, qty, price, currency, active in conn.execute(_LINES_WITH_PRODUCTS, {"id": order_id}):
+        lines.append(Line(sku, qty))
+        if price is not None:  # an unknown SKU has no product row: allocate() rejects it
+            products[sku] = _Priced(price, currency, active)
     available: dict[str, dict[str, int]] = {}
-    for row in stock_rows:
+    for row in lock_stock_by_sku(session, [line.sku for line in lines]):
         available.setdefault(row.sku, {})[row.warehouse] = row.on_hand - row.reserved
     try:
-        mismatch = [s for s, p in products.items() if p.currency != order.currency]
+        mismatch = sorted(s for s, p in products.items() if p.currency != order.currency)
         if mismatch:
             raise OutOfStock(RejectReason.CURRENCY_MISMATCH, ",".join(mismatch))
         allocations = allocate(lines, available, {s: p.active for s, p in products.items()})
     except OutOfStock as exc:
-        return _reject(session, order, exc)
+        return _reject(session, snapshot, exc)
     expires_at = now + timedelta(seconds=payment_window_s)
     apply_reservations(
         session, order_id, [Hold(a.sku, a.warehouse, a.quantity) for a in allocations], expires_at
     )
-    _price_lines(session, order_id, products)
+    conn.execute(_PRICE_LINES, {"id": order_id})
     total = sum(products[line.sku].price_amount * line.quantity for line in lines)
     target = ensure_transition(order.status, OrderStatus.RESERVED)
-    session.execute(
-        update(Order)
-        .where(Order.id == order_id, Order.status == OrderStatus.RECEIVED)
-        .values(
-            status=target,
-            total_amount=total,
-            payment_deadline=expires_at,
+    conn.execute(
+        _MARK_RESERVED,
+        {
+            "id": order_id,
+            "status": target,
+            "from_status": OrderStatus.RECEIVED,
+            "total": total,
+            "expires_at": expires_at,
             # The payment stage must start before this, or the sweeper re-drives it.
-            stage_deadline=min(now + timedelta(seconds=redrive_s), expires_at),
-            stage_attempts=0,
-        )
+            "stage_deadline": min(now + timedelta(seconds=redrive_s), expires_at),
+        },
     )
     timeline.record(
         session,
@@ -95,36 +133,32 @@ def reserve_order(
             "payment_deadline": expires_at.isoformat(),
         },
     )
-    # The ORM UPDATE above synchronized ``order`` in the session (synchronize_session="auto"),
-    # so the callback sees the new status and total without another round trip.
-    callbacks.record_status_change(session, order, OrderStatus.RECEIVED, target)
+    reserved = callbacks.OrderSnapshot(
+        order_id, order.source, order.external_id, order.currency, total_amount=total
+    )
+    callbacks.record_status_change(session, reserved, OrderStatus.RECEIVED, target)
     return ReserveOutcome(order_id, target, True)
 
 
-def _price_lines(session: Session, order_id: str, products: dict[str, Product]) -> None:
-    for sku, product in products.items():
-        session.execute(
-            update(OrderLine)
-            .where(OrderLine.order_id == order_id, OrderLine.sku == sku)
-            .values(unit_amount=product.price_amount)
-        )
-
-
-def _reject(session: Session, order: Order, exc: OutOfStock) -> ReserveOutcome:
-    current = order.status
-    target = ensure_transition(current, OrderStatus.REJECTED)
-    session.execute(
-        update(Order)
-        .where(Order.id == order.id, Order.status == OrderStatus.RECEIVED)
-        .values(status=target, reason=exc.reason, stage_deadline=None)
+def _reject(session: Session, order: callbacks.OrderSnapshot, exc: OutOfStock) -> ReserveOutcome:
+    target = ensure_transition(OrderStatus.RECEIVED, OrderStatus.REJECTED)
+    session.connection().execute(
+        _MARK_REJECTED,
+        {
+            "id": order.id,
+            "status": target,
+            "reason": exc.reason,
+            "from_status": OrderStatus.RECEIVED,
+        },
     )
     timeline.record(
         session,
         order.id,
         "transition",
-        from_status=current,
+        from_status=OrderStatus.RECEIVED,
         to_status=target,
         detail={"reason": exc.reason, "detail": exc.detail},
     )
-    callbacks.record_status_change(session, order, current, target)
+    rejected = dataclasses.replace(order, reason=exc.reason)
+    callbacks.record_status_change(session, rejected, OrderStatus.RECEIVED, target)
     return ReserveOutcome(order.id, target, True, exc.reason)

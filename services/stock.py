@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from models import Reservation, Stock, StockMovement
@@ -20,45 +20,52 @@ class Hold:
     quantity: int
 
 
+# One statement for all holds of an order: raise the counters, write the ledger rows and the
+# reservations. The holds are summed per (sku, warehouse) first, so a repeated key can never make
+# the UPDATE ... FROM apply one quantity while the ledger records two.
+_APPLY_HOLDS = text(
+    """
+    WITH h AS (
+        SELECT sku, warehouse, sum(quantity)::int AS quantity
+        FROM unnest(CAST(:skus AS text[]), CAST(:warehouses AS text[]), CAST(:quantities AS int[]))
+             AS x(sku, warehouse, quantity)
+        GROUP BY sku, warehouse),
+    counters AS (
+        UPDATE stock SET reserved = stock.reserved + h.quantity, updated_at = now()
+        FROM h WHERE stock.sku = h.sku AND stock.warehouse = h.warehouse
+        RETURNING stock.sku),
+    ledger AS (
+        INSERT INTO stock_movements (sku, warehouse, kind, delta_reserved, order_id)
+        SELECT sku, warehouse, 'reserve', quantity, :order_id FROM h)
+    INSERT INTO reservations (order_id, sku, warehouse, quantity, expires_at)
+    SELECT :order_id, sku, warehouse, quantity, :expires_at FROM h
+    RETURNING (SELECT count(*) FROM counters)
+    """
+)
+
+
 def apply_reservations(
     session: Session, order_id: str, holds: Sequence[Hold], expires_at: datetime
 ) -> None:
     """Raise ``reserved`` for each hold (rows must already be locked), with ledger rows.
 
-    The database CHECK ``reserved <= on_hand`` is the last guard if the caller got it wrong.
+    One round trip. The database CHECK ``reserved <= on_hand`` is the last guard if the caller
+    got it wrong; a hold on a stock row that does not exist raises :class:`LookupError` (the
+    transaction must then be rolled back: the ledger rows were written).
     """
-    for hold in holds:
-        session.execute(
-            update(Stock)
-            .where(Stock.sku == hold.sku, Stock.warehouse == hold.warehouse)
-            .values(reserved=Stock.reserved + hold.quantity)
-        )
-    session.execute(
-        insert(StockMovement),
-        [
-            {
-                "sku": h.sku,
-                "warehouse": h.warehouse,
-                "kind": "reserve",
-                "delta_reserved": h.quantity,
-                "order_id": order_id,
-            }
-            for h in holds
-        ],
-    )
-    session.execute(
-        insert(Reservation),
-        [
-            {
-                "order_id": order_id,
-                "sku": h.sku,
-                "warehouse": h.warehouse,
-                "quantity": h.quantity,
-                "expires_at": expires_at,
-            }
-            for h in holds
-        ],
-    )
+    if not holds:
+        return
+    params = {
+        "skus": [h.sku for h in holds],
+        "warehouses": [h.warehouse for h in holds],
+        "quantities": [h.quantity for h in holds],
+        "order_id": order_id,
+        "expires_at": expires_at,
+    }
+    updated = session.connection().execute(_APPLY_HOLDS, params).scalars().first()
+    expected = len({(h.sku, h.warehouse) for h in holds})
+    if updated != expected:
+        raise LookupError(f"order {order_id}: {expected} stock rows to hold, {updated} exist")
 
 
 def release_reservations(

@@ -7,6 +7,7 @@ period.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import requests
 
 from settings import PROJECT_ROOT
@@ -68,12 +70,19 @@ class Proc:
     def stop(self, grace_s: float = 10.0) -> None:
         if not self.alive():
             return
+        try:  # its children too, should they outlive a killed parent (uvicorn --workers N)
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
         self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(timeout=5)
+            for child in children:  # psutil refuses a pid reused by another process
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -130,12 +139,14 @@ class ProcessGroup:
             ],
         )  # fmt: skip
 
-    def api(self, port: int, name: str = "api") -> Proc:
+    def api(self, port: int, name: str = "api", *, workers: int = 1) -> Proc:
+        """uvicorn on 127.0.0.1:``port`` with ``workers`` processes (one supervisor above them
+        when more than one: stopping the Proc stops them all)."""
         proc = self.start(
             name,
             [
                 sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1",
-                "--port", str(port), "--log-level", "warning", "--workers", "1",
+                "--port", str(port), "--log-level", "warning", "--workers", str(workers),
             ],
         )  # fmt: skip
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
