@@ -160,7 +160,7 @@ def prepare_chain_table(rows: int) -> None:
 def raw_celery_chains(
     group: ProcessGroup, rdb: redis.Redis, *, chains: int, with_db: bool, timeout_s: float
 ) -> tuple[float, int]:
-    """Chains/s of 3-hop bench chains on a prefork-2 worker consuming the pipeline's queues.
+    """Chains/s of 4-hop bench chains on a prefork-2 worker consuming the pipeline's queues.
 
     Returns (chains/s, chains finished); the rate counts only chains done within the bound.
     """

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 from sqlalchemy import text
 
-from bench.common import percentile, wait_for
+from bench.common import CpuMeter, CpuUse, percentile, wait_for
 from models.db import get_engine
 from workers.procs import ProcessGroup, wait_worker_ready
 
@@ -116,6 +116,7 @@ class StageResult:
     elapsed_s: float
     counts: dict[str, int]
     finished: bool
+    cpu: CpuUse | None = None  # CPU per part of the stack over the same interval
 
     @property
     def rate(self) -> float:
@@ -135,11 +136,15 @@ def to_stage(
     timeout_s: float,
 ) -> StageResult:
     """Start ``workers``, post ``orders`` orders over ``skus`` (16 client threads), and time
-    until each accepted order is in ``target`` or closed (bounded by ``timeout_s``)."""
+    until each accepted order is in ``target`` or closed (bounded by ``timeout_s``). The CPU
+    each part of the stack used meanwhile is sampled too (:class:`bench.common.CpuMeter`)."""
+    names = {f"{source}-{i}": f"worker {w.queues} {w.pool} {w.concurrency}"
+             for i, w in enumerate(workers)}  # fmt: skip
     procs = [
         group.worker(f"{source}-{i}", w.queues, concurrency=w.concurrency, pool=w.pool)
         for i, w in enumerate(workers)
     ]
+    meter = CpuMeter(group, names)
 
     def reached(counts: dict[str, int]) -> int:
         return sum(n for status, n in counts.items() if status in target | CLOSED)
@@ -148,6 +153,7 @@ def to_stage(
         for proc in procs:
             wait_worker_ready(proc)
         messages = [order_message(source, skus[i % len(skus)]) for i in range(orders)]
+        meter.start()
         started = time.monotonic()
         posted = post_orders(base_url, key, messages, concurrency=16, timeout_s=timeout_s)
         remaining = max(1.0, timeout_s - (time.monotonic() - started))
@@ -155,11 +161,12 @@ def to_stage(
             lambda: reached(status_counts(source)) >= posted.accepted, remaining, every_s=0.05
         )
         elapsed = time.monotonic() - started
+        cpu = meter.stop()
     finally:
         for proc in reversed(procs):
             proc.stop()
     counts = status_counts(source)
-    return StageResult(posted.accepted, reached(counts), elapsed, counts, finished)
+    return StageResult(posted.accepted, reached(counts), elapsed, counts, finished, cpu)
 
 
 _STAGE_SQL = """

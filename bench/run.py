@@ -3,6 +3,7 @@
 Runs in its own throw-away database (created, migrated, dropped) on the configured servers, or
 on the embedded ones when DATABASE_URL / REDIS_URL are unset. Every process it starts is stopped
 by pid; every loop is bounded in count and time. Prints one table and writes bench/results.json.
+``--phases`` runs a subset (a figure whose ceiling comes from a skipped phase has no ceiling).
 
 The broker should not be shared with another orderflow run meanwhile: the bench purges the
 pipeline's queues before and after it runs (its orders leave payment tasks behind).
@@ -31,11 +32,27 @@ from bench.common import Figure, git_revision
 from settings import PROJECT_ROOT, exported_env, get_settings
 
 if TYPE_CHECKING:
+    from bench.pipeline import StageResult
+    from bench.tracking import TrackingConfig
+    from simulators.stack import ProviderStack
     from workers.procs import ProcessGroup
 
 RESULTS = PROJECT_ROOT / "bench" / "results.json"
 SPREAD_SKUS = [f"BENCH-{i:05d}" for i in range(10_000)]
 HOT_SKU = "BENCH-HOT"
+#: Every phase, in the order they run.
+PHASES = ("raw", "chains", "intake", "reserved", "paid", "journey", "tracking")
+NEEDS_CATALOG = frozenset({"raw", "intake", "reserved", "paid", "journey"})
+NEEDS_API = frozenset({"intake", "reserved", "paid", "journey"})
+NEEDS_SIMULATORS = NEEDS_API | {"tracking"}
+#: Beat periods of the journey run, as ``orderflow demo`` sets them (seconds).
+JOURNEY_ENV = {
+    "SWEEP_INTERVAL_S": "1",
+    "PAYMENT_POLL_INTERVAL_S": "1",
+    "INTAKE_REDRIVE_S": "10",
+    "CREATE_REDRIVE_S": "10",
+    "TRACKING_INTERVAL_S": "0.5",
+}
 console = Console()
 
 
@@ -95,10 +112,14 @@ def redis_conn() -> redis.Redis:
 
 
 class Bench:
-    """Runs the phases in order and collects the figures."""
+    """Runs the selected phases in order and collects the figures."""
 
-    def __init__(self, quick: bool) -> None:
+    def __init__(
+        self, quick: bool, phases: frozenset[str] = frozenset(PHASES), api_workers: int = 2
+    ) -> None:
         self.quick = quick
+        self.api_workers = api_workers
+        self.phases = phases
         self.rev = git_revision()
         self.figures: list[Figure] = []
         self.ceil: dict[str, float] = {}
@@ -108,6 +129,10 @@ class Bench:
         console.log(
             f"{figure}: {value:,.1f} {unit}" + (f" (ceiling {ceiling:,.1f})" if ceiling else "")
         )
+
+    def unmeasured(self, ceiling: str) -> str:
+        """A note for a configuration string whose ceiling's phase was skipped in this run."""
+        return "" if ceiling in self.ceil else " (not measured: its phase was skipped)"
 
     def raw_postgres(self) -> None:
         """Ceiling 1: the intake (and intake + reservation) SQL through psycopg2, 1/2/4 threads."""
@@ -135,12 +160,13 @@ class Bench:
             "seed-style ORM loop (1 process)",
             "orders/s",
             rate,
-            self.ceil["intake+reserve"],
+            self.ceil.get("intake+reserve"),
             "SQLAlchemy ORM, one transaction per order, no locks/ledger/queue",
         )
 
     def celery_chains(self, group: ProcessGroup) -> None:
-        """Ceilings 2 and 3: 3-hop no-op chains, then chains with one UPDATE per hop."""
+        """Ceilings 2 and 3: 4-hop no-op chains (the journey's Celery tasks), then chains with one
+        UPDATE per hop."""
         from bench.ceilings import prepare_chain_table, raw_celery_chains
 
         rdb = redis_conn()
@@ -149,7 +175,7 @@ class Bench:
         rate, done = raw_celery_chains(group, rdb, chains=noop_n, with_db=False, timeout_s=90)
         self.ceil["celery"] = rate
         self.add(
-            "raw Celery 3-hop no-op chain",
+            "raw Celery 4-hop no-op chain",
             "chains/s",
             rate,
             None,
@@ -158,15 +184,15 @@ class Bench:
         rate, done = raw_celery_chains(group, rdb, chains=db_n, with_db=True, timeout_s=90)
         self.ceil["celery+pg"] = rate
         self.add(
-            "raw Celery + PostgreSQL 3-hop chain",
+            "raw Celery + PostgreSQL 4-hop chain",
             "chains/s",
             rate,
-            self.ceil["celery"],
+            self.ceil.get("celery"),
             f"{done}/{db_n} chains, one UPDATE transaction per hop",
         )
 
     def intake(self, base: str, key: str) -> None:
-        """POST /v1/orders at 16 and 32 client threads against one uvicorn process."""
+        """POST /v1/orders at 16 and 32 client threads against the API (uvicorn processes)."""
         from bench.pipeline import intake_figures
 
         n = 400 if self.quick else 1500
@@ -174,8 +200,11 @@ class Bench:
             rate, p50, p99, refused = intake_figures(
                 base, key, SPREAD_SKUS, concurrency=conc, orders=n
             )
-            cfg = f"{n} orders, {conc} client threads, 1 uvicorn process, {refused} refused"
-            self.add(f"intake accepted (c={conc})", "orders/s", rate, self.ceil["intake"], cfg)
+            cfg = (
+                f"{n} orders, {conc} client threads, {self.api_workers} uvicorn process(es), "
+                f"{refused} refused"
+            )
+            self.add(f"intake accepted (c={conc})", "orders/s", rate, self.ceil.get("intake"), cfg)
             self.add(f"intake p50 (c={conc})", "ms", p50, None, cfg)
             self.add(f"intake p99 (c={conc})", "ms", p99, 50.0, cfg + "; ceiling = 50 ms target")
         purge_queues()
@@ -207,10 +236,10 @@ class Bench:
             rates[label] = r.rate
             cfg = (
                 f"{r.orders} orders over {len(skus)} SKU(s), orders+maintenance prefork {procs}, "
-                f"16 client threads, API running; final {r.counts}"
+                f"16 client threads, API running; final {r.counts}; {_cpu(r)}"
                 + ("" if r.finished else "; TIMED OUT")
             )
-            ceiling = rates["spread-p2"] if label == "hot-p2" else self.ceil["intake+reserve"]
+            ceiling = rates["spread-p2"] if label == "hot-p2" else self.ceil.get("intake+reserve")
             self.add(f"intake -> RESERVED ({label})", "orders/s", r.rate, ceiling, cfg)
         ratio = rates["spread-p2"] / rates["spread-p1"] if rates["spread-p1"] else 0.0
         self.add(
@@ -224,8 +253,8 @@ class Bench:
             "intake -> RESERVED vs Celery+PG chain",
             "orders/s",
             rates["spread-p2"],
-            self.ceil["celery+pg"],
-            "1 hop of the pipeline vs the 3-hop raw chain",
+            self.ceil.get("celery+pg"),
+            "1 hop of the pipeline (and intake) vs the 4-hop raw chain",
         )
         self.stages("bench-spread-p2", n)
 
@@ -248,11 +277,74 @@ class Bench:
         )
         cfg = (
             f"{r.orders} alipay orders, orders+maintenance prefork 2 + payments threads 8, "
-            f"simulator pays at once; ceiling = raw Celery+PG 3-hop chain; final {r.counts}"
+            f"simulator pays at once; ceiling = raw Celery+PG 4-hop chain"
+            f"{self.unmeasured('celery+pg')}; final {r.counts}; {_cpu(r)}"
             + ("" if r.finished else "; TIMED OUT")
         )
-        self.add("intake -> PAID (spread)", "orders/s", r.rate, self.ceil["celery+pg"], cfg)
+        self.add("intake -> PAID (spread)", "orders/s", r.rate, self.ceil.get("celery+pg"), cfg)
         self.stages("bench-paid", n)
+
+    def journey(self, group: ProcessGroup, base: str, key: str) -> None:
+        """Intake -> COMPLETED: every queue's worker, beat, compressed tracking (push + poll)."""
+        from bench.journey import delivered_via, provider_calls, run_journey
+
+        n = 300 if self.quick else 1000
+        purge_queues()  # tasks of the earlier phases' orders must not compete
+        started = time.monotonic()
+        r = run_journey(
+            group, base, key, source="bench-journey", skus=SPREAD_SKUS, orders=n,
+            env=JOURNEY_ENV, timeout_s=150,
+        )  # fmt: skip
+        via = delivered_via("bench-journey")
+        calls = provider_calls("bench-journey")
+        cfg = (
+            f"{r.orders} alipay orders; orders+maintenance prefork 2, payments threads 8, "
+            "shipping+tracking threads 8, beat (sweep and payment poll 1 s, tracking tick "
+            "0.5 s); simulator pays at once; 34 h parcel trace at time scale 36000 (3.4 s), "
+            "pushes to the API + polls within the default Kuaidi100 quota "
+            f"({get_settings().tracking_rate_per_s:g}/s); DELIVERED via {via}; "
+            f"provider calls {calls}; ceiling = raw Celery+PG 4-hop chain"
+            f"{self.unmeasured('celery+pg')}; final {r.counts}; {_cpu(r)}; "
+            f"phase {time.monotonic() - started:.0f} s" + ("" if r.finished else "; TIMED OUT")
+        )
+        self.add(
+            "intake -> COMPLETED (full journey)", "orders/s", r.rate,
+            self.ceil.get("celery+pg"), cfg,
+        )  # fmt: skip
+        self.stages("bench-journey", n)
+
+    def tracking(
+        self, group: ProcessGroup, stack: ProviderStack, cfg: TrackingConfig | None = None
+    ) -> None:
+        """Polls/s and scheduler lag with 10,000 active shipments: real beat + tracking worker
+        against the Kuaidi100 simulator (bench/tracking.py describes the method)."""
+        from bench.tracking import TrackingConfig, describe, run_tracking
+
+        cfg = cfg or TrackingConfig()
+        purge_queues()
+        started = time.monotonic()
+        r = run_tracking(group, stack.kuaidi100, cfg)
+        purge_queues()
+        common = describe(cfg, r, default_rate=get_settings().tracking_rate_per_s)
+        common += f"; phase {time.monotonic() - started:.0f} s"
+        self.add(
+            "tracking polls, steady (10k shipments)", "polls/s", r.steady.per_s, cfg.demand,
+            f"{r.steady.polls} queries over {r.steady.span_s:.1f} s; ceiling = polls/s the "
+            f"fleet needs; {common}",
+        )  # fmt: skip
+        self.add(
+            f"tracking polls, backlog of {cfg.backlog:,} drained", "polls/s", r.drain.per_s,
+            None, f"{r.drain.polls} queries over {r.drain.span_s:.1f} s, the fleet's regular "
+            f"polls included; what the same processes poll when more is due; {common}",
+        )  # fmt: skip
+        lag_cfg = (
+            f"{len(r.lags):,} shipments due in the first {cfg.measure_s:g} s: simulator receipt "
+            "of the first query - next_poll_at; ceiling = one beat tick"
+            + (f"; {r.unpolled} never polled count as end - due" if r.unpolled else "")
+            + f"; {common}"
+        )  # fmt: skip
+        for label, value in zip(("mean", "p99", "max"), r.lag(), strict=True):
+            self.add(f"tracking scheduler lag {label}", "s", value, cfg.tick_s, lag_cfg)
 
     def stages(self, source: str, n: int) -> None:
         """Per-stage latency p50/p99 of one run's orders, from the timeline."""
@@ -268,38 +360,56 @@ class Bench:
 
     def run(self) -> None:
         from observability.metrics import prepare_multiproc_dir
-        from workers.procs import ProcessGroup, free_port
+        from workers.procs import ProcessGroup
 
-        seed_started = time.monotonic()
-        seed_catalog()
-        console.log(
-            f"seeded {len(SPREAD_SKUS) + 1} SKUs in {time.monotonic() - seed_started:.1f} s"
-        )
+        if self.phases & NEEDS_CATALOG:
+            seed_started = time.monotonic()
+            seed_catalog()
+            console.log(
+                f"seeded {len(SPREAD_SKUS) + 1} SKUs in {time.monotonic() - seed_started:.1f} s"
+            )
         purge_queues()
-        self.raw_postgres()
-        self.seed_style()
+        if "raw" in self.phases:
+            self.raw_postgres()
+            self.seed_style()
         prepare_multiproc_dir(Path(tempfile.mkdtemp(prefix="orderflow-bench-metrics-")))
         key = f"bench-{secrets.token_hex(12)}"
         os.environ["API_KEYS"] = key  # restored by main()'s exported_env
         get_settings.cache_clear()
         group = ProcessGroup(log_dir=Path(tempfile.mkdtemp(prefix="orderflow-bench-logs-")))
         try:
-            self.celery_chains(group)
-            port = free_port()
-            with simulators(port):
-                group.api(port)
-                base = f"http://127.0.0.1:{port}"
-                self.intake(base, key)
-                self.reserved(group, base, key)
-                self.paid(group, base, key)
+            if "chains" in self.phases:
+                self.celery_chains(group)
+            if self.phases & NEEDS_SIMULATORS:
+                self.pipeline_phases(group, key)
         finally:
             group.stop_all()
             purge_queues()
             console.log(f"process logs: {group.log_dir}")
 
+    def pipeline_phases(self, group: ProcessGroup, key: str) -> None:
+        """The selected phases that need the simulators (and, but for tracking, the API)."""
+        from workers.procs import free_port
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        with simulators(port) as stack:
+            if self.phases & NEEDS_API:
+                group.api(port, workers=self.api_workers)
+            if "intake" in self.phases:
+                self.intake(base, key)
+            if "reserved" in self.phases:
+                self.reserved(group, base, key)
+            if "paid" in self.phases:
+                self.paid(group, base, key)
+            if "journey" in self.phases:
+                self.journey(group, base, key)
+            if "tracking" in self.phases:
+                self.tracking(group, stack)
+
 
 @contextlib.contextmanager
-def simulators(port: int) -> Iterator[None]:
+def simulators(port: int) -> Iterator[ProviderStack]:
     """The provider simulators (Alipay pays every trade at once), their env exported."""
     from simulators.stack import ProviderStack
 
@@ -308,10 +418,15 @@ def simulators(port: int) -> Iterator[None]:
     stack.alipay.configure(auto_pay_after_ms=0)
     try:
         with exported_env(stack.env):
-            yield
+            yield stack
     finally:
         stack.stop()
         shutil.rmtree(key_dir, ignore_errors=True)
+
+
+def _cpu(r: StageResult) -> str:
+    """Where the CPU of a pipeline run went, per order (what limits it on this machine)."""
+    return r.cpu.describe(r.orders) if r.cpu else "CPU not sampled"
 
 
 def print_table(figures: list[Figure]) -> None:
@@ -327,15 +442,36 @@ def print_table(figures: list[Figure]) -> None:
     console.print(table)
 
 
+def parse_phases(value: str) -> frozenset[str]:
+    """``--phases``: comma-separated names out of :data:`PHASES`; at least one."""
+    chosen = frozenset(p.strip() for p in value.split(",") if p.strip())
+    unknown = chosen - set(PHASES)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown phases {sorted(unknown)}; choose from {','.join(PHASES)}"
+        )
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--phases",
+        type=parse_phases,
+        default=frozenset(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all; raw includes the "
+        "seed-style baseline)",
+    )
+    parser.add_argument(
+        "--api-workers", type=int, default=2, help="uvicorn processes of the API (default 2)"
+    )
     args = parser.parse_args(argv)
     from workers.embedded import embedded_services
 
     started = time.monotonic()
-    bench = Bench(args.quick)
+    bench = Bench(args.quick, args.phases, args.api_workers)
     try:
         # Re-exporting the current value makes exported_env restore it after bench.run sets it.
         with exported_env({"API_KEYS": get_settings().api_keys.get_secret_value()}), \

@@ -17,7 +17,9 @@ polls in a row failed. Every duration is in seconds.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 
 
 class ShipmentStatus(enum.StrEnum):
@@ -172,3 +174,37 @@ def _status_interval(status: ShipmentStatus, cadence: Cadence) -> float:
     if status == T.IN_TRANSIT:
         return cadence.in_transit
     return cadence.new  # PENDING, INFO_RECEIVED
+
+
+@dataclass(frozen=True, slots=True)
+class PollChunk:
+    """Shipments polled by one task, and when: ``not_before`` is the latest due time among
+    them, so no member is queried before it is due (nor inside its minimum interval)."""
+
+    shipment_ids: tuple[int, ...]
+    not_before: datetime
+
+
+def plan_chunks(
+    claimed: Sequence[tuple[int, datetime]], *, size: int, window_s: float
+) -> list[PollChunk]:
+    """Group claimed ``(shipment_id, due)`` pairs, in due order, into poll tasks.
+
+    A chunk closes when it holds ``size`` shipments or when the next one is due more than
+    ``window_s`` after the chunk's first: a member then waits at most ``window_s`` past its own
+    due time for the others. Pure.
+    """
+    chunks: list[PollChunk] = []
+    current: list[tuple[int, datetime]] = []
+    for sid, due in sorted(claimed, key=lambda pair: (pair[1], pair[0])):
+        if current and (len(current) >= size or (due - current[0][1]).total_seconds() > window_s):
+            chunks.append(_chunk(current))
+            current = []
+        current.append((sid, due))
+    if current:
+        chunks.append(_chunk(current))
+    return chunks
+
+
+def _chunk(members: list[tuple[int, datetime]]) -> PollChunk:
+    return PollChunk(tuple(sid for sid, _ in members), max(due for _, due in members))

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from domain.errors import NotFound, ValidationError
@@ -122,6 +122,12 @@ class OrderSnapshot:
     reason: str | None = None
 
 
+# Runs on every status change of every order: a plain statement, built once.
+_ACTIVE_ENDPOINT = text(
+    "SELECT id, paused_at FROM callback_endpoints WHERE source = :source AND active"
+)
+
+
 def record_status_change(
     session: Session, order: OrderFields, previous: str | None, target: str
 ) -> None:
@@ -132,11 +138,9 @@ def record_status_change(
     shipment lookups the event needs, and one INSERT. A paused endpoint still gets its rows
     (as PAUSED), delivered once it is resumed.
     """
-    endpoint = session.execute(
-        select(CallbackEndpoint.id, CallbackEndpoint.paused_at).where(
-            CallbackEndpoint.source == order.source, CallbackEndpoint.active.is_(True)
-        )
-    ).one_or_none()
+    endpoint = (
+        session.connection().execute(_ACTIVE_ENDPOINT, {"source": order.source}).one_or_none()
+    )
     if endpoint is None:
         return
     session.execute(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, lazyload
 
 from domain.errors import NotFound
@@ -16,15 +16,18 @@ from domain.orders import OrderStatus, ensure_transition
 from models import Order
 from services import callbacks, timeline
 
+# Built once: constructing the statement (and its cache key) cost more CPU than running it.
+_LOCK_ORDER = (
+    select(Order)
+    .where(Order.id == bindparam("order_id"))
+    .options(lazyload(Order.lines))  # lines are rarely needed here; load them on access
+    .with_for_update(of=Order)
+)
+
 
 def lock_order(session: Session, order_id: str) -> Order:
     """``SELECT … FOR UPDATE`` the order (always the first row a stage locks)."""
-    order = session.scalars(
-        select(Order)
-        .where(Order.id == order_id)
-        .options(lazyload(Order.lines))  # lines are rarely needed here; load them on access
-        .with_for_update(of=Order)
-    ).one_or_none()
+    order = session.scalars(_LOCK_ORDER, {"order_id": order_id}).one_or_none()
     if order is None:
         raise NotFound(f"order {order_id}")
     return order

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -76,10 +76,11 @@ class ProviderCall:
 # -- locking helpers ------------------------------------------------------------------------
 
 
+_LOCK_PAYMENT = select(Payment).where(Payment.order_id == bindparam("order_id")).with_for_update()
+
+
 def lock_payment(session: Session, order_id: str) -> Payment | None:
-    return session.scalars(
-        select(Payment).where(Payment.order_id == order_id).with_for_update()
-    ).one_or_none()
+    return session.scalars(_LOCK_PAYMENT, {"order_id": order_id}).one_or_none()
 
 
 def _move_payment(session: Session, payment: Payment, target: PaymentStatus, **detail: Any) -> bool:

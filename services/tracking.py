@@ -78,26 +78,52 @@ class PollTarget:
 def claim_due(
     session: Session, *, now: datetime, limit: int, lease_s: float, min_interval_s: float
 ) -> list[int]:
-    """Claim up to ``limit`` shipments due for a poll; returns their ids, most overdue first.
+    """Claim up to ``limit`` shipments due for a poll now; their ids, most overdue first.
 
-    Due: ``next_poll_at <= now``, carrier and waybill known, status not final, no live lease
-    (``lease_until`` NULL or past) and not polled within ``min_interval_s`` (Kuaidi100 locks a
-    number queried more often). Claimed rows get ``lease_until = now + lease_s``. Rows another
-    transaction holds are skipped, and a committed lease excludes them from the next claim, so
-    concurrent claimers never get the same shipment. ``lease_s`` must exceed the poll task's
-    hard time limit: an expired lease makes the shipment claimable again.
+    :func:`claim_ahead` with no horizon.
     """
+    claimed = claim_ahead(
+        session, now=now, horizon_s=0.0, limit=limit, lease_s=lease_s,
+        min_interval_s=min_interval_s,
+    )  # fmt: skip
+    return [sid for sid, _ in claimed]
+
+
+def claim_ahead(
+    session: Session,
+    *,
+    now: datetime,
+    horizon_s: float,
+    limit: int,
+    lease_s: float,
+    min_interval_s: float,
+) -> list[tuple[int, datetime]]:
+    """Claim up to ``limit`` shipments due within ``horizon_s``; ``(id, due)`` pairs, most
+    overdue first, where ``due`` is ``max(next_poll_at, now)``.
+
+    Due: ``next_poll_at <= now + horizon_s``, carrier and waybill known, status not final, no
+    live lease (``lease_until`` NULL or past) and not polled within ``min_interval_s`` of its
+    due time (Kuaidi100 locks a number queried more often). The caller must not query a
+    shipment before its ``due``: the scheduler publishes each chunk for its latest due time,
+    so a beat tick of ``horizon_s`` polls every shipment on time rather than up to a tick late.
+    Claimed rows get ``lease_until = now + horizon_s + lease_s``. Rows another transaction
+    holds are skipped, and a committed lease excludes them from the next claim, so concurrent
+    claimers never get the same shipment. ``lease_s`` must exceed the poll task's hard time
+    limit: an expired lease makes the shipment claimable again.
+    """
+    horizon = now + timedelta(seconds=horizon_s)
+    due_at = func.greatest(Shipment.next_poll_at, now)  # when the poll may go out
     due = (
         select(Shipment.id)
         .where(
-            Shipment.next_poll_at <= now,
+            Shipment.next_poll_at <= horizon,
             Shipment.carrier.is_not(None),
             Shipment.waybill.is_not(None),
             Shipment.status.not_in(_FINAL),
             or_(Shipment.lease_until.is_(None), Shipment.lease_until < now),
             or_(
                 Shipment.last_polled_at.is_(None),
-                Shipment.last_polled_at <= now - timedelta(seconds=min_interval_s),
+                Shipment.last_polled_at <= due_at - timedelta(seconds=min_interval_s),
             ),
         )
         .order_by(Shipment.next_poll_at)
@@ -108,11 +134,13 @@ def claim_due(
     rows = session.execute(
         update(Shipment)
         .where(Shipment.id == due.c.id)
-        .values(lease_until=now + timedelta(seconds=lease_s))
+        .values(lease_until=horizon + timedelta(seconds=lease_s))
         .returning(Shipment.id, Shipment.next_poll_at)
         .execution_options(synchronize_session=False)
     ).all()
-    return [row[0] for row in sorted(rows, key=lambda r: (r[1], r[0]))]
+    # next_poll_at is never NULL on a claimed row (the WHERE compares it).
+    ordered = sorted((at, int(sid)) for sid, at in rows if at is not None)
+    return [(sid, at if at > now else now) for at, sid in ordered]
 
 
 def release_lease(

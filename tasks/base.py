@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -32,7 +31,7 @@ from observability import metrics
 from services import dead_letters, timeline
 from services.unit_of_work import unit_of_work
 from settings import get_settings
-from workers.broker import is_amqp, queue_of_routing_key
+from workers.broker import broker_countdown, queue_of_routing_key
 from workers.connections import redis_client
 
 log = logging.getLogger(__name__)
@@ -112,12 +111,7 @@ class OrderflowTask(Task):  # type: ignore[misc]
         raise exc
 
     def _countdown(self, seconds: float) -> float:
-        """On RabbitMQ a countdown waits in Celery's native delayed delivery, which counts whole
-        seconds and refuses a countdown under one (Celery 5.7 rejects, i.e. drops, such a
-        retry): round up there. Redis keeps the sub-second jitter."""
-        if is_amqp(self.app.conf.broker_url or ""):
-            return float(max(1, math.ceil(seconds)))
-        return seconds
+        return broker_countdown(seconds, self.app.conf.broker_url or "")
 
     def _timeline_retry(self, exc: BaseException) -> None:
         """Note the failed attempt on the order's timeline (best effort: the DB may be down)."""

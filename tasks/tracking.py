@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from datetime import datetime
 from functools import lru_cache
 
 from adapters.logistics.base import TrackingResult
 from adapters.ratelimit import TokenBucket
 from adapters.registry import tracking_provider
 from domain.errors import ProviderError
-from domain.tracking import Cadence
+from domain.tracking import Cadence, PollChunk, plan_chunks
 from services import tracking
 from services.unit_of_work import unit_of_work
 from settings import get_settings
@@ -24,6 +25,7 @@ from tasks.base import OrderflowTask, utcnow
 from tasks.dispatch import enqueue
 from tasks.providers import CircuitOpen, call
 from workers.app import app
+from workers.broker import broker_countdown
 from workers.connections import redis_client
 
 log = logging.getLogger(__name__)
@@ -49,20 +51,45 @@ def _bucket() -> TokenBucket:
 
 @app.task(name="maintenance.schedule_tracking", base=OrderflowTask, bind=True)
 def schedule_tracking(self: OrderflowTask) -> int:
-    """Beat: claim due shipments (leased) and enqueue them in chunks; returns how many."""
+    """Beat: claim the shipments due before the next tick (leased) and publish them in chunks,
+    each for the moment its last member is due; returns how many were claimed.
+
+    Claims in batches of ``TRACKING_BATCH`` until none is left or the account's quota could
+    not poll more before the next tick (rate x tick + burst): a claimed shipment the quota
+    cannot serve would only be handed back.
+    """
     s = get_settings()
+    cap = int(s.tracking_rate_per_s * s.tracking_interval_s + s.tracking_burst)
+    claimed: list[tuple[int, datetime]] = []
+    now = utcnow()
     try:
-        with unit_of_work() as session:
-            ids = tracking.claim_due(
-                session, now=utcnow(), limit=s.tracking_batch, lease_s=lease_s(),
-                min_interval_s=s.tracking_min_interval_s,
-            )  # fmt: skip
+        while len(claimed) < cap:
+            limit = min(s.tracking_batch, cap - len(claimed))
+            with unit_of_work() as session:
+                batch = tracking.claim_ahead(
+                    session, now=now, horizon_s=s.tracking_interval_s, limit=limit,
+                    lease_s=lease_s(), min_interval_s=s.tracking_min_interval_s,
+                )  # fmt: skip
+            claimed.extend(batch)
+            if len(batch) < limit:
+                break
     except Exception as exc:
-        self.retry_or_fail(exc)
-    chunk = s.tracking_poll_chunk
-    for i in range(0, len(ids), chunk):
-        enqueue("tracking.poll", ids[i : i + chunk])
-    return len(ids)
+        if not claimed:
+            self.retry_or_fail(exc)
+        log.warning("tracking claim stopped after %d shipments: %r", len(claimed), exc)
+    window = min(1.0, s.tracking_interval_s / 10)
+    for chunk in plan_chunks(claimed, size=s.tracking_poll_chunk, window_s=window):
+        _publish(chunk, utcnow())
+    return len(claimed)
+
+
+def _publish(chunk: PollChunk, now: datetime) -> None:
+    """Enqueue one poll task, delayed until its last member is due (the lease covers it)."""
+    wait = (chunk.not_before - now).total_seconds()
+    options = {}
+    if wait > 0:
+        options["countdown"] = broker_countdown(wait, app.conf.broker_url or "")
+    enqueue("tracking.poll", list(chunk.shipment_ids), **options)
 
 
 @app.task(name="tracking.poll", base=OrderflowTask, bind=True)

@@ -13,6 +13,7 @@ countdown messages itself the way it does on Redis).
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -53,6 +54,15 @@ def scheme(url: str) -> str:
 def is_amqp(url: str) -> bool:
     """True for a RabbitMQ URL (``amqp://``, ``amqps://``, ``pyamqp://``)."""
     return scheme(url) in _AMQP_SCHEMES
+
+
+def broker_countdown(seconds: float, url: str) -> float:
+    """A countdown the broker honours. On RabbitMQ a countdown waits in Celery's native delayed
+    delivery, which counts whole seconds and refuses one under a second (Celery 5.7 rejects,
+    i.e. drops, such a message): round up there. Redis keeps sub-second precision."""
+    if is_amqp(url):
+        return float(max(1, math.ceil(seconds)))
+    return seconds
 
 
 def is_redis(url: str) -> bool:

@@ -21,6 +21,7 @@ from domain.tracking import Cadence
 from models import Order, OrderEvent, Shipment, TrackingEvent
 from services.tracking import (
     apply_result,
+    claim_ahead,
     claim_due,
     poll_targets,
     record_poll,
@@ -688,3 +689,36 @@ def test_stale_shipments_finds_only_the_quiet_active_ones(db):
 def _server_time() -> float:
     seconds, micros = redis_client().time()
     return seconds + micros / 1_000_000
+
+
+def test_claim_ahead_takes_the_next_tick_and_reports_when_each_is_due(db):
+    """One beat tick claims what falls due before the next one, with its due time, so the
+    scheduler can publish each poll for that moment instead of up to a tick late; the minimum
+    interval is judged at the due time, not at the claim."""
+    tick = 10.0
+    overdue = make_shipment(make_order(), next_poll_at=T0 - timedelta(seconds=3))
+    soon = make_shipment(make_order(), next_poll_at=T0 + timedelta(seconds=4))
+    make_shipment(make_order(), next_poll_at=T0 + timedelta(seconds=tick + 1))  # next tick's
+    # Last polled MIN_INTERVAL - 2 s ago: too early now, fine at its due time 5 s from now.
+    spaced = make_shipment(
+        make_order(), next_poll_at=T0 + timedelta(seconds=5),
+        last_polled_at=T0 - timedelta(seconds=MIN_INTERVAL - 2),
+    )  # fmt: skip
+    # Due in 5 s but polled 1 s ago: still inside its minimum interval then.
+    make_shipment(
+        make_order(), next_poll_at=T0 + timedelta(seconds=5),
+        last_polled_at=T0 - timedelta(seconds=1),
+    )  # fmt: skip
+    with unit_of_work() as s:
+        got = claim_ahead(s, now=T0, horizon_s=tick, limit=10, lease_s=120,
+                          min_interval_s=MIN_INTERVAL)  # fmt: skip
+    assert got == [
+        (overdue, T0),  # overdue: due now
+        (soon, T0 + timedelta(seconds=4)),
+        (spaced, T0 + timedelta(seconds=5)),
+    ]
+    # The lease outlives the wait for the due time plus a poll task's life.
+    assert get_shipment(soon).lease_until == T0 + timedelta(seconds=tick + 120)
+    with unit_of_work() as s:  # leased: a second beat gets none of them
+        assert claim_ahead(s, now=T0, horizon_s=tick, limit=10, lease_s=120,
+                           min_interval_s=MIN_INTERVAL) == []  # fmt: skip

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.logistics.base import TrackingStatus
-from domain.tracking import FINAL, Cadence, ShipmentStatus, can_advance, next_poll_delay
+from domain.tracking import (
+    FINAL,
+    Cadence,
+    ShipmentStatus,
+    can_advance,
+    next_poll_delay,
+    plan_chunks,
+)
 
 S = ShipmentStatus
 ALL = list(S)
@@ -209,3 +217,34 @@ class TestDelayProperties:
             return next_poll_delay(status, last_event_age_s=a, has_push=push, failures=0, cadence=c)
 
         assert d(age + c.quiet_after) >= d(age)
+
+
+# -- poll chunks ------------------------------------------------------------------------------
+
+
+def _at(seconds: float) -> datetime:
+    return datetime(2026, 11, 2, 8, 0, tzinfo=UTC) + timedelta(seconds=seconds)
+
+
+def test_chunks_follow_due_order_and_start_when_their_last_member_is_due():
+    claimed = [(3, _at(0.4)), (1, _at(0.0)), (2, _at(0.2)), (4, _at(0.6))]
+    chunks = plan_chunks(claimed, size=2, window_s=1.0)
+    assert [c.shipment_ids for c in chunks] == [(1, 2), (3, 4)]
+    assert [c.not_before for c in chunks] == [_at(0.2), _at(0.6)]
+
+
+def test_a_chunk_closes_when_its_due_times_spread_past_the_window():
+    # Nobody waits more than the window past its own due time for the rest of its chunk.
+    claimed = [(i, _at(i * 0.4)) for i in range(10)]  # due every 0.4 s over 3.6 s
+    chunks = plan_chunks(claimed, size=20, window_s=1.0)
+    assert [c.shipment_ids for c in chunks] == [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9,)]
+    due = dict(claimed)
+    for chunk in chunks:
+        assert all(due[sid] <= chunk.not_before for sid in chunk.shipment_ids)  # never early
+        assert all(
+            (chunk.not_before - due[sid]).total_seconds() <= 1.0 for sid in chunk.shipment_ids
+        )
+
+
+def test_no_claims_no_chunks():
+    assert plan_chunks([], size=20, window_s=1.0) == []
