@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import case, func, null, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import bindparam, case, func, null, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from adapters.logistics.base import TrackingEvent as TrackingEventDTO
@@ -47,7 +46,7 @@ from domain.tracking import (
     is_final,
     next_poll_delay,
 )
-from models import Order, Shipment, TrackingEvent
+from models import Order, Shipment
 from services import timeline
 from services.order_state import lock_order, move_order
 
@@ -299,10 +298,15 @@ def event_dedupe_key(at: datetime, raw_code: str, description: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:64]
 
 
+# Built once (a poll runs these for every shipment): building them cost more than running them.
+_LOCK_SHIPMENT = (
+    select(Shipment).where(Shipment.id == bindparam("shipment_id")).with_for_update(of=Shipment)
+)
+_ORDER_OF_SHIPMENT = text("SELECT order_id FROM shipments WHERE id = :shipment_id")
+
+
 def _lock_shipment(session: Session, shipment_id: int) -> Shipment:
-    shipment = session.scalars(
-        select(Shipment).where(Shipment.id == shipment_id).with_for_update(of=Shipment)
-    ).one_or_none()
+    shipment = session.scalars(_LOCK_SHIPMENT, {"shipment_id": shipment_id}).one_or_none()
     if shipment is None:
         raise NotFound(f"shipment {shipment_id}")
     return shipment
@@ -312,7 +316,11 @@ def _apply(
     session: Session, shipment_id: int, result: TrackingResult, *, now: datetime, source: Source
 ) -> Shipment:
     # order_id never changes, so reading it before taking any lock is safe.
-    order_id = session.scalar(select(Shipment.order_id).where(Shipment.id == shipment_id))
+    order_id = (
+        session.connection()
+        .execute(_ORDER_OF_SHIPMENT, {"shipment_id": shipment_id})
+        .scalar_one_or_none()
+    )
     if order_id is None:
         raise NotFound(f"shipment {shipment_id}")
     order = lock_order(session, order_id)
@@ -397,13 +405,26 @@ def _insert_events(session: Session, shipment_id: int, events: Iterable[Tracking
         )
     if not rows:
         return 0
-    inserted = session.execute(
-        pg_insert(TrackingEvent)
-        .values(list(rows.values()))
-        .on_conflict_do_nothing(constraint="uq_tracking_events_dedupe")
-        .returning(TrackingEvent.id)
-    ).all()
-    return len(inserted)
+    columns = ("occurred_at", "status", "raw_code", "description", "location", "dedupe_key")
+    params: dict[str, Any] = {c: [r[c] for r in rows.values()] for c in columns}
+    params["shipment_id"] = shipment_id
+    return len(session.connection().execute(_INSERT_EVENTS, params).all())
+
+
+# One statement whatever the number of events (a multi-row VALUES is compiled anew for every
+# count); the unique (shipment_id, dedupe_key) drops the ones already stored.
+_INSERT_EVENTS = text(
+    """
+    INSERT INTO tracking_events (shipment_id, occurred_at, status, raw_code, description,
+                                 location, dedupe_key)
+    SELECT :shipment_id, e.* FROM unnest(
+        CAST(:occurred_at AS timestamptz[]), CAST(:status AS text[]), CAST(:raw_code AS text[]),
+        CAST(:description AS text[]), CAST(:location AS text[]), CAST(:dedupe_key AS text[])
+    ) AS e
+    ON CONFLICT ON CONSTRAINT uq_tracking_events_dedupe DO NOTHING
+    RETURNING id
+    """
+)
 
 
 # -- the order follows its shipment ---------------------------------------------------------
