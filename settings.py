@@ -153,7 +153,9 @@ class Settings(BaseSettings):
     tracking_interval_s: float = Field(
         10.0, gt=0, description="Beat period of the tracking scheduler"
     )
-    tracking_batch: int = Field(200, ge=1, description="Shipments claimed per scheduler tick")
+    tracking_batch: int = Field(
+        200, ge=1, description="Shipments per claim; a tick repeats claims up to its quota share"
+    )
     tracking_poll_chunk: int = Field(20, ge=1, description="Shipments polled per task")
     tracking_time_scale: float = Field(
         1.0, gt=0, description="Divides every tracking cadence (demo/tests compress time)"
