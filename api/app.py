@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from api.auth import require_api_key
 from api.callbacks import router as callbacks_router
 from api.catalog import router as catalog_router
+from api.console import router as console_router
 from api.errors import error_response
 from api.limits import BodySizeLimit, RejectNulCharacters
 from api.payments import router as payments_router
@@ -82,6 +83,7 @@ def create_app() -> FastAPI:
     app.include_router(users_router)
     app.include_router(catalog_router)
     app.include_router(callbacks_router)
+    app.include_router(console_router)
 
     app.add_api_route("/metrics", metrics_response, include_in_schema=False)
 

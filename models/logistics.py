@@ -15,6 +15,7 @@ class Shipment(Base):
     __table_args__ = (
         UniqueConstraint("carrier", "waybill", name="uq_shipments_carrier_waybill"),
         Index("ix_shipments_next_poll_at", "next_poll_at"),
+        Index("ix_shipments_waybill", "waybill"),  # console search (migration 0006)
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

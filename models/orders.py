@@ -34,6 +34,7 @@ class Order(Base):
         CheckConstraint("total_amount >= 0", name="total_not_negative"),
         Index("ix_orders_status_deadline", "status", "stage_deadline"),
         Index("ix_orders_created_at", "created_at"),
+        Index("ix_orders_external_id", "external_id"),  # console search (migration 0006)
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -116,7 +117,15 @@ class OrderEvent(Base):
     """The order's timeline: transitions, task attempts, provider calls, notifications, notes."""
 
     __tablename__ = "order_events"
-    __table_args__ = (Index("ix_order_events_order_id_id", "order_id", "id"),)
+    __table_args__ = (
+        Index("ix_order_events_order_id_id", "order_id", "id"),
+        # Console throughput over the last hour (migration 0006).
+        Index(
+            "ix_order_events_transition_created_at",
+            "created_at",
+            postgresql_where=text("kind = 'transition'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     order_id: Mapped[str] = mapped_column(String(36))
