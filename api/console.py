@@ -345,7 +345,7 @@ def _resolve_dead_letter(dl_id: int, action: str, actor: str) -> None:
     a replayed task is published after the commit, as the CLI does."""
     from models import DeadLetter
     from services import dead_letters
-    from tasks.dispatch import enqueue
+    from tasks.dispatch import enqueue_replay
 
     replay = None
     with unit_of_work() as session:
@@ -358,8 +358,7 @@ def _resolve_dead_letter(dl_id: int, action: str, actor: str) -> None:
             detail = {"dead_letter_id": dl_id, "task": dl.task_name}
             queries.record_action(session, dl.order_id, f"dlq_{action}", actor=actor, detail=detail)
     if replay is not None:
-        options = {"queue": replay.queue} if replay.queue else {}
-        enqueue(replay.task_name, *replay.args, **options)
+        enqueue_replay(replay)
 
 
 @router.post("/actions/dead-letters/{dl_id}/{action}")

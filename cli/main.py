@@ -269,12 +269,11 @@ def dlq_replay(dead_letter_id: int) -> None:
     """Run a dead-lettered task again."""
     from services import dead_letters
     from services.unit_of_work import unit_of_work
-    from tasks.dispatch import enqueue
+    from tasks.dispatch import enqueue_replay
 
     with unit_of_work() as session:
         replay = dead_letters.replay(session, dead_letter_id, now=datetime.now(UTC), actor="cli")
-    options = {"queue": replay.queue} if replay.queue else {}
-    enqueue(replay.task_name, *replay.args, **options)
+    enqueue_replay(replay)
     console.print(f"replayed dead letter {dead_letter_id} ({replay.task_name})")
 
 

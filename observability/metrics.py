@@ -11,7 +11,7 @@ Two kinds of series, named ``orderflow_*``:
   business "no": the provider is up), ``unavailable``, ``error`` (an exception the adapter did
   not classify: a bug), ``circuit_open`` (no request went out)
 - ``orderflow_order_stage_seconds{from_status,to_status}`` (histogram): time an order spent in
-  ``from_status`` (:func:`seconds_in_stage`)
+  ``from_status`` (read by :func:`services.timeline.record` in the transition's INSERT)
 
 **State series**, read at scrape time by :class:`PipelineCollector` (PostgreSQL is the truth,
 so counts come from it rather than from counters that a restart would lose):
@@ -86,13 +86,12 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, func, select, text
-from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from adapters.circuit import CircuitBreaker, CircuitState
 from domain.orders import FINAL_STATUSES, OrderStatus
 from domain.tracking import FINAL as SHIPMENT_FINAL
-from models import DeadLetter, Order, OrderEvent, Shipment
+from models import DeadLetter, Order, Shipment
 from models.db import get_engine
 from settings import Settings, get_settings
 
@@ -202,23 +201,6 @@ def observe_provider_call(
     PROVIDER_CALLS.labels(provider, operation, outcome).inc()
     if seconds is not None:
         PROVIDER_CALL_SECONDS.labels(provider, operation).observe(seconds)
-
-
-def seconds_in_stage(session: Session, order_id: str) -> float | None:
-    """Seconds since the order entered its current status, by the database clock.
-
-    Measured from the newest ``transition`` event on its timeline (intake writes one for
-    RECEIVED), so call it *before* writing the new transition event. ``now()`` is the start of
-    the current transaction, as is each event's ``created_at``. None if the order has no
-    transition event. One indexed lookup (``ix_order_events_order_id_id``).
-    """
-    entered = (
-        select(func.max(OrderEvent.created_at))
-        .where(OrderEvent.order_id == order_id, OrderEvent.kind == "transition")
-        .scalar_subquery()
-    )
-    value = session.scalar(select(func.extract("epoch", func.now() - entered)))
-    return None if value is None else float(value)
 
 
 # -- multiprocess directory ---------------------------------------------------------------------

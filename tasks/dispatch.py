@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from services.dead_letters import Replay
 from services.payments import Followup
 from workers.app import app
 
@@ -15,6 +16,12 @@ log = logging.getLogger(__name__)
 def enqueue(task_name: str, *args: Any, **options: Any) -> None:
     """Publish one task by name (routing comes from ``celeryconfig.task_routes``)."""
     app.send_task(task_name, args=list(args), **options)
+
+
+def enqueue_replay(replay: Replay) -> None:
+    """Publish a replayed dead letter's task (after the replay's commit), on its own queue."""
+    options = {"queue": replay.queue} if replay.queue else {}
+    enqueue(replay.task_name, *replay.args, **options)
 
 
 def enqueue_followups(followups: Iterable[Followup]) -> int:

@@ -20,6 +20,7 @@ from sqlalchemy import insert
 from adapters.circuit import CircuitState, breaker_for
 from models import DeadLetter, Order, OrderEvent, Shipment
 from observability import metrics
+from services import timeline
 from services.unit_of_work import unit_of_work
 from settings import PROJECT_ROOT, get_settings
 from tests.conftest import redis_client
@@ -274,10 +275,18 @@ def test_prepare_multiproc_dir_starts_a_run_clean(
     assert sorted(p.name for p in directory.iterdir()) == ["notes.txt"]
 
 
-def test_seconds_in_stage_uses_the_last_transition(db: None) -> None:
+def test_a_transition_observes_the_time_since_the_last_one(
+    db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, str, float]] = []
+    monkeypatch.setattr(metrics, "observe_transition", lambda *args: seen.append(args))
+    with unit_of_work() as s:  # no earlier transition: nothing to observe
+        timeline.record(
+            s, add_order("RESERVED"), "transition", from_status="RESERVED", to_status="CANCELLED"
+        )
+    assert seen == []
     oid = add_order("RESERVED")
     with unit_of_work() as s:
-        assert metrics.seconds_in_stage(s, oid) is None
         for ago, to_status in ((300, "RECEIVED"), (90, "RESERVED")):
             s.execute(
                 insert(OrderEvent).values(
@@ -286,5 +295,7 @@ def test_seconds_in_stage_uses_the_last_transition(db: None) -> None:
                 )
             )  # fmt: skip
     with unit_of_work() as s:
-        seconds = metrics.seconds_in_stage(s, oid)
-    assert seconds is not None and 90 <= seconds < 100
+        timeline.record(s, oid, "transition", from_status="RESERVED", to_status="CANCELLED")
+    ((from_status, to_status, seconds),) = seen
+    assert (from_status, to_status) == ("RESERVED", "CANCELLED")
+    assert 90 <= seconds < 100  # from the newest earlier transition, not the first
