@@ -51,17 +51,24 @@ def test_happy_path_through_each_provider(start_pipeline, catalog):
         # The timeline names the task attempt (worker, retry count) behind each transition ...
         awaiting = next(e for e in view["timeline"] if e["to"] == "AWAITING_PAYMENT")
         task = awaiting["detail"]["task"]
-        assert task["name"] == "payments.create" and task["retries"] == 0
+        # Under load a create can time out and be retried; the count must then match the
+        # failed calls the timeline shows, so a retry is named, never hidden.
+        failed_creates = sum(1 for e in view["timeline"] if e["kind"] == "provider_call"
+                             and e["detail"]["operation"] == "create"
+                             and e["detail"]["outcome"] != "ok")  # fmt: skip
+        assert task["name"] == "payments.create" and task["retries"] == failed_creates
         assert task["worker"].startswith("payments@")
         # ... and every provider call, with secrets and personal data redacted.
         create = next(e for e in view["timeline"] if e["kind"] == "provider_call"
-                      and e["detail"]["operation"] == "create")  # fmt: skip
+                      and e["detail"]["operation"] == "create"
+                      and e["detail"]["outcome"] == "ok")  # fmt: skip
         assert create["detail"]["outcome"] == "ok" and create["detail"]["ms"] >= 0
         assert create["detail"]["request"]["amount"] == {"amount": 1000, "currency": "CNY"}
         assert create["detail"]["request"]["idempotency_key"] == "***"
     stripe_view = p.get_order(ids["stripe"])
     stripe_create = next(e for e in stripe_view["timeline"] if e["kind"] == "provider_call"
-                         and e["detail"]["operation"] == "create")  # fmt: skip
+                         and e["detail"]["operation"] == "create"
+                         and e["detail"]["outcome"] == "ok")  # fmt: skip
     assert stripe_create["detail"]["response"]["instructions"] == {"client_secret": "***"}
     charges = p.stack.charges()
     assert {k: v for k, v in charges.items()} == {
