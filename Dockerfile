@@ -5,8 +5,12 @@ WORKDIR /app
 COPY requirements.lock pyproject.toml ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY . .
+# The mount points of docker-compose's named volumes exist in the image, owned by the app user:
+# Docker copies that ownership into a new volume, so the processes (not root) can write there.
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
- && useradd --system --uid 10001 orderflow && chown -R orderflow /app
+ && useradd --system --uid 10001 orderflow \
+ && mkdir -p /run/orderflow /var/lib/orderflow/metrics \
+ && chown -R orderflow /app /run/orderflow /var/lib/orderflow
 USER orderflow
 EXPOSE 8000
 CMD ["uvicorn", "api.app:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         PROJECT_ROOT / ".orderflow", description="Where embedded servers keep their data"
     )
     db_pool_size: int = Field(5, ge=1, description="SQLAlchemy pool size per process")
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        description="Directory where every process writes its metrics, merged by the API's "
+        "/metrics; unset = in-memory per process (`up`/`demo` and the tests use STATE_DIR/metrics)",
+    )
 
     # --- API ----------------------------------------------------------------------------------
     api_keys: SecretStr = Field(
@@ -76,6 +81,12 @@ class Settings(BaseSettings):
         10, ge=1, description="Failed logins per account and per address before 429"
     )
     login_window_s: int = Field(60, ge=1, description="Sliding window of the login rate limit")
+    register_max_per_address: int = Field(
+        20, ge=1, description="Valid POST /v1/users (201 or 409) per client address before 429"
+    )
+    register_window_s: int = Field(
+        3600, ge=1, description="Sliding window of the registration rate limit"
+    )
 
     # --- pipeline timing (seconds) ------------------------------------------------------------
     payment_window_s: int = Field(900, ge=1, description="Reservation lifetime / payment deadline")
@@ -210,6 +221,12 @@ class Settings(BaseSettings):
         if value and value.startswith("postgres://"):
             return "postgresql+psycopg2://" + value.removeprefix("postgres://")
         return value
+
+    @field_validator("prometheus_multiproc_dir", mode="before")
+    @classmethod
+    def _empty_dir_is_unset(cls, value: object) -> object:
+        # An empty variable must not turn multiprocess mode on in the current directory.
+        return None if value == "" else value
 
     @property
     def effective_broker_url(self) -> str:

@@ -32,21 +32,31 @@ Multiprocess mode
 -----------------
 Celery runs tasks in prefork children and thread pools, and ``/metrics`` is served by the API:
 a plain in-memory counter in a worker child would be invisible. prometheus_client's multiprocess
-mode makes every process write its values to mmap files in ``$PROMETHEUS_MULTIPROC_DIR``; the
-API merges the files of all processes at scrape time (``MultiProcessCollector``). The variable
-must be set *before* prometheus_client is imported, so it is set by the process that owns a run,
-before it starts the others: :func:`prepare_multiproc_dir` (``orderflow up``/``demo``, the test
-session, a container entrypoint) picks ``$PROMETHEUS_MULTIPROC_DIR`` or
-``<state_dir>/metrics``, empties it and exports it to the children. A process started without
-the variable (a unit test, a one-off CLI command) keeps its metrics in memory, where they do no
-harm; the API then serves only its own. Files of exited processes are kept on purpose: their
-counts are part of the totals. Only event series are multiprocess; there are no live gauges, so
-:func:`process_exited` is bookkeeping for the future.
+mode makes every process write its values to mmap files in a shared directory; the API merges
+the files of all processes at scrape time (``MultiProcessCollector``). The directory is the
+``PROMETHEUS_MULTIPROC_DIR`` setting (read through :mod:`settings`, like every setting); it must
+be known *before* the first metric is created, i.e. at the import of this module, which then
+exports it to ``os.environ`` (prometheus_client reads its path from there) and switches the
+value class to multiprocess. :func:`prepare_multiproc_dir` is for the process that owns a run
+(``orderflow up``/``demo``, the test session), before it starts the others: it picks the
+setting or ``<state_dir>/metrics``, empties it and exports it to the children. A process
+started without the setting (a unit test, a one-off CLI command) keeps its metrics in memory,
+where they do no harm; the API then serves only its own. Files of exited processes are kept on
+purpose: their counts are part of the totals. Only event series are multiprocess; there are no
+live gauges, so :func:`process_exited` is bookkeeping for the future.
 
-Deployment: the files are shared through the local filesystem only, so every machine that runs
-workers must also run an API process (or any exporter calling :func:`render`) on the same
-directory, and Prometheus scrapes each of them. The state series then come from every exporter
-alike (they read the shared database and Redis): aggregate them with ``max``, not ``sum``.
+Files are named by :func:`process_id`, ``<hostname>-<pid>``, not by the bare pid that
+prometheus_client uses by default: containers sharing one directory through a volume
+(docker-compose.yml) each have their own pid namespace, so two live processes there may share a
+pid but never a hostname and a pid. A restarted container reuses its files and carries on
+counting from their values, so the directory does not grow with restarts.
+
+Deployment: the files are shared through the local filesystem only (in docker-compose, the
+``metrics`` volume mounted by every app service at ``PROMETHEUS_MULTIPROC_DIR``), so every
+machine that runs workers must also run an API process (or any exporter calling :func:`render`)
+on the same directory, and Prometheus scrapes each of them. The state series then come from
+every exporter alike (they read the shared database and Redis): aggregate them with ``max``,
+not ``sum``.
 
 Scrape cost
 -----------
@@ -67,6 +77,8 @@ import functools
 import importlib
 import logging
 import os
+import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -82,6 +94,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -126,6 +139,36 @@ STAGE_BUCKETS = (
 )  # fmt: skip
 # Provider requests: connect timeout ~3 s, read timeout 10 s.
 PROVIDER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# -- multiprocess directory (before the first metric is created) -------------------------------
+
+
+def process_id(pid: int | None = None) -> str:
+    """``<hostname>-<pid>``: names this process's metric files; distinct for any two processes
+    alive at once, also in containers (own pid namespace, own hostname) sharing a volume.
+    No ``_``: prometheus_client splits file names on it."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid() if pid is None else pid}"
+
+
+def multiproc_dir() -> Path | None:
+    """This process's metrics directory (the ``PROMETHEUS_MULTIPROC_DIR`` setting), or None
+    when multiprocess mode is off."""
+    return get_settings().prometheus_multiproc_dir
+
+
+def _enable_multiprocess() -> None:
+    directory = multiproc_dir()
+    if directory is None:
+        return
+    # prometheus_client reads the path from the environment itself; the setting may have come
+    # from an env file, so export it. A worker writes its first value lazily: create the dir.
+    os.environ[MULTIPROC_ENV] = str(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    values.ValueClass = values.MultiProcessValue(process_identifier=process_id)  # type: ignore[no-untyped-call]
+
+
+_enable_multiprocess()
 
 # -- event series (multiprocess when PROMETHEUS_MULTIPROC_DIR is set) ---------------------------
 
@@ -203,27 +246,23 @@ def observe_provider_call(
         PROVIDER_CALL_SECONDS.labels(provider, operation).observe(seconds)
 
 
-# -- multiprocess directory ---------------------------------------------------------------------
-
-
-def multiproc_dir() -> Path | None:
-    """This process's metrics directory, or None when multiprocess mode is off."""
-    value = os.environ.get(MULTIPROC_ENV)
-    return Path(value) if value else None
+# -- multiprocess directory of a run -----------------------------------------------------------
 
 
 def prepare_multiproc_dir(path: Path | None = None) -> Path:
     """Set up the metrics directory of a run; call it once, before starting API and workers.
 
-    Uses ``path``, else ``$PROMETHEUS_MULTIPROC_DIR``, else ``<state_dir>/metrics``; creates it,
-    removes the ``*.db`` files of an earlier run (only those: the directory may be shared with
-    other things) and exports it to ``os.environ`` so every child process inherits it.
+    Uses ``path``, else the ``PROMETHEUS_MULTIPROC_DIR`` setting, else ``<state_dir>/metrics``;
+    creates it, removes the ``*.db`` files of an earlier run (only those: the directory may be
+    shared with other things) and exports it to ``os.environ`` so every child process inherits
+    it (and re-reads the settings so this process sees it too).
     """
     directory = path or multiproc_dir() or get_settings().state_dir / "metrics"
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("*.db"):
         old.unlink(missing_ok=True)
     os.environ[MULTIPROC_ENV] = str(directory)
+    get_settings.cache_clear()
     return directory
 
 
@@ -231,12 +270,7 @@ def process_exited(pid: int) -> None:
     """Drop the live-gauge files of an exited worker child (counters and histograms stay)."""
     directory = multiproc_dir()
     if directory is not None:
-        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
-
-
-if (_dir := multiproc_dir()) is not None:
-    # A worker writes its first value lazily; the directory must exist by then.
-    _dir.mkdir(parents=True, exist_ok=True)
+        multiprocess.mark_process_dead(process_id(pid), str(directory))  # type: ignore[no-untyped-call]
 
 
 # -- state series, read at scrape time -----------------------------------------------------------

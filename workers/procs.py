@@ -1,4 +1,4 @@
-"""Starting and stopping the processes of a local run (API, workers, beat) by their pid.
+"""Starting and stopping the processes of a local run (API, workers, beat, Flower) by their pid.
 
 Used by ``orderflow demo`` / ``orderflow up`` and the end-to-end tests, so every process a run
 starts is stopped by the same code: SIGTERM (Celery's warm shutdown), then SIGKILL after a grace
@@ -98,13 +98,17 @@ class ProcessGroup:
     env: Mapping[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str]) -> Proc:
+    def start(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """Start ``argv`` with the group's environment plus ``env`` (for secrets: unlike argv,
+        a process's environment is not shown to other users by ``ps``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        full_env = {**os.environ, **self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}
         log = log_path.open("ab")
         popen = subprocess.Popen(  # noqa: S603 - argv is built by orderflow itself
-            list(argv), cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            list(argv), cwd=PROJECT_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         proc = Proc(name, popen, log_path)
@@ -150,6 +154,16 @@ class ProcessGroup:
             ],
         )  # fmt: skip
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        return proc
+
+    def flower(self, port: int, basic_auth: str, name: str = "flower") -> Proc:
+        """Flower on 127.0.0.1:``port`` through :mod:`workers.flower` (every page, API, /metrics
+        and /healthcheck behind basic auth); ``basic_auth`` is ``user:password`` and travels in
+        the environment. Returns once the port answers."""
+        from workers.flower import AUTH_ENV, flower_argv
+
+        proc = self.start(name, flower_argv(port), env={AUTH_ENV: basic_auth})
+        wait_http(f"http://127.0.0.1:{port}/healthcheck", proc, timeout_s=90.0)
         return proc
 
     def stop_all(self) -> None:

@@ -34,11 +34,13 @@ def _now() -> datetime:
 
 
 @pytest.fixture
-def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     directory = tmp_path / "metrics"
     directory.mkdir()
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
-    return directory
+    get_settings.cache_clear()  # the directory is a setting
+    yield directory
+    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -258,6 +260,55 @@ def test_event_series_of_all_processes_are_merged(client: TestClient, metrics_di
     stage = {"from_status": "RECEIVED", "to_status": "RESERVED"}
     assert value(samples, "orderflow_order_stage_seconds_count", **stage) == 2
     assert value(samples, "orderflow_order_stage_seconds_bucket", **stage, le="0.05") == 2
+
+
+CONTAINER = textwrap.dedent(
+    """
+    import socket, sys
+    socket.gethostname = lambda: sys.argv[1]  # as in a container: its own hostname
+    from observability import metrics
+    metrics.task_failed("payments.create", RuntimeError("boom"))
+    print(metrics.process_id())
+    """
+)
+
+
+def test_processes_of_different_containers_never_share_a_file(
+    client: TestClient, metrics_dir: Path
+) -> None:
+    """Containers sharing the metrics volume (docker-compose.yml) have their own pid namespaces:
+    files are named by hostname and pid, so equal pids cannot overwrite each other's counts."""
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(metrics_dir)}
+    ids = [
+        subprocess.run(
+            [sys.executable, "-c", CONTAINER, host], cwd=PROJECT_ROOT, env=env, check=True,
+            capture_output=True, text=True, timeout=60,
+        ).stdout.strip()
+        for host in ("c0ffee000001", "c0ffee000002")
+    ]  # fmt: skip
+    assert [i.rsplit("-", 1)[0] for i in ids] == ["c0ffee000001", "c0ffee000002"]
+    assert {f"counter_{i}.db" for i in ids} <= {p.name for p in metrics_dir.iterdir()}
+    failures = value(
+        scrape(client),
+        "orderflow_task_failures_total",
+        task="payments.create",
+        error="RuntimeError",
+    )
+    assert failures == 2
+
+
+def test_the_directory_is_a_setting_read_from_an_env_file_too(tmp_path: Path) -> None:
+    """settings.py is the only reader of the environment: a PROMETHEUS_MULTIPROC_DIR given in an
+    env file (ORDERFLOW_ENV_FILE, .env) turns multiprocess mode on like the variable does."""
+    directory = tmp_path / "from-env-file"
+    env_file = tmp_path / "orderflow.env"
+    env_file.write_text(f"PROMETHEUS_MULTIPROC_DIR={directory}\n")
+    env = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_ENV}
+    env["ORDERFLOW_ENV_FILE"] = str(env_file)
+    subprocess.run(
+        [sys.executable, "-c", WORKER], cwd=PROJECT_ROOT, env=env, check=True, timeout=60
+    )
+    assert list(directory.glob("counter_*.db")) and list(directory.glob("histogram_*.db"))
 
 
 def test_prepare_multiproc_dir_starts_a_run_clean(

@@ -8,11 +8,35 @@ import re
 from pathlib import Path
 
 import yaml
+from pydantic import SecretStr
+
+from settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 APP_SERVICES = [n for n, s in SERVICES.items() if s.get("image") == "orderflow:latest"]
+# Services running orderflow's code (not the one-shot migration, not the dev simulators).
+RUNTIME_SERVICES = [n for n in APP_SERVICES if n not in ("migrate", "simulators")]
+# Secrets without which the production shape must refuse to start.
+REQUIRED = ("POSTGRES_PASSWORD", "API_KEYS", "ADMIN_API_KEY", "FLOWER_BASIC_AUTH")
+METRICS_DIR = "/var/lib/orderflow/metrics"
+
+
+def _is_secret(annotation: object) -> bool:
+    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
+
+
+def production_settings() -> set[str]:
+    """Settings a deployment must be able to set: every secret, every setting that is unset by
+    default (a provider identity, a key file) and every endpoint (an http default)."""
+    return {
+        name.upper()
+        for name, field in Settings.model_fields.items()
+        if _is_secret(field.annotation)
+        or field.default is None
+        or (isinstance(field.default, str) and field.default.startswith("http"))
+    }
 
 
 def test_one_image_services_differ_only_by_command():
@@ -22,7 +46,9 @@ def test_one_image_services_differ_only_by_command():
 
 
 def test_healthchecks_and_dependencies():
-    for name in ("postgres", "redis", "api", "worker-orders", "worker-payments"):
+    long_running = [n for n in SERVICES if n != "migrate"]  # migrate runs once and exits
+    assert {"postgres", "redis", "api", "beat", "flower", "simulators"} <= set(long_running)
+    for name in long_running:
         assert "healthcheck" in SERVICES[name], name
     assert SERVICES["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
@@ -32,11 +58,81 @@ def test_redis_appendonly_everysec():
     assert "--appendonly yes" in cmd and "--appendfsync everysec" in cmd
 
 
-def test_flower_has_basic_auth_and_secrets_come_from_the_environment():
-    assert any("--basic-auth=${FLOWER_BASIC_AUTH" in part for part in SERVICES["flower"]["command"])
+def test_flower_has_basic_auth_on_every_path_and_not_in_argv():
+    flower = SERVICES["flower"]
+    assert flower["command"][:3] == ["python", "-m", "workers.flower"]  # guards /metrics too
+    assert not any("auth" in part for part in flower["command"])  # argv is visible in `ps`
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert flower["healthcheck"]["test"][1:4] == ["python", "-m", "workers.flower"]
+    assert "healthcheck" in flower["healthcheck"]["test"]  # with credentials: /healthcheck is 401
+    for name in RUNTIME_SERVICES:  # only Flower holds its password
+        if name != "flower":
+            assert "FLOWER_BASIC_AUTH" not in SERVICES[name]["environment"], name
+
+
+def test_secrets_come_from_the_environment():
     text = (ROOT / "docker-compose.yml").read_text()
+    for var in REQUIRED:  # required: `docker compose up` refuses to start without them
+        assert f"${{{var}:?" in text, var
     assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD" in text
     assert not re.search(r"(sk_live|sk_test|whsec)_[A-Za-z0-9]", text)
+
+
+def test_every_production_setting_reaches_the_app_services():
+    """Each secret, provider identity, key file and endpoint of settings.py is passed through:
+    as a required ${VAR:?}, or by name only (unset stays unset, so the default or the dev
+    simulators' env file applies) — never a literal value in this file."""
+    wanted = production_settings() - {"FLOWER_BASIC_AUTH"}
+    assert {"PUBLIC_BASE_URL", "STRIPE_SECRET_KEY", "ADMIN_API_KEY", "KEY_ENCRYPTION_KEY",
+            "WAREHOUSE_BOOKING_URL", "WECHATPAY_API_V3_KEY"} <= wanted  # fmt: skip
+    for name in RUNTIME_SERVICES:
+        if name == "flower":
+            continue
+        env = SERVICES[name]["environment"]
+        missing = sorted(wanted - set(env))
+        assert missing == [], f"{name} lacks {missing}"
+        for var in wanted - {"DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR"}:
+            value = env[var]
+            assert value is None or str(value).startswith(f"${{{var}:"), f"{name}: {var}={value}"
+
+
+def test_every_process_exports_metrics_through_the_shared_directory():
+    """prometheus_client multiprocess mode across containers: each app process writes to the
+    `metrics` volume at PROMETHEUS_MULTIPROC_DIR and the API (uvicorn --workers N) merges it."""
+    assert "metrics" in COMPOSE["volumes"]
+    for name in RUNTIME_SERVICES:
+        if name == "flower":  # Flower serves its own /metrics; it is not orderflow's exporter
+            continue
+        service = SERVICES[name]
+        assert service["environment"]["PROMETHEUS_MULTIPROC_DIR"] == METRICS_DIR, name
+        assert f"metrics:{METRICS_DIR}" in service["volumes"], name
+    assert "--workers" in SERVICES["api"]["command"]
+
+
+def test_volume_mount_points_belong_to_the_app_user_in_the_image():
+    """A new named volume takes the ownership of its mount point in the image; the processes
+    run as `orderflow`, so each app volume's target must be created and chowned there."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    targets = {
+        volume.split(":")[1]
+        for name in APP_SERVICES
+        for volume in SERVICES[name].get("volumes", [])
+        if not volume.startswith((".", "/"))
+    }
+    assert targets >= {METRICS_DIR, "/run/orderflow"}
+    mkdir = re.search(r"mkdir -p ([^\n&\\]+)", dockerfile)
+    chown = re.search(r"chown -R orderflow ([^\n&\\]+)", dockerfile)
+    assert mkdir and chown
+    for target in targets:
+        assert target in mkdir.group(1).split(), target
+        owned = chown.group(1).split()
+        assert any(target == p or target.startswith(p + "/") for p in owned), target
+
+
+def test_dockerignore_keeps_local_state_and_secrets_out_of_the_image():
+    patterns = (ROOT / ".dockerignore").read_text().split()
+    for path in (".venv", ".orderflow", ".git", ".env", "**/__pycache__", "bench/results.json"):
+        assert path in patterns, path
 
 
 def test_simulators_only_in_the_dev_profile():
@@ -68,6 +164,9 @@ def test_every_command_exists_outside_containers():
         module = _module_of(command)
         assert module is not None, f"{name}: unknown command {command}"
         importlib.import_module(module)
+        check = service.get("healthcheck", {}).get("test", [])
+        if check[:3] == ["CMD", "python", "-m"]:  # e.g. workers.flower healthcheck
+            importlib.import_module(check[3])
 
 
 def test_dev_profile_simulators_hand_their_settings_to_orderflow(tmp_path):
