@@ -23,7 +23,7 @@ from api.auth import require_api_key
 from api.callbacks import router as callbacks_router
 from api.catalog import router as catalog_router
 from api.console import router as console_router
-from api.errors import error_response
+from api.errors import error_response, not_found
 from api.limits import BodySizeLimit, RejectNulCharacters
 from api.payments import router as payments_router
 from api.shipping import router as shipping_router
@@ -140,7 +140,7 @@ def create_app() -> FastAPI:
                 view["shipment"] = shipment_view(session, order_id)
                 return view
         except NotFound:
-            return error_response(404, "not_found", f"order {order_id} not found")
+            return not_found("order_id", f"order {order_id} not found")
 
     return app
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.registry import PAYMENT_PROVIDERS, payment_provider
 from api.auth import require_api_key
-from api.errors import error_response
+from api.errors import error_response, not_found
 from domain.errors import ConflictError, NotFound, ProviderError, SignatureInvalid, ValidationError
 from services import payments
 from services.payments import Followup
@@ -44,12 +44,12 @@ def _apply(provider: str, note: Any) -> list[Followup]:
 @router.post("/webhooks/{provider}", include_in_schema=False)
 async def webhook(provider: str, request: Request) -> Response:
     if provider not in PAYMENT_PROVIDERS:
-        return error_response(404, "not_found", f"no webhook for {provider!r}")
+        return not_found("provider", f"no webhook for {provider!r}")
     try:
         adapter = payment_provider(provider)
     except ProviderError as exc:  # not configured in this deployment: there is no webhook
         log.warning("%s notification refused: %s", provider, exc)
-        return error_response(404, "not_found", f"no webhook for {provider!r}")
+        return not_found("provider", f"no webhook for {provider!r}")
     body = await request.body()
     try:
         note = adapter.parse_notification(dict(request.headers), body)
@@ -96,7 +96,7 @@ async def cancel(
     try:
         followups = await run_in_threadpool(_cancel, order_id, body.reason, f"api:{source}")
     except NotFound:
-        return error_response(404, "not_found", f"order {order_id} not found")
+        return not_found("order_id", f"order {order_id} not found")
     except ConflictError as exc:
         return error_response(409, "conflict", str(exc), [{"field": "status", "reason": str(exc)}])
     await run_in_threadpool(_publish, followups)
@@ -120,7 +120,7 @@ async def refund(
     try:
         followups = await run_in_threadpool(_refund, order_id, body, refund_no, f"api:{source}")
     except NotFound:
-        return error_response(404, "not_found", f"order {order_id} not found")
+        return not_found("order_id", f"order {order_id} not found")
     except ValidationError as exc:
         return error_response(422, "validation_failed", str(exc),
                               [{"field": exc.field, "reason": exc.reason}])  # fmt: skip

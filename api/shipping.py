@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters.logistics.base import PushUpdate
 from adapters.registry import tracking_provider
 from api.auth import require_api_key
-from api.errors import error_response
+from api.errors import error_response, not_found
 from domain.errors import ConflictError, NotFound, ProviderError, SignatureInvalid, ValidationError
 from services import shipping, tracking
 from services.payments import Followup
@@ -47,7 +47,7 @@ async def register_shipment(
     try:
         followups = await run_in_threadpool(_register, order_id, body, f"api:{source}")
     except NotFound:
-        return error_response(404, "not_found", f"order {order_id} not found")
+        return not_found("order_id", f"order {order_id} not found")
     except ValidationError as exc:
         return error_response(422, "validation_failed", str(exc),
                               [{"field": exc.field, "reason": exc.reason}])  # fmt: skip
@@ -83,7 +83,7 @@ async def kuaidi100_push(request: Request) -> Response:
         provider = tracking_provider()
     except ProviderError as exc:  # not configured in this deployment: there is no webhook
         log.warning("kuaidi100 push refused: %s", exc)
-        return error_response(404, "not_found", "no webhook for 'kuaidi100'")
+        return not_found("provider", "no webhook for 'kuaidi100'")
     # Parsed by hand: a form-urlencoded body needs no extra dependency (python-multipart).
     raw = (await request.body()).decode("utf-8", errors="replace")
     form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}

@@ -1,7 +1,10 @@
 """User routes: register, log in, log out, my orders.
 
 * ``POST /v1/users`` -> 201 ``{id, email, display_name, created_at}``; 422 naming ``email`` or
-  ``password`` when the policy refuses (see :mod:`services.users`); 409 when the email is taken.
+  ``password`` when the policy refuses (see :mod:`services.users`); 409 when the email is taken;
+  429 with ``Retry-After`` after ``REGISTER_MAX_PER_ADDRESS`` (20) valid attempts from one
+  client address in ``REGISTER_WINDOW_S`` (3600) — that bound is what keeps the 409 from being
+  an address-enumeration oracle; 503 if Redis is unreachable (fail closed, like login).
 * ``POST /v1/sessions`` -> 201 ``{token, token_type, expires_at}``. A wrong password and an
   unknown email get the same 401 body after the same work; after 10 failed logins in a minute
   for the account or the client address, 429 with ``Retry-After`` (even for the right
@@ -12,8 +15,9 @@
 
 The client address is the socket peer (``request.client``). Behind a reverse proxy, run uvicorn
 with ``--proxy-headers --forwarded-allow-ips`` set to the proxy, never trust the header blindly.
-Limits and token lifetime come from optional settings ``LOGIN_MAX_FAILURES`` (10),
-``LOGIN_WINDOW_S`` (60) and ``SESSION_TTL_S`` (86400).
+Limits and token lifetime come from settings ``LOGIN_MAX_FAILURES`` (10), ``LOGIN_WINDOW_S``
+(60), ``REGISTER_MAX_PER_ADDRESS`` (20), ``REGISTER_WINDOW_S`` (3600) and ``SESSION_TTL_S``
+(86400).
 """
 
 from __future__ import annotations
@@ -77,6 +81,31 @@ def login_limiter() -> users.LoginLimiter:
     )
 
 
+def registration_limiter() -> users.RegistrationLimiter:
+    """The registration limiter from settings (a dependency, so tests may swap the limits)."""
+    url = get_settings().redis_url
+    if not url:
+        raise RuntimeError("REDIS_URL is not set")
+    return users.RegistrationLimiter(
+        _redis(url),
+        max_attempts=_setting("register_max_per_address", 20),
+        window_s=_setting("register_window_s", 3600),
+    )
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _throttled(exc: users.RateLimited, field: str) -> JSONResponse:
+    response = error_response(
+        429, "rate_limited", f"too many {exc.what}; try again later",
+        [{"field": field, "reason": f"retry after {exc.retry_after_s}s"}],
+    )  # fmt: skip
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
 def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
     scheme, _, token = (authorization or "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
@@ -95,12 +124,17 @@ def _invalid(exc: ValidationError) -> JSONResponse:
 
 
 @router.post("/v1/users", status_code=201)
-def register(body: RegisterBody) -> Any:
+def register(
+    body: RegisterBody,
+    request: Request,
+    limiter: Annotated[users.RegistrationLimiter, Depends(registration_limiter)],
+) -> Any:
     try:
         with unit_of_work() as session:
             user = users.register(
-                session, body.email, body.password, display_name=body.display_name
-            )
+                session, body.email, body.password, display_name=body.display_name,
+                limiter=limiter, client_address=_client_address(request),
+            )  # fmt: skip
     except ValidationError as exc:
         return _invalid(exc)
     except ConflictError:
@@ -108,6 +142,10 @@ def register(body: RegisterBody) -> Any:
             409, "conflict", "email is already registered",
             [{"field": "email", "reason": "already registered"}],
         )  # fmt: skip
+    except users.RegistrationThrottled as exc:
+        return _throttled(exc, "client_address")
+    except redis.RedisError:
+        return error_response(503, "unavailable", "registration is temporarily unavailable")
     return {
         "id": user.id,
         "email": user.email,
@@ -122,22 +160,17 @@ def login(
     request: Request,
     limiter: Annotated[users.LoginLimiter, Depends(login_limiter)],
 ) -> Any:
-    address = request.client.host if request.client else "unknown"
     try:
         with unit_of_work() as session:
             issued = users.login(
-                session, limiter, body.email, body.password, client_address=address,
+                session, limiter, body.email, body.password,
+                client_address=_client_address(request),
                 now=datetime.now(UTC), ttl_s=_setting("session_ttl_s", 86400),
             )  # fmt: skip
     except users.InvalidCredentials:
         return JSONResponse(_BAD_LOGIN, status_code=401)
     except users.LoginThrottled as exc:
-        response = error_response(
-            429, "rate_limited", "too many failed logins; try again later",
-            [{"field": "email", "reason": f"retry after {exc.retry_after_s}s"}],
-        )  # fmt: skip
-        response.headers["Retry-After"] = str(exc.retry_after_s)
-        return response
+        return _throttled(exc, "email")
     except redis.RedisError:
         return error_response(503, "unavailable", "login is temporarily unavailable")
     return {"token": issued.token, "token_type": "bearer", "expires_at": issued.expires_at}

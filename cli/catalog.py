@@ -180,6 +180,8 @@ def catalog_import(
     ),
 ) -> None:
     """Create or update products from FILE. All-or-nothing unless --partial."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from services import catalog_admin
     from services.unit_of_work import unit_of_work
 
@@ -194,11 +196,15 @@ def catalog_import(
                 tasks[phase] = progress.add_task(phase, total=total)
             progress.advance(tasks[phase], step)
 
-        with unit_of_work() as session:
-            report = catalog_admin.import_catalog(
-                session, records, syntax_errors=syntax_errors, partial=partial,
-                actor=_actor(), progress=advance,
-            )  # fmt: skip
+        try:
+            with unit_of_work() as session:
+                report = catalog_admin.import_catalog(
+                    session, records, syntax_errors=syntax_errors, partial=partial,
+                    actor=_actor(), progress=advance,
+                )  # fmt: skip
+        except SQLAlchemyError as exc:  # e.g. the connection was lost part way
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise fail(f"database error: {first}; nothing was imported (rolled back)") from None
     for error in report.errors:
         console.print(f"[red]{error}[/]", highlight=False)
     if not report.written:

@@ -11,7 +11,8 @@ Contracts:
   product row is locked, so history order is commit order. The newest row is the current price.
 * **Delete** (:func:`delete_product`) removes a product only if no order line ever named it and
   it never had stock (no ledger rows, no counters): a product that orders or the append-only
-  ledger refer to is deactivated instead, and the caller is told which happened.
+  ledger refer to is deactivated instead, and the caller is told which happened. Order lines
+  still uncommitted when the delete starts count too (it waits for them).
 * **Import** (:func:`import_catalog`) upserts by SKU. By default it is all-or-nothing: every row
   is validated first; if any row is bad, *nothing* is written and every bad row is reported
   with its line number. With ``partial=True`` the good rows are written and the bad ones
@@ -21,8 +22,9 @@ Contracts:
   accepted); JSONL has one object per line with the same keys. ``price_amount`` is an integer
   in minor units (``1250`` for 12.50 CNY) - never a decimal. ``active`` is ``true``/``false``
   (CSV also ``1``/``0``/``yes``/``no``) and defaults to true. Line numbers are physical lines
-  in the file (the CSV header is line 1). Export writes the same formats, sorted by SKU, so an
-  export re-imports unchanged.
+  in the file (the CSV header is line 1). A CSV row broken by an unbalanced quote is reported
+  at its first line and reading resumes on the next line, so later rows are never dropped
+  unreported. Export writes the same formats, sorted by SKU, so an export re-imports unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy import delete, exists, func, insert, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -194,9 +197,18 @@ def delete_product(session: Session, sku: str, *, actor: str) -> str:
     """Delete a product that was never ordered and never stocked, with its price history, and
     return ``"deleted"``; otherwise deactivate it and return ``"deactivated"``.
 
-    An order line arriving for the SKU while it is being deleted is harmless: the reservation
-    rejects it as ``unknown_sku``, the right answer for a product that no longer exists.
+    Intake inserts order lines without locking the product, so an order line inserted but not
+    yet committed would be invisible to the check. ``LOCK TABLE order_lines IN SHARE MODE``
+    closes that gap: it waits for every transaction that has inserted order lines to finish
+    (SHARE conflicts with their ROW EXCLUSIVE), so the check then sees them, and it holds new
+    inserts back until this transaction ends; an order line arriving after the delete commits
+    is rejected by the reservation as ``unknown_sku``. Deletion is a rare admin act, so stalling
+    intake for one short transaction is the cheap side of the trade. The table lock is taken
+    before the product row lock: an intake transaction that locks the product after inserting
+    its lines then cannot deadlock with us. Stock rows need no lock: their foreign key to the
+    product row serializes them with the delete.
     """
+    session.execute(sql_text("LOCK TABLE order_lines IN SHARE MODE"))
     product = _locked(session, sku)
     referenced = session.scalar(
         select(
@@ -302,9 +314,39 @@ def read_records(path: Path) -> tuple[list[Record], list[RowError]]:
     return parse_csv(text) if suffix == ".csv" else parse_jsonl(text)
 
 
+#: Broken multi-line rows after which a CSV file is no longer read (bounds the re-reading).
+MAX_RESYNCS = 1000
+
+
+class _LineFeed:
+    """Physical lines for ``csv.reader`` with a cursor that can be moved back, so reading can
+    start again on the line after a broken row. ``csv.reader`` pulls one line at a time, so
+    ``pos`` is always just past the last line of the record it returned."""
+
+    def __init__(self, text: str) -> None:
+        # newline="": the same line ends csv sees (\n, \r\n, \r), kept in the lines.
+        self.lines = io.StringIO(text, newline="").readlines()
+        self.pos = 0
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
 def parse_csv(text: str) -> tuple[list[Record], list[RowError]]:
-    """Records from CSV text with a header row; unknown or missing columns fail at line 1."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    """Records from CSV text with a header row; unknown or missing columns fail at line 1.
+
+    A broken row (wrong field count, or a CSV error) is reported at its first physical line.
+    If it ran over several lines - an unbalanced quote swallows the lines after it into one
+    field - reading starts again on the next physical line, so every later row is still read
+    and imported or reported on its own (never dropped unreported)."""
+    feed = _LineFeed(text)
+    reader = csv.reader(feed)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -316,23 +358,35 @@ def parse_csv(text: str) -> tuple[list[Record], list[RowError]]:
         return [], problems
     records: list[Record] = []
     errors: list[RowError] = []
-    start = reader.line_num + 1
+    resyncs = 0
     while True:
+        start = feed.pos  # 0-based index of the row's first physical line
         try:
             values = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            errors.append(RowError(start, "row", f"not valid CSV ({exc})"))
-            break  # the reader cannot resynchronise after a broken quote
-        if values and any(v.strip() for v in values):
-            if len(values) != len(header):
-                errors.append(
-                    RowError(start, "row", f"has {len(values)} fields, the header {len(header)}")
-                )
-            else:
-                records.append(Record(start, dict(zip(header, values, strict=True)), True))
-        start = reader.line_num + 1
+            problem = f"not valid CSV ({exc})"
+        else:
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) == len(header):
+                records.append(Record(start + 1, dict(zip(header, values, strict=True)), True))
+                continue
+            problem = f"has {len(values)} fields, the header {len(header)}"
+        if feed.pos <= start + 1:
+            errors.append(RowError(start + 1, "row", problem))
+            continue
+        resyncs += 1
+        if resyncs > MAX_RESYNCS:
+            errors.append(RowError(start + 1, "file", "too many broken rows; stopped reading"))
+            break
+        errors.append(
+            RowError(start + 1, "row", f"{problem}; it runs over lines {start + 1}-{feed.pos} "
+                     "(an unbalanced quote?), so those lines are read again as rows")
+        )  # fmt: skip
+        feed.pos = start + 1
+        reader = csv.reader(feed)  # a fresh reader: out of the quoted field
     return records, errors
 
 

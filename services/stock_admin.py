@@ -132,7 +132,7 @@ def adjust(
     note = _reason(reason, required=True)
     row = lock_stock(session, [(sku, warehouse)]).get((sku, warehouse))
     if row is None:
-        raise NotFound(f"no stock of {sku} in warehouse {warehouse}; receive it first")
+        raise NotFound(f"warehouse: no stock of {sku} in warehouse {warehouse}; receive it first")
     if row.on_hand + delta < row.reserved:
         raise ValidationError(
             "delta",
@@ -174,7 +174,7 @@ def move(
     rows = lock_stock(session, [(sku, source), (sku, target)])
     src, dst = rows.get((sku, source)), rows[(sku, target)]
     if src is None:
-        raise NotFound(f"no stock of {sku} in warehouse {source}")
+        raise NotFound(f"from_warehouse: no stock of {sku} in warehouse {source}")
     if src.on_hand - src.reserved < quantity:
         raise ValidationError(
             "quantity", f"only {src.on_hand - src.reserved} units of {sku} available in {source}"

@@ -5,8 +5,15 @@ Contracts:
 * **Email** is normalized (surrounding space stripped, lower-cased) before it is stored or
   looked up, and is unique: registering it twice raises :class:`ConflictError`.
 * **Password policy** (:func:`check_password`): 10 to 128 characters, at least two character
-  classes (lower case, upper case, digits, anything else), not the email address. Passwords
-  are never altered (no stripping).
+  classes (lower case, upper case, digits, anything else), not the email address, and not in
+  the bundled list of common passwords (:func:`is_common_password`, compared lower-cased).
+* **Unicode**: a password is NFKC-normalized (:func:`normalize_password`) before the policy
+  check, hashing and verification, so the same password typed on two keyboards (full-width
+  digits, a composed or decomposed accent, a ligature) is one password. Nothing else is altered
+  (no stripping, no case folding). NFKC leaves ASCII unchanged, so every hash of an ASCII
+  password stays valid; a hash stored before normalization of a non-ASCII password that NFKC
+  changes still verifies (the raw password is tried second) and is rehashed from the
+  normalized form at that login.
 * **Hashes** are argon2id, m = 19 MiB, t = 2, p = 1 (OWASP's baseline for argon2id), stored in
   the PHC string form ``$argon2id$v=19$m=19456,t=2,p=1$...``. A stored hash made with weaker
   parameters or another variant is replaced at the next successful login.
@@ -16,6 +23,9 @@ Contracts:
 * **Rate limit** (:class:`LoginLimiter`): at most ``max_failures`` failed logins per account
   *and* per client address in any ``window_s``; the next attempt raises :class:`LoginThrottled`
   without checking the password, even a correct one.
+* **Registration limit** (:class:`RegistrationLimiter`): at most ``max_attempts``
+  registrations that pass validation per client address in any ``window_s``; the next raises
+  :class:`RegistrationThrottled` before anything is hashed or stored.
 * **Tokens** are 32 random bytes (URL-safe base64). Only their SHA-256 is stored; they expire
   after ``ttl_s`` and logout revokes them.
 
@@ -28,9 +38,11 @@ import hashlib
 import ipaddress
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 import redis
@@ -54,12 +66,26 @@ class InvalidCredentials(OrderflowError):
         super().__init__("email or password is incorrect")
 
 
-class LoginThrottled(OrderflowError):
-    """Too many failed logins for this account or address; try again in ``retry_after_s``."""
+class RateLimited(OrderflowError):
+    """A rate limit refused the attempt; try again in ``retry_after_s`` seconds."""
+
+    what = "attempts"
 
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"too many failed logins; try again in {retry_after_s}s")
+        super().__init__(f"too many {self.what}; try again in {retry_after_s}s")
         self.retry_after_s = retry_after_s
+
+
+class LoginThrottled(RateLimited):
+    """Too many failed logins for this account or address."""
+
+    what = "failed logins"
+
+
+class RegistrationThrottled(RateLimited):
+    """Too many registrations from this client address."""
+
+    what = "registrations"
 
 
 class Unauthenticated(OrderflowError):
@@ -105,8 +131,36 @@ def _classes(password: str) -> int:
     return sum(has)
 
 
+def normalize_password(password: str) -> str:
+    """NFKC: compatibility characters (full-width, ligatures, composed/decomposed accents) map
+    to one form. A no-op for ASCII, which is why stored hashes of ASCII passwords stay valid."""
+    return unicodedata.normalize("NFKC", password)
+
+
+_COMMON_HEADER_END = "--- passwords ---"
+
+
+@lru_cache(maxsize=1)
+def _common_passwords() -> frozenset[str]:
+    # Django's list of 20,000 common passwords (see the file's header for source and licence).
+    text = resources.files("services").joinpath("data/common_passwords.txt").read_text("utf-8")
+    _, found, body = text.partition(f"\n{_COMMON_HEADER_END}\n")
+    if not found:
+        raise RuntimeError("common_passwords.txt: header end marker missing")
+    return frozenset(
+        normalize_password(line.strip()).lower() for line in body.splitlines() if line.strip()
+    )
+
+
+def is_common_password(password: str) -> bool:
+    """True if the password, NFKC-normalized, stripped and lower-cased, is in the bundled list
+    of common passwords (so "Password123" is as refused as "password123")."""
+    return normalize_password(password).strip().lower() in _common_passwords()
+
+
 def check_password(password: str, email: str) -> None:
-    """Raise ``ValidationError("password", reason)`` unless the password meets the policy."""
+    """Raise ``ValidationError("password", reason)`` unless the password meets the policy.
+    Pass the normalized password (:func:`normalize_password`): lengths count its characters."""
     if len(password) < PASSWORD_MIN:
         raise ValidationError("password", f"must be at least {PASSWORD_MIN} characters")
     if len(password) > PASSWORD_MAX:
@@ -117,6 +171,8 @@ def check_password(password: str, email: str) -> None:
         )
     if password.strip().lower() == email.strip().lower():
         raise ValidationError("password", "must not be the email address")
+    if is_common_password(password):
+        raise ValidationError("password", "is too common: it is in a list of leaked passwords")
 
 
 # --- hashing ------------------------------------------------------------------------------------
@@ -143,12 +199,15 @@ def _dummy_hash() -> str:
 
 
 def warm_up() -> None:
-    """Make the dummy hash now, so the first unknown-email login does not pay for it."""
+    """Make the dummy hash and load the common-password list now, so the first login or
+    registration does not pay for them."""
     _dummy_hash()
+    _common_passwords()
 
 
 def hash_password(password: str) -> str:
-    return HASHER.hash(password)
+    """Hash the NFKC-normalized password with the current parameters."""
+    return HASHER.hash(normalize_password(password))
 
 
 def _verify(stored: str, password: str) -> bool:
@@ -169,15 +228,30 @@ def register(
     *,
     display_name: str | None = None,
     is_admin: bool = False,
+    limiter: RegistrationLimiter | None = None,
+    client_address: str = "",
 ) -> User:
-    """Create a user. Raises ``ValidationError`` naming the field, or ``ConflictError`` if the
+    """Create a user. Raises ``ValidationError`` naming the field, ``ConflictError`` if the
     normalized email is taken (the unique index decides, so two concurrent sign-ups of one
-    address make one user)."""
+    address make one user), or :class:`RegistrationThrottled`.
+
+    With a ``limiter`` (the public route passes one; the operator's CLI does not), an attempt
+    that passes validation takes a slot for ``client_address`` before anything is hashed or
+    stored; refused input (422) takes none, so a person fixing a password is not locked out.
+
+    Enumeration: the ``ConflictError`` (409) tells the caller that an address has an account.
+    It is kept on purpose: the issue asks for unique emails with a clear answer, and a shop
+    cannot send a confirmation mail instead of answering. The limiter bounds what it leaks:
+    every 409 costs a slot, so one address learns at most ``max_attempts`` answers a window.
+    """
     normalized = normalize_email(email)
+    password = normalize_password(password)
     check_password(password, normalized)
     name = display_name.strip() if display_name else None
     if name is not None and len(name) > 100:
         raise ValidationError("display_name", "must be at most 100 characters")
+    if limiter is not None:
+        limiter.acquire(client_address)
     user_id = session.execute(
         pg_insert(User)
         .values(
@@ -196,13 +270,13 @@ def register(
     return user
 
 
-# --- login rate limit ---------------------------------------------------------------------------
+# --- rate limits --------------------------------------------------------------------------------
 
 # A sliding-window log per key: a sorted set of attempts scored by the Redis server's clock in
 # ms (never a client's: clocks of API processes drift). One script prunes, checks every key and
 # takes a slot in all of them atomically, so concurrent attempts can never exceed the limit.
-# KEYS: the logs to check; ARGV: max failures, window ms, member naming this attempt.
-# Returns 0 when the slot was taken, else the ms until the oldest failure ages out.
+# KEYS: the logs to check; ARGV: limit, window ms, member naming this attempt.
+# Returns 0 when the slot was taken, else the ms until the oldest attempt ages out.
 _ACQUIRE = """
 if redis.replicate_commands then redis.replicate_commands() end
 local limit, window, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -236,6 +310,15 @@ def _address_bucket(address: str) -> str:
     return str(ip)
 
 
+def _take_slot(script: Script, keys: list[str], limit: int, window_s: int) -> tuple[str, int]:
+    """Take a slot in every log of ``keys``: ``(member, 0)``, or ``("", seconds to wait)``."""
+    member = secrets.token_hex(8)
+    wait_ms = int(script(keys=keys, args=[limit, window_s * 1000, member]))
+    if wait_ms > 0:
+        return "", max(1, -(-wait_ms // 1000))
+    return member, 0
+
+
 @dataclass(frozen=True, slots=True)
 class LoginLimiter:
     """At most ``max_failures`` failed logins per account and per client address in any
@@ -265,15 +348,10 @@ class LoginLimiter:
 
     def acquire(self, email: str, address: str) -> str:
         """Take a slot for one attempt and return its id, or raise :class:`LoginThrottled`."""
-        member = secrets.token_hex(8)
-        wait_ms = int(
-            self._script(
-                keys=self.keys(email, address),
-                args=[self.max_failures, self.window_s * 1000, member],
-            )
-        )
-        if wait_ms > 0:
-            raise LoginThrottled(max(1, -(-wait_ms // 1000)))
+        keys = self.keys(email, address)
+        member, wait_s = _take_slot(self._script, keys, self.max_failures, self.window_s)
+        if wait_s:
+            raise LoginThrottled(wait_s)
         return member
 
     def release(self, email: str, address: str, member: str) -> None:
@@ -282,6 +360,33 @@ class LoginLimiter:
         for key in self.keys(email, address):
             pipe.zrem(key, member)
         pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationLimiter:
+    """At most ``max_attempts`` registrations per client address (IPv6: per /64) in any
+    ``window_s`` seconds, successful or not (a 409 counts: it is what enumeration needs).
+    The same sliding-window script as :class:`LoginLimiter`, under ``register:addr:*``."""
+
+    client: redis.Redis
+    max_attempts: int = 20
+    window_s: int = 3600
+    _script: Script = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.window_s < 1:
+            raise ValueError("max_attempts and window_s must be at least 1")
+        object.__setattr__(self, "_script", self.client.register_script(_ACQUIRE))
+
+    @staticmethod
+    def keys(address: str) -> list[str]:
+        return [f"register:addr:{_address_bucket(address)}"]
+
+    def acquire(self, address: str) -> None:
+        """Count one registration, or raise :class:`RegistrationThrottled`."""
+        _, wait_s = _take_slot(self._script, self.keys(address), self.max_attempts, self.window_s)
+        if wait_s:
+            raise RegistrationThrottled(wait_s)
 
 
 # --- sessions -----------------------------------------------------------------------------------
@@ -310,34 +415,46 @@ def login(
     ttl_s: int,
 ) -> IssuedToken:
     """Check the credentials and open a session, or raise :class:`InvalidCredentials` /
-    :class:`LoginThrottled`. A weaker stored hash is upgraded on success (compare-and-set, so a
-    concurrent password change wins)."""
+    :class:`LoginThrottled`. A weaker stored hash, or one of the raw password from before NFKC
+    normalization, is replaced on success (compare-and-set, so a concurrent password change
+    wins)."""
     normalized = email.strip().lower()  # no syntax check: a bad address is just unknown
     slot = limiter.acquire(normalized, client_address)
     try:
-        user = _check_credentials(session, normalized, password)
+        user, legacy = _check_credentials(session, normalized, password)
     except InvalidCredentials:
         raise  # the slot stays taken: this is a counted failure
     except BaseException:
         limiter.release(normalized, client_address, slot)  # our fault, not a guess
         raise
     limiter.release(normalized, client_address, slot)
-    _upgrade_hash(session, user, password)
+    _upgrade_hash(session, user, password, force=legacy)
     return _open_session(session, user.id, now=now, ttl_s=ttl_s)
 
 
-def _check_credentials(session: Session, email: str, password: str) -> User:
+def _candidates(password: str) -> list[str]:
+    # The normalized form first; the raw form too when NFKC changed it, for hashes stored
+    # before passwords were normalized. Depends only on the input, never on the account.
+    normalized = normalize_password(password)
+    return [normalized] if normalized == password else [normalized, password]
+
+
+def _check_credentials(session: Session, email: str, password: str) -> tuple[User, bool]:
+    """The user and whether the stored hash matched only the raw (pre-NFKC) password.
+
+    A failure always verifies every candidate (against the dummy hash for an unknown email),
+    so wrong password and unknown email cost the same for any input."""
     user = session.scalars(select(User).where(User.email == email)).one_or_none()
-    if user is None:
-        _verify(_dummy_hash(), password)  # the same work as a real check
+    stored = user.password_hash if user is not None else _dummy_hash()
+    matched = [_verify(stored, candidate) for candidate in _candidates(password)]
+    if user is None or not any(matched):
         raise InvalidCredentials()
-    if not _verify(user.password_hash, password):
-        raise InvalidCredentials()
-    return user
+    return user, not matched[0]
 
 
-def _upgrade_hash(session: Session, user: User, password: str) -> None:
-    if not HASHER.check_needs_rehash(user.password_hash):
+def _upgrade_hash(session: Session, user: User, password: str, *, force: bool = False) -> None:
+    """Rehash a weaker (or, with ``force``, a pre-normalization) stored hash."""
+    if not force and not HASHER.check_needs_rehash(user.password_hash):
         return
     session.execute(
         update(User)

@@ -12,22 +12,29 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from api.catalog import admin_api_key_setting
 from api.catalog import router as catalog_router
+from api.errors import not_found_response
+from domain.errors import NotFound
 from models import Product, ProductPrice, StockMovement
-from producers.intake import accept_message
+from models.db import session_factory
+from producers.intake import accept_message, to_new_order
+from producers.schema import parse_message
 from services import catalog_admin
+from services.intake import accept_order
 from services.queries import stock_drift
 from services.reservation import reserve_order
 from services.unit_of_work import unit_of_work
-from tests.conftest import order_message
+from tests.conftest import order_message, wait_until
 
 ADMIN_KEY = "admin-test-key-0123456789"
 H = {"X-Admin-Key": ADMIN_KEY}
@@ -161,7 +168,12 @@ def test_bad_product_input_names_the_field(client, body, field):
 
 def test_patch_errors(client):
     add(client)
-    assert client.patch("/v1/admin/products/NOPE", json={"name": "x"}, headers=H).status_code == 404
+    missing = client.patch("/v1/admin/products/NOPE", json={"name": "x"}, headers=H)
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": "not_found", "message": "product NOPE not found",
+        "details": [{"field": "sku", "reason": "product NOPE not found"}],
+    }  # fmt: skip
     empty = client.patch("/v1/admin/products/P-1", json={}, headers=H)
     assert empty.status_code == 422 and empty.json()["details"][0]["field"] == "body"
     bad = client.patch("/v1/admin/products/P-1", json={"currency": "XXX"}, headers=H)
@@ -193,10 +205,66 @@ def test_delete_deactivates_what_orders_or_the_ledger_refer_to(client):
     r = client.delete("/v1/admin/products/FRESH", headers=H)
     assert r.json() == {"sku": "FRESH", "outcome": "deleted"}
     assert product("FRESH") is None
-    assert client.get("/v1/admin/products/FRESH/prices", headers=H).status_code == 404
-    assert client.delete("/v1/admin/products/FRESH", headers=H).status_code == 404
+    for gone in (client.get("/v1/admin/products/FRESH/prices", headers=H),
+                 client.delete("/v1/admin/products/FRESH", headers=H)):  # fmt: skip
+        assert gone.status_code == 404 and gone.json()["details"][0]["field"] == "sku"
     with unit_of_work() as s:  # the deleted product's history went with it
         assert set(s.scalars(select(ProductPrice.sku))) == {"ORDERED", "STOCKED"}
+
+
+def waiting_on_a_lock(query_prefix: str) -> list[int]:
+    """Backends of this database blocked on a lock while running a statement that starts so."""
+    with unit_of_work() as s:
+        return list(s.scalars(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query ILIKE :q"
+        ), {"q": f"{query_prefix}%"}))  # fmt: skip
+
+
+def test_delete_waits_for_an_uncommitted_order_line_and_deactivates(client):
+    """Intake inserts order lines without locking the product: a line inserted but not yet
+    committed must still stop the delete (it deactivates once the line commits)."""
+    add(client, "RACE")
+    outcome: dict[str, object] = {}
+
+    def delete() -> None:
+        try:
+            with unit_of_work() as s:
+                outcome["result"] = catalog_admin.delete_product(s, "RACE", actor="test")
+        except Exception as exc:
+            outcome["result"] = exc
+
+    intake = session_factory()()  # a second real connection, its transaction left open
+    with intake.begin():
+        accept_order(intake, to_new_order(parse_message(order_message("RACE"))),
+                     now=datetime.now(UTC), redrive_after_s=30, channel="test")  # fmt: skip
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        wait_until(lambda: bool(waiting_on_a_lock("LOCK TABLE order_lines"))
+                   or not deleter.is_alive(), timeout_s=30)  # fmt: skip
+        assert "result" not in outcome, outcome  # it waited for the uncommitted order line
+    intake.close()  # committed
+    deleter.join(timeout=60)
+    assert outcome["result"] == "deactivated"
+    assert product("RACE").active is False
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ("product P-9", "sku"),
+        ("order 1f2e", "order_id"),
+        ("payment of order 1f2e", "order_id"),
+        ("no callback deliveries for event 7a", "event_id"),
+        ("source: no callback endpoint for 'web'", "source"),
+        ("shipment 4", "shipment_id"),
+        ("something else", "id"),
+    ],
+)
+def test_every_404_names_a_field(message, field):
+    body = json.loads(not_found_response(NotFound(message)).body)
+    assert body["error"] == "not_found"
+    assert body["details"][0]["field"] == field and body["details"][0]["reason"]
 
 
 # --- stock routes ------------------------------------------------------------------------------
@@ -230,13 +298,15 @@ def test_stock_routes_go_through_the_ledger(client):
         ("adjust", {"sku": "S-1", "delta": -6, "reason": "x"}, 422, "delta"),
         ("adjust", {"sku": "S-1", "delta": 1.5, "reason": "x"}, 422, "delta"),
         ("receive", {"sku": "S-1", "quantity": 0}, 422, "quantity"),
-        ("receive", {"sku": "NOPE", "quantity": 1}, 404, None),
+        ("receive", {"sku": "NOPE", "quantity": 1}, 404, "sku"),
+        ("adjust", {"sku": "S-1", "warehouse": "west", "delta": 1, "reason": "x"}, 404,
+         "warehouse"),
         ("move", {"sku": "S-1", "from_warehouse": "main", "to_warehouse": "main",
                   "quantity": 1}, 422, "to_warehouse"),
         ("move", {"sku": "S-1", "from_warehouse": "main", "to_warehouse": "east",
                   "quantity": 6}, 422, "quantity"),
         ("move", {"sku": "S-1", "from_warehouse": "west", "to_warehouse": "east",
-                  "quantity": 1}, 404, None),
+                  "quantity": 1}, 404, "from_warehouse"),
     ],
 )  # fmt: skip
 def test_stock_route_errors(client, path, body, status, field):
@@ -254,9 +324,14 @@ def test_stock_route_errors(client, path, body, status, field):
 # --- import and export (CLI) -------------------------------------------------------------------
 
 
+#: The installed console script (pyproject's [project.scripts]), i.e. what an operator runs.
+ORDERFLOW = str(Path(sys.executable).with_name("orderflow"))
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    assert os.access(ORDERFLOW, os.X_OK), f"{ORDERFLOW} missing: pip install -e ."
     return subprocess.run(
-        [sys.executable, "-m", "cli.catalog", *args],
+        [ORDERFLOW, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -421,17 +496,106 @@ def test_products_cli(db):
     assert missing.returncode == 1 and "product C-1" in missing.stderr
 
 
+def test_products_cli_deactivates(db):
+    assert cli("catalog", "products", "add", "D-1", "--name", "Dish", "--price", "990",
+               "--currency", "CNY").returncode == 0  # fmt: skip
+    accept_message(order_message("D-1"), channel="test")
+    run = cli("catalog", "products", "deactivate", "D-1")
+    assert run.returncode == 0 and "deactivated D-1" in run.stdout, run.stderr
+    assert product("D-1").active is False
+    again = cli("catalog", "products", "deactivate", "D-1")  # idempotent
+    assert again.returncode == 0 and product("D-1").active is False
+    listed = cli("catalog", "products", "list", "--inactive")
+    assert "D-1" in listed.stdout and "9.90 CNY" in listed.stdout
+    ordered = cli("catalog", "products", "delete", "D-1")  # an order names it: kept
+    assert ordered.returncode == 0 and "deactivated D-1 (orders" in ordered.stdout
+    assert product("D-1") is not None
+
+
 def test_users_cli_creates_an_admin(db):
     run = subprocess.run(
-        [sys.executable, "-m", "cli.catalog", "users", "create", "Ops@Example.com", "--admin",
+        [ORDERFLOW, "users", "create", "Ops@Example.com", "--admin",
          "--password-stdin"],
         input="Sturdy-password-9\n", capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "ops@example.com (admin)" in run.stdout
     weak = subprocess.run(
-        [sys.executable, "-m", "cli.catalog", "users", "create", "x@example.com",
+        [ORDERFLOW, "users", "create", "x@example.com",
          "--password-stdin"],
         input="short\n", capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert weak.returncode == 1 and "password: must be at least 10 characters" in weak.stderr
+
+
+# --- a failure during the write leaves nothing behind ------------------------------------------
+
+RACE_CSV = "sku,name,price_amount,currency\nC-1,One,100,CNY\nC-2,Two,200,CNY\nC-3,Three,300,CNY\n"
+
+
+def start_import_blocked_on(tmp_path, sku: str):
+    """An import (the CLI, its own process) whose INSERT of ``sku`` waits on another
+    transaction's uncommitted insert of the same SKU: C-1 is already written in its
+    transaction. Returns (the other session, inside its open transaction; the process; the
+    importer's backend pid)."""
+    path = tmp_path / "race.csv"
+    path.write_text(RACE_CSV)
+    other = session_factory()()
+    other.begin()
+    catalog_admin.create_product(other, sku, "Concurrent", catalog_admin.check_price(9, "CNY"),
+                                 actor="other")  # fmt: skip
+    other.flush()
+    run = subprocess.Popen(
+        [ORDERFLOW, "catalog", "import", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    pids: list[int] = []
+    wait_until(lambda: bool(pids.extend(waiting_on_a_lock("INSERT INTO products")) or pids)
+               or run.poll() is not None, timeout_s=60)  # fmt: skip
+    assert run.poll() is None and pids, run.communicate()
+    return other, run, pids[0]
+
+
+def test_import_that_loses_a_concurrent_create_leaves_nothing(db, tmp_path):
+    other, run, _ = start_import_blocked_on(tmp_path, "C-2")
+    other.commit()  # the importer's INSERT of C-2 now fails on the unique index
+    other.close()
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 1, out + err
+    assert "created concurrently; nothing was imported" in err and "Traceback" not in err
+    with unit_of_work() as s:  # only the concurrent product: nothing from the file
+        assert list(s.execute(select(Product.sku, Product.name))) == [("C-2", "Concurrent")]
+        assert list(s.scalars(select(ProductPrice.actor))) == ["other"]
+
+
+def test_import_whose_connection_is_killed_leaves_nothing(db, tmp_path):
+    other, run, importer_pid = start_import_blocked_on(tmp_path, "C-2")
+    with unit_of_work() as s:
+        assert s.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": importer_pid})
+    other.rollback()
+    other.close()
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 1, out + err
+    assert "database error" in err and "nothing was imported" in err, err
+    assert "Traceback" not in err
+    assert count(Product) == 0 and count(ProductPrice) == 0  # C-1 was written, then rolled back
+
+
+def test_partial_import_reads_the_rows_after_a_broken_quote(db, tmp_path):
+    path = tmp_path / "quote.csv"
+    path.write_text(
+        "sku,name,price_amount,currency\n"
+        "Q-1,One,100,CNY\n"
+        'Q-2,"Two,200,CNY\n'  # the quote never closes: it swallows every later line
+        "Q-3,Three,300,CNY\n"
+        "Q-4,Four,x,CNY\n"
+        "Q-5,Five,500,CNY\n"
+    )
+    run = cli("catalog", "import", str(path), "--partial")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "line 3: row: has 2 fields, the header 4; it runs over lines 3-6" in run.stdout
+    assert "line 5: price_amount" in run.stdout  # a later bad row is reported by its own line
+    assert "imported 3 row(s): created 3" in run.stdout and "rejected 2" in run.stdout
+    with unit_of_work() as s:
+        assert sorted(s.scalars(select(Product.sku))) == ["Q-1", "Q-3", "Q-5"]

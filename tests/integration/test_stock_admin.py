@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import queue
 import random
+import re
 import subprocess
 import sys
 import threading
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
@@ -224,9 +226,14 @@ def test_impossible_repair_is_blocked_and_left_alone(catalog):
     assert stock_of("A") == (7, 5) and "repair" not in ledger_kinds()
 
 
+#: The installed console script (pyproject's [project.scripts]), i.e. what an operator runs.
+ORDERFLOW = str(Path(sys.executable).with_name("orderflow"))
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    assert os.access(ORDERFLOW, os.X_OK), f"{ORDERFLOW} missing: pip install -e ."
     return subprocess.run(
-        [sys.executable, "-m", "cli.catalog", *args],
+        [ORDERFLOW, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -262,3 +269,37 @@ def test_stock_cli_receive_adjust_move_and_repair(catalog):
     assert applied.returncode == 0 and "repaired 1 row(s)" in applied.stdout, applied.stdout
     assert stock_of("A") == (9, 0)
     assert_stock_consistent()
+
+
+def report_row(out: str, sku: str, warehouse: str) -> list[str]:
+    """The cells of one row of a rich table in ``out``."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line)]
+        if cells[1:3] == [sku, warehouse]:
+            return cells[1:-1]
+    raise AssertionError(f"no row {sku} @ {warehouse} in:\n{out}")
+
+
+def test_stock_report_cli_shows_levels_and_proposes_without_writing(catalog):
+    catalog({"A": 10, "B": 4})
+    reserve(accept_message(order_message("A", 3), channel="test").order_id)
+    clean = cli("stock", "report")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    header = next(line for line in clean.stdout.splitlines() if "on hand" in line)
+    assert [c.strip() for c in re.split(r"[│┃|]", header)][1:-1] == [
+        "sku", "warehouse", "on hand", "reserved", "available",
+    ]  # fmt: skip
+    assert report_row(clean.stdout, "A", "main") == ["A", "main", "10", "3", "7"]
+    assert report_row(clean.stdout, "B", "main") == ["B", "main", "4", "0", "4"]
+    assert "counters match the ledger" in clean.stdout
+
+    corrupt("UPDATE stock SET on_hand = 12 WHERE sku = 'A'")  # behind the ledger's back
+    before = ledger_rows()
+    drifted = cli("stock", "report")
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert report_row(drifted.stdout, "A", "main") == ["A", "main", "12", "3", "9"]
+    assert "counters differ from the ledger" in drifted.stdout
+    assert "repair ledger row" in drifted.stdout  # the proposal table ...
+    proposal = report_row(drifted.stdout.split("counters differ")[1], "A", "main")
+    assert proposal[2:7] == ["12/3", "10/3", "3", "+2/+0", "12/3"]
+    assert ledger_rows() == before and stock_of("A") == (12, 3)  # ... and nothing written
