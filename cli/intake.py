@@ -8,8 +8,9 @@ from pathlib import Path
 
 from pydantic import ValidationError as PydanticValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import SQLAlchemyError
 
-from domain.errors import ConflictError, ValidationError
+from domain.errors import ConflictError, OrderflowError, ValidationError
 from producers.intake import accept
 from producers.schema import field_errors, parse_message
 
@@ -22,23 +23,55 @@ class ImportReport:
     created_ids: list[str] = field(default_factory=list)
 
 
+class IntakeAborted(OrderflowError):
+    """The database failed mid-file: the import stops with one readable line. Lines before
+    ``line`` are committed; running the same file again skips them (same keys)."""
+
+    def __init__(self, line: int, report: ImportReport, exc: SQLAlchemyError) -> None:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        super().__init__(
+            f"database error at line {line} ({type(exc).__name__}: {reason}); "
+            f"{report.accepted} orders were stored before it. Fix the database and run the same "
+            "file again: orders already stored are not imported twice"
+        )
+        self.line = line
+
+
 def import_jsonl(path: Path, *, show_progress: bool = True) -> ImportReport:
     """Accept every valid line; report each bad line with its number and reason.
 
     Each line is its own transaction: a bad line never blocks or undoes a good one, and running
-    the same file twice creates nothing new (``(source, external_id)`` is the key).
+    the same file twice creates nothing new (``(source, external_id)`` is the key). The file is
+    read as bytes and decoded line by line, so a line that is not UTF-8 is one bad line, not a
+    refused file. A database error stops the import with :class:`IntakeAborted`.
     """
     report = ImportReport()
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().splitlines()
     columns = (TextColumn("intake"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show_progress) as progress:
         task = progress.add_task("intake", total=len(lines))
         for number, raw in enumerate(lines, start=1):
             progress.advance(task)
-            if not raw.strip():
+            text = _decode(report, number, raw)
+            if text is None or not text.strip():
                 continue
-            _import_line(report, number, raw)
+            try:
+                _import_line(report, number, text)
+            except SQLAlchemyError as exc:
+                raise IntakeAborted(number, report, exc) from exc
     return report
+
+
+def _decode(report: ImportReport, number: int, raw: bytes) -> str | None:
+    """The line as text, or None after recording why it is not UTF-8 (a BOM on line 1 is
+    dropped: editors on Windows write one)."""
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        byte = raw[exc.start : exc.start + 1].hex()
+        report.errors.append((number, f"body: not valid UTF-8 (byte 0x{byte} at column "
+                                      f"{exc.start + 1})"))  # fmt: skip
+        return None
 
 
 def _import_line(report: ImportReport, number: int, raw: str) -> None:

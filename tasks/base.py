@@ -110,17 +110,34 @@ class OrderflowTask(Task):  # type: ignore[misc]
             raise self.retry(exc=exc, countdown=self._countdown(backoff_s(self.request.retries)))
         raise exc
 
+    def hand_off(self, exc: BaseException, task_name: str, order_id: str) -> None:
+        """Continue a transient failure in ``task_name`` (which takes ``order_id`` and retries on
+        its own) instead of retrying this task: published with this task's first backoff, noted
+        on the order's timeline as a retry. A failed publish is logged, not raised: the order
+        keeps its stage deadline, so the sweeper re-drives it."""
+        log.warning("task %s handing %s to %s after %r", self.name, order_id, task_name, exc)
+        metrics.task_retried(self.name, exc)
+        self._timeline_retry(exc, order_id)
+        try:
+            self.app.send_task(task_name, args=[order_id], countdown=self._countdown(backoff_s(0)))
+        except Exception:
+            log.exception(
+                "could not publish %s for %s; the sweeper re-drives it", task_name, order_id
+            )
+
     def _countdown(self, seconds: float) -> float:
         return broker_countdown(seconds, self.app.conf.broker_url or "")
 
-    def _timeline_retry(self, exc: BaseException) -> None:
+    def _timeline_retry(self, exc: BaseException, order_id: str | None = None) -> None:
         """Note the failed attempt on the order's timeline (best effort: the DB may be down)."""
         args = self.request.args or []
-        if self.order_id_arg is None or len(args) <= self.order_id_arg:
+        if order_id is None and self.order_id_arg is not None and len(args) > self.order_id_arg:
+            order_id = str(args[self.order_id_arg])
+        if order_id is None:
             return
         with contextlib.suppress(Exception), unit_of_work() as session:
             timeline.record(
-                session, str(args[self.order_id_arg]), "task_retry",
+                session, order_id, "task_retry",
                 detail={"error": f"{type(exc).__name__}: {exc}"[:200]},
             )  # fmt: skip
 

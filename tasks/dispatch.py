@@ -6,11 +6,16 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import kombu.exceptions
+
 from services.dead_letters import Replay
 from services.payments import Followup
 from workers.app import app
 
 log = logging.getLogger(__name__)
+
+#: A broker that cannot be reached (kombu wraps the transport's connection errors in this).
+_BROKER_DOWN = (kombu.exceptions.OperationalError, ConnectionError)
 
 
 def enqueue(task_name: str, *args: Any, **options: Any) -> None:
@@ -41,6 +46,11 @@ def enqueue_many(items: Iterable[tuple[str, str | int]]) -> int:
             for task_name, order_id in items:
                 app.send_task(task_name, args=[order_id], producer=producer)
                 sent += 1
+    except _BROKER_DOWN as exc:  # expected now and then: one line, no traceback
+        log.error(
+            "publishing stopped after %d tasks (broker unreachable: %s: %s); the sweeper will "
+            "retry", sent, type(exc).__name__, exc,
+        )  # fmt: skip
     except Exception:
         log.exception("publishing stopped after %d tasks; the sweeper will retry", sent)
     return sent

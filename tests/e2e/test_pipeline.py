@@ -126,6 +126,61 @@ def test_producer_duplicates_make_one_order(procs, catalog):
     assert stock_of("A") == (10, 1)
 
 
+def test_producer_same_message_from_eight_threads_makes_one_order(procs, catalog):
+    """Eight upstream threads (one producer each) send the same order at once: the workers'
+    idempotent insert makes one order, reserved once."""
+    from producers.client import OrderProducer
+
+    catalog({"A": 10})
+    start_worker(procs, concurrency=2)
+    start_worker(procs, name="w2", queues="orders", concurrency=2)
+    msg = order_message("A", 1, external_id="same-from-eight")
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            with OrderProducer() as producer:
+                barrier.wait(30)
+                for _ in range(5):
+                    producer.send(msg)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    wait_until(lambda: queue_depths(broker_url(), ["orders"]) == {"orders": 0}, 60)
+    wait_until(lambda: settled(1), 60)
+    time.sleep(1)  # let any straggling duplicate finish
+    assert status_counts() == {"RESERVED": 1}
+    assert reservations_per_order() and max(reservations_per_order().values()) == 1
+    assert stock_of("A") == (10, 1)
+    with unit_of_work() as s:
+        assert s.scalar(select(func.count()).select_from(DeadLetter)) == 0
+
+
+def test_producer_refuses_a_bad_message_before_publishing(db):
+    """OrderProducer.send validates first: a bad message raises with field errors and nothing
+    reaches the broker."""
+    from pydantic import ValidationError
+
+    from producers.client import OrderProducer
+    from producers.schema import field_errors
+
+    bad = order_message("A", 0, currency="ZZZ")
+    del bad["shipping_address"]
+    with OrderProducer() as producer, pytest.raises(ValidationError) as refused:
+        producer.send(bad)
+    fields = {e["field"]: e["reason"] for e in field_errors(refused.value)}
+    assert {"lines.0.quantity", "currency", "shipping_address"} <= set(fields), fields
+    assert all(reason.strip() for reason in fields.values())
+    assert queue_depths(broker_url(), ["orders"]) == {"orders": 0}
+
+
 def test_invalid_broker_message_becomes_dead_letter(procs, catalog):
     """A message that bypassed producer validation is not dropped: it is a dead letter."""
     from tasks.dispatch import enqueue

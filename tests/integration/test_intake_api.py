@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -100,8 +101,9 @@ def _with_line(quantity):
 def test_invalid_input_names_field_and_stores_nothing(client, api_key, body, status, field):
     r = post(client, body, api_key)
     assert r.status_code == status, r.text
-    fields = [d["field"] for d in r.json()["details"]]
-    assert any(f == field or f.startswith(field) for f in fields), fields
+    named = [d for d in r.json()["details"] if d["field"] == field or d["field"].startswith(field)]
+    assert named, r.json()["details"]
+    assert all(isinstance(d["reason"], str) and d["reason"].strip() for d in named), named
     assert stored_rows() == (0, 0, 0)
 
 
@@ -113,11 +115,40 @@ def test_ten_megabyte_body_is_refused(client, api_key):
     assert stored_rows() == (0, 0, 0)
 
 
+def test_ten_megabyte_chunked_body_is_refused_over_http(procs, db, api_key):
+    """No Content-Length to refuse up front: the API counts the bytes as they stream in (real
+    uvicorn, real socket, ``Transfer-Encoding: chunked``)."""
+    from workers.procs import free_port
+
+    port = free_port()
+    procs.api(port)
+    head = json.dumps(order_message())[:-1].encode() + b', "padding": "'
+
+    def body():
+        yield from [head] + [b"x" * 65536] * 160 + [b'"}']  # about 10 MB
+
+    try:
+        r = requests.post(
+            f"http://127.0.0.1:{port}/v1/orders", data=body(), timeout=60,
+            headers={"X-API-Key": api_key, "Content-Type": "application/json"},
+        )  # fmt: skip
+    except requests.ConnectionError:
+        pytest.fail("the API closed the connection without answering 413")
+    assert r.request.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in r.request.headers
+    assert r.status_code == 413, r.text
+    assert r.json()["details"][0]["field"] == "body"
+    assert stored_rows() == (0, 0, 0)
+
+
 @pytest.mark.parametrize("key", [None, "wrong-key"])
 def test_wrong_api_key_is_401(client, key):
     r = post(client, order_message(), key)
     assert r.status_code == 401
     assert r.json()["error"] == "unauthorized"
+    assert "X-API-Key" in r.json()["message"]
+    [detail] = r.json()["details"]
+    assert detail["field"] == "X-API-Key" and detail["reason"].strip()
     assert stored_rows() == (0, 0, 0)
 
 
@@ -136,6 +167,30 @@ def test_unknown_order_is_404(client, api_key):
         "/v1/orders/00000000-0000-0000-0000-000000000000", headers={"X-API-Key": api_key}
     )
     assert r.status_code == 404 and r.json()["error"] == "not_found"
+    assert r.json()["details"] == [
+        {"field": "order_id", "reason": "order 00000000-0000-0000-0000-000000000000 not found"}
+    ]
+
+
+def test_rejected_order_shows_reason_and_lines(client, api_key):
+    from producers.intake import accept_message
+    from services.reservation import reserve_order
+
+    order_id = accept_message(
+        order_message([("NOPE", 2), ("ALSO-NOPE", 1)]), channel="test"
+    ).order_id
+    with unit_of_work() as s:
+        reserve_order(s, order_id, now=datetime.now(UTC), payment_window_s=600)
+    r = client.get(f"/v1/orders/{order_id}", headers={"X-API-Key": api_key})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["status"], body["reason"]) == ("REJECTED", "unknown_sku")
+    assert [(line["sku"], line["quantity"]) for line in body["lines"]] == [
+        ("NOPE", 2), ("ALSO-NOPE", 1),
+    ]  # fmt: skip
+    assert [e["to"] for e in body["timeline"] if e["kind"] == "transition"] == [
+        "RECEIVED", "REJECTED",
+    ]  # fmt: skip
 
 
 def test_same_order_fifty_times_concurrently_makes_one(procs, db, api_key):

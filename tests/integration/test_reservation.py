@@ -6,6 +6,10 @@ import random
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import text
+
 from producers.intake import accept_message
 from services.reservation import reserve_order
 from services.sweeper import sweep
@@ -140,3 +144,39 @@ def test_reserved_order_without_payment_is_redriven_to_payment_stage(catalog):
         got = sweep(s, now=now() + timedelta(seconds=60), redrive_after_s=30, limit=10)
     assert [(f.task, f.arg) for f in got.followups] == [("payments.create", oid)]
     assert got.expired == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE stock_movements SET delta_reserved = 0 WHERE kind = 'reserve'",
+        "DELETE FROM stock_movements WHERE kind = 'reserve'",
+    ],
+    ids=["update", "delete"],
+)
+def test_ledger_refuses_update_and_delete(catalog, statement):
+    """Migration 0007: the database keeps stock_movements append-only, whoever asks."""
+    catalog({"A": 5})
+    reserve(accept_message(order_message("A", 2), channel="test").order_id)
+    refused = pytest.raises(sqlalchemy.exc.IntegrityError, match="stock_movements is append-only")
+    with refused, unit_of_work() as s:
+        s.execute(text(statement))
+    with unit_of_work() as s:
+        rows = s.execute(text("SELECT kind, delta_reserved FROM stock_movements ORDER BY id"))
+        assert [tuple(r) for r in rows] == [("receive", 0), ("reserve", 2)]
+    assert_stock_consistent()
+
+
+def test_database_check_refuses_an_oversell_the_application_did_not_stop(catalog):
+    """CHECK (0 <= reserved AND reserved <= on_hand) is the last guard: raw SQL that skips the
+    application's allocation still cannot reserve more than is on hand, or go below zero."""
+    catalog({"A": 5})
+    for statement in (
+        "UPDATE stock SET reserved = reserved + 6 WHERE sku = 'A'",
+        "UPDATE stock SET reserved = -1 WHERE sku = 'A'",
+        "UPDATE stock SET on_hand = 0, reserved = 1 WHERE sku = 'A'",
+    ):
+        refused = pytest.raises(sqlalchemy.exc.IntegrityError, match="reserved_within_on_hand")
+        with refused, unit_of_work() as s:
+            s.execute(text(statement))
+    assert stock_of("A") == (5, 0)
