@@ -14,12 +14,17 @@ from __future__ import annotations
 import secrets
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import SecretStr
 from rich.table import Table
+from rich.text import Text
 
 from cli.common import command, console, fail
+
+if TYPE_CHECKING:
+    from services.callbacks import AttemptView
 
 callbacks_app = typer.Typer(no_args_is_help=True, help="Status callbacks to upstream systems")
 
@@ -83,12 +88,13 @@ def deliveries(
     source: str | None = typer.Option(None, help="Only this source's endpoint"),
     limit: int = typer.Option(100, min=1, max=10_000),
 ) -> None:
-    """The delivery log, newest first."""
+    """The delivery log, newest first, with each delivery's attempts (the last five)."""
     from services import callbacks
     from services.unit_of_work import unit_of_work
 
     table = Table("id", "event id", "source", "order", "order status", "status", "attempts",
-                  "last code", "last error", "next attempt", "delivered")  # fmt: skip
+                  "attempt log (time, code or error, duration)", "next attempt", "delivered",
+                  show_lines=True)  # fmt: skip
     with unit_of_work() as session:
         rows = callbacks.list_deliveries(
             session, order_id=order, status=status, source=source, limit=limit
@@ -96,10 +102,22 @@ def deliveries(
     for d in rows:
         table.add_row(
             str(d.id), d.event_id, d.source, d.order_id, d.order_status, d.status,
-            str(d.attempts), str(d.last_status_code or ""), d.last_error or "",
+            str(d.attempts), Text(_attempt_log(d.attempt_log)),
             _when(d.next_attempt_at), _when(d.delivered_at),
         )  # fmt: skip
     console.print(table)
+
+
+def _attempt_log(attempts: tuple[AttemptView, ...], last: int = 5) -> str:
+    lines = [
+        f"{a.at:%H:%M:%S} {a.status_code or '-'} "
+        f"{'ok' if a.ok else a.error or 'failed'}"
+        + (f" {a.duration_ms} ms" if a.duration_ms is not None else "")
+        for a in attempts[-last:]
+    ]
+    if len(attempts) > last:
+        lines.insert(0, f"(+{len(attempts) - last} earlier)")
+    return "\n".join(lines)
 
 
 @callbacks_app.command("resend")

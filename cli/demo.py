@@ -1,8 +1,10 @@
 """``orderflow demo``: seed a catalog, start the API, a worker and beat, push orders over HTTP,
 watch them move through the pipeline, print a summary, and stop everything it started.
 
-It runs in its own database (``orderflow_demo``, dropped and recreated each run) on the embedded
-servers by default, or on the configured ones, so it never touches other data.
+It runs in its own database (``orderflow_demo`` or ``--database``, dropped and recreated each
+run) on the embedded servers by default, or on the configured ones, so it never touches other
+data. If the orders are not all final by the deadline (``--deadline``), it names the stage they
+are stuck in, with counts, stops everything and exits non-zero instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -28,21 +31,32 @@ from settings import exported_env, get_settings
 from simulators.stack import ProviderStack
 
 DEMO_DB = "orderflow_demo"
+PROVIDERS = ("alipay", "wechatpay", "stripe")
 # (sku, units in stock, active): demand is spread so some SKUs run out and are rejected.
 CATALOG = [(f"SKU-{i:03d}", stock, True) for i, stock in enumerate([400] * 12 + [100] * 6)] + [
     ("SKU-OLD", 100, False)
 ]
 
 
+def default_deadline_s(orders: int) -> int:
+    """How long the demo waits for every order to reach a final status before it calls the
+    pipeline stuck: two minutes, plus a tenth of a second per order."""
+    return 120 + orders // 10
+
+
+class DemoStalled(RuntimeError):
+    """The deadline passed before every order was final; the message names the stuck stage."""
+
+
 @contextmanager
-def _demo_database() -> Iterator[None]:
+def _demo_database(name: str) -> Iterator[None]:
     base = get_settings().database_url
     assert base is not None
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DEMO_DB}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{DEMO_DB}"'))
-    demo_url = make_url(base).set(database=DEMO_DB).render_as_string(False)
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    demo_url = make_url(base).set(database=name).render_as_string(False)
     from models.db import dispose_engine
 
     try:
@@ -67,10 +81,12 @@ def _seed() -> None:
 
 
 def _message(i: int, rng: random.Random) -> dict[str, object]:
-    roll = rng.random()
-    if roll < 0.02:
+    """Order ``i``: fixed by its index where the outcome matters (so even a small demo shows
+    every outcome), random elsewhere. 2 % inactive product, 2 % unknown SKU, providers in turn;
+    the rest may still be rejected when a SKU runs out of stock."""
+    if i % 50 == 3:
         lines = [{"sku": "SKU-OLD", "quantity": 1}]  # inactive product
-    elif roll < 0.04:
+    elif i % 50 == 28:
         lines = [{"sku": "SKU-NOPE", "quantity": 1}]  # unknown SKU
     else:
         skus = rng.sample([sku for sku, _, active in CATALOG if active], k=rng.randint(1, 3))
@@ -81,7 +97,7 @@ def _message(i: int, rng: random.Random) -> dict[str, object]:
         "customer_ref": f"customer-{rng.randint(1, 500)}",
         "lines": lines,
         "currency": "CNY",
-        "payment_provider": rng.choice(["alipay", "wechatpay", "stripe"]),
+        "payment_provider": PROVIDERS[i % len(PROVIDERS)],
         "shipping_address": {
             "name": "Demo Customer",
             "phone": "+86 138 0000 0000",
@@ -92,9 +108,20 @@ def _message(i: int, rng: random.Random) -> dict[str, object]:
     }
 
 
-def run_demo(*, orders: int, payment_window_s: int, concurrency: int) -> None:
+def run_demo(
+    *,
+    orders: int,
+    payment_window_s: int,
+    concurrency: int,
+    deadline_s: float | None = None,
+    database: str = DEMO_DB,
+) -> None:
+    """Run the demo; raises :class:`DemoStalled` (after stopping everything it started) when
+    not every order is final ``deadline_s`` after intake began (default:
+    :func:`default_deadline_s`), and ``RuntimeError`` when a correctness check fails."""
     from workers.embedded import embedded_services
 
+    deadline = float(deadline_s if deadline_s is not None else default_deadline_s(orders))
     key = f"demo-{secrets.token_hex(12)}"  # generated per run, never stored
     overrides = {
         "API_KEYS": key,
@@ -107,8 +134,9 @@ def run_demo(*, orders: int, payment_window_s: int, concurrency: int) -> None:
     }
     with exported_env(overrides):
         owns_broker = get_settings().broker_url is None and get_settings().redis_url is None
-        with embedded_services(), _demo_database(), _simulators() as (stack, port):
-            _run(orders, concurrency, key, stack, port=port, owns_broker=owns_broker)
+        with embedded_services(), _demo_database(database), _simulators() as (stack, port):
+            _run(orders, concurrency, key, stack, port=port, owns_broker=owns_broker,
+                 deadline_s=deadline)  # fmt: skip
 
 
 @contextmanager
@@ -128,10 +156,11 @@ def _simulators() -> Iterator[tuple[ProviderStack, int]]:
         shutil.rmtree(key_dir, ignore_errors=True)
 
 
-def _customer_decision(order_id: str) -> str:
-    """What the demo's customer does once asked to pay: mostly pay, sometimes walk away."""
-    roll = int(order_id.replace("-", "")[:8], 16) % 100
-    return "pay" if roll < 85 else "cancel" if roll < 90 else "abandon"
+def _customer_decision(external_id: str) -> str:
+    """What the customer of order ``demo-NNNNNN`` does once asked to pay: 85 % pay, 5 % cancel,
+    10 % walk away (the order expires). By index, so every 20 orders show all three."""
+    roll = int(external_id.rsplit("-", 1)[1]) % 20
+    return "cancel" if roll == 7 else "abandon" if roll in (13, 19) else "pay"
 
 
 class _Customers:
@@ -153,15 +182,15 @@ class _Customers:
 
         with unit_of_work() as session:
             waiting = session.execute(
-                select(Order.id, Payment.provider, Payment.out_trade_no)
+                select(Order.id, Order.external_id, Payment.provider, Payment.out_trade_no)
                 .join(Payment, Payment.order_id == Order.id)
                 .where(Order.status == "AWAITING_PAYMENT")
             ).all()
-        for order_id, provider, trade in waiting:
+        for order_id, external_id, provider, trade in waiting:
             if order_id in self.handled:
                 continue
             self.handled.add(order_id)
-            decision = _customer_decision(order_id)
+            decision = _customer_decision(external_id)
             if decision == "pay":
                 try:
                     self.stack.pay(provider, trade)
@@ -172,8 +201,50 @@ class _Customers:
                 self.http.post(url, json={"reason": "customer changed their mind"}, timeout=30)
 
 
+# The stages of the progress bars, with the statuses in which an order waits to pass each.
+STAGE_WAITING = (
+    ("reserved/rejected", ("RECEIVED",)),
+    ("payment started", ("RESERVED",)),
+    ("paid or closed", ("AWAITING_PAYMENT",)),
+    ("shipped", ("PAID",)),
+    ("completed", ("SHIPPED", "IN_TRANSIT", "DELIVERED")),
+)
+
+
+def stuck_report(counts: dict[str, int], orders: int, deadline_s: float) -> str:
+    """Which stage holds the orders that are not final yet (the earliest stage first)."""
+    waiting = [
+        (stage, {st: counts[st] for st in statuses if counts.get(st)})
+        for stage, statuses in STAGE_WAITING
+    ]
+    stuck = [(stage, held) for stage, held in waiting if held]
+    pending = sum(sum(held.values()) for _, held in stuck)
+    where = "; ".join(
+        f"stage {stage!r}: " + ", ".join(f"{n} {st}" for st, n in held.items())
+        for stage, held in stuck
+    )
+    everything = ", ".join(f"{st} {n}" for st, n in sorted(counts.items()))
+    where = where or "no stage (orders missing?)"
+    return (
+        f"deadline of {deadline_s:.0f} s passed with {pending} of {orders} orders not final; "
+        f"stuck at {where}. All statuses: {everything}"
+    )
+
+
+def _ports(port: int, stack: ProviderStack) -> str:
+    sims = sorted({urlsplit(v).port for v in stack.env.values() if v.startswith("http")} - {None})
+    return f"API on port {port}, simulators on ports {', '.join(map(str, sims))}"
+
+
 def _run(
-    orders: int, concurrency: int, key: str, stack: ProviderStack, *, port: int, owns_broker: bool
+    orders: int,
+    concurrency: int,
+    key: str,
+    stack: ProviderStack,
+    *,
+    port: int,
+    owns_broker: bool,
+    deadline_s: float,
 ) -> None:
     from models.migrate import upgrade
     from observability.metrics import prepare_multiproc_dir
@@ -202,6 +273,7 @@ def _run(
         group.beat()
         for w in workers:
             wait_worker_ready(w)
+        console.print(_ports(port, stack), highlight=False)
         base = f"http://127.0.0.1:{port}"
         customers = _Customers(stack, base, key)
         rng = random.Random(42)
@@ -247,6 +319,8 @@ def _run(
                 if done >= orders:
                     marks["final"] = time.monotonic() - started
                     break
+                if time.monotonic() - started > deadline_s:
+                    raise DemoStalled(stuck_report(c, orders, deadline_s))
                 time.sleep(0.2)
         _summary(orders, marks, stack)
     finally:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cli.apikeys import apikeys_app
 from cli.callbacks import callbacks_app
@@ -56,29 +60,119 @@ def intake(
     if not file.is_file():
         raise fail(f"file: {file} does not exist or is not a file")
     report = import_jsonl(file)
+    unqueued = 0
     if report.created_ids and not no_enqueue:
         from tasks.dispatch import enqueue_many
 
-        enqueue_many(("orders.process", oid) for oid in report.created_ids)
+        queued = enqueue_many(("orders.process", oid) for oid in report.created_ids)
+        if queued < len(report.created_ids):
+            # Stored is safe: each order's stage deadline makes the sweeper publish it later.
+            unqueued = len(report.created_ids) - queued
+            console.print(f"[red]broker unreachable:[/] {unqueued} stored orders not queued; "
+                          "the sweeper will process them")  # fmt: skip
     for number, reason in report.errors:
         console.print(f"[red]line {number}:[/] {reason}")
     console.print(
         f"accepted {report.accepted}, already present {report.duplicates}, "
         f"rejected {len(report.errors)}"
     )
-    if report.errors:
+    if report.errors or unqueued:
         raise typer.Exit(1)
 
 
 @orders_app.command("show")
 @command
-def orders_show(order_id: str) -> None:
-    """An order with its lines and timeline."""
-    from services.queries import order_view
+def orders_show(
+    order_id: str,
+    as_json: bool = typer.Option(False, "--json", help="Print the whole view as JSON (scripts)"),
+) -> None:
+    """An order's timeline: transitions, task attempts (worker, retries), provider calls with
+    redacted bodies, notifications, and the status callbacks sent for it."""
+    from services.queries import order_timeline
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        print_json(order_view(session, order_id))
+        view = order_timeline(session, order_id)
+    if as_json:
+        print_json(view)
+    else:
+        print_order(view)
+
+
+def print_order(view: dict[str, Any]) -> None:
+    """The order's header, its timeline as a table, and its status callbacks."""
+    console.print(
+        f"[bold]order {escape(view['id'])}[/]  [bold cyan]{view['status']}[/]"
+        + (f"  ({escape(view['reason'])})" if view["reason"] else ""),
+        highlight=False,
+    )
+    lines = ", ".join(f"{ln['sku']} x{ln['quantity']}" for ln in view["lines"])
+    console.print(
+        Text(f"source {view['source']} / {view['external_id']}   "
+             f"{view['total_amount']} {view['currency']} via {view['payment_provider']}   "
+             f"created {view['created_at']}\nlines: {lines}")
+    )  # fmt: skip
+    table = Table("time", "kind", "transition", "task (worker, retries)", "detail",
+                  title="timeline", show_lines=True)  # fmt: skip
+    for e in view["timeline"]:
+        transition = f"{e['from'] + ' ' if e['from'] else ''}→ {e['to']}" if e["to"] else ""
+        detail = dict(e["detail"] or {})
+        table.add_row(_clock(e["at"]), e["kind"], transition, _task_cell(detail.pop("task", None)),
+                      Text(_detail_text(e["kind"], detail, e["actor"])))  # fmt: skip
+    console.print(table)
+    _print_callbacks(view["callbacks"], view["source"])
+
+
+def _clock(iso: str) -> str:
+    return datetime.fromisoformat(iso).strftime("%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _task_cell(task: dict[str, Any] | None) -> Text:
+    if not task:
+        return Text("")
+    return Text(f"{task.get('name')}\non {task.get('worker')}\nretries {task.get('retries')}")
+
+
+def _compact(value: Any, limit: int = 400) -> str:
+    # ", " and ": " separators: a long body wraps at its spaces, not inside a value.
+    text = json.dumps(value, default=str, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _detail_text(kind: str, d: dict[str, Any], actor: str | None) -> str:
+    """One cell: what happened, the way an operator reads it. Provider bodies were redacted
+    when they were recorded (observability.redact): they are shown as stored."""
+    if kind == "provider_call":
+        parts = [f"{d.pop('provider', '?')} {d.pop('operation', '?')} [{d.pop('ms', '?')} ms]: "
+                 f"{d.pop('outcome', '?')}"]  # fmt: skip
+        for key in ("request", "response"):
+            if key in d:
+                parts.append(f"{key}: {_compact(d.pop(key))}")
+    elif kind == "notification":
+        parts = [f"{d.pop('provider', '?')} {d.pop('type', '?')} -> {d.pop('state', '?')} "
+                 f"(event {d.pop('event_id', '?')})"]  # fmt: skip
+    else:
+        parts = []
+    if d:
+        parts.append(_compact(d))
+    if actor and actor != "system":
+        parts.append(f"by {actor}")
+    return "\n".join(parts)
+
+
+def _print_callbacks(rows: list[dict[str, Any]], source: str) -> None:
+    if not rows:
+        console.print(f"no status callbacks (source {source!r} has no endpoint)", highlight=False)
+        return
+    table = Table("event id", "order status", "delivery", "attempts", "last code", "last error",
+                  "delivered", title=f"status callbacks to {source}")  # fmt: skip
+    for c in rows:
+        table.add_row(
+            c["event_id"], c["order_status"], c["status"], str(c["attempts"]),
+            str(c["last_status_code"] or ""), Text(c["last_error"] or ""),
+            _clock(c["delivered_at"]) if c["delivered_at"] else "",
+        )  # fmt: skip
+    console.print(table)
 
 
 AGE_RE = r"^(\d+)([smhd])$"
@@ -351,12 +445,28 @@ def demo(
     orders: int = typer.Option(1000, min=1, max=100_000, help="How many orders to push"),
     payment_window: int = typer.Option(15, min=1, help="Seconds before unpaid orders expire"),
     concurrency: int = typer.Option(16, min=1, max=256, help="Concurrent intake clients"),
+    deadline: int | None = typer.Option(
+        None,
+        min=1,
+        help="Seconds for every order to reach a final status before the demo "
+        "reports the stuck stage and stops [default: 120 + orders/10]",
+    ),
+    database: str = typer.Option(
+        "orderflow_demo", help="Scratch database the demo drops and recreates on the server"
+    ),
 ) -> None:
     """Run the pipeline end to end on the embedded default (or configured servers)."""
+    import re
+
     from cli.demo import run_demo
 
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
+        raise fail(f"database: {database!r} is not a plain lower-case name")
     try:
-        run_demo(orders=orders, payment_window_s=payment_window, concurrency=concurrency)
+        run_demo(
+            orders=orders, payment_window_s=payment_window, concurrency=concurrency,
+            deadline_s=deadline, database=database,
+        )  # fmt: skip
     except (RuntimeError, TimeoutError, OSError) as exc:
         raise fail(str(exc)) from None
 

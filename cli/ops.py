@@ -31,15 +31,6 @@ WORKERS = (
 )
 
 
-def flower_argv(port: int, basic_auth: str) -> list[str]:
-    import sys
-
-    return [
-        sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}",
-        "--address=127.0.0.1", f"--basic-auth={basic_auth}", "--persistent=False",
-    ]  # fmt: skip
-
-
 def run_up(*, api_port: int, flower_port: int, simulators: bool) -> None:
     """Start the API, a worker per queue, beat, Flower (basic auth) and, optionally, the
     provider simulators; block until Ctrl-C / SIGTERM; stop everything by pid."""
@@ -82,7 +73,7 @@ def _serve(api_port: int, flower_port: int, stop: threading.Event) -> None:
         group.api(api_port)
         workers = [group.worker(n, q, concurrency=c, pool=p) for n, q, c, p in WORKERS]
         group.beat()
-        group.start("flower", flower_argv(flower_port, auth))
+        group.flower(flower_port, auth)
         for w in workers:
             wait_worker_ready(w)
         console.print(f"API      http://127.0.0.1:{api_port}  (logs in {group.log_dir})")
@@ -164,12 +155,27 @@ def _redis() -> str:
 
 
 def _workers() -> str:
+    """Every task queue has at least one consuming worker (a worker that answers a ping but
+    listens to other queues leaves a stage stalled: that is a failure too)."""
     from workers.app import app
+    from workers.broker import QUEUE_NAMES
 
-    replies = app.control.ping(timeout=2.0) or []
+    replies = app.control.inspect(timeout=2.0).active_queues() or {}
     if not replies:
-        raise RuntimeError("no worker answered a ping within 2 s")
-    return f"{len(replies)} alive: " + ", ".join(sorted(n for r in replies for n in r))
+        raise RuntimeError("no worker answered within 2 s")
+    consumers = {
+        queue: [w for w, queues in replies.items() if any(q["name"] == queue for q in queues)]
+        for queue in QUEUE_NAMES
+    }
+    missing = [queue for queue, workers in consumers.items() if not workers]
+    if missing:
+        raise RuntimeError(
+            f"no worker consumes queue {', '.join(missing)} "
+            f"({len(replies)} alive: {', '.join(sorted(replies))})"
+        )
+    return f"{len(replies)} alive; consumers per queue: " + ", ".join(
+        f"{queue} {len(workers)}" for queue, workers in consumers.items()
+    )
 
 
 def _beat() -> str:

@@ -2,8 +2,9 @@
 
 ``callback_deliveries`` is a transactional outbox: a row is inserted in the same transaction as
 the order's status change (``services.callbacks.record_status_change``), so a change is
-announced if and only if it committed. Workers then deliver the rows over HTTP; every attempt's
-outcome is written back on the row, which makes the table the delivery log as well.
+announced if and only if it committed. Workers then deliver the rows over HTTP; the latest
+attempt's outcome is written back on the row, and every attempt is a ``callback_attempts`` row:
+together they are the delivery log.
 """
 
 from __future__ import annotations
@@ -81,3 +82,22 @@ class CallbackDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[CreatedAt]
     delivered_at: Mapped[Timestamp | None]
+
+
+class CallbackAttempt(Base):
+    """One counted POST of a delivery (``callback_deliveries.attempts`` counts these rows): when,
+    the receiver's status code or our error (never a secret or the body), and how long it took.
+    Deleted with its delivery."""
+
+    __tablename__ = "callback_attempts"
+    __table_args__ = (Index("ix_callback_attempts_delivery_id_id", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("callback_deliveries.id", ondelete="CASCADE")
+    )
+    at: Mapped[Timestamp]
+    ok: Mapped[bool]
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None]

@@ -55,6 +55,7 @@ from sqlalchemy.orm import Session
 from domain.errors import NotFound, ValidationError
 from domain.orders import OrderStatus
 from models import CallbackDelivery, CallbackEndpoint, Shipment, TrackingEvent
+from models.callbacks import CallbackAttempt
 
 EVENT_TYPE = "order.status_changed"
 SIGNATURE_HEADER = "X-Orderflow-Signature"
@@ -503,8 +504,12 @@ def record_attempt(
     error: str | None,
     now: datetime,
     policy: RetryPolicy = RetryPolicy(),  # frozen: a safe default
+    duration_ms: int | None = None,
 ) -> str:
     """Write one attempt's outcome; returns the delivery's status afterwards (or ``"stale"``).
+
+    Each counted attempt is also kept as a ``callback_attempts`` row (the delivery row holds
+    only the latest outcome); a stale one is not counted, as a duplicate of a recorded POST.
 
     Success: DELIVERED, and the endpoint's failure run ends. Failure: the delivery retries after
     a capped, jittered backoff (FAILED after ``policy.max_attempts``); the endpoint is gated for
@@ -523,6 +528,12 @@ def record_attempt(
         return "stale"  # a duplicate task already recorded it, or it was paused meanwhile
     delivery.attempts += 1
     delivery.last_status_code = status_code
+    session.add(
+        CallbackAttempt(
+            delivery_id=delivery.id, at=now, ok=ok, status_code=status_code,
+            error=None if ok else (error or "failed")[:MAX_ERROR_LEN], duration_ms=duration_ms,
+        )
+    )  # fmt: skip
     if ok:
         delivery.status, delivery.delivered_at = DELIVERED, now
         delivery.next_attempt_at, delivery.last_error = None, None
@@ -601,6 +612,15 @@ def resend(
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptView:
+    at: datetime
+    ok: bool
+    status_code: int | None
+    error: str | None
+    duration_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryView:
     id: int
     event_id: str
@@ -614,6 +634,7 @@ class DeliveryView:
     next_attempt_at: datetime | None
     created_at: datetime
     delivered_at: datetime | None
+    attempt_log: tuple[AttemptView, ...] = ()
 
 
 def list_deliveries(
@@ -624,7 +645,8 @@ def list_deliveries(
     source: str | None = None,
     limit: int = 100,
 ) -> list[DeliveryView]:
-    """The delivery log, newest first (payloads are not included: they may hold secrets)."""
+    """The delivery log, newest first, each with its attempts oldest first (payloads are not
+    included: they may hold secrets)."""
     if status is not None and status not in DELIVERY_STATUSES:
         raise ValidationError("status", f"one of {', '.join(DELIVERY_STATUSES)}")
     if not 1 <= limit <= 10_000:
@@ -641,6 +663,8 @@ def list_deliveries(
         stmt = stmt.where(CallbackDelivery.status == status)
     if source is not None:
         stmt = stmt.where(CallbackEndpoint.source == source)
+    found = session.execute(stmt).tuples().all()
+    log = _attempts(session, [d.id for d, _ in found])
     return [
         DeliveryView(
             d.id,
@@ -655,6 +679,23 @@ def list_deliveries(
             d.next_attempt_at,
             d.created_at,
             d.delivered_at,
+            tuple(log.get(d.id, ())),
         )
-        for d, src in session.execute(stmt).tuples()
+        for d, src in found
     ]
+
+
+def _attempts(session: Session, delivery_ids: list[int]) -> dict[int, list[AttemptView]]:
+    log: dict[int, list[AttemptView]] = {}
+    if not delivery_ids:
+        return log
+    rows = session.scalars(
+        select(CallbackAttempt)
+        .where(CallbackAttempt.delivery_id.in_(delivery_ids))
+        .order_by(CallbackAttempt.delivery_id, CallbackAttempt.id)
+    )
+    for a in rows:
+        log.setdefault(a.delivery_id, []).append(
+            AttemptView(a.at, a.ok, a.status_code, a.error, a.duration_ms)
+        )
+    return log

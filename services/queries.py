@@ -51,6 +51,31 @@ def order_view(session: Session, order_id: str) -> dict[str, Any]:
     }
 
 
+def order_timeline(session: Session, order_id: str) -> dict[str, Any]:
+    """:func:`order_view` plus the order's outbound status callbacks (``callbacks``: one entry
+    per event, oldest first, with its delivery outcome; never the payload, which may carry
+    payment secrets). Raises ``NotFound`` for an unknown order."""
+    from services.callbacks import list_deliveries
+
+    view = order_view(session, order_id)
+    rows = list_deliveries(session, order_id=order_id, limit=10_000)
+    view["callbacks"] = [
+        {
+            "event_id": d.event_id,
+            "source": d.source,
+            "order_status": d.order_status,
+            "status": d.status,
+            "attempts": d.attempts,
+            "last_status_code": d.last_status_code,
+            "last_error": d.last_error,
+            "created_at": d.created_at.isoformat(),
+            "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+        }
+        for d in reversed(rows)
+    ]
+    return view
+
+
 def status_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Order.status, func.count()).group_by(Order.status))
     return {status: count for status, count in rows}

@@ -111,11 +111,13 @@ def deliver_chunk(
         if request is None:
             outcomes["skipped"] = outcomes.get("skipped", 0) + 1
             continue
+        sent = time.monotonic()
         ok, code, error = post(request, timeout)  # no transaction open during the call
+        ms = round((time.monotonic() - sent) * 1000)
         with unit_of_work() as session:
             status = callbacks.record_attempt(
                 session, delivery_id, ok=ok, status_code=code, error=error, now=utcnow(),
-                policy=policy,
+                policy=policy, duration_ms=ms,
             )  # fmt: skip
         outcomes[status] = outcomes.get(status, 0) + 1
         if not ok:

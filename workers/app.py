@@ -12,6 +12,7 @@ app = Celery(
         "tasks.shipping",
         "tasks.tracking",
         "tasks.maintenance",
+        "tasks.callbacks",
     ],
 )
 app.config_from_object("celeryconfig")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,15 +23,23 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           text=True, timeout=120, env=env or dict(os.environ))  # fmt: skip
 
 
-def test_doctor_all_green_on_a_running_pipeline(start_pipeline):
-    p = start_pipeline()
+def test_doctor_names_a_queue_without_consumer_then_all_green(start_pipeline):
+    from workers.procs import wait_worker_ready
+
+    p = start_pipeline(shipping=True)  # every queue but callbacks has a worker
+    wide = {**os.environ, "COLUMNS": "250"}
+    run = cli("doctor", env=wide)
+    assert run.returncode == 1
+    workers = next(line for line in run.stdout.splitlines() if "workers" in line)
+    assert workers.startswith("FAIL") and "no worker consumes queue callbacks (" in workers
+    wait_worker_ready(p.procs.worker("callbacks", "callbacks", concurrency=2, pool="threads"))
     wait_until(lambda: cli("doctor").returncode == 0, 30, 1.0)
-    run = cli("doctor")
+    run = cli("doctor", env=wide)
     for name in ("database", "migrations", "broker", "workers", "beat", "providers"):
         assert any(line.startswith("ok") and name in line for line in run.stdout.splitlines()), (
             run.stdout
         )
-    assert p.base_url
+    assert "callbacks 1" in run.stdout and "shipping 1" in run.stdout
 
 
 def test_doctor_fails_clearly_when_the_broker_is_down(db):
@@ -47,26 +56,52 @@ def test_doctor_fails_clearly_when_the_broker_is_down(db):
     assert "Traceback" not in run.stdout + run.stderr
 
 
+FLOWER_AUTH = ("ops", "s3cret-test-only")
+
+
 def _start_flower(procs) -> str:
-    from cli.ops import flower_argv
     from workers.procs import free_port
 
     port = free_port()
-    procs.start("flower", flower_argv(port, "ops:s3cret-test-only"))
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(base), 60)
-    return base
+    procs.flower(port, ":".join(FLOWER_AUTH))  # python -m workers.flower, auth in its env
+    return f"http://127.0.0.1:{port}"
+
+
+# Every kind of handler: pages, the JSON API, and /metrics and /healthcheck, which Flower 2.x
+# itself leaves open even with --basic-auth (workers.flower closes them).
+FLOWER_PATHS = ("/", "/workers", "/tasks", "/api/workers", "/api/tasks", "/broker", "/metrics",
+                "/healthcheck", "/static/css/flower.css")  # fmt: skip
 
 
 def test_flower_refuses_without_credentials(procs, services):
+    import psutil
+
     base = _start_flower(procs)
-    for path in ("/", "/workers", "/tasks", "/api/workers", "/api/tasks", "/broker"):
+    for path in FLOWER_PATHS:
         assert requests.get(base + path, timeout=5).status_code == 401, path
-    ok = requests.get(base + "/", auth=("ops", "s3cret-test-only"), timeout=10)
-    assert ok.status_code == 200
-    broker = requests.get(base + "/broker", auth=("ops", "s3cret-test-only"), timeout=30)
-    assert broker.status_code == 200
-    assert requests.get(base + "/", auth=("ops", "wrong"), timeout=5).status_code == 401
+        assert requests.get(base + path, auth=("ops", "wrong"), timeout=5).status_code == 401, path
+    for path in FLOWER_PATHS:
+        ok = requests.get(base + path, auth=FLOWER_AUTH, timeout=30)
+        assert ok.status_code == 200, path
+    assert requests.post(base + "/api/worker/shutdown/x", timeout=5).status_code == 401
+    assert requests.get(base + "/no-such-page", timeout=5).status_code == 401
+    assert requests.get(base + "/healthcheck", auth=FLOWER_AUTH, timeout=5).text == "OK"
+    assert "flower_events_total" in requests.get(base + "/metrics", auth=FLOWER_AUTH).text
+    # The password is not on Flower's command line, where `ps` shows it to every user.
+    flower = procs.procs[-1]
+    assert FLOWER_AUTH[1] not in " ".join(psutil.Process(flower.pid).cmdline())
+
+
+def test_flower_launcher_refuses_to_start_without_credentials():
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    run = subprocess.run([sys.executable, "-m", "workers.flower", "--port=1"], capture_output=True,
+                         text=True, timeout=60, env=env)  # fmt: skip
+    assert run.returncode == 2
+    assert "FLOWER_BASIC_AUTH" in run.stderr
+    leaky = subprocess.run([sys.executable, "-m", "workers.flower", "--basic-auth=a:b"],
+                           capture_output=True, text=True, timeout=60,
+                           env={**env, "FLOWER_BASIC_AUTH": "a:b"})  # fmt: skip
+    assert leaky.returncode == 2  # credentials on the command line are refused
 
 
 @pytest.mark.skipif(
@@ -81,7 +116,7 @@ def test_flower_broker_page_lists_every_queue(procs, services):
     if is_amqp(app.conf.broker_url):  # RabbitMQ lists existing queues only
         declare_task_queues(app.conf.broker_url, app.amqp.queues.values())
     base = _start_flower(procs)
-    broker = requests.get(base + "/broker", auth=("ops", "s3cret-test-only"), timeout=30)
+    broker = requests.get(base + "/broker", auth=FLOWER_AUTH, timeout=30)
     assert broker.status_code == 200
     for queue in ("orders", "payments", "shipping", "tracking", "maintenance", "callbacks"):
         assert queue in broker.text, queue  # every queue is visible to the operator
@@ -121,3 +156,49 @@ def test_up_starts_everything_and_stops_cleanly_on_sigint(services, tmp_path):
     assert proc.returncode == 0, out
     assert "stopped API, workers, beat and Flower" in out
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_orders_show_prints_the_timeline_of_a_real_order(start_pipeline, catalog):
+    """A Stripe order whose first create failed (one retry), paid, shipped and tracked."""
+    import json
+
+    from pydantic import SecretStr
+
+    from services import callbacks
+    from services.unit_of_work import unit_of_work
+    from tests.conftest import order_message
+
+    catalog({"T": 5})
+    with unit_of_work() as s:  # nobody listens there: the deliveries stay PENDING
+        callbacks.register_endpoint(s, "web", "http://127.0.0.1:9/hook", SecretStr("s" * 20))
+    p = start_pipeline(shipping=True)
+    p.stack.set_faults(error_rate=1.0)  # the first create fails: the task retries
+
+    def calls(oid: str) -> list[dict]:
+        return [e["detail"] for e in p.get_order(oid)["timeline"] if e["kind"] == "provider_call"]
+
+    oid = p.post_order(order_message("T", 1, provider="stripe"))
+    wait_until(lambda: any(c["outcome"].startswith("unavailable") for c in calls(oid)), 60)
+    p.stack.set_faults(error_rate=0.0)
+    wait_until(lambda: p.get_order(oid)["status"] == "AWAITING_PAYMENT", 60)
+    p.stack.pay("stripe", oid.replace("-", ""))
+    wait_until(lambda: p.get_order(oid)["status"] == "COMPLETED", 90)
+
+    run = cli("orders", "show", oid, env={**os.environ, "COLUMNS": "250"})
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    for pair in ("→ RECEIVED", "RECEIVED → RESERVED", "RESERVED → AWAITING_PAYMENT",
+                 "AWAITING_PAYMENT → PAID", "PAID → SHIPPED", "DELIVERED → COMPLETED"):  # fmt: skip
+        assert pair in out, pair
+    assert "payments.create" in out and "on payments@" in out and "retries 1" in out
+    assert re.search(r"stripe create \[\d+ ms\]: unavailable", out)
+    assert re.search(r"stripe create \[\d+ ms\]: ok", out)
+    assert re.search(r"warehouse book \[\d+ ms\]: ok", out)
+    assert '"***"' in out  # the recipient, redacted
+    assert "Li Lei" not in out and "138 0000" not in out
+    assert any(line.count("notification") and "stripe" in line for line in out.splitlines())
+    assert "status callbacks to web" in out and "PENDING" in out
+    as_json = cli("orders", "show", oid, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    view = json.loads(as_json.stdout)
+    assert view["status"] == "COMPLETED" and len(view["callbacks"]) == 8

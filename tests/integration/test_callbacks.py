@@ -1,13 +1,10 @@
 """Status callbacks on real PostgreSQL, delivered over real HTTP to a local receiver.
 
 Deliveries run through the services plus a direct call of the task body
-(``tasks.callbacks.deliver_chunk``): no Celery worker is needed here.
-
-WIRING FALLBACK: the lifecycle test drives the order through the real services (intake,
-reservation, payments, shipping, ``move_order``). Until those call
-``services.callbacks.record_status_change`` themselves, :func:`announce` records the change the
-way the wiring will, and only when no event for that change exists yet; once everything is
-wired it does nothing, and the test then checks the real wiring.
+(``tasks.callbacks.deliver_chunk``): no Celery worker is needed here (tests/e2e/
+test_callbacks_e2e.py runs the real beat and callbacks worker). The lifecycle test drives the
+order through the real services (intake, reservation, payments, shipping, ``move_order``): every
+event it sees was written by the services' own outbox inserts.
 """
 
 from __future__ import annotations
@@ -62,10 +59,12 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Records every POST; ``modes[path]`` is "ok", "fail" (HTTP 500) or "hang" (sleeps)."""
+    """Records every POST; ``modes[path]`` is "ok", "fail" (HTTP 500) or "hang" (sleeps);
+    ``fail_first[path]`` answers that many POSTs with HTTP 500 before the mode applies."""
 
     url: str
     modes: dict[str, str] = field(default_factory=dict)
+    fail_first: dict[str, int] = field(default_factory=dict)
     hang_s: float = 3.0
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -82,7 +81,11 @@ def receiver() -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            mode = state.modes.get(self.path, "ok")
+            with state.lock:
+                mode = state.modes.get(self.path, "ok")
+                if state.fail_first.get(self.path, 0) > 0:
+                    state.fail_first[self.path] -= 1
+                    mode = "fail"
             if mode == "hang":
                 time.sleep(state.hang_s)
             with state.lock:
@@ -119,20 +122,6 @@ def register(source: str, url: str, secret: str = SECRET) -> int:
         return callbacks.register_endpoint(s, source, url, SecretStr(secret)).id
 
 
-def announce(order_id: str, previous: str | None, target: str) -> None:
-    """WIRING FALLBACK (see the module docstring): record the change if the services did not."""
-    with unit_of_work() as s:
-        order = s.get_one(Order, order_id)
-        exists = s.scalar(
-            select(CallbackDelivery.id).where(
-                CallbackDelivery.order_id == order_id,
-                CallbackDelivery.payload["order"]["status"].astext == target,
-            )
-        )
-        if exists is None:
-            callbacks.record_status_change(s, order, previous, target)
-
-
 def run_deliveries(**kwargs: Any) -> int:
     """One beat tick, then each chunk delivered in this thread; returns deliveries claimed."""
     from tasks.callbacks import deliver_chunk
@@ -164,9 +153,7 @@ def verified(r: Received) -> bool:
 
 
 def new_order(source: str = "web") -> str:
-    order_id = accept_message(order_message("A", source=source), channel="test").order_id
-    announce(order_id, None, "RECEIVED")
-    return order_id
+    return accept_message(order_message("A", source=source), channel="test").order_id
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -180,9 +167,9 @@ def test_every_status_change_reaches_the_receiver_signed(catalog, receiver):
 
     def step(target: str, action: Any) -> None:
         with unit_of_work() as s:
-            previous = s.get_one(Order, oid).status
             action(s)
-        announce(oid, previous, target)
+        with unit_of_work() as s:
+            assert s.get_one(Order, oid).status == target
 
     def move(target: str) -> Any:
         return lambda s: move_order(s, lock_order(s, oid), target)
@@ -280,6 +267,21 @@ def test_failed_after_max_attempts(catalog, receiver):
         time.sleep(0.05)
     (row,) = deliveries()
     assert (row.status, row.attempts, row.next_attempt_at) == ("FAILED", 2, None)
+    # Every attempt is in the log, not only the last one; the CLI shows them.
+    with unit_of_work() as s:
+        (view,) = callbacks.list_deliveries(s)
+    assert [(a.ok, a.status_code, a.error) for a in view.attempt_log] == [
+        (False, 500, "HTTP 500"), (False, 500, "HTTP 500")
+    ]  # fmt: skip
+    assert all(a.duration_ms is not None for a in view.attempt_log)
+    assert view.attempt_log[0].at < view.attempt_log[1].at
+    receiver.modes["/web"] = "ok"
+    with unit_of_work() as s:
+        callbacks.resend(s, now=now(), event_id=str(row.event_id))
+    run_deliveries(policy=policy)
+    shown = cli("deliveries", "--order", row.order_id)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("500 HTTP 500") == 2 and shown.stdout.count(" 204 ok ") == 1
 
 
 def test_resend_uses_the_same_event_id(catalog, receiver):
