@@ -67,6 +67,11 @@ def test_unreachable_broker_is_one_line_and_the_orders_stay_stored(db, tmp_path)
     run = intake(path, BROKER_URL="redis://127.0.0.1:1/0")
     assert "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
     assert "accepted 1," in run.stdout
+    # Stored but not queued is not a clean run: say so and exit 1 (scripts notice).
+    assert run.returncode == 1
+    assert "1 stored orders not queued; the sweeper will process them" in " ".join(
+        run.stdout.split()
+    )
     message = " ".join(run.stderr.split())
     assert "publishing stopped after 0 tasks (broker unreachable: OperationalError:" in message
     assert "the sweeper will retry" in message
