@@ -38,7 +38,13 @@ from adapters.payments.base import (
     RefundState,
 )
 from adapters.payments.base import PaymentStatus as ProviderStatus
-from domain.errors import ConflictError, NotFound, ProviderRejected, ValidationError
+from domain.errors import (
+    ConflictError,
+    NotFound,
+    ProviderRejected,
+    ProviderUnavailable,
+    ValidationError,
+)
 from domain.money import Money
 from domain.orders import CANCELLABLE, OrderStatus, can_transition
 from domain.payments import CAPTURED, PaymentStatus, RefundStatus, payment_can_move, refund_can_move
@@ -127,16 +133,23 @@ def prepare_create(
     elif payment.status not in (PaymentStatus.CREATING, PaymentStatus.PENDING):
         return None
     order.stage_deadline = now + timedelta(seconds=redrive_s)  # re-driven if this task dies
-    request = CreatePayment(
+    request = _create_request(order, payment, order.payment_deadline, notify_base_url)
+    return ProviderCall(order.id, payment.provider, request)
+
+
+def _create_request(
+    order: Order, payment: Payment, expires_at: datetime, notify_base_url: str
+) -> CreatePayment:
+    """The create call for ``payment``: the same fields every time, so a repeat is a replay."""
+    return CreatePayment(
         out_trade_no=payment.out_trade_no,
         idempotency_key=payment.idempotency_key,
         amount=Money(payment.amount, payment.currency),
         description=f"Order {order.external_id}",
         notify_url=f"{notify_base_url.rstrip('/')}/webhooks/{payment.provider}",
-        expires_at=order.payment_deadline,
+        expires_at=expires_at,
         metadata={"order_id": order.id},
     )
-    return ProviderCall(order.id, payment.provider, request)
 
 
 def finish_create(
@@ -361,8 +374,15 @@ def claim_due(
 # -- expiry and cancel ----------------------------------------------------------------------
 
 
-def prepare_close(session: Session, order_id: str, *, now: datetime) -> ProviderCall | None:
-    """Before expiring or after cancelling: the trade to close at the provider, if any."""
+def prepare_close(
+    session: Session, order_id: str, *, now: datetime, notify_base_url: str
+) -> ProviderCall | None:
+    """Before expiring or after cancelling: the trade to close at the provider, if any.
+
+    Without the provider's reference (the create's answer never arrived or was never recorded)
+    the close carries the create request, so that a provider which closes only by its own
+    reference can recover it with the same idempotency key (see :class:`ClosePayment`).
+    """
     order = lock_order(session, order_id)
     payment = lock_payment(session, order_id)
     if payment is None or payment.status not in (PaymentStatus.CREATING, PaymentStatus.PENDING):
@@ -373,9 +393,11 @@ def prepare_close(session: Session, order_id: str, *, now: datetime) -> Provider
         return None
     if order.status in AWAITING:
         order.stage_deadline = now + timedelta(seconds=LEASE_S)
-    return ProviderCall(
-        order_id, payment.provider, ClosePayment(_ref(payment), f"close-{payment.out_trade_no}")
-    )
+    create = None
+    if payment.provider_ref is None:
+        create = _create_request(order, payment, order.payment_deadline or now, notify_base_url)
+    request = ClosePayment(_ref(payment), f"close-{payment.out_trade_no}", create=create)
+    return ProviderCall(order_id, payment.provider, request)
 
 
 def expire_order(session: Session, order: Order, *, now: datetime) -> None:
@@ -387,15 +409,29 @@ def expire_order(session: Session, order: Order, *, now: datetime) -> None:
 
 
 def finish_close(
-    session: Session, order_id: str, result: CloseResult, *, now: datetime
+    session: Session,
+    order_id: str,
+    request: ClosePayment,
+    result: CloseResult,
+    *,
+    now: datetime,
 ) -> list[Followup]:
     """Record a close. A trade that turned out paid is treated as paid (or refunded if the
-    order is already over); a closed one lets an overdue order expire."""
+    order is already over); a closed one lets an overdue order expire.
+
+    Raises :class:`ProviderUnavailable` (retry the close) when the provider found no trade for
+    a create key that was rotated meanwhile: the new key may be creating one right now.
+    """
     order = lock_order(session, order_id)
     payment = lock_payment(session, order_id)
     assert payment is not None
     if not result.closed:
         return apply_status(session, order, payment, result.status, now=now, source="close")
+    create = request.create
+    never_created = result.status.state is PaymentState.NOT_FOUND
+    if never_created and create is not None and create.idempotency_key != payment.idempotency_key:
+        raise ProviderUnavailable(payment.provider, "create key rotated during close: close again")
+    payment.provider_ref = payment.provider_ref or result.status.provider_ref
     _move_payment(session, payment, PaymentStatus.CLOSED, source="close")
     payment.next_query_at = None
     overdue = order.payment_deadline is not None and order.payment_deadline <= now

@@ -94,7 +94,9 @@ def query_payment(self: OrderflowTask, payment_id: int) -> str:
 def _close(task: OrderflowTask, order_id: str) -> str:
     try:
         with unit_of_work() as session:
-            plan = payments.prepare_close(session, order_id, now=utcnow())
+            plan = payments.prepare_close(
+                session, order_id, now=utcnow(), notify_base_url=get_settings().public_base_url
+            )
         if plan is None:
             return "noop"
         try:
@@ -108,7 +110,7 @@ def _close(task: OrderflowTask, order_id: str) -> str:
         except CircuitOpen:
             return "circuit_open"  # the sweeper comes back after the lease
         with unit_of_work() as session:
-            followups = payments.finish_close(session, order_id, result, now=utcnow())
+            followups = payments.finish_close(session, order_id, plan.request, result, now=utcnow())
     except Exception as exc:
         task.retry_or_fail(exc)
     enqueue_followups(followups)

@@ -35,7 +35,8 @@ def call(
 ) -> T:
     """Call ``fn()`` (one provider request) through the provider's circuit breaker.
 
-    Raises :class:`CircuitOpen` without calling when the circuit is open. Every call that is
+    Raises :class:`CircuitOpen` without calling when the circuit is open (the skipped call is a
+    ``provider_wait`` on the order's timeline, with the cool-down left). Every call that is
     made lands on the order's timeline (``provider_call``: operation, outcome, latency, and the
     request and response with secrets and personal data redacted). A transient failure is
     counted toward the circuit (except a replayed stored failure) and re-raised for the task to
@@ -43,8 +44,10 @@ def call(
     """
     cb = breaker(provider)
     if not cb.allow():
+        retry_after_s = round(cb.retry_after_s(), 1)
         metrics.observe_provider_call(provider, operation, "circuit_open")
-        raise CircuitOpen(provider, f"circuit open for {cb.retry_after_s():.1f}s")
+        _record_wait(order_id, provider, operation, retry_after_s)
+        raise CircuitOpen(provider, f"circuit open for {retry_after_s:.1f}s")
     call_record = _CallRecord(order_id, provider, operation, request)
     try:
         result = fn()
@@ -65,6 +68,15 @@ def call(
     cb.record_success()
     call_record.done("ok", response=result)
     return result
+
+
+def _record_wait(order_id: str, provider: str, operation: str, retry_after_s: float) -> None:
+    """Note on the order's timeline that a call was skipped because the circuit is open: the
+    order is waiting, not failing, and the timeline says why (best effort, like every call)."""
+    detail = {"provider": provider, "operation": operation, "circuit": "open",
+              "outcome": "skipped: circuit open", "retry_after_s": retry_after_s}  # fmt: skip
+    with contextlib.suppress(Exception), unit_of_work() as session:
+        timeline.record(session, order_id, "provider_wait", detail=detail)
 
 
 class _CallRecord:

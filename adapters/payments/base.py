@@ -122,13 +122,23 @@ class PaymentStatus:
 
 @dataclass(frozen=True, slots=True)
 class ClosePayment:
+    """Close the trade ``ref``. ``create`` is the create request the payment was (perhaps) made
+    with: a provider that can only close by its own reference (Stripe) repeats it, with the same
+    idempotency key, to recover that reference when ``ref.provider_ref`` is unknown."""
+
     ref: PaymentRef
     idempotency_key: str
+    create: CreatePayment | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CloseResult:
-    """``closed`` is False when the trade turned out to be paid already (``status`` says so)."""
+    """``closed`` is False when the trade turned out to be paid already (``status`` says so).
+
+    A trade the provider never created counts as closed (``closed=True``): Alipay
+    ``ACQ.TRADE_NOT_EXIST``, WeChat Pay ``ORDER_NOT_EXIST``, and Stripe when the repeated create
+    replays a stored failure (state ``NOT_FOUND``). Nothing can be paid then, so stock may go.
+    """
 
     closed: bool
     status: PaymentStatus

@@ -10,10 +10,14 @@ Contracts beyond :class:`adapters.payments.base.PaymentProvider`:
 * Every POST carries an ``Idempotency-Key``: ``create`` sends ``request.idempotency_key``;
   ``refund`` sends ``refund_no``; ``close`` sends ``cancel:{pi}:{request.idempotency_key}`` (the
   prefix keeps it from colliding with a create key, which Stripe would refuse as a different
-  endpoint). Keys longer than Stripe's 255 characters are replaced by their SHA-256.
-* ``query``/``close``/``refund``/``query_refund`` need ``ref.provider_ref`` (the ``pi_…`` id that
+  endpoint). Keys longer than Stripe's 255 characters are replaced by their SHA-256. When a
+  cancel or refund key replays a stored 500, the next key of a fixed sequence (``…:r1``,
+  ``…:r2``) is used — for a refund only after ``query_refund`` finds no refund with its number
+  (see :func:`_key_sequence`). ``create`` leaves that to the service (``REPLAYED_FAILURE``).
+* ``query``/``refund``/``query_refund`` need ``ref.provider_ref`` (the ``pi_…`` id that
   ``create`` returned); without it they raise ``ProviderRejected(code="missing_reference")``.
-  A service that lost the id recovers it by repeating ``create`` with the same key (a replay).
+  ``close`` without it repeats ``request.create`` with the same key to recover the id (a
+  replay); a replayed stored failure there means no intent exists: closed, state ``NOT_FOUND``.
   Stripe's search API is not used: it lags writes by up to a minute.
 * ``query`` expands ``latest_charge`` so that a fully refunded payment reports ``REFUNDED``
   (``raw_status`` stays Stripe's ``succeeded``) and ``paid_at`` is the charge time.
@@ -73,6 +77,9 @@ __all__ = ["StripeConfig", "StripeProvider", "classify_error", "encode_form", "v
 
 NAME = "stripe"
 _MAX_KEY_LEN = 255
+#: How many fresh keys a POST may move on to after stored failures (see ``_key_sequence``);
+#: 17 stored 500s in a row for one operation is not a fault rate any test or outage produces.
+_MAX_KEY_ROTATIONS = 16
 
 _PI_STATES: Mapping[str, PaymentState] = {
     "requires_payment_method": PaymentState.PENDING,
@@ -278,17 +285,44 @@ class StripeProvider:
         return _payment_status(pi)
 
     def close(self, request: ClosePayment) -> CloseResult:
-        """POST …/cancel; a PaymentIntent past cancelling comes back as ``closed=False``."""
-        pi_id = _pi_id(request.ref)
-        key = _idempotency_key(f"cancel:{pi_id}:{request.idempotency_key}")
+        """POST …/cancel; a PaymentIntent past cancelling comes back as ``closed=False``.
+
+        Without ``ref.provider_ref`` the PaymentIntent id is recovered by repeating
+        ``request.create`` (same idempotency key, so Stripe replays what it stored). A replayed
+        stored failure means this key never created an intent — and an earlier key was only
+        given up after it replayed a failure too — so the trade never existed: ``closed=True``,
+        state ``NOT_FOUND``. Should the repeat create the intent now, it is cancelled at once.
+        """
+        ref = request.ref
+        if not ref.provider_ref and request.create is not None:
+            try:
+                created = self.create(request.create)
+            except ProviderUnavailable as exc:
+                if exc.code != REPLAYED_FAILURE:
+                    raise
+                never = PaymentStatus(PaymentState.NOT_FOUND, raw_status="never_created")
+                return CloseResult(closed=True, status=never)
+            ref = PaymentRef(ref.out_trade_no, created.provider_ref)
+        pi_id = _pi_id(ref)
         try:
-            pi = self._post(f"/v1/payment_intents/{pi_id}/cancel", {}, key)
+            pi = self._cancel(pi_id, request.idempotency_key)
         except ProviderRejected as exc:
             if exc.code != "payment_intent_unexpected_state":
                 raise
-            status = self.query(request.ref)
+            status = self.query(ref)
             return CloseResult(closed=status.state is PaymentState.CLOSED, status=status)
         return CloseResult(closed=True, status=_payment_status(pi))
+
+    def _cancel(self, pi_id: str, close_key: str) -> Json:
+        # Cancelling twice does no harm (the second is refused, and close re-reads the intent),
+        # so a key that replays a stored 500 is simply followed by the next one.
+        for n, key in enumerate(_key_sequence(f"cancel:{pi_id}:{close_key}")):
+            try:
+                return self._post(f"/v1/payment_intents/{pi_id}/cancel", {}, _idempotency_key(key))
+            except ProviderUnavailable as exc:
+                if not _move_on(exc, n):
+                    raise
+        raise AssertionError("unreachable: _move_on refuses the last key")
 
     def refund(self, request: RefundRequest) -> RefundResult:
         """POST /v1/refunds with ``Idempotency-Key: refund_no``: one refund per ``refund_no``.
@@ -304,8 +338,21 @@ class StripeProvider:
                 "reason": request.reason or None,
             },
         }
-        refund = self._post("/v1/refunds", params, _idempotency_key(request.refund_no))
-        return _refund_result(refund, request.refund_no)
+        for n, key in enumerate(_key_sequence(request.refund_no)):
+            try:
+                refund = self._post("/v1/refunds", params, _idempotency_key(key))
+            except ProviderUnavailable as exc:
+                if not _move_on(exc, n):
+                    raise
+            else:
+                return _refund_result(refund, request.refund_no)
+            # A stored 500 may still hide a refund that was made: look before a new key.
+            try:
+                return self.query_refund(request.ref, request.refund_no)
+            except ProviderRejected as missing:
+                if missing.code != "resource_missing":
+                    raise
+        raise AssertionError("unreachable: _move_on refuses the last key")
 
     def query_refund(self, ref: PaymentRef, refund_no: str) -> RefundResult:
         """Find the refund whose ``metadata.refund_no`` matches, among the PaymentIntent's."""
@@ -539,6 +586,22 @@ def _pi_id(ref: PaymentRef) -> str:
             NAME, f"{ref.out_trade_no}: no PaymentIntent id stored", code="missing_reference"
         )
     return ref.provider_ref
+
+
+def _key_sequence(base_key: str) -> list[str]:
+    """The keys a POST may use, in order: ``base``, ``base:r1`` … ``base:r{_MAX_KEY_ROTATIONS}``.
+
+    Stripe replays a saved 500 for its key forever, so a retry under that key can never succeed:
+    the next key is used instead. Nothing is stored: every call walks the sequence from its start
+    (a replay is cheap), so all workers agree on the next key, and Stripe's idempotency makes that
+    one key execute once — two workers never issue the same refund under two keys.
+    """
+    return [base_key] + [f"{base_key}:r{n}" for n in range(1, _MAX_KEY_ROTATIONS + 1)]
+
+
+def _move_on(exc: ProviderUnavailable, attempt: int) -> bool:
+    """True if ``exc`` is a replayed stored failure and key number ``attempt`` is not the last."""
+    return exc.code == REPLAYED_FAILURE and attempt < _MAX_KEY_ROTATIONS
 
 
 def _idempotency_key(key: str) -> str:

@@ -31,31 +31,64 @@ def assert_charged_exactly_once(p, order_ids: list[str]) -> None:
     assert set(by_trade.values()) == {1}, {k: v for k, v in by_trade.items() if v != 1}
 
 
-def _in_payment() -> int:
+def _mid_payment() -> bool:
+    """All 200 orders reserved (none still RECEIVED) and many still in create or in poll."""
     counts = status_counts()
-    return counts.get("AWAITING_PAYMENT", 0) + counts.get("PAID", 0)
+    in_create, in_poll = counts.get("RESERVED", 0), counts.get("AWAITING_PAYMENT", 0)
+    all_reserved = sum(counts.values()) == 200 and counts.get("RECEIVED", 0) == 0
+    return all_reserved and in_create >= 30 and in_create + in_poll >= 50
+
+
+def _creates_cut_off(worker_prefix: str) -> int:
+    """Orders whose payment create started on ``worker_prefix`` (the CREATING row is written
+    there, before the provider call) and never finished there (no PENDING from it): the kill
+    cut them off mid-create. Something else — the notification of the trade the cut-off call
+    created, or the sweeper's re-drive — must then carry them to PAID."""
+    with unit_of_work() as s:
+        from sqlalchemy import text
+
+        return int(
+            s.execute(
+                text(
+                    """
+                    SELECT count(*) FROM order_events c
+                    WHERE c.kind = 'payment' AND c.to_status = 'CREATING'
+                      AND c.detail->'task'->>'worker' LIKE :killed
+                      AND NOT EXISTS (
+                        SELECT 1 FROM order_events f
+                        WHERE f.order_id = c.order_id AND f.kind = 'payment'
+                          AND f.to_status = 'PENDING'
+                          AND f.detail->'task'->>'worker' LIKE :killed)
+                    """
+                ),
+                {"killed": f"{worker_prefix}@%"},
+            ).scalar_one()
+        )
 
 
 def test_sigkill_payments_worker_mid_payment(start_pipeline, catalog, monkeypatch):
-    """200 orders in the payment stage; the payments worker is SIGKILLed twice and restarted.
-    No order is lost and none is charged twice."""
+    """SIGKILL the payments worker while 200 orders are mid-payment (all reserved, many in
+    create or waiting on polls); restart it. The kill must really interrupt creates in flight;
+    no order is lost and none is charged twice (the simulators' ledgers judge)."""
     from workers.procs import wait_worker_ready
 
     catalog({"S": 500})
     p = start_pipeline(payments_concurrency=8)
-    p.stack.set_faults(latency_ms=150)  # keep calls in flight when the kill lands
-    p.stack.auto_pay(300)
+    # 1 s per provider call: creates back up behind reservations, so the kill lands on creates
+    # in flight (and prefetched), not on an idle worker.
+    p.stack.set_faults(latency_ms=1000)
+    p.stack.auto_pay(5000)  # and payments waiting (polled) for a while
     ids = post_orders(p, 200, "S")
-    for round_no in range(2):
-        target = 40 * (round_no + 1)
-        wait_until(lambda t=target: _in_payment() > t, 120, 0.1)
-        victim = next(pr for pr in reversed(p.procs.procs) if pr.name.startswith("payments"))
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.popen.wait(timeout=10)
-        time.sleep(0.5)
-        wait_worker_ready(p.procs.worker(f"payments{round_no + 2}", "payments", concurrency=8,
-                                         pool="threads"))  # fmt: skip
-    wait_until(lambda: status_counts() == {"PAID": 200}, 240, 0.5)
+    wait_until(_mid_payment, 180, 0.05, show=pipeline_state)
+    victim = next(pr for pr in reversed(p.procs.procs) if pr.name.startswith("payments"))
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.popen.wait(timeout=10)
+    counts_at_kill = status_counts()
+    time.sleep(0.5)
+    wait_worker_ready(p.procs.worker("payments2", "payments", concurrency=8, pool="threads"))
+    wait_until(lambda: status_counts() == {"PAID": 200}, 240, 0.5, show=pipeline_state)
+    assert counts_at_kill.get("RESERVED", 0) >= 30, counts_at_kill
+    assert _creates_cut_off(victim.name) >= 1, "the kill interrupted no create"
     assert_charged_exactly_once(p, ids)
     assert_stock_consistent()
 
@@ -80,56 +113,128 @@ def test_thirty_percent_provider_failures_still_paid_exactly_once(
     assert failures > 0  # the faults really fired
 
 
-def _forgeries(p, oid: str) -> list[tuple[str, bytes, dict[str, str]]]:
-    """(provider, body, headers) notifications an attacker could send for this order."""
-    trade = oid.replace("-", "")
-    ali = {
-        "notify_id": "forged-1", "notify_type": "trade_status_sync", "app_id": "2021000000000001",
-        "out_trade_no": trade, "trade_status": "TRADE_SUCCESS", "total_amount": "10.00",
-        "sign_type": "RSA2", "sign": "Zm9yZ2Vk",
+def _forgeries(p, trades: dict[str, str]) -> tuple[list[tuple[str, str, bytes, dict]], list]:
+    """Notifications an attacker could send for these orders (``trades``: provider → our
+    out_trade_no): ``(label, provider, body, headers)``. Also returns ``(provider, body,
+    headers)`` genuine twins of the tampered ones: the adapters accept those, so each refusal
+    is down to the one thing that was changed."""
+    now = int(time.time())
+    ali_sim, wx, st = p.stack.alipay, p.stack.wechatpay, p.stack.stripe
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    # -- Alipay: unsigned, amount changed after signing, signed for another app_id
+    unsigned = {
+        "notify_id": "forged-1", "notify_type": "trade_status_sync", "app_id": ali_sim.app_id,
+        "out_trade_no": trades["alipay"], "trade_status": "TRADE_SUCCESS",
+        "total_amount": "10.00", "sign_type": "RSA2", "sign": "Zm9yZ2Vk",
     }  # fmt: skip
-    event = {"id": "evt_forged", "type": "payment_intent.succeeded",
-             "data": {"object": {"id": "pi_x", "amount": 1000, "amount_received": 1000,
-                                 "currency": "cny", "status": "succeeded",
-                                 "metadata": {"out_trade_no": trade}}}}  # fmt: skip
-    stripe_body = json.dumps(event).encode()
-    wechat = {"id": "EV-forged", "event_type": "TRANSACTION.SUCCESS",
-              "resource": {"algorithm": "AEAD_AES_256_GCM", "ciphertext": "AAAA",
-                           "nonce": "abcdefghijkl", "associated_data": "transaction"}}  # fmt: skip
-    stale = int(time.time()) - 301
-    return [
-        ("alipay", "&".join(f"{k}={v}" for k, v in ali.items()).encode(),
-         {"Content-Type": "application/x-www-form-urlencoded"}),
-        ("wechatpay", json.dumps(wechat).encode(),
-         {"Content-Type": "application/json", "Wechatpay-Timestamp": str(int(time.time())),
+    ali_params = {
+        "notify_time": time.strftime("%Y-%m-%d %H:%M:%S"), "notify_type": "trade_status_sync",
+        "notify_id": "forged-2", "app_id": ali_sim.app_id, "charset": "utf-8", "version": "1.0",
+        "trade_no": "2024010122001400000000000001", "out_trade_no": trades["alipay"],
+        "trade_status": "TRADE_SUCCESS", "total_amount": "10.00", "receipt_amount": "10.00",
+    }  # fmt: skip
+    ali_genuine = ali_sim.sign_notification(ali_params)
+    ali_cheap = ali_genuine.replace(b"total_amount=10.00", b"total_amount=0.01")
+    assert ali_cheap != ali_genuine
+    ali_other_app = ali_sim.sign_notification(
+        {**ali_params, "notify_id": "forged-3", "app_id": "2021009999999999"}
+    )
+    # -- WeChat Pay: unsigned, amount swapped under a valid signature, other mchid, bad GCM tag
+    bogus = {"id": "EV-forged", "event_type": "TRANSACTION.SUCCESS",
+             "resource": {"algorithm": "AEAD_AES_256_GCM", "ciphertext": "AAAA",
+                          "nonce": "abcdefghijkl", "associated_data": "transaction"}}  # fmt: skip
+    resource = {
+        "mchid": wx.mchid, "appid": wx.appid, "out_trade_no": trades["wechatpay"],
+        "transaction_id": "4200000000000000000000000001", "trade_type": "NATIVE",
+        "trade_state": "SUCCESS", "trade_state_desc": "ok", "bank_type": "OTHERS",
+        "success_time": "2024-01-01T12:00:00+08:00", "payer": {"openid": "o" + "x" * 27},
+        "amount": {"total": 1000, "payer_total": 1000, "currency": "CNY",
+                   "payer_currency": "CNY"},
+    }  # fmt: skip
+    wx_headers, wx_genuine = wx.build_notification("TRANSACTION.SUCCESS", resource, event_id="EV-1")
+    cheap = {**resource, "amount": {**resource["amount"], "total": 1, "payer_total": 1}}
+    _h, wx_cheap = wx.build_notification("TRANSACTION.SUCCESS", cheap, event_id="EV-1")
+    wx_other_mchid = wx.build_notification(
+        "TRANSACTION.SUCCESS", {**resource, "mchid": "1900009999"}, event_id="EV-2"
+    )
+    wx_bad_tag = wx.build_notification(
+        "TRANSACTION.SUCCESS", resource, event_id="EV-3", corrupt_tag=True
+    )
+
+    # -- Stripe: bad signature, amount changed after signing, correctly signed but 301 s old
+    def event(amount: int) -> bytes:
+        pi = {"id": "pi_x", "object": "payment_intent", "amount": amount,
+              "amount_received": amount, "currency": "cny", "status": "succeeded",
+              "metadata": {"out_trade_no": trades["stripe"]}}  # fmt: skip
+        return json.dumps(
+            {
+                "id": "evt_forged",
+                "object": "event",
+                "created": now,
+                "type": "payment_intent.succeeded",
+                "data": {"object": pi},
+            }
+        ).encode()
+
+    st_genuine, st_cheap = event(1000), event(1)
+    st_headers = {"Content-Type": "application/json",
+                  "Stripe-Signature": f"t={now},v1={st.sign(st_genuine, now)}"}  # fmt: skip
+    stale = now - 301
+    forgeries = [
+        ("alipay unsigned", "alipay",
+         "&".join(f"{k}={v}" for k, v in unsigned.items()).encode(), form),
+        ("alipay tampered amount", "alipay", ali_cheap, form),
+        ("alipay wrong app_id", "alipay", ali_other_app, form),
+        ("wechatpay bad signature", "wechatpay", json.dumps(bogus).encode(),
+         {"Content-Type": "application/json", "Wechatpay-Timestamp": str(now),
           "Wechatpay-Nonce": "n", "Wechatpay-Signature": "Zm9yZ2Vk",
-          "Wechatpay-Serial": p.stack.wechatpay.platform_serial}),
-        ("stripe", stripe_body,
-         {"Content-Type": "application/json", "Stripe-Signature": f"t={int(time.time())},v1=00"}),
-        ("stripe", stripe_body,  # correctly signed, but 301 s old
+          "Wechatpay-Serial": wx.platform_serial}),
+        ("wechatpay tampered amount", "wechatpay", wx_cheap, wx_headers),
+        ("wechatpay wrong mchid", "wechatpay", wx_other_mchid[1], wx_other_mchid[0]),
+        ("wechatpay bad GCM tag", "wechatpay", wx_bad_tag[1], wx_bad_tag[0]),
+        ("stripe bad signature", "stripe", st_genuine,
+         {"Content-Type": "application/json", "Stripe-Signature": f"t={now},v1=00"}),
+        ("stripe tampered amount", "stripe", st_cheap, st_headers),
+        ("stripe 301 s old", "stripe", st_genuine,
          {"Content-Type": "application/json",
-          "Stripe-Signature": f"t={stale},v1={p.stack.stripe.sign(stripe_body, stale)}"}),
+          "Stripe-Signature": f"t={stale},v1={st.sign(st_genuine, stale)}"}),
     ]  # fmt: skip
+    genuine = [("alipay", ali_genuine, form), ("wechatpay", wx_genuine, wx_headers),
+               ("stripe", st_genuine, st_headers)]  # fmt: skip
+    return forgeries, genuine
 
 
 def test_forged_notifications_are_refused_and_change_nothing(start_pipeline, catalog):
+    from adapters.registry import payment_provider
+
     catalog({"G": 5})
     p = start_pipeline()
-    oid = p.post_order(order_message("G", 1, provider="alipay"))
-    wait_until(lambda: p.get_order(oid)["status"] == "AWAITING_PAYMENT", 60)
-    before = p.get_order(oid)
-    for provider, body, headers in _forgeries(p, oid):
-        r = requests.post(f"{p.base_url}/webhooks/{provider}", data=body, headers=headers,
-                          timeout=10)  # fmt: skip
-        assert 400 <= r.status_code < 500, (provider, r.status_code, r.text)
-    after = p.get_order(oid)
-    assert after["status"] == "AWAITING_PAYMENT"
-    assert after["payment"] == before["payment"]
-    assert after["timeline"] == before["timeline"]
+    ids = {prov: p.post_order(order_message("G", 1, provider=prov)) for prov in PROVIDERS}
+    for oid in ids.values():
+        wait_until(lambda o=oid: p.get_order(o)["status"] == "AWAITING_PAYMENT", 60)
+    # Stripe's genuine payment_intent.created events land first; only they may be recorded.
+    wait_until(lambda: p.stack.stripe.notifier.pending() == 0, 30)
     with unit_of_work() as s:
         from sqlalchemy import text
 
-        assert s.execute(text("SELECT count(*) FROM processed_notifications")).scalar_one() == 0
+        seen = s.execute(text("SELECT count(*) FROM processed_notifications")).scalar_one()
+    before = {prov: p.get_order(oid) for prov, oid in ids.items()}
+    forgeries, genuine = _forgeries(p, {prov: oid.replace("-", "") for prov, oid in ids.items()})
+    for provider, body, headers in genuine:  # the controls verify (parsed here, never sent)
+        note = payment_provider(provider).parse_notification(headers, body)
+        assert note.status is not None and note.status.amount is not None, provider
+        assert note.status.amount.amount == 1000, provider
+    for label, provider, body, headers in forgeries:
+        r = requests.post(f"{p.base_url}/webhooks/{provider}", data=body, headers=headers,
+                          timeout=10)  # fmt: skip
+        assert 400 <= r.status_code < 500, (label, r.status_code, r.text)
+    for prov, oid in ids.items():
+        after = p.get_order(oid)
+        assert after["status"] == "AWAITING_PAYMENT", prov
+        assert after["payment"] == before[prov]["payment"], prov
+        assert after["timeline"] == before[prov]["timeline"], prov
+    with unit_of_work() as s:
+        assert s.execute(text("SELECT count(*) FROM processed_notifications")).scalar_one() == seen
     assert p.stack.charges() == {}
 
 
@@ -162,7 +267,16 @@ def test_provider_down_opens_circuit_orders_wait_then_pay(start_pipeline, catalo
             for oid in ids for e in p.get_order(oid)["timeline"]
         )  # fmt: skip
 
+    def waits_on_timeline() -> list[dict]:
+        return [e for oid in ids for e in p.get_order(oid)["timeline"]
+                if e["kind"] == "provider_wait"]  # fmt: skip
+
     wait_until(circuit_opened, 60)
+    # A call skipped while the circuit is open is a wait on the order's timeline, not silence.
+    wait_until(lambda: waits_on_timeline() != [], 60, 0.5)
+    wait = waits_on_timeline()[0]["detail"]
+    assert (wait["provider"], wait["operation"], wait["circuit"]) == ("wechatpay", "create", "open")
+    assert 0 <= wait["retry_after_s"] <= 3
     time.sleep(2)
     assert status_counts() == {"RESERVED": 5}  # waiting, not failed
     p.stack.wechatpay.server.set_faults(error_rate=0.0)

@@ -6,8 +6,12 @@ them, not our own tables.
 
 from __future__ import annotations
 
-import pytest
+import time
 
+import pytest
+from sqlalchemy import text
+
+from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, wait_until
 from tests.helpers import assert_stock_consistent, stock_of
 
@@ -82,12 +86,18 @@ def timeline_kinds(view: dict, kind: str, to: str | None = None) -> int:
     return sum(1 for e in view["timeline"] if e["kind"] == kind and (to is None or e["to"] == to))
 
 
-def test_eight_concurrent_duplicate_notifications_apply_once(start_pipeline, catalog):
+def test_eight_concurrent_duplicate_notifications_apply_once(start_pipeline, catalog, monkeypatch):
     catalog({"D": 10})
     p = start_pipeline()
     p.stack.alipay.configure(notify_copies=8)
     p.stack.wechatpay.set_options(notify_copies=8)
     p.stack.stripe.webhook_copies = 8
+    # One event per payment, so the deliveries are exactly its eight copies.
+    p.stack.stripe.webhook_types = {"payment_intent.succeeded"}
+    alipay_replies: list[bytes] = []  # Alipay stops retrying only on the exact body "success"
+    is_ack = p.stack.alipay.notifier._is_ack
+    monkeypatch.setattr(p.stack.alipay.notifier, "_is_ack",
+                        lambda r: alipay_replies.append(r.content) or is_ack(r))  # fmt: skip
     ids = {prov: p.post_order(order_message("D", 1, provider=prov)) for prov in PROVIDERS}
     for prov, oid in ids.items():
         wait_status(p, oid, "AWAITING_PAYMENT")
@@ -98,11 +108,17 @@ def test_eight_concurrent_duplicate_notifications_apply_once(start_pipeline, cat
         assert timeline_kinds(view, "payment", "PAID") == 1
     sims = {"alipay": p.stack.alipay.notifier, "wechatpay": p.stack.wechatpay.notifier,
             "stripe": p.stack.stripe.notifier}  # fmt: skip
-    for prov, notifier in sims.items():
+    for notifier in sims.values():
         wait_until(lambda n=notifier: n.pending() == 0 and len(n.deliveries) >= 8, 30)
+    time.sleep(1.0)  # past the first retry delay (0.2 s): an unacknowledged copy would be back
+    for prov, notifier in sims.items():
+        assert notifier.pending() == 0, prov
+        # Exactly the eight copies, each acknowledged on its first attempt (no retries).
+        attempts = [attempt for _url, _status, attempt in notifier.deliveries]
         statuses = [status for _url, status, _attempt in notifier.deliveries]
-        assert len(statuses) >= 8, prov
+        assert attempts == [1] * 8, (prov, notifier.deliveries)
         assert all(s is not None and 200 <= s < 300 for s in statuses), (prov, statuses)
+    assert alipay_replies == [b"success"] * 8
     assert set(p.stack.charges().values()) == {1}
 
 
@@ -149,9 +165,18 @@ def test_payment_after_expiry_is_refunded_once_and_stock_released_once(
     wait_until(lambda: p.stack.refunds().get(key) == 2000, 60)
     view = wait_status(p, oid, "EXPIRED")
     wait_until(lambda: p.get_order(oid)["payment"]["status"] == "REFUNDED", 30)
+    wait_until(lambda: p.stack.alipay.notifier.pending() == 0, 30)
     assert p.stack.charges()[key] == 1
-    assert p.stack.refunds()[key] == 2000  # refunded once, in full
+    # Refunded once, in full: one refund record at Alipay, not just the right sum.
+    rows = [r for r in p.stack.alipay.ledger()["refunds"] if r["out_trade_no"] == key[1]]
+    assert [r["amount"] for r in rows] == ["20.00"]
+    assert [(r["amount"], r["status"]) for r in p.get_order(oid)["payment"]["refunds"]] == [
+        (2000, "SUCCEEDED")]  # fmt: skip
     assert stock_of("X") == (5, 0)
+    with unit_of_work() as s:  # released once: one 'release' row in the stock ledger
+        released = s.execute(text("SELECT count(*) FROM stock_movements WHERE kind = 'release' "
+                                  "AND order_id = :o"), {"o": oid}).scalar_one()  # fmt: skip
+    assert released == 1
     assert_stock_consistent()
 
 

@@ -400,6 +400,81 @@ def test_close_paid_reports_paid(provider: StripeProvider, sim: StripeSimulator)
     assert pi["status"] == "succeeded"
 
 
+def test_close_without_reference_after_a_stored_create_failure_is_closed_never_created(
+    provider: StripeProvider, sim: StripeSimulator
+) -> None:
+    """The create failed with a 500 Stripe stored for its key: repeating it replays the failure,
+    so no PaymentIntent can exist — the close reports the trade closed without creating one."""
+    req = create_request()
+    sim.set_faults(error_rate=1.0)
+    with pytest.raises(ProviderUnavailable):
+        provider.create(req)
+    sim.set_faults(error_rate=0.0)
+    result = provider.close(ClosePayment(PaymentRef(req.out_trade_no), "close-1", create=req))
+    assert result.closed
+    assert (result.status.state, result.status.raw_status) == (
+        PaymentState.NOT_FOUND,
+        "never_created",
+    )
+    assert sim.ledger()["payment_intents"] == []
+
+
+def test_close_without_reference_recovers_the_intent_and_cancels_it(
+    provider: StripeProvider, sim: StripeSimulator
+) -> None:
+    """The create's answer was lost (a reset: nothing stored), or it succeeded and the id was
+    never recorded: the repeated create returns the intent, which is then cancelled."""
+    lost = create_request()
+    sim.set_faults(reset_rate=1.0)
+    with pytest.raises(ProviderUnavailable):
+        provider.create(lost)
+    sim.set_faults(reset_rate=0.0)
+    unrecorded = create_request()
+    pi_id = provider.create(unrecorded).provider_ref
+    for req in (lost, unrecorded):
+        result = provider.close(ClosePayment(PaymentRef(req.out_trade_no), "close-1", create=req))
+        assert result.closed and result.status.state is PaymentState.CLOSED
+        assert result.status.provider_ref is not None
+    by_trade = {pi["metadata"]["out_trade_no"]: pi for pi in sim.ledger()["payment_intents"]}
+    assert by_trade[unrecorded.out_trade_no]["id"] == pi_id
+    assert {pi["status"] for pi in by_trade.values()} == {"canceled"}
+    assert len(by_trade) == 2 and sim.ledger()["charges"] == []
+
+
+def test_close_without_reference_of_a_paid_intent_reports_paid(
+    provider: StripeProvider, sim: StripeSimulator
+) -> None:
+    req = create_request(amount=Money(1500, "USD"))
+    provider.create(req)
+    sim.pay(req.out_trade_no)
+    result = provider.close(ClosePayment(PaymentRef(req.out_trade_no), "close-1", create=req))
+    assert not result.closed
+    assert (result.status.state, result.status.amount) == (PaymentState.PAID, Money(1500, "USD"))
+    assert result.status.provider_ref is not None
+
+
+def test_cancel_key_replaying_a_stored_500_moves_to_the_next_key(
+    provider: StripeProvider, sim: StripeSimulator
+) -> None:
+    req = create_request()
+    ref = PaymentRef(req.out_trade_no, provider.create(req).provider_ref)
+    sim.set_faults(error_rate=1.0)
+    with pytest.raises(ProviderUnavailable) as first:  # a fresh 500: Stripe stores it
+        provider.close(ClosePayment(ref, "close-1"))
+    assert first.value.code == "api_error"
+    sim.set_faults(error_rate=0.0)
+    for _ in range(2):  # the key replays the 500; the next key cancels (then is replayed)
+        result = provider.close(ClosePayment(ref, "close-1"))
+        assert result.closed and result.status.state is PaymentState.CLOSED
+    [pi] = sim.ledger()["payment_intents"]
+    assert pi["status"] == "canceled"
+    cancel_keys = [k for k in sim.ledger()["idempotency_keys"] if k.startswith("cancel:")]
+    assert cancel_keys == [
+        f"cancel:{ref.provider_ref}:close-1",
+        f"cancel:{ref.provider_ref}:close-1:r1",
+    ]
+
+
 # -- refunds --------------------------------------------------------------------------------------
 def test_partial_then_full_refund_each_once(provider: StripeProvider, sim: StripeSimulator) -> None:
     ref, _ = paid_payment(provider, sim, 1000)
@@ -427,6 +502,45 @@ def test_partial_then_full_refund_each_once(provider: StripeProvider, sim: Strip
         provider.refund(refund_request(ref, "R3", 1))
     assert exc.value.code == "charge_already_refunded"
     assert len(sim.ledger()["refunds"]) == 2
+
+
+def test_refund_key_replaying_a_stored_500_moves_on_once_no_refund_exists(
+    provider: StripeProvider, sim: StripeSimulator
+) -> None:
+    ref, _ = paid_payment(provider, sim, 1000)
+    sim.set_faults(error_rate=1.0)
+    with pytest.raises(ProviderUnavailable):  # stored under the key "R1"
+        provider.refund(refund_request(ref, "R1", 400))
+    sim.set_faults(error_rate=0.0)
+    first = provider.refund(refund_request(ref, "R1", 400))
+    again = provider.refund(refund_request(ref, "R1", 400))
+    assert first.state is RefundState.SUCCEEDED and again == first
+    [refund] = sim.ledger()["refunds"]
+    assert (refund["amount"], refund["metadata"]["refund_no"]) == (400, "R1")
+    assert "R1" in sim.ledger()["idempotency_keys"] and "R1:r1" in sim.ledger()["idempotency_keys"]
+
+
+def test_refund_key_replaying_a_stored_500_finds_the_refund_instead_of_making_another(
+    provider: StripeProvider, sim: StripeSimulator, keys: dict[str, str]
+) -> None:
+    """Stripe stored a 500 for the key, yet a refund with this number exists (the request did
+    its work before failing): it is the answer, and no second refund is made."""
+    ref, _ = paid_payment(provider, sim, 1000)
+    sim.set_faults(error_rate=1.0)
+    with pytest.raises(ProviderUnavailable):
+        provider.refund(refund_request(ref, "R1", 400))
+    sim.set_faults(error_rate=0.0)
+    made = requests.post(  # the refund the failed request made after all
+        f"{sim.url}/v1/refunds",
+        data={"payment_intent": ref.provider_ref, "amount": "400", "metadata[refund_no]": "R1"},
+        headers={"Authorization": f"Bearer {keys['secret_key']}", "Idempotency-Key": "other"},
+        timeout=2,
+    )
+    assert made.status_code == 200, made.text
+    result = provider.refund(refund_request(ref, "R1", 400))
+    assert result.provider_refund_ref == made.json()["id"]
+    assert len(sim.ledger()["refunds"]) == 1
+    assert not any(k.startswith("R1:") for k in sim.ledger()["idempotency_keys"])
 
 
 def test_refund_over_remaining_is_rejected(provider: StripeProvider, sim: StripeSimulator) -> None:
