@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 class ShipmentStatus(enum.StrEnum):
@@ -183,6 +183,26 @@ class PollChunk:
 
     shipment_ids: tuple[int, ...]
     not_before: datetime
+
+
+def pace(
+    claimed: Sequence[tuple[int, datetime]], *, now: datetime, rate_per_s: float, burst: int
+) -> list[tuple[int, datetime]]:
+    """Spread claimed ``(shipment_id, due)`` pairs over time at the quota's pace; pure.
+
+    In due order, the ``k``-th (from 0) is not due before ``now + (k + 1 - burst) / rate_per_s``
+    (a full bucket of ``burst`` tokens at ``now``, then ``rate_per_s`` more per second); a due
+    time already later stays. Without this, a backlog all due at once lands in one poll task
+    whose reservation gets at most ``burst`` tokens — the quota's per-second share would never
+    be used and the rest would be handed back tick after tick. Never moves a poll earlier.
+    """
+    if rate_per_s <= 0 or burst < 1:
+        raise ValueError("rate_per_s must be positive and burst at least 1")
+    paced = []
+    for k, (sid, due) in enumerate(sorted(claimed, key=lambda pair: (pair[1], pair[0]))):
+        earliest = now + timedelta(seconds=max(0.0, (k + 1 - burst) / rate_per_s))
+        paced.append((sid, max(due, earliest)))
+    return paced
 
 
 def plan_chunks(

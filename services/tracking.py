@@ -105,12 +105,15 @@ def claim_ahead(
     due time (Kuaidi100 locks a number queried more often). The caller must not query a
     shipment before its ``due``: the scheduler publishes each chunk for its latest due time,
     so a beat tick of ``horizon_s`` polls every shipment on time rather than up to a tick late.
-    Claimed rows get ``lease_until = now + horizon_s + lease_s``. Rows another transaction
+    Claimed rows get ``lease_until =`` :func:`lease_expiry` — the claim's *lease token*: a
+    re-claim happens only after the lease expired, so it writes a later value, and a poll task
+    holding an older token finds its rows gone (:func:`poll_targets`). Rows another transaction
     holds are skipped, and a committed lease excludes them from the next claim, so concurrent
     claimers never get the same shipment. ``lease_s`` must exceed the poll task's hard time
     limit: an expired lease makes the shipment claimable again.
     """
     horizon = now + timedelta(seconds=horizon_s)
+    lease_until = lease_expiry(now, horizon_s=horizon_s, lease_s=lease_s)
     due_at = func.greatest(Shipment.next_poll_at, now)  # when the poll may go out
     due = (
         select(Shipment.id)
@@ -133,7 +136,7 @@ def claim_ahead(
     rows = session.execute(
         update(Shipment)
         .where(Shipment.id == due.c.id)
-        .values(lease_until=horizon + timedelta(seconds=lease_s))
+        .values(lease_until=lease_until)
         .returning(Shipment.id, Shipment.next_poll_at)
         .execution_options(synchronize_session=False)
     ).all()
@@ -142,18 +145,30 @@ def claim_ahead(
     return [(sid, at if at > now else now) for at, sid in ordered]
 
 
+def lease_expiry(now: datetime, *, horizon_s: float, lease_s: float) -> datetime:
+    """The ``lease_until`` a claim at ``now`` writes (and the token its poll tasks carry)."""
+    return now + timedelta(seconds=horizon_s) + timedelta(seconds=lease_s)
+
+
 def release_lease(
-    session: Session, shipment_ids: Sequence[int], *, now: datetime, retry_in_s: float
+    session: Session,
+    shipment_ids: Sequence[int],
+    *,
+    now: datetime,
+    retry_in_s: float,
+    lease_until: datetime | None = None,
 ) -> None:
     """Hand back claimed shipments that were not polled (e.g. no rate-limit token): clear the
     lease and retry at ``now + retry_in_s``. ``last_polled_at`` is untouched — no query went
-    out. A shipment that became final meanwhile (a push) keeps ``next_poll_at`` NULL."""
+    out. A shipment that became final meanwhile (a push) keeps ``next_poll_at`` NULL. With
+    ``lease_until`` (the claim's token) only rows still leased under it are touched."""
     if not shipment_ids:
         return
     retry_at = now + timedelta(seconds=retry_in_s)
+    held = [] if lease_until is None else [Shipment.lease_until == lease_until]
     session.execute(
         update(Shipment)
-        .where(Shipment.id.in_(list(shipment_ids)))
+        .where(Shipment.id.in_(list(shipment_ids)), *held)
         .values(
             lease_until=None,
             next_poll_at=case((Shipment.status.in_(_FINAL), null()), else_=retry_at),
@@ -162,10 +177,36 @@ def release_lease(
     )
 
 
+def _still_ours(lease_until: datetime | None, now: datetime) -> Any:
+    """Rows still leased to the caller: under its token, or (no token) under any live lease."""
+    if lease_until is None:
+        return Shipment.lease_until >= now
+    return Shipment.lease_until == lease_until
+
+
+def _outside_min_interval(now: datetime, min_interval_s: float) -> Any:
+    return or_(
+        Shipment.last_polled_at.is_(None),
+        Shipment.last_polled_at <= now - timedelta(seconds=min_interval_s),
+    )
+
+
 def poll_targets(
-    session: Session, shipment_ids: Sequence[int], *, now: datetime, push_window_s: float
+    session: Session,
+    shipment_ids: Sequence[int],
+    *,
+    now: datetime,
+    push_window_s: float,
+    lease_until: datetime | None,
+    min_interval_s: float,
 ) -> list[PollTarget]:
-    """Carrier, waybill and phone of claimed shipments (no locks taken).
+    """Carrier, waybill and phone of the claimed shipments that may be queried now (no locks).
+
+    Only shipments still leased to the caller (``lease_until`` = the claim's token; None: any
+    live lease) and last queried at least ``min_interval_s`` ago are returned: a recorded poll
+    clears the lease, so a retried or redelivered chunk skips the members already done, and a
+    chunk whose lease expired and was claimed again skips them all. :func:`start_poll` makes the
+    final, atomic check right before each query.
 
     ``has_push`` is true for a subscribed shipment that received a push within
     ``push_window_s`` — pass it to :func:`record_poll`. A subscription that never pushed does
@@ -176,7 +217,11 @@ def poll_targets(
     rows = session.execute(
         select(Shipment, Order.shipping_address)
         .join(Order, Order.id == Shipment.order_id)
-        .where(Shipment.id.in_(list(shipment_ids)))
+        .where(
+            Shipment.id.in_(list(shipment_ids)),
+            _still_ours(lease_until, now),
+            _outside_min_interval(now, min_interval_s),
+        )
         .order_by(Shipment.id)
     ).all()
     targets = []
@@ -195,6 +240,162 @@ def poll_targets(
             )
         )
     return targets
+
+
+@dataclass(frozen=True, slots=True)
+class PollStarted:
+    """A query may go out: ``last_polled_at`` is now ``at``; ``previous`` is what it was, for
+    :func:`abandon_poll` should the query not be sent after all."""
+
+    previous: datetime | None
+    at: datetime
+
+
+def start_poll(
+    session: Session,
+    shipment_id: int,
+    *,
+    now: datetime,
+    lease_until: datetime | None,
+    min_interval_s: float,
+) -> PollStarted | None:
+    """Atomically take the right to query one claimed shipment now; None if it must not be.
+
+    Compare-and-set: succeeds only if the shipment is still leased to the caller (as in
+    :func:`poll_targets`) and was last queried at least ``min_interval_s`` ago, and then sets
+    ``last_polled_at = now`` *before* the query goes out. So two executions of the same chunk
+    (a retry, an acks-late redelivery running beside the original) never both query a waybill,
+    and a query whose outcome was never recorded (the task died) still counts for the minimum
+    interval. A shipment refused because it is inside its minimum interval but still leased to
+    the caller is handed back, due once the interval has passed.
+    """
+    prev = (
+        select(Shipment.id, Shipment.last_polled_at.label("prev"))
+        .where(Shipment.id == shipment_id)
+        .with_for_update()
+        .subquery()
+    )
+    row = session.execute(
+        update(Shipment)
+        .where(
+            Shipment.id == prev.c.id,
+            _still_ours(lease_until, now),
+            _outside_min_interval(now, min_interval_s),
+            Shipment.status.not_in(_FINAL),
+        )
+        .values(last_polled_at=now)
+        .returning(prev.c.prev)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is not None:
+        return PollStarted(previous=row[0], at=now)
+    hand_back_recent(
+        session, [shipment_id], now=now, lease_until=lease_until, min_interval_s=min_interval_s
+    )
+    return None
+
+
+def hand_back_recent(
+    session: Session,
+    shipment_ids: Sequence[int],
+    *,
+    now: datetime,
+    lease_until: datetime | None,
+    min_interval_s: float,
+) -> int:
+    """Hand back the shipments still leased to the caller but queried within ``min_interval_s``
+    (an earlier run of the chunk queried them and died before recording, or the task runs a
+    hair before its due time): lease cleared, due once the interval has passed. Returns how
+    many."""
+    if not shipment_ids:
+        return 0
+    allowed_at = Shipment.last_polled_at + timedelta(seconds=min_interval_s)
+    result = session.execute(
+        update(Shipment)
+        .where(
+            Shipment.id.in_(list(shipment_ids)),
+            _still_ours(lease_until, now),
+            Shipment.last_polled_at > now - timedelta(seconds=min_interval_s),
+        )
+        .values(
+            lease_until=None,
+            next_poll_at=case(
+                (Shipment.status.in_(_FINAL), null()),
+                else_=func.greatest(Shipment.next_poll_at, allowed_at),
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def abandon_poll(
+    session: Session,
+    shipment_id: int,
+    started: PollStarted,
+    *,
+    now: datetime,
+    retry_in_s: float,
+) -> None:
+    """The query taken by :func:`start_poll` was not sent (e.g. the circuit is open): restore
+    ``last_polled_at``, clear the lease and retry at ``now + retry_in_s``."""
+    retry_at = now + timedelta(seconds=retry_in_s)
+    session.execute(
+        update(Shipment)
+        .where(Shipment.id == shipment_id, Shipment.last_polled_at == started.at)
+        .values(
+            last_polled_at=started.previous,
+            lease_until=None,
+            next_poll_at=case((Shipment.status.in_(_FINAL), null()), else_=retry_at),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def defer_pushed(
+    session: Session,
+    shipment_ids: Sequence[int],
+    *,
+    now: datetime,
+    lease_until: datetime | None,
+    cadence: Cadence,
+) -> list[int]:
+    """Hand back the claimed shipments a push refreshed since their last poll; their ids.
+
+    Polling is the fallback to pushes: a shipment whose last push is newer than its last query
+    is due again only one push-stretched interval (:func:`domain.tracking.next_poll_delay` with
+    ``has_push``) after that push. Those still inside it get ``next_poll_at`` pushed back to
+    that moment and their lease cleared; the rest stay claimed.
+    """
+    if not shipment_ids:
+        return []
+    rows = session.scalars(
+        select(Shipment)
+        .where(
+            Shipment.id.in_(list(shipment_ids)),
+            _still_ours(lease_until, now),
+            Shipment.subscribed.is_(True),
+            Shipment.last_push_at.is_not(None),
+            or_(Shipment.last_polled_at.is_(None), Shipment.last_push_at > Shipment.last_polled_at),
+            Shipment.poll_failures == 0,  # backing off after errors: the backoff rules
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    deferred = []
+    for shipment in rows:
+        assert shipment.last_push_at is not None  # the WHERE says so
+        age = (now - (shipment.last_event_at or shipment.created_at)).total_seconds()
+        delay = next_poll_delay(
+            shipment.status, last_event_age_s=age, has_push=True, failures=0, cadence=cadence
+        )
+        if delay is None:
+            continue  # final: the poll is skipped anyway
+        fallback_at = shipment.last_push_at + timedelta(seconds=delay)
+        if fallback_at > now:
+            shipment.next_poll_at = fallback_at
+            shipment.lease_until = None
+            deferred.append(shipment.id)
+    return deferred
 
 
 def _recent_push(shipment: Shipment, now: datetime, window_s: float) -> bool:
@@ -474,11 +675,13 @@ def _flag(session: Session, order: Order, reason: str, **detail: Any) -> None:
 
 
 def _exception_text(result: TrackingResult) -> str:
-    """The newest exception event's description (else the newest event's, else the raw
-    state): what an operator reads first."""
+    """The newest exception event's description (else the provider's note, else the newest
+    event's, else the raw state): what an operator reads first."""
     for e in reversed(result.events):
         if ShipmentStatus(e.status) == ShipmentStatus.EXCEPTION:
             return e.description
+    if result.note:
+        return result.note
     if result.events:
         return result.events[-1].description
     return f"state {result.raw_state or 'unknown'}"

@@ -274,6 +274,7 @@ class Kuaidi100Simulator(SimulatorServer):
             self._queries: dict[str, dict[str, Any]] = {}
             self._last_query: dict[str, float] = {}  # number -> monotonic time of last accepted
             self._quota_times: deque[float] = deque()
+            self._query_times: list[float] = []  # every query request received, any outcome
             self._quota_rejections = 0
             self._throttle_violations = 0
             self._pushes: dict[str, dict[str, Any]] = {}
@@ -359,11 +360,13 @@ class Kuaidi100Simulator(SimulatorServer):
         return True
 
     def ledger(self) -> dict[str, Any]:
-        """Queries per number (count, Unix timestamps, throttle violations), subscriptions,
+        """Queries per number (count, Unix timestamps, throttle violations), the receipt time of
+        every query request (``query_times``, whatever its outcome, for rate checks), subscriptions,
         pushes per number (sent, answered, acked, log) and raw delivery attempts."""
         with self._state:
             return {
                 "queries": json.loads(json.dumps(self._queries)),
+                "query_times": list(self._query_times),
                 "throttle_violations": self._throttle_violations,
                 "quota_rejections": self._quota_rejections,
                 "waybills": {
@@ -384,6 +387,8 @@ class Kuaidi100Simulator(SimulatorServer):
 
     # -- query ---------------------------------------------------------------------------------
     def _query(self, req: Request) -> Response:
+        with self._state:
+            self._query_times.append(time.time())
         if self.faults.business_error:
             return _fail(self.faults.business_error, "simulated business error")
         form = req.form()

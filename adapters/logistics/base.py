@@ -76,6 +76,7 @@ class TrackingResult:
     raw_state: str
     events: Sequence[TrackingEvent]  # oldest first
     signed: bool = False  # ischeck=1
+    note: str = ""  # the provider's word on the result, e.g. why it stopped tracking
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,9 @@ Kuaidi100 (provider-protocols.md §4)
   inside; no separate sign). 200 → ``True``; 501 (already polling) → ``False``; 500 / 502 →
   :class:`ProviderUnavailable`; 600 / 601 / 700 / 701 and unknown codes → :class:`ProviderRejected`.
 * **Push** form ``param`` + ``sign = upper(MD5(param + salt))``, verified in constant time before
-  anything is read (:class:`SignatureInvalid` otherwise). ``abort`` with "60天无变化" → EXPIRED.
+  anything is read (:class:`SignatureInvalid` otherwise). ``abort`` with "60天无变化" → EXPIRED;
+  ``abort`` with "3天查询无记录" (never found) → EXCEPTION with a ``note`` saying why, so the
+  order is flagged for a person instead of waiting silently.
 
 State codes are normalized by the one table :data:`STATE_TABLE` (§5 of the protocol doc).
 
@@ -105,6 +107,8 @@ _STATUS_NAMES: Mapping[str, str] = {
 _CHINA_TZ = timezone(timedelta(hours=8))  # Kuaidi100 times are Beijing time without an offset
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _EXPIRED_MARKER = "60天无变化"
+_NOT_FOUND_MARKER = "3天查询无记录"
+NOT_FOUND_NOTE = "no trace 3 days after subscribing (3天查询无记录): check carrier and waybill"
 
 _QUERY_TRANSIENT = frozenset({"501", "502"})  # server error / busy (and throttled numbers)
 _SUBSCRIBE_TRANSIENT = frozenset({"500", "502"})
@@ -287,7 +291,11 @@ class Kuaidi100Provider:
             carrier, waybill = str(last.get("com", "")), str(last.get("nu", ""))
             result = _tracking_result(self.name, last, carrier, waybill)
             if status == "abort" and _EXPIRED_MARKER in message:
-                result = replace(result, status=_S.EXPIRED)
+                result = replace(result, status=_S.EXPIRED, note=message)
+            elif status == "abort" and _NOT_FOUND_MARKER in message:
+                # Kuaidi100 gave up on a number it never found a trace for: most likely a wrong
+                # carrier or waybill. Silence would leave the order waiting forever.
+                result = replace(result, status=_S.EXCEPTION, note=NOT_FOUND_NOTE)
         return PushUpdate(push_status=status, message=message, result=result)
 
     def push_reply(self, ok: bool) -> tuple[int, bytes, str]:

@@ -100,18 +100,91 @@ def test_full_journey_to_completed_by_polling_alone(start_pipeline, catalog):
     assert ledger["throttle_violations"] == 0  # never queried inside the minimum interval
 
 
+RANK = {"PENDING": 0, "INFO_RECEIVED": 1, "IN_TRANSIT": 2, "OUT_FOR_DELIVERY": 3,
+        "AVAILABLE_FOR_PICKUP": 3, "ATTEMPT_FAIL": 3, "DELIVERED": 4}  # fmt: skip
+
+
 def test_duplicate_and_out_of_order_pushes_never_go_backwards(start_pipeline, catalog):
+    """Every push is sent twice at once, and each previous snapshot again after the newer one.
+    Once the simulator has delivered (and had acknowledged) every copy: each event is stored
+    once, the shipment's status only moved up, and the stale snapshots that reached a later
+    status were recorded as ignored."""
     catalog({"O": 10})
     p = start_pipeline(shipping=True)
-    p.stack.kuaidi100.quota = 0
-    p.stack.kuaidi100.set_push_options(duplicate=True, out_of_order=True)
+    sim = p.stack.kuaidi100
+    sim.quota = 0
+    sim.set_push_options(duplicate=True, out_of_order=True)
     oid = paid_order(p, "O", 1, provider="alipay")
     wait_until(lambda: p.get_order(oid)["status"] == "COMPLETED", 90)
+    waybill = p.get_order(oid)["shipment"]["waybill"]
+
+    def all_delivered() -> bool:
+        rec = sim.ledger()["pushes"].get(waybill)
+        return bool(rec) and rec["log"][-1]["status"] == "shutdown" and rec["acked"] >= rec["sent"]
+
+    wait_until(all_delivered, 30)
+    time.sleep(0.5)  # the stale re-send of the last snapshot goes out after the shutdown push
+    wait_until(all_delivered, 30)
+    rec = sim.ledger()["pushes"][waybill]
+    assert all(entry["copies"] == 2 for entry in rec["log"])  # every push duplicated ...
+    assert rec["sent"] == 2 * len(rec["log"]) + len(rec["log"]) - 1  # ... plus stale re-sends
+    assert rec["acked"] == rec["answered"] == rec["sent"]  # each copy delivered and acked once
+
     view = p.get_order(oid)
     assert transitions(view).count("IN_TRANSIT") <= 1
     assert transitions(view).count("DELIVERED") == 1
     events = view["shipment"]["events"]
     assert len(events) == len({(e["at"], e["raw_code"], e["description"]) for e in events})
+    pushes = tracking_entries(view, "push")
+    assert len(pushes) >= len(rec["log"])  # each push, and copy, left an entry or none ...
+    moves = [e["to"] for e in pushes if e["to"] and not (e["detail"] or {}).get("ignored")]
+    ranks = [RANK[s] for s in moves]
+    assert ranks == sorted(ranks) and moves[-1] == "DELIVERED"  # ... never backwards
+    ignored = [e["detail"] for e in pushes if (e["detail"] or {}).get("ignored")]
+    assert ignored and all(d["ignored"] in ("stale", "not_forward") for d in ignored)
+    assert all(RANK[d["reported"]] < RANK["DELIVERED"] for d in ignored[-1:])
+    assert view["shipment"]["status"] == "DELIVERED"
+
+
+def test_cli_registers_a_waybill(start_pipeline, catalog, monkeypatch):
+    """``orderflow shipments register`` ships a PAID order (manual mode), is idempotent for the
+    same waybill and refuses a bad carrier or a second waybill with a non-zero exit."""
+    import os
+    import subprocess
+
+    from settings import PROJECT_ROOT
+
+    monkeypatch.setenv("SHIPPING_MODE", "manual")
+    catalog({"C": 5})
+    p = start_pipeline(shipping=True)
+    oid = paid_order(p, "C", 1, provider="stripe")
+    wait_until(lambda: p.get_order(oid)["status"] == "PAID", 60)
+    p.stack.kuaidi100.register_waybill("zhongtong", "ZT5550000001")
+
+    def register(carrier: str, waybill: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(PROJECT_ROOT / ".venv/bin/orderflow"), "shipments", "register", oid,
+             "--carrier", carrier, "--waybill", waybill],
+            cwd=PROJECT_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    bad = register("ZT!", "ZT5550000001")
+    assert bad.returncode != 0 and p.get_order(oid)["status"] == "PAID", bad.stdout + bad.stderr
+    ok = register("zhongtong", "ZT5550000001")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ZT5550000001" in ok.stdout
+    again = register("zhongtong", "ZT5550000001")
+    assert again.returncode == 0, again.stdout + again.stderr  # idempotent
+    other = register("zhongtong", "ZT5550000002")
+    assert other.returncode != 0  # one parcel per order
+    view = p.get_order(oid)
+    assert view["status"] in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
+    assert (view["shipment"]["carrier"], view["shipment"]["waybill"]) == (
+        "zhongtong", "ZT5550000001",
+    )  # fmt: skip
+    assert stock_of("C") == (4, 0)
+    # The subscription task the CLI published reached Kuaidi100.
+    wait_until(lambda: "ZT5550000001" in p.stack.kuaidi100.ledger()["subscriptions"], 30)
 
 
 def test_forged_push_is_rejected_and_changes_nothing(start_pipeline, catalog):

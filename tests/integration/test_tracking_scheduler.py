@@ -481,11 +481,14 @@ def test_claim_due_skips_what_must_not_be_polled(db):
     assert get_shipment(ok).lease_until == T0 + timedelta(seconds=120)
     with unit_of_work() as s:  # leased now: a second beat gets nothing
         assert claim_due(s, now=T0, limit=10, lease_s=120, min_interval_s=MIN_INTERVAL) == []
-        targets = poll_targets(s, [ok], now=T0, push_window_s=8 * 3600)
+        targets = poll_targets(s, [ok], now=T0, push_window_s=8 * 3600, lease_until=None,
+                               min_interval_s=MIN_INTERVAL)  # fmt: skip
         assert [(t.shipment_id, t.carrier, t.phone, t.has_push) for t in targets] == [
             (ok, "yuantong", "13800000000", True)
         ]
-        (quiet,) = poll_targets(s, [ok], now=T0, push_window_s=600)  # last push too long ago
+        (quiet,) = poll_targets(
+            s, [ok], now=T0, push_window_s=600, lease_until=None, min_interval_s=MIN_INTERVAL
+        )  # last push too long ago
         assert not quiet.has_push
         release_lease(s, [ok], now=T0, retry_in_s=30)
     released = get_shipment(ok)
@@ -607,6 +610,22 @@ def test_expired_tracking_needs_attention(db):
     assert get_shipment(sid).next_poll_at is None
 
 
+def test_never_found_abort_flags_the_order_with_the_providers_note(db):
+    """Kuaidi100's "3天查询无记录" abort (no trace ever) arrives as EXCEPTION without events and
+    with a note (adapters.logistics.kuaidi100): the order is flagged with that note as reason."""
+    from dataclasses import replace
+
+    from adapters.logistics.kuaidi100 import NOT_FOUND_NOTE
+
+    oid = make_order("SHIPPED")
+    sid = make_shipment(oid, "PENDING", next_poll_at=T0)
+    apply(sid, replace(res(TS.EXCEPTION, raw_state=""), note=NOT_FOUND_NOTE), source="push")
+    order = get_order(oid)
+    assert order.status == "NEEDS_ATTENTION"
+    assert order.reason == f"tracking_exception: {NOT_FOUND_NOTE}"[:200]
+    assert get_shipment(sid).status == "EXCEPTION"
+
+
 def test_order_flagged_for_another_reason_is_left_to_the_operator(db):
     oid = make_order("NEEDS_ATTENTION", reason="operator_hold")
     sid = make_shipment(oid, "IN_TRANSIT")
@@ -722,3 +741,177 @@ def test_claim_ahead_takes_the_next_tick_and_reports_when_each_is_due(db):
     with unit_of_work() as s:  # leased: a second beat gets none of them
         assert claim_ahead(s, now=T0, horizon_s=tick, limit=10, lease_s=120,
                            min_interval_s=MIN_INTERVAL) == []  # fmt: skip
+
+
+# -- (e) the poll task: a chunk is safe to run again, or twice at once ----------------------
+
+
+@pytest.fixture
+def k100(db, monkeypatch):
+    """A Kuaidi100 simulator over HTTP whose per-number lock is longer than the test (any
+    second query of a waybill is a throttle violation in its ledger), and the settings the
+    poll task reads pointing at it. The task body runs in this process; the provider, the
+    database and the Redis bucket are the real ones."""
+    import secrets
+
+    from adapters import registry
+    from settings import get_settings
+    from simulators.kuaidi100 import Kuaidi100Simulator
+    from tasks import tracking as tracking_tasks
+
+    key = secrets.token_hex(8)
+    sim = Kuaidi100Simulator("K100TEST", key, time_scale=1.0, min_query_interval_s=600.0).start()
+    env = {
+        "KUAIDI100_QUERY_URL": f"{sim.url}/poll/query.do",
+        "KUAIDI100_SUBSCRIBE_URL": f"{sim.url}/poll",
+        "KUAIDI100_CUSTOMER": "K100TEST",
+        "KUAIDI100_KEY": key,
+        "KUAIDI100_CALLBACK_SALT": "salt",
+        "TRACKING_MIN_INTERVAL_S": "600",
+        "TRACKING_RATE_PER_S": "200",
+        "TRACKING_BURST": "200",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    registry.reset()
+    tracking_tasks._bucket.cache_clear()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+        get_settings.cache_clear()
+        registry.reset()
+        tracking_tasks._bucket.cache_clear()
+
+
+def _due_fleet(sim, n: int, *, due: datetime) -> dict[int, str]:
+    """n shipments due at ``due``, their waybills known to the simulator: id -> waybill."""
+    fleet = {}
+    for _ in range(n):
+        waybill = "YT" + uuid.uuid4().hex[:12].upper()
+        sim.register_waybill("yuantong", waybill, "normal")
+        fleet[make_shipment(make_order("SHIPPED"), next_poll_at=due, waybill=waybill)] = waybill
+    sim.advance(3 * 3600)  # the first scans are visible: a query finds a trace
+    return fleet
+
+
+def _claim(now: datetime, lease_s: float = 120.0) -> tuple[list[int], str]:
+    from services.tracking import lease_expiry
+
+    with unit_of_work() as s:
+        ids = claim_due(s, now=now, limit=100, lease_s=lease_s, min_interval_s=600.0)
+    return ids, lease_expiry(now, horizon_s=0.0, lease_s=lease_s).isoformat()
+
+
+def _queries(sim, fleet: dict[int, str]) -> dict[str, int]:
+    queries = sim.ledger()["queries"]
+    return {w: queries.get(w, {}).get("count", 0) for w in fleet.values()}
+
+
+def test_a_chunk_retried_partway_never_queries_a_waybill_twice(k100, monkeypatch):
+    """The 4th member's record fails for a non-provider reason (a lost database connection):
+    the task raises for a retry after three queries were recorded and a fourth sent. The retry
+    queries only the four not yet sent; a redelivery after that queries nothing. The member
+    whose outcome was lost is handed back, due once its minimum interval has passed."""
+    import sqlalchemy.exc
+
+    from services import tracking as svc
+    from tasks.tracking import poll
+
+    fleet = _due_fleet(k100, 8, due=datetime.now(UTC) - timedelta(seconds=5))
+    ids, token = _claim(datetime.now(UTC))
+    assert sorted(ids) == sorted(fleet)
+    real_record, calls = svc.record_poll, []
+
+    def flaky_record(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 4:
+            raise sqlalchemy.exc.OperationalError("UPDATE shipments", {}, Exception("conn lost"))
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(svc, "record_poll", flaky_record)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        poll(ids, token)  # called directly, retry() re-raises the retryable error
+    assert sorted(_queries(k100, fleet).values()) == [0] * 4 + [1] * 4
+    lost = calls[3]
+
+    assert poll(ids, token) == 4  # the retry: only the four never sent
+    assert poll(ids, token) == 0  # a redelivery after that: nothing
+    ledger = k100.ledger()
+    assert _queries(k100, fleet) == {w: 1 for w in fleet.values()}
+    assert ledger["throttle_violations"] == 0
+    handed_back = get_shipment(lost)
+    assert handed_back.lease_until is None and handed_back.last_polled_at is not None
+    assert handed_back.next_poll_at >= handed_back.last_polled_at + timedelta(seconds=600)
+    with unit_of_work() as s:
+        leased = s.scalar(select(func.count()).where(Shipment.lease_until.is_not(None)))
+        recorded = s.scalar(select(func.count()).where(Shipment.poll_failures == 0,
+                                                       Shipment.status != "PENDING"))  # fmt: skip
+    assert leased == 0 and recorded == 7  # the lost one's answer never landed
+
+
+def test_a_chunk_delivered_after_its_lease_was_reclaimed_queries_nothing(k100):
+    """A poll task that arrives after its lease expired and its shipments were claimed again
+    (a long broker delay, a redelivery after the visibility timeout) finds none of them."""
+    from tasks.tracking import poll
+
+    fleet = _due_fleet(k100, 5, due=datetime.now(UTC) - timedelta(seconds=5))
+    ids, old_token = _claim(datetime.now(UTC), lease_s=0.2)
+    time.sleep(0.3)  # the lease expires
+    again, new_token = _claim(datetime.now(UTC))
+    assert sorted(again) == sorted(ids) and new_token > old_token
+    assert poll(ids, old_token) == 0
+    assert _queries(k100, fleet) == {w: 0 for w in fleet.values()}
+    assert poll(again, new_token) == 5
+    assert poll(ids, old_token) == 0
+    assert _queries(k100, fleet) == {w: 1 for w in fleet.values()}
+
+
+def test_two_copies_of_a_chunk_at_once_query_each_waybill_once(k100):
+    """An acks-late redelivery can run beside the original: the atomic take before each query
+    lets exactly one of them query a waybill."""
+    from tasks.tracking import poll
+
+    k100.set_faults(latency_ms=30)  # both copies are mid-chunk together
+    fleet = _due_fleet(k100, 12, due=datetime.now(UTC) - timedelta(seconds=5))
+    ids, token = _claim(datetime.now(UTC))
+    done: list[int] = []
+    threads = [threading.Thread(target=lambda: done.append(poll(ids, token))) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sum(done) == 12, done
+    assert _queries(k100, fleet) == {w: 1 for w in fleet.values()}
+    assert k100.ledger()["throttle_violations"] == 0
+
+
+def test_a_push_since_the_last_poll_defers_the_fallback_poll(k100):
+    """Polling is the fallback: a shipment that got a push since its last poll is handed back,
+    due one push-stretched interval after that push, and not queried."""
+    from tasks.tracking import cadence, poll
+
+    now = datetime.now(UTC)
+    fleet = _due_fleet(k100, 2, due=now - timedelta(seconds=5))
+    pushed, quiet = sorted(fleet)
+    with unit_of_work() as s:
+        s.execute(
+            text("UPDATE shipments SET subscribed = true, last_push_at = :at, "
+                 "last_polled_at = :polled WHERE id = :id"),
+            {"at": now - timedelta(seconds=60), "polled": now - timedelta(hours=2), "id": pushed},
+        )  # fmt: skip
+    ids, token = _claim(now)
+    assert poll(ids, token) == 1
+    assert _queries(k100, fleet) == {fleet[pushed]: 0, fleet[quiet]: 1}
+    deferred = get_shipment(pushed)
+    c = cadence()
+    expected = c.new * c.push_multiplier  # PENDING, with pushes
+    assert deferred.lease_until is None
+    assert deferred.next_poll_at == now - timedelta(seconds=60) + timedelta(seconds=expected)
+
+
+def test_the_bucket_belongs_to_the_provider_account(k100):
+    from tasks.tracking import _bucket
+
+    assert _bucket().key == "ratelimit:kuaidi100:K100TEST"

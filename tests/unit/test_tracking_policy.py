@@ -248,3 +248,17 @@ def test_a_chunk_closes_when_its_due_times_spread_past_the_window():
 
 def test_no_claims_no_chunks():
     assert plan_chunks([], size=20, window_s=1.0) == []
+
+
+def test_pace_spreads_a_backlog_at_the_quota_rate_and_never_moves_a_poll_earlier():
+    from domain.tracking import pace
+
+    now = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    backlog = [(i, now - timedelta(seconds=30)) for i in range(1, 8)]
+    later = (99, now + timedelta(seconds=10))
+    paced = dict(pace([*backlog, later], now=now, rate_per_s=2.0, burst=3))
+    # Three at once (the burst), then one every half second; the late one keeps its time.
+    assert [(paced[i] - now).total_seconds() for i in range(1, 8)] == [0, 0, 0, 0.5, 1, 1.5, 2]
+    assert paced[99] == later[1]
+    with pytest.raises(ValueError):
+        pace(backlog, now=now, rate_per_s=0, burst=1)

@@ -454,6 +454,71 @@ def test_stuck_parcel_aborts_as_expired(
     assert sim.ledger()["subscriptions"]["YT1700000017"]["status"] == "abort"
 
 
+def test_never_found_parcel_abort_is_flagged_as_an_exception(
+    sim: Kuaidi100Simulator, provider: Kuaidi100Provider, receiver: PushReceiver
+) -> None:
+    """Kuaidi100 gives up on a number without any trace after 3 days ("3天查询无记录"): the
+    push parses as EXCEPTION with a note, so the order is flagged, not left waiting."""
+    sim.register_waybill("yuantong", "YT1750000017", script="never_found")
+    provider.subscribe("yuantong", "YT1750000017", receiver.url, None)
+    sim.advance(4 * DAY)
+    (abort,) = receiver.wait_for(1)
+    assert abort.push_status == "abort" and "3天查询无记录" in abort.message
+    assert abort.result is not None and abort.result.status is S.EXCEPTION
+    assert abort.result.events == () and "3天查询无记录" in abort.result.note
+
+
+# Every state code of provider-protocols.md §4 and its normalized status from the §5 table,
+# written out by hand (not derived from the adapter's table). 8 and 9 are not documented: the
+# mildest status that says "there is a trace".
+STATE_CODES: dict[str, S] = {
+    "0": S.IN_TRANSIT, "1": S.IN_TRANSIT, "2": S.EXCEPTION, "3": S.DELIVERED,
+    "4": S.EXCEPTION, "5": S.OUT_FOR_DELIVERY, "6": S.EXCEPTION, "7": S.IN_TRANSIT,
+    "8": S.IN_TRANSIT, "9": S.IN_TRANSIT, "10": S.IN_TRANSIT, "11": S.IN_TRANSIT,
+    "12": S.IN_TRANSIT, "13": S.EXCEPTION, "14": S.EXCEPTION,
+    # advanced codes (resultv2=4)
+    "101": S.INFO_RECEIVED, "102": S.INFO_RECEIVED, "103": S.IN_TRANSIT,
+    "1001": S.IN_TRANSIT, "1002": S.IN_TRANSIT, "1003": S.IN_TRANSIT,
+    "501": S.AVAILABLE_FOR_PICKUP,
+    "301": S.DELIVERED, "302": S.DELIVERED, "303": S.DELIVERED, "304": S.DELIVERED,
+    "401": S.EXCEPTION,
+}  # fmt: skip
+STATUS_NAMES = {"在途": "0", "揽收": "1", "疑难": "2", "签收": "3", "退签": "4", "派件": "5",
+                "退回": "6", "转投": "7", "待清关": "10", "清关中": "11", "已清关": "12",
+                "清关异常": "13", "拒签": "14"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("code", "expected"), sorted(STATE_CODES.items()))
+def test_every_state_code_maps_to_its_normalized_status(
+    provider: Kuaidi100Provider, keys: dict[str, str], code: str, expected: S
+) -> None:
+    """Through a signed push (the same parser as a query answer): the result's status comes
+    from ``state``, each event's from its ``statusCode``, and the raw code is kept beside it."""
+    import hashlib
+    import json
+
+    from adapters.logistics.kuaidi100 import normalize_state
+
+    assert normalize_state(code) is expected
+    event = {"time": "2026-11-02 10:00:00", "ftime": "2026-11-02 10:00:00",
+             "context": f"scan {code}", "status": "在途", "statusCode": code}  # fmt: skip
+    last = {"message": "ok", "nu": "YT1900000019", "ischeck": "0", "com": "yuantong",
+            "status": "200", "state": code, "data": [event]}  # fmt: skip
+    param = json.dumps({"status": "polling", "message": "", "lastResult": last})
+    sign = hashlib.md5((param + keys["salt"]).encode()).hexdigest().upper()
+    result = provider.parse_push({"param": param, "sign": sign}).result
+    assert result is not None
+    assert (result.status, result.raw_state) == (expected, code)
+    assert (result.events[0].status, result.events[0].raw_code) == (expected, code)
+
+
+@pytest.mark.parametrize(("name", "code"), sorted(STATUS_NAMES.items()))
+def test_status_names_map_like_their_codes(name: str, code: str) -> None:
+    from adapters.logistics.kuaidi100 import normalize_state
+
+    assert normalize_state(name) is STATE_CODES[code]
+
+
 def test_push_options_and_push_now(
     sim: Kuaidi100Simulator, provider: Kuaidi100Provider, receiver: PushReceiver
 ) -> None:
