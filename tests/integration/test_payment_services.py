@@ -1,0 +1,170 @@
+"""The payment services on real PostgreSQL, driven by the in-memory fake provider.
+
+Each test runs the steps a payment task runs (prepare in one transaction, call the provider with
+none open, finish in another) with :class:`tests.fakes.FakePaymentProvider` in place of the
+adapter, so the awkward interleavings — an answer lost after the provider did its work, a buyer
+paying between a cancel and its close, a notification delivered twice — are played out exactly,
+step by step, instead of hoped for under load. The e2e suite covers the same stage through real
+workers and simulators; the fake's contract is pinned in ``tests/unit/test_fakes.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from adapters.payments.base import PaymentState
+from domain.errors import ProviderUnavailable
+from models import Order, Payment, Refund
+from producers.intake import accept_message
+from services import payments
+from services.reservation import reserve_order
+from services.unit_of_work import unit_of_work
+from tests.conftest import order_message
+from tests.fakes import FakePaymentProvider
+from tests.helpers import assert_stock_consistent, stock_of
+
+NOTIFY_BASE = "http://127.0.0.1:9"  # never called: the fake does not deliver notifications
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def reserved_order(sku: str = "P", quantity: int = 2) -> str:
+    oid = accept_message(order_message(sku, quantity), channel="test").order_id
+    with unit_of_work() as s:
+        assert reserve_order(s, oid, now=now(), payment_window_s=600).status == "RESERVED"
+    return oid
+
+
+def create(fake: FakePaymentProvider, oid: str) -> None:
+    """payments.create: prepare, call, finish (the task's three steps)."""
+    with unit_of_work() as s:
+        plan = payments.prepare_create(s, oid, now=now(), notify_base_url=NOTIFY_BASE, redrive_s=30)
+    assert plan is not None
+    created = fake.create(plan.request)
+    with unit_of_work() as s:
+        payments.finish_create(s, oid, created, now=now(), first_query_s=5)
+
+
+def deliver(fake: FakePaymentProvider, body: bytes) -> list[payments.Followup]:
+    """POST /webhooks/<provider>: verify, parse, apply once."""
+    note = fake.parse_notification({}, body)
+    with unit_of_work() as s:
+        return payments.apply_notification(s, "alipay", note, now=now())
+
+
+def close(fake: FakePaymentProvider, oid: str, at: datetime) -> list[payments.Followup] | None:
+    """payments.expire / payments.close at time ``at``; None when there was nothing to close."""
+    with unit_of_work() as s:
+        plan = payments.prepare_close(s, oid, now=at, notify_base_url=NOTIFY_BASE)
+    if plan is None:
+        return None
+    result = fake.close(plan.request)
+    with unit_of_work() as s:
+        return payments.finish_close(s, oid, plan.request, result, now=at)
+
+
+def refund(fake: FakePaymentProvider, refund_id: int) -> None:
+    """payments.refund."""
+    with unit_of_work() as s:
+        plan = payments.prepare_refund(s, refund_id)
+    assert plan is not None
+    result = fake.refund(plan.request)
+    with unit_of_work() as s:
+        payments.finish_refund(s, plan.order_id, result.refund_no, result, now=now())
+
+
+def state(oid: str) -> tuple[str, str | None]:
+    with unit_of_work() as s:
+        order = s.get(Order, oid)
+        payment = s.scalar(select(Payment).where(Payment.order_id == oid))
+        assert order is not None
+        return order.status, payment.status if payment else None
+
+
+def test_a_lost_create_answer_is_replayed_into_the_same_trade(catalog):
+    """The provider creates the trade but its answer is lost: the retry (same stored key) gets
+    the same trade back, the buyer pays once, and a repeated notification changes nothing."""
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid = reserved_order()
+    fake.fail_next(after=True)  # the work is done, the answer never arrives
+    with pytest.raises(ProviderUnavailable):
+        create(fake, oid)
+    assert state(oid) == ("RESERVED", "CREATING")  # nothing recorded from a lost answer
+    create(fake, oid)  # the task's retry
+    assert len(fake.trades) == 1
+    assert state(oid) == ("AWAITING_PAYMENT", "PENDING")
+
+    (trade_no,) = fake.trades
+    fake.pay(trade_no)
+    (body,) = fake.outbox
+    first, again = deliver(fake, body), deliver(fake, body)
+    assert [f.task for f in first] == ["shipping.book"] and again == []
+    assert state(oid) == ("PAID", "PAID")
+
+
+def test_expiry_closes_the_unpaid_trade_and_releases_the_stock_once(catalog):
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid = reserved_order()
+    create(fake, oid)
+    assert stock_of("P") == (5, 2)
+    past_deadline = now() + timedelta(seconds=601)
+    assert close(fake, oid, past_deadline) == []
+    assert state(oid) == ("EXPIRED", "CLOSED")
+    (trade,) = fake.trades.values()
+    assert trade.state is PaymentState.CLOSED  # the buyer can no longer pay it
+    assert close(fake, oid, past_deadline) is None  # a second expiry run finds nothing to close
+    assert stock_of("P") == (5, 0)
+    assert_stock_consistent()
+
+
+def test_expiry_that_finds_the_trade_paid_treats_it_as_paid(catalog):
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid = reserved_order()
+    create(fake, oid)
+    (trade_no,) = fake.trades
+    fake.pay(trade_no)  # paid, but the notification is not delivered before the deadline
+    followups = close(fake, oid, now() + timedelta(seconds=601))
+    assert [f.task for f in followups] == ["shipping.book"]
+    assert state(oid) == ("PAID", "PAID")
+    assert stock_of("P") == (5, 2)  # still held for the shipment
+    assert fake.refunds == {}
+
+
+def test_paid_between_cancel_and_close_is_refunded_exactly_once(catalog):
+    """Cancel while the trade is open; the buyer pays before the close runs. The notification
+    refunds the late payment; the close then finds it paid and refunds nothing more."""
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid = reserved_order()
+    create(fake, oid)
+    with unit_of_work() as s:
+        followups = payments.cancel_order(s, oid, now=now(), actor="test", reason="changed mind")
+    assert [f.task for f in followups] == ["payments.close"]
+    assert stock_of("P") == (5, 0)  # released at the cancel
+
+    (trade_no,) = fake.trades
+    fake.pay(trade_no)
+    (paid_note,) = fake.outbox
+    (refund_task,) = deliver(fake, paid_note)
+    assert refund_task.task == "payments.refund"
+    refund(fake, int(refund_task.arg))
+    assert close(fake, oid, now()) is None  # the close task finds nothing open: no new refund
+    assert deliver(fake, paid_note) == []  # a late duplicate of the payment notification
+
+    assert [(no, r.amount.amount if r.amount else None) for no, (_, r) in fake.refunds.items()] == [
+        (f"late-{trade_no}", fake.trades[trade_no].request.amount.amount)
+    ]
+    with unit_of_work() as s:
+        rows = s.scalars(select(Refund).where(Refund.order_id == oid)).all()
+        assert [(r.status, r.amount) for r in rows] == [("SUCCEEDED", rows[0].amount)]
+    assert state(oid) == ("CANCELLED", "REFUNDED")
+    assert stock_of("P") == (5, 0)  # the late payment did not take stock again
+    assert_stock_consistent()
