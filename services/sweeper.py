@@ -15,6 +15,13 @@ twice, and a sweep never waits on a row a worker is busy with. For each claimed 
 
 Claimed orders get a new stage deadline (a lease), so a follow-up that is itself lost is
 re-driven again later. Every task is idempotent, so a duplicate follow-up is harmless.
+
+An order whose follow-up task is waiting in the dead-letter queue (an OPEN row for that task
+and order) is *held*: the sweeper does not send the task again, it only moves the lease on.
+Re-sending would run the same failing task through all its retries and add a dead letter
+every ``redrive_after_s``, for ever; an operator replays or discards it instead (once the row
+is no longer OPEN, re-driving resumes). Holding applies to the task that failed only: an order
+whose ``payments.create`` is dead-lettered still expires at its payment deadline.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from domain.orders import OrderStatus
-from models import Order, Payment
+from models import DeadLetter, Order, Payment
 from services import timeline
 from services.payments import Followup, expire_order
 
@@ -42,6 +49,7 @@ SWEPT = (
 class SweepResult:
     followups: list[Followup] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # follow-up task waiting in dead letters
 
 
 def _claim(session: Session, now: datetime, limit: int, book: bool) -> list[Order]:
@@ -74,11 +82,16 @@ def sweep(
             select(Payment.order_id).where(Payment.order_id.in_([o.id for o in orders]))
         )
     )
+    dead = _dead_lettered(session, [o.id for o in orders])
     for order in orders:
         task = _decide(order, now, order.id in with_payment)
         if task == "expire-now":
             expire_order(session, order, now=now)
             result.expired.append(order.id)
+            continue
+        if (order.id, task) in dead:
+            order.stage_deadline = now + timedelta(seconds=redrive_after_s)  # look again later
+            result.held.append(order.id)
             continue
         timeline.record(
             session, order.id, "redrive", from_status=order.status, to_status=order.status,
@@ -88,6 +101,16 @@ def sweep(
         order.stage_deadline = now + timedelta(seconds=redrive_after_s)
         result.followups.append(Followup(task, order.id))
     return result
+
+
+def _dead_lettered(session: Session, order_ids: list[str]) -> set[tuple[str, str]]:
+    """(order id, task name) pairs with an OPEN dead letter: tasks an operator must decide on."""
+    rows = session.execute(
+        select(DeadLetter.order_id, DeadLetter.task_name).where(
+            DeadLetter.order_id.in_(order_ids), DeadLetter.status == "OPEN"
+        )
+    )
+    return {(str(order_id), task) for order_id, task in rows}
 
 
 def _decide(order: Order, now: datetime, has_payment: bool) -> str:

@@ -146,6 +146,53 @@ def test_reserved_order_without_payment_is_redriven_to_payment_stage(catalog):
     assert got.expired == []
 
 
+def _dead_letter(order_id: str, task: str) -> int:
+    from services import dead_letters
+
+    with unit_of_work() as s:
+        return dead_letters.record(
+            s, task_name=task, task_id="t-1", args=[order_id], kwargs={}, queue="orders",
+            error=RuntimeError("keeps failing"), attempts=4, order_id=order_id,
+        )  # fmt: skip
+
+
+def test_a_dead_lettered_task_is_held_not_resent_until_an_operator_acts(catalog):
+    """The sweeper does not re-send a task that waits in the dead-letter queue for the order
+    (it would fail through every retry again and add a dead letter each time); replaying or
+    discarding the dead letter lets it re-drive again."""
+    from services import dead_letters
+
+    catalog({"A": 5})
+    oid = accept_message(order_message("A"), channel="test").order_id
+    dl_id = _dead_letter(oid, "orders.process")
+    later = now() + timedelta(minutes=5)
+    with unit_of_work() as s:
+        held = sweep(s, now=later, redrive_after_s=30, limit=10)
+    assert held.followups == [] and held.held == [oid]
+    with unit_of_work() as s:  # the lease moved on: not claimed again on the next tick
+        assert sweep(s, now=later, redrive_after_s=30, limit=10).held == []
+    with unit_of_work() as s:
+        dead_letters.discard(s, dl_id, now=later, actor="test")
+    with unit_of_work() as s:
+        got = sweep(s, now=later + timedelta(minutes=1), redrive_after_s=30, limit=10)
+    assert [(f.task, f.arg) for f in got.followups] == [("orders.process", oid)]
+
+
+def test_a_dead_lettered_payment_create_still_expires_at_the_deadline(catalog):
+    catalog({"A": 5})
+    oid = accept_message(order_message("A", 2), channel="test").order_id
+    reserve(oid, window=600)
+    _dead_letter(oid, "payments.create")
+    with unit_of_work() as s:  # before the payment deadline: held
+        before = sweep(s, now=now() + timedelta(seconds=60), redrive_after_s=30, limit=10)
+    assert before.followups == [] and before.held == [oid]
+    with unit_of_work() as s:  # past it: the hold does not keep the stock
+        after = sweep(s, now=now() + timedelta(seconds=700), redrive_after_s=30, limit=10)
+    assert after.expired == [oid]
+    assert status_counts() == {"EXPIRED": 1} and stock_of("A") == (5, 0)
+    assert_stock_consistent()
+
+
 @pytest.mark.parametrize(
     "statement",
     [
