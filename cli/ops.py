@@ -33,7 +33,11 @@ WORKERS = (
 
 def run_up(*, api_port: int, flower_port: int, simulators: bool) -> None:
     """Start the API, a worker per queue, beat, Flower (basic auth) and, optionally, the
-    provider simulators; block until Ctrl-C / SIGTERM; stop everything by pid."""
+    provider simulators; block until Ctrl-C / SIGTERM; stop everything by pid.
+
+    Raises :class:`RuntimeError` (the CLI exits 1 with it) when a process it started dies on
+    its own, after stopping all the others.
+    """
     from workers.embedded import embedded_services
 
     stop = threading.Event()
@@ -82,9 +86,11 @@ def _serve(api_port: int, flower_port: int, stop: threading.Event) -> None:
         console.print("running; Ctrl-C stops everything")
         while not stop.is_set():
             dead = [p.name for p in group.procs if not p.alive()]
-            if dead:
-                console.print(f"[red]stopped unexpectedly:[/] {', '.join(dead)}")
-                break
+            if dead:  # a half-running stack only looks healthy: stop it all and exit 1
+                raise RuntimeError(
+                    f"stopped unexpectedly: {', '.join(dead)} (logs in {group.log_dir}); "
+                    "everything else was stopped"
+                )
             stop.wait(1.0)
     except KeyboardInterrupt:
         pass

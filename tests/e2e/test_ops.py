@@ -202,3 +202,78 @@ def test_orders_show_prints_the_timeline_of_a_real_order(start_pipeline, catalog
     assert as_json.returncode == 0, as_json.stderr
     view = json.loads(as_json.stdout)
     assert view["status"] == "COMPLETED" and len(view["callbacks"]) == 8
+
+
+def test_doctor_fails_clearly_on_migrations_beat_and_providers(db):
+    """A database never migrated, no sweep heartbeat, and a configured provider nobody answers
+    for: each is its own FAIL line that says what to do, and the exit code is 1."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from models.migrate import head_revision
+    from settings import get_settings
+    from tasks.maintenance import HEARTBEAT_KEY
+    from tests.conftest import redis_client
+    from workers.procs import free_port
+
+    base = make_url(get_settings().database_url or "")
+    blank = f"orderflow_doctor_{os.getpid()}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{blank}"'))
+    client = redis_client()
+    client.delete(HEARTBEAT_KEY)
+    client.close()
+    env = {
+        **os.environ,
+        "COLUMNS": "250",
+        "DATABASE_URL": base.set(database=blank).render_as_string(hide_password=False),
+        "STRIPE_SECRET_KEY": "sk_test_doctor_only",
+        "STRIPE_API_BASE": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+    }
+    try:
+        run = cli("doctor", env=env)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{blank}" WITH (FORCE)'))
+        admin.dispose()
+    lines = {line.split()[1]: line for line in run.stdout.splitlines() if line.split()[1:]}
+    assert run.returncode == 1, run.stdout
+    assert lines["database"].startswith("ok"), run.stdout  # reachable: only its schema is behind
+    assert lines["migrations"].startswith("FAIL"), run.stdout
+    assert f"head is {head_revision()}" in lines["migrations"]
+    assert "orderflow db upgrade" in lines["migrations"]
+    assert lines["beat"].startswith("FAIL") and "is beat running" in lines["beat"], run.stdout
+    assert lines["providers"].startswith("FAIL"), run.stdout
+    assert "unreachable: stripe (ConnectionError)" in lines["providers"]
+    assert "sk_test_doctor_only" not in run.stdout + run.stderr  # the key is never printed
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_up_stops_everything_and_exits_1_when_a_process_dies(services, tmp_path):
+    """A dead beat under `orderflow up` is not a healthy stack: up says which process died,
+    stops the rest and exits 1 (a supervisor then restarts the whole set)."""
+    import psutil
+
+    from workers.procs import free_port
+
+    api_port, flower_port = free_port(), free_port()
+    env = {**os.environ, "FLOWER_BASIC_AUTH": "ops:up-test-only", "STATE_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--api-port", str(api_port),
+         "--flower-port", str(flower_port), "--no-simulators"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{flower_port}"), 90)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        (beat,) = [c for c in psutil.Process(proc.pid).children() if "beat" in c.cmdline()]
+        beat.kill()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out
+    assert "stopped unexpectedly: beat" in out
+    assert "Traceback" not in out
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
