@@ -34,7 +34,7 @@ from producers.intake import accept
 from producers.schema import OrderMessage, field_errors, parse_message
 from services.intake import IntakeResult
 from services.payments import payment_view
-from services.queries import order_view
+from services.queries import ensure_order_source, order_view
 from services.shipping import shipment_view
 from services.unit_of_work import unit_of_work
 from settings import get_settings
@@ -132,9 +132,10 @@ def create_app() -> FastAPI:
         return JSONResponse(body, status_code=202 if result.created else 200)
 
     @app.get("/v1/orders/{order_id}")
-    def get_order(order_id: str, _source: str = Depends(require_api_key)) -> Any:
+    def get_order(order_id: str, source: str = Depends(require_api_key)) -> Any:
         try:
             with unit_of_work() as session:
+                ensure_order_source(session, order_id, source)
                 view = order_view(session, order_id)
                 view["payment"] = payment_view(session, order_id)
                 view["shipment"] = shipment_view(session, order_id)

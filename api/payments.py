@@ -23,6 +23,7 @@ from api.errors import error_response, not_found
 from domain.errors import ConflictError, NotFound, ProviderError, SignatureInvalid, ValidationError
 from services import payments
 from services.payments import Followup
+from services.queries import ensure_order_source
 from services.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,11 @@ class RefundBody(BaseModel):
     reason: str = Field("requested", min_length=1, max_length=200)
 
 
-def _cancel(order_id: str, reason: str, actor: str) -> list[Followup]:
+def _cancel(order_id: str, reason: str, source: str) -> list[Followup]:
     with unit_of_work() as session:
+        ensure_order_source(session, order_id, source)
         return payments.cancel_order(
-            session, order_id, now=datetime.now(UTC), actor=actor, reason=reason
+            session, order_id, now=datetime.now(UTC), actor=f"api:{source}", reason=reason
         )
 
 
@@ -94,7 +96,7 @@ async def cancel(
     order_id: str, body: CancelRequest, source: Annotated[str, Depends(require_api_key)]
 ) -> Any:
     try:
-        followups = await run_in_threadpool(_cancel, order_id, body.reason, f"api:{source}")
+        followups = await run_in_threadpool(_cancel, order_id, body.reason, source)
     except NotFound:
         return not_found("order_id", f"order {order_id} not found")
     except ConflictError as exc:
@@ -103,11 +105,12 @@ async def cancel(
     return {"id": order_id, "status": "CANCELLED"}
 
 
-def _refund(order_id: str, body: RefundBody, refund_no: str, actor: str) -> list[Followup]:
+def _refund(order_id: str, body: RefundBody, refund_no: str, source: str) -> list[Followup]:
     with unit_of_work() as session:
+        ensure_order_source(session, order_id, source)
         followup = payments.refund_for_order(
             session, order_id, amount=body.amount, refund_no=refund_no, reason=body.reason,
-            actor=actor, now=datetime.now(UTC),
+            actor=f"api:{source}", now=datetime.now(UTC),
         )  # fmt: skip
     return [followup] if followup else []
 
@@ -118,7 +121,7 @@ async def refund(
 ) -> Any:
     refund_no = body.refund_no or f"r-{uuid.uuid4().hex[:24]}"
     try:
-        followups = await run_in_threadpool(_refund, order_id, body, refund_no, f"api:{source}")
+        followups = await run_in_threadpool(_refund, order_id, body, refund_no, source)
     except NotFound:
         return not_found("order_id", f"order {order_id} not found")
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from api.errors import error_response, not_found
 from domain.errors import ConflictError, NotFound, ProviderError, SignatureInvalid, ValidationError
 from services import shipping, tracking
 from services.payments import Followup
+from services.queries import ensure_order_source
 from services.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,14 @@ class WaybillBody(BaseModel):
     waybill: str = Field(pattern=r"^[A-Za-z0-9-]{6,32}$")
 
 
-def _register(order_id: str, body: WaybillBody, actor: str) -> list[Followup]:
+def _register(order_id: str, body: WaybillBody, source: str) -> list[Followup]:
     from tasks.shipping import first_poll_s
 
     with unit_of_work() as session:
+        ensure_order_source(session, order_id, source)
         return shipping.register_waybill(
-            session, order_id, body.carrier, body.waybill, now=datetime.now(UTC), actor=actor,
+            session, order_id, body.carrier, body.waybill, now=datetime.now(UTC),
+            actor=f"api:{source}",
             first_poll_s=first_poll_s(),
         )  # fmt: skip
 
@@ -45,7 +48,7 @@ async def register_shipment(
     order_id: str, body: WaybillBody, source: Annotated[str, Depends(require_api_key)]
 ) -> Any:
     try:
-        followups = await run_in_threadpool(_register, order_id, body, f"api:{source}")
+        followups = await run_in_threadpool(_register, order_id, body, source)
     except NotFound:
         return not_found("order_id", f"order {order_id} not found")
     except ValidationError as exc:

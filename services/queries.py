@@ -11,6 +11,17 @@ from domain.errors import NotFound
 from models import Order, OrderEvent, Stock, StockMovement
 
 
+def ensure_order_source(session: Session, order_id: str, source: str) -> None:
+    """Raise :class:`NotFound` unless an API key bound to ``source`` (``*``: any) may see the
+    order. Another source's order is answered exactly like a missing one, so a key can neither
+    act on nor learn of orders that are not its source's."""
+    if source == "*":
+        return
+    owner = session.scalar(select(Order.source).where(Order.id == order_id))
+    if owner != source:
+        raise NotFound(f"order {order_id}")
+
+
 def order_view(session: Session, order_id: str) -> dict[str, Any]:
     """The order with lines and its whole timeline, as plain JSON-able data."""
     order = session.get(Order, order_id)

@@ -162,6 +162,32 @@ def test_key_bound_to_another_source_is_403(client):
     assert stored_rows()[0] == 1
 
 
+def test_key_bound_to_a_source_sees_and_acts_on_that_source_only(client, api_key):
+    """Another source's order is answered like a missing one (404, nothing changed) on every
+    route that takes an order id; the wildcard key and the owner's key still reach it."""
+    from settings import get_settings
+
+    shop_key = next(k for k, s in get_settings().api_key_map().items() if s == "shop-a")
+    theirs = post(client, order_message(source="shop-b"), api_key).json()["id"]
+    ours = post(client, order_message(source="shop-a"), shop_key).json()["id"]
+    headers = {"X-API-Key": shop_key}
+    waybill = {"carrier": "zhongtong", "waybill": "ZT5550000009"}
+    refused = [
+        client.get(f"/v1/orders/{theirs}", headers=headers),
+        client.post(f"/v1/orders/{theirs}/cancel", json={"reason": "x"}, headers=headers),
+        client.post(f"/v1/orders/{theirs}/refunds", json={"amount": 1}, headers=headers),
+        client.post(f"/v1/orders/{theirs}/shipments", json=waybill, headers=headers),
+    ]
+    for r in refused:
+        assert r.status_code == 404, r.text
+        assert r.json()["details"] == [{"field": "order_id", "reason": f"order {theirs} not found"}]
+    assert client.get(f"/v1/orders/{theirs}", headers={"X-API-Key": api_key}).status_code == 200
+    assert client.get(f"/v1/orders/{ours}", headers=headers).status_code == 200
+    with unit_of_work() as s:  # nothing happened to the other source's order
+        events = s.scalars(select(OrderEvent.kind).where(OrderEvent.order_id == theirs)).all()
+    assert events == ["transition"], events
+
+
 def test_unknown_order_is_404(client, api_key):
     r = client.get(
         "/v1/orders/00000000-0000-0000-0000-000000000000", headers={"X-API-Key": api_key}
