@@ -77,6 +77,10 @@ class ProviderCall:
     order_id: str
     provider: str
     request: Any  # CreatePayment | ClosePayment | RefundRequest | PaymentRef
+    #: Ask, do not send: a refund the provider already accepted (PENDING) is checked with
+    #: ``query_refund``. Sending it again would only replay the stored answer (Stripe keeps it
+    #: for 24 h, then a re-send could refund twice).
+    query_only: bool = False
 
 
 # -- locking helpers ------------------------------------------------------------------------
@@ -546,7 +550,8 @@ def prepare_refund(session: Session, refund_id: int) -> ProviderCall | None:
         amount=Money(refund.amount, refund.currency), total=Money(payment.amount, payment.currency),
         reason=refund.reason or "refund",
     )  # fmt: skip
-    return ProviderCall(payment.order_id, payment.provider, request)
+    pending = refund.status == RefundStatus.PENDING
+    return ProviderCall(payment.order_id, payment.provider, request, query_only=pending)
 
 
 def finish_refund(

@@ -131,21 +131,21 @@ def close_payment(self: OrderflowTask, order_id: str) -> str:
 
 @app.task(name="payments.refund", base=OrderflowTask, bind=True)
 def refund(self: OrderflowTask, refund_id: int) -> str:
-    """Carry out (or check on) a refund; the refund number makes repeats harmless."""
+    """Carry out a requested refund, or check on one the provider accepted as pending (then it
+    is queried, never sent again); the refund number makes repeats harmless."""
     try:
         with unit_of_work() as session:
             plan = payments.prepare_refund(session, refund_id)
         if plan is None:
             return "noop"
         req = plan.request
+        adapter = payment_provider(plan.provider)
+        if plan.query_only:
+            operation, fn = "query_refund", lambda: adapter.query_refund(req.ref, req.refund_no)
+        else:
+            operation, fn = "refund", lambda: adapter.refund(req)
         try:
-            result = call(
-                plan.provider,
-                "refund",
-                plan.order_id,
-                lambda: payment_provider(plan.provider).refund(req),
-                request=req,
-            )
+            result = call(plan.provider, operation, plan.order_id, fn, request=req)
         except CircuitOpen:
             return "circuit_open"  # the poll job re-drives it
         with unit_of_work() as session:

@@ -240,6 +240,37 @@ def test_partial_and_full_refunds_idempotent_by_number(start_pipeline, catalog):
         ("rf-1", 1000, "SUCCEEDED"), ("rf-2", 2000, "SUCCEEDED")]  # fmt: skip
 
 
+def test_a_pending_refund_is_queried_until_it_settles_not_sent_again(start_pipeline, catalog):
+    """Stripe accepts the refund as pending and no refund webhook arrives: the poll asks for
+    the refund (query_refund) until Stripe settles it. Re-sending it would only replay the
+    stored "pending" answer for its idempotency key, so the refund would never settle here."""
+    catalog({"R": 5}, price=1000)
+    p = start_pipeline()
+    stripe = p.stack.stripe
+    stripe.refunds_start_pending = True
+    stripe.webhook_types = {"payment_intent.succeeded"}  # no charge.refund.updated
+    oid = p.post_order(order_message("R", 2, provider="stripe"))
+    wait_status(p, oid, "AWAITING_PAYMENT")
+    p.stack.pay("stripe", out_trade_no(oid))
+    wait_status(p, oid, "PAID")
+    assert p.post(f"/v1/orders/{oid}/refunds", {"refund_no": "pend-1"}).status_code == 202
+
+    def refund_status() -> str:
+        (r,) = p.get_order(oid)["payment"]["refunds"]
+        return r["status"]
+
+    wait_until(lambda: refund_status() == "PENDING", 30)
+    (at_stripe,) = stripe.ledger()["refunds"]
+    assert at_stripe["status"] == "pending"
+    stripe.settle_refund(at_stripe["id"])
+    wait_until(lambda: refund_status() == "SUCCEEDED", 60)
+    assert p.get_order(oid)["payment"]["status"] == "REFUNDED"
+    assert [r["amount"] for r in stripe.ledger()["refunds"]] == [2000]  # one refund, in full
+    calls = [e["detail"]["operation"] for e in p.get_order(oid)["timeline"]
+             if e["kind"] == "provider_call"]  # fmt: skip
+    assert calls.count("refund") == 1 and "query_refund" in calls, calls
+
+
 def test_cli_refund_and_cancel(start_pipeline, catalog):
     import os
     import subprocess
