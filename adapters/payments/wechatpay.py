@@ -17,7 +17,8 @@ Decisions worth knowing (each also commented where it is made):
 * **close** calls close first and queries only when WeChat answers ``ORDERPAID``: the close
   answer is authoritative and the common case costs one round trip. ``ORDER_CLOSED`` and
   ``ORDER_NOT_EXIST`` count as closed (nothing can be paid on them).
-* **A verified notification whose decrypted ``mchid`` is not ours** raises
+* **A verified notification whose decrypted ``mchid`` (or, for a payment, ``appid``) is not
+  ours** raises
   :class:`SignatureInvalid`: it is a misrouted or replayed message, a security event, and the
   webhook must answer it with an error rather than act on it.
 * ``trade_state`` ``REFUND`` maps to ``REFUNDED`` although WeChat sets it on the first,
@@ -208,7 +209,8 @@ class WeChatPayProvider:
 
     def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         """Verify the Wechatpay-* signature and timestamp, decrypt the resource (AES-256-GCM),
-        check it is for our ``mchid``, then map it. Any failure of those → SignatureInvalid."""
+        check it is for our ``mchid`` (and a payment for our ``appid``), then map it. Any
+        failure of those → SignatureInvalid."""
         self._verify(headers, body)
         event = _json_object(body)
         event_type = _opt_str(event, "event_type") or ""
@@ -220,6 +222,10 @@ class WeChatPayProvider:
         named = mchid is not None or kind is not NotificationKind.OTHER
         if named and mchid != self._config.mchid:
             raise self._forged(f"notification is for mchid {mchid!r}")
+        # A transaction names the app it was paid through; refund resources carry no appid.
+        appid = plain.get("appid")
+        if kind is NotificationKind.PAYMENT and appid != self._config.appid:
+            raise self._forged(f"notification is for appid {appid!r}")
         return _notification(kind, event_id, event_type, plain)
 
     def notification_reply(self, ok: bool) -> NotificationReply:

@@ -398,9 +398,11 @@ def test_duplicate_and_out_of_order_notifications(
     assert len({n.event_id for n in notes}) == 2  # duplicates share the event id
 
 
-def _transaction(out_trade_no: str = "T0000001", mchid: str = MCHID) -> dict[str, Any]:
+def _transaction(
+    out_trade_no: str = "T0000001", mchid: str = MCHID, appid: str = APPID
+) -> dict[str, Any]:
     return {
-        "appid": APPID,
+        "appid": appid,
         "mchid": mchid,
         "out_trade_no": out_trade_no,
         "transaction_id": "4200000000000000000000000001",
@@ -413,7 +415,7 @@ def _transaction(out_trade_no: str = "T0000001", mchid: str = MCHID) -> dict[str
 
 def _signed(sim: WeChatPaySimulator, **options: Any) -> tuple[Headers, bytes]:
     """A notification the simulator signs; ``mchid`` goes into the encrypted resource."""
-    resource = _transaction(mchid=options.pop("mchid", MCHID))
+    resource = _transaction(mchid=options.pop("mchid", MCHID), appid=options.pop("appid", APPID))
     return sim.build_notification("TRANSACTION.SUCCESS", resource, **options)
 
 
@@ -460,6 +462,10 @@ def forge_wrong_mchid(sim: WeChatPaySimulator) -> tuple[Headers, bytes]:
     return _signed(sim, mchid="1900009999")  # genuine, but for another merchant
 
 
+def forge_wrong_appid(sim: WeChatPaySimulator) -> tuple[Headers, bytes]:
+    return _signed(sim, appid="wx0000000000000bad")  # our merchant, but another app's trade
+
+
 Forgery = Callable[[WeChatPaySimulator], tuple[Headers, bytes]]
 
 #: name → (forgery, text the SignatureInvalid message must contain: proves *which* check fired)
@@ -473,6 +479,7 @@ FORGERIES: dict[str, tuple[Forgery, str]] = {
     "future_timestamp": (forge_future_timestamp, "Timestamp"),
     "bad_gcm_tag": (forge_bad_gcm_tag, "GCM"),
     "wrong_mchid": (forge_wrong_mchid, "mchid"),
+    "wrong_appid": (forge_wrong_appid, "appid"),
 }
 
 
