@@ -57,6 +57,9 @@ _ACTOR = "tracking"
 #: Order reasons written here; only an order flagged with this prefix is moved on automatically.
 EXCEPTION_REASON = "tracking_exception"
 EXPIRED_REASON = "tracking_expired"
+#: A refused or returned parcel (``TrackingResult.returned``): never cleared by a later scan —
+#: the scans that follow are the parcel's way back, and its "delivered" is to the sender.
+RETURNED_REASON = "tracking_returned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,8 +650,8 @@ def _follow_shipment(
             _move(session, order, OrderStatus.DELIVERED, **detail)
             _move(session, order, OrderStatus.COMPLETED, **detail)
     elif status == ShipmentStatus.EXCEPTION:
-        reason = f"{EXCEPTION_REASON}: {_exception_text(result)}"
-        _flag(session, order, reason, **detail)
+        kind = RETURNED_REASON if result.returned else EXCEPTION_REASON
+        _flag(session, order, f"{kind}: {_exception_text(result)}", **detail)
     elif status == ShipmentStatus.EXPIRED:
         _flag(session, order, EXPIRED_REASON, **detail)
 

@@ -77,6 +77,9 @@ class TrackingResult:
     events: Sequence[TrackingEvent]  # oldest first
     signed: bool = False  # ischeck=1
     note: str = ""  # the provider's word on the result, e.g. why it stopped tracking
+    #: The parcel was refused, cancelled or is going back to the sender (status EXCEPTION): it
+    #: will not reach the customer, so no later scan may resolve the order by itself.
+    returned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

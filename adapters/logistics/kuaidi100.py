@@ -87,6 +87,11 @@ STATE_TABLE: Mapping[str, TrackingStatus] = {
     **dict.fromkeys(("2", "4", "6", "13", "14", "401"), _S.EXCEPTION),
 }
 
+#: Codes for a parcel that will not reach the customer: 4 returned and signed for by the sender
+#: (退签), 6 being returned (退回), 14 refused by the recipient (拒签), 401 cancelled. They are
+#: EXCEPTION like 2 (疑难) and 13 (customs), but unlike those they do not resolve themselves.
+RETURNED_STATES = frozenset({"4", "6", "14", "401"})
+
 # With resultv2=1 (or none) an event carries a status *name* instead of a code.
 _STATUS_NAMES: Mapping[str, str] = {
     "在途": "0",
@@ -321,7 +326,11 @@ def _tracking_result(
     else:
         status = events[-1].status
     signed = str(body.get("ischeck", "0")) == "1"
-    return TrackingResult(carrier, waybill, status, raw_state, tuple(events), signed)
+    code = raw_state or (events[-1].raw_code if events else "")
+    returned = _STATUS_NAMES.get(code, code) in RETURNED_STATES
+    return TrackingResult(
+        carrier, waybill, status, raw_state, tuple(events), signed, returned=returned
+    )
 
 
 def _event(provider: str, item: Any) -> TrackingEvent:

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -571,12 +572,14 @@ def test_delivered_straight_from_shipped_completes_the_order(db):
 def test_exception_needs_attention_and_a_resolution_moves_the_order_on(db):
     oid = make_order("IN_TRANSIT")
     sid = make_shipment(oid, "IN_TRANSIT", last_event_at=T0 - timedelta(hours=1))
-    problem = ev(T0, TS.EXCEPTION, "14", "收件人拒签")
-    apply(sid, res(TS.EXCEPTION, problem, raw_state="14"))
+    problem = ev(T0, TS.EXCEPTION, "2", "地址不详 联系收件人中")
+    apply(sid, res(TS.EXCEPTION, problem, raw_state="2"))
     order = get_order(oid)
-    assert (order.status, order.reason) == ("NEEDS_ATTENTION", "tracking_exception: 收件人拒签")
+    assert (order.status, order.reason) == (
+        "NEEDS_ATTENTION", "tracking_exception: 地址不详 联系收件人中",
+    )  # fmt: skip
     assert get_shipment(sid).status == "EXCEPTION"
-    apply(sid, res(TS.EXCEPTION, problem, raw_state="14"), source="push")  # duplicate: no-op
+    apply(sid, res(TS.EXCEPTION, problem, raw_state="2"), source="push")  # duplicate: no-op
     assert transitions(oid) == [("IN_TRANSIT", "NEEDS_ATTENTION")]
 
     # A stale pre-exception result does not resolve it; a newer carrier scan does.
@@ -598,6 +601,26 @@ def test_exception_needs_attention_and_a_resolution_moves_the_order_on(db):
         ("IN_TRANSIT", "NEEDS_ATTENTION"), ("NEEDS_ATTENTION", "IN_TRANSIT"),
         ("IN_TRANSIT", "NEEDS_ATTENTION"),
     ]  # fmt: skip
+
+
+def test_a_refused_or_returned_parcel_stays_flagged_whatever_scans_follow(db):
+    """Refused by the recipient (14), the parcel travels back and is signed for by the sender:
+    its later "in transit" and "delivered" scans are the way back, so the order stays
+    NEEDS_ATTENTION (tracking_returned) and never completes by itself."""
+    oid = make_order("IN_TRANSIT")
+    sid = make_shipment(oid, "IN_TRANSIT", last_event_at=T0 - timedelta(hours=1))
+    refused = ev(T0, TS.EXCEPTION, "14", "收件人拒签")
+    apply(sid, replace(res(TS.EXCEPTION, refused, raw_state="14"), returned=True))
+    assert (get_order(oid).status, get_order(oid).reason) == (
+        "NEEDS_ATTENTION", "tracking_returned: 收件人拒签",
+    )  # fmt: skip
+    back = ev(T0 + timedelta(hours=2), TS.IN_TRANSIT, "0", "退回途中")
+    apply(sid, res(TS.IN_TRANSIT, refused, back))
+    home = ev(T0 + timedelta(hours=5), TS.DELIVERED, "3", "寄件人已签收")
+    apply(sid, res(TS.DELIVERED, refused, back, home, raw_state="3"))
+    order = get_order(oid)
+    assert (order.status, order.reason) == ("NEEDS_ATTENTION", "tracking_returned: 收件人拒签")
+    assert transitions(oid) == [("IN_TRANSIT", "NEEDS_ATTENTION")]
 
 
 def test_expired_tracking_needs_attention(db):

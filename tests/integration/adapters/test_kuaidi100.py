@@ -510,6 +510,8 @@ def test_every_state_code_maps_to_its_normalized_status(
     assert result is not None
     assert (result.status, result.raw_state) == (expected, code)
     assert (result.events[0].status, result.events[0].raw_code) == (expected, code)
+    # Refused, returned or cancelled: an exception that will not resolve itself.
+    assert result.returned is (code in ("4", "6", "14", "401"))
 
 
 @pytest.mark.parametrize(("name", "code"), sorted(STATUS_NAMES.items()))
