@@ -48,7 +48,7 @@ from domain.errors import (
 from domain.money import Money
 from domain.orders import CANCELLABLE, OrderStatus, can_transition
 from domain.payments import CAPTURED, PaymentStatus, RefundStatus, payment_can_move, refund_can_move
-from models import Order, Payment, ProcessedNotification, Refund
+from models import Order, Payment, ProcessedNotification, Refund, Shipment
 from services import timeline
 from services.order_state import lock_order, move_order
 from services.stock import release_reservations
@@ -447,10 +447,21 @@ def finish_close(
 def cancel_order(
     session: Session, order_id: str, *, now: datetime, actor: str, reason: str
 ) -> list[Followup]:
-    """Cancel before shipping: release stock now; close the trade or refund what was paid."""
+    """Cancel before shipping: release stock now; close the trade or refund what was paid.
+
+    Raises :class:`ConflictError` once the order may not be cancelled: past its stage, or PAID
+    with a warehouse booking under way (a shipment row, written before the booking call under
+    this same order lock). A parcel may be booked by then and the booking port cannot undo
+    one, so cancelling would refund an order that still ships; the warehouse must cancel it.
+    """
     order = lock_order(session, order_id)
     if order.status not in CANCELLABLE:
         raise ConflictError(f"order {order_id} is {order.status} and can no longer be cancelled")
+    booking = select(Shipment.id).where(Shipment.order_id == order_id)
+    if order.status == OrderStatus.PAID and session.scalar(booking) is not None:
+        raise ConflictError(
+            f"order {order_id} is being booked with the warehouse; cancel the parcel there first"
+        )
     payment = lock_payment(session, order_id)
     release_reservations(session, [order.id], now=now, reason=f"cancelled: {reason}")
     order.reason = "cancelled"

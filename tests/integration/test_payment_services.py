@@ -168,3 +168,25 @@ def test_paid_between_cancel_and_close_is_refunded_exactly_once(catalog):
     assert state(oid) == ("CANCELLED", "REFUNDED")
     assert stock_of("P") == (5, 0)  # the late payment did not take stock again
     assert_stock_consistent()
+
+
+def test_a_paid_order_whose_booking_started_cannot_be_cancelled(catalog):
+    """Once the shipping stage stored its booking intent (before calling the warehouse), a
+    cancel is refused with a conflict and changes nothing: the parcel may already be booked."""
+    from domain.errors import ConflictError
+    from services import shipping
+
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid = reserved_order()
+    create(fake, oid)
+    (trade_no,) = fake.trades
+    fake.pay(trade_no)
+    deliver(fake, fake.outbox[0])
+    assert state(oid) == ("PAID", "PAID")
+    with unit_of_work() as s:
+        assert shipping.prepare_booking(s, oid, now=now(), redrive_s=60)
+    with pytest.raises(ConflictError, match="being booked"), unit_of_work() as s:
+        payments.cancel_order(s, oid, now=now(), actor="test", reason="too late")
+    assert state(oid) == ("PAID", "PAID")
+    assert stock_of("P") == (5, 2) and fake.refunds == {}
