@@ -236,12 +236,32 @@ def test_metrics_after_a_run_expose_the_pipeline(start_pipeline, catalog):
             s.value for s in matching if all(s.labels.get(k) == v for k, v in labels.items())
         )
 
+    def present(name: str, **labels: str) -> bool:
+        return any(
+            s.name == name and all(s.labels.get(k) == v for k, v in labels.items()) for s in samples
+        )
+
+    # Every series the operations issue names is in the scrape: a sum of nothing would be 0,
+    # so presence is checked first, then the value.
+    for name, labels in [
+        ("orderflow_orders", {"status": "COMPLETED"}),
+        ("orderflow_order_stage_seconds_count", {"to_status": "PAID"}),
+        *[("orderflow_queue_depth", {"queue": q}) for q in
+          ("orders", "payments", "shipping", "tracking", "maintenance", "callbacks")],
+        *[("orderflow_circuit_open", {"provider": pr}) for pr in
+          ("alipay", "wechatpay", "stripe", "kuaidi100", "warehouse")],
+        ("orderflow_shipments_stale", {}),
+        ("orderflow_dead_letters_open", {}),
+        ("orderflow_provider_call_seconds_count", {"provider": "stripe", "operation": "create"}),
+    ]:  # fmt: skip
+        assert present(name, **labels), (name, labels)
     assert value("orderflow_orders", status="COMPLETED") == 3
     assert value("orderflow_order_stage_seconds_count", to_status="PAID") >= 3
     assert value("orderflow_order_stage_seconds_count", to_status="COMPLETED") >= 3
-    for provider in ("alipay", "wechatpay", "stripe", "warehouse"):
+    for provider in ("alipay", "wechatpay", "stripe", "warehouse", "kuaidi100"):
         assert value("orderflow_provider_calls_total", provider=provider, outcome="ok") >= 1
-    assert value("orderflow_queue_depth", queue="orders") >= 0
-    assert value("orderflow_circuit_open", provider="alipay") == 0
+        assert value("orderflow_provider_call_seconds_count", provider=provider) >= 1
+        assert value("orderflow_circuit_open", provider=provider) == 0
+    assert value("orderflow_shipments_stale") == 0  # every parcel was tracked just now
     assert value("orderflow_dead_letters_open") == 0
     assert not [s for s in samples if s.name == "orderflow_scrape_error" and s.value]
