@@ -36,6 +36,8 @@ PROVIDERS = ("alipay", "wechatpay", "stripe")
 CATALOG = [(f"SKU-{i:03d}", stock, True) for i, stock in enumerate([400] * 12 + [100] * 6)] + [
     ("SKU-OLD", 100, False)
 ]
+#: Two units left, and order 11 of every 50 asks for three: out of stock even in a tiny demo.
+SCARCE = ("SKU-LAST", 2, True)
 
 
 def default_deadline_s(orders: int) -> int:
@@ -75,19 +77,21 @@ def _seed() -> None:
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        for sku, units, active in CATALOG:
+        for sku, units, active in [*CATALOG, SCARCE]:
             upsert_product(session, sku, f"Demo product {sku}", Money(1990, "CNY"), active)
             receive_stock(session, sku, "main", units, actor="demo", reason="demo seed")
 
 
 def _message(i: int, rng: random.Random) -> dict[str, object]:
     """Order ``i``: fixed by its index where the outcome matters (so even a small demo shows
-    every outcome), random elsewhere. 2 % inactive product, 2 % unknown SKU, providers in turn;
-    the rest may still be rejected when a SKU runs out of stock."""
+    every outcome), random elsewhere. 2 % inactive product, 2 % unknown SKU, 2 % more than the
+    stock left, providers in turn; the rest may still be rejected when a SKU runs out."""
     if i % 50 == 3:
         lines = [{"sku": "SKU-OLD", "quantity": 1}]  # inactive product
     elif i % 50 == 28:
         lines = [{"sku": "SKU-NOPE", "quantity": 1}]  # unknown SKU
+    elif i % 50 == 11:
+        lines = [{"sku": SCARCE[0], "quantity": SCARCE[1] + 1}]  # out of stock
     else:
         skus = rng.sample([sku for sku, _, active in CATALOG if active], k=rng.randint(1, 3))
         lines = [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in skus]

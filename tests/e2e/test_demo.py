@@ -108,10 +108,14 @@ def test_small_demo_shows_every_outcome_and_leaves_nothing_running(db, tmp_path)
     assert run.seconds < 120
     outcome = run.stdout.split("outcome", 1)[1].split("rates and checks", 1)[0]
     by_status: dict[str, set[str]] = {}
-    for status, _reason, provider, count in rows(outcome):
+    reasons: set[str] = set()
+    for status, reason, provider, count in rows(outcome):
         assert int(count) > 0
         by_status.setdefault(status, set()).add(provider)
+        reasons.add(reason)
     assert by_status["COMPLETED"] == {"alipay", "wechatpay", "stripe"}
+    # Each way an order is turned away: out of stock, inactive product, unknown SKU.
+    assert {"out_of_stock", "inactive_product", "unknown_sku"} <= reasons, reasons
     assert {"REJECTED", "EXPIRED", "CANCELLED"} <= set(by_status)
     assert set(by_status) <= {"COMPLETED", "REJECTED", "EXPIRED", "CANCELLED"}
     checks = {r[0]: r[1] for r in rows(run.stdout.split("rates and checks", 1)[1]) if r[0]}
