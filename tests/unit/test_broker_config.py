@@ -37,6 +37,7 @@ from workers.app import app
 queues = {q.name: {"args": q.queue_arguments, "exchange": q.exchange.type, "key": q.routing_key}
           for q in c.task_queues}
 missing = app.amqp.queues["elsewhere"]
+app.loader.import_default_modules()  # the task modules, as a worker imports them at start
 print(json.dumps({
     "transport": c.broker_transport_options,
     "queues": queues,
@@ -45,6 +46,12 @@ print(json.dumps({
     "quorum_detected": detect_quorum_queues(app, "amqp")[0],
     "missing": {"args": missing.queue_arguments, "exchange": missing.exchange.type},
     "acks_late": c.task_acks_late, "prefetch": c.worker_prefetch_multiplier,
+    "reject_on_lost": c.task_reject_on_worker_lost, "ignore_result": c.task_ignore_result,
+    "backend": c.result_backend, "accept": c.accept_content, "serializer": c.task_serializer,
+    "soft_limit": c.task_soft_time_limit, "hard_limit": c.task_time_limit,
+    "routes": c.task_routes,
+    "beat": {name: entry["task"] for name, entry in c.beat_schedule.items()},
+    "registered": sorted(app.tasks.keys()),
 }))
 """
 
@@ -75,6 +82,28 @@ def test_rabbitmq_profile_declares_quorum_queues_with_publisher_confirms() -> No
     assert conf["delayed_type"] == "quorum"
     assert conf["missing"] == {"args": {"x-queue-type": "quorum"}, "exchange": "topic"}
     assert conf["acks_late"] is True and conf["prefetch"] == 1  # crash safety unchanged
+
+
+def test_crash_safety_settings_and_a_beat_schedule_of_real_tasks() -> None:
+    """DESIGN §4 as the worker loads it: acks late and requeue when the process dies, one
+    message at a time, JSON only, no results, time limits on every task, a route to a queue
+    of its own for every stage, and beat entries that each name a task a worker has."""
+    conf = celeryconfig_with(None)
+    assert (conf["acks_late"], conf["reject_on_lost"], conf["prefetch"]) == (True, True, 1)
+    assert (conf["accept"], conf["serializer"]) == (["json"], "json")
+    assert conf["ignore_result"] is True and conf["backend"] is None
+    assert 0 < conf["soft_limit"] < conf["hard_limit"]
+    assert conf["transport"]["visibility_timeout"] > conf["hard_limit"]
+    routed = {route["queue"] for route in conf["routes"].values()}
+    assert (
+        {"orders", "payments", "shipping", "tracking", "maintenance"} <= routed <= set(QUEUE_NAMES)
+    )
+    assert set(conf["beat"]) >= {
+        "sweep-stalled-orders", "poll-payments", "reconcile-payments", "schedule-tracking",
+        "tracking-staleness", "dispatch-callbacks",
+    }  # fmt: skip
+    missing = [task for task in conf["beat"].values() if task not in conf["registered"]]
+    assert missing == [], missing
 
 
 def test_redis_profile_keeps_its_visibility_timeout_and_plain_queues() -> None:
