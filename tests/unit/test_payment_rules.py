@@ -1,0 +1,73 @@
+"""Pure payment rules: forward-only payment and refund statuses, and the edges of the Stripe
+webhook tolerance (300 s either way; DESIGN §3.7 and §3.8)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+
+import pytest
+
+from adapters.payments.stripe import verify_signature
+from domain.errors import SignatureInvalid
+from domain.payments import (
+    CAPTURED,
+    PaymentStatus,
+    RefundStatus,
+    payment_can_move,
+    refund_can_move,
+)
+
+P, R = PaymentStatus, RefundStatus
+
+#: The moves the business allows, written out here independently of the domain's table.
+PAYMENT_MOVES = {
+    (P.CREATING, P.PENDING), (P.CREATING, P.PAID), (P.CREATING, P.CLOSED),
+    (P.PENDING, P.PAID), (P.PENDING, P.CLOSED),
+    (P.CLOSED, P.PAID),  # paid after the close: recorded, then refunded by the service
+    (P.PAID, P.PARTIALLY_REFUNDED), (P.PAID, P.REFUNDED),
+    (P.PARTIALLY_REFUNDED, P.REFUNDED),
+}  # fmt: skip
+REFUND_MOVES = {
+    (R.REQUESTED, R.PENDING), (R.REQUESTED, R.SUCCEEDED), (R.REQUESTED, R.FAILED),
+    (R.PENDING, R.SUCCEEDED), (R.PENDING, R.FAILED),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("current", "target"), list(itertools.product(P, P)))
+def test_payment_status_moves_only_forward(current: P, target: P) -> None:
+    assert payment_can_move(current, target) is ((current, target) in PAYMENT_MOVES)
+
+
+@pytest.mark.parametrize(("current", "target"), list(itertools.product(R, R)))
+def test_refund_status_moves_only_forward(current: R, target: R) -> None:
+    assert refund_can_move(current, target) is ((current, target) in REFUND_MOVES)
+
+
+def test_captured_money_is_never_uncaptured() -> None:
+    """Once money was taken no move leads back to a status without it (refunds are rows)."""
+    for current, target in PAYMENT_MOVES:
+        if current in CAPTURED:
+            assert target in CAPTURED, (current, target)
+
+
+SECRET = "whsec_test_only_rules"
+BODY = b'{"id":"evt_1","type":"payment_intent.succeeded"}'
+NOW = 1_800_000_000.0
+
+
+def header_at(t: int) -> str:
+    digest = hmac.new(SECRET.encode(), f"{t}.".encode() + BODY, hashlib.sha256).hexdigest()
+    return f"t={t},v1={digest}"
+
+
+@pytest.mark.parametrize("age_s", [-300, -1, 0, 1, 299, 300])
+def test_stripe_signature_within_300_s_either_way_is_accepted(age_s: int) -> None:
+    verify_signature(header_at(int(NOW) - age_s), BODY, SECRET, 300, NOW)
+
+
+@pytest.mark.parametrize("age_s", [-301, 301, 3600])
+def test_stripe_signature_past_300_s_either_way_is_refused(age_s: int) -> None:
+    with pytest.raises(SignatureInvalid, match="tolerance"):
+        verify_signature(header_at(int(NOW) - age_s), BODY, SECRET, 300, NOW)
