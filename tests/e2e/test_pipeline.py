@@ -286,6 +286,17 @@ def test_cli_jsonl_intake_reports_bad_lines(procs, catalog, tmp_path):
         capture_output=True, text=True, timeout=120, env=os.environ.copy(),
     )  # fmt: skip
     assert "accepted 0, already present 3, rejected 2" in again.stdout
+    # The same (source, external_id) with another body: reported on its line, nothing changed.
+    changed = {**good[0], "lines": [{"sku": "J", "quantity": 2}]}
+    path.write_text(json.dumps(changed) + "\n")
+    conflict = subprocess.run(
+        [sys.executable, "-m", "cli.main", "intake", str(path)],
+        capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+    )  # fmt: skip
+    assert conflict.returncode == 1, conflict.stdout + conflict.stderr
+    assert "line 1:" in conflict.stdout and "external_id" in conflict.stdout, conflict.stdout
+    assert "accepted 0" in conflict.stdout
+    assert status_counts() == {"RESERVED": 3} and stock_of("J") == (10, 3)
 
 
 def test_task_that_always_kills_its_worker_is_dead_lettered_after_three_deliveries(

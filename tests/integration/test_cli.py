@@ -106,6 +106,12 @@ def test_orders_list_filters_by_provider_status_and_age(catalog):
     assert run.stdout.count("stripe") == 2 and "alipay" not in run.stdout
     old = cli("orders", "list", "--older-than", "1h")
     assert old.returncode == 0 and "RECEIVED" not in old.stdout  # all were made just now
+    with unit_of_work() as s:  # one alipay order was placed two hours ago
+        s.execute(text("UPDATE orders SET created_at = now() - interval '2 hours' "
+                       "WHERE payment_provider = 'alipay'"))  # fmt: skip
+    old = cli("orders", "list", "--older-than", "1h")
+    assert old.returncode == 0 and old.stdout.count("RECEIVED") == 1 and "alipay" in old.stdout
+    assert "stripe" not in old.stdout
     bad = cli("orders", "list", "--older-than", "soon")
     assert bad.returncode == 1 and "older-than: 'soon' is not an age" in bad.stderr
     unknown = cli("orders", "list", "--provider", "paypal")
