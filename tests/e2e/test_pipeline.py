@@ -68,6 +68,7 @@ def test_hot_sku_200_orders_stock_50(procs, catalog, api_key):
     catalog({"HOT": 50})
     base = start_api(procs)
     start_worker(procs, concurrency=2)
+    start_worker(procs, name="w2", queues="orders", concurrency=4)  # 6 processes race for HOT
     post_many(base, api_key, [order_message("HOT", 1) for _ in range(200)], threads=50)
     wait_until(lambda: settled(200), 120)
     assert status_counts() == {"RESERVED": 50, "REJECTED": 150}

@@ -94,6 +94,34 @@ def test_concurrent_multi_sku_no_deadlock_and_ledger_matches(catalog):
     assert_stock_consistent()
 
 
+def test_hot_sku_eight_threads_200_orders_stock_50(catalog):
+    """200 one-unit orders for one SKU with 50 in stock, reserved by 8 threads at once on
+    PostgreSQL: exactly 50 reserved, 150 rejected out of stock, never an oversell."""
+    catalog({"HOT": 50})
+    ids = [accept_message(order_message("HOT"), channel="test").order_id for _ in range(200)]
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def run(chunk: list[str]) -> None:
+        barrier.wait()  # all eight start together
+        for oid in chunk:
+            try:
+                reserve(oid)
+            except BaseException as exc:  # any error, deadlocks included, fails the test
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(ids[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert status_counts() == {"RESERVED": 50, "REJECTED": 150}
+    assert stock_of("HOT") == (50, 50)
+    assert set(reservations_per_order().values()) == {1}
+    assert_stock_consistent()
+
+
 def test_two_sweepers_expire_each_order_once(catalog):
     catalog({"A": 200})
     ids = [accept_message(order_message("A", 1), channel="test").order_id for _ in range(100)]
