@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -130,7 +131,17 @@ def _answers(base: str) -> bool:
         return False
 
 
-def test_up_starts_everything_and_stops_cleanly_on_sigint(services, tmp_path):
+def _stop_tree(proc: subprocess.Popen[str], children: list) -> None:
+    """Kill `up` and everything it started, if a failed test left them running: orphaned
+    workers and beat would go on consuming this session's queues and change its database."""
+    import psutil
+
+    for p in [*children, proc]:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            p.kill()
+
+
+def test_up_starts_everything_and_stops_cleanly_on_sigint(db, tmp_path):
     import psutil
 
     from workers.procs import free_port
@@ -149,10 +160,10 @@ def test_up_starts_everything_and_stops_cleanly_on_sigint(services, tmp_path):
         assert len(children) >= 7  # api, 4 workers (+ their pool children), beat, flower
         time.sleep(3)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=150)  # up to 10 s grace per process it stops
     finally:
         if proc.poll() is None:
-            proc.kill()
+            _stop_tree(proc, psutil.Process(proc.pid).children(recursive=True))
     assert proc.returncode == 0, out
     assert "stopped API, workers, beat and Flower" in out
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
@@ -250,7 +261,7 @@ def test_doctor_fails_clearly_on_migrations_beat_and_providers(db):
     assert "Traceback" not in run.stdout + run.stderr
 
 
-def test_up_stops_everything_and_exits_1_when_a_process_dies(services, tmp_path):
+def test_up_stops_everything_and_exits_1_when_a_process_dies(db, tmp_path):
     """A dead beat under `orderflow up` is not a healthy stack: up says which process died,
     stops the rest and exits 1 (a supervisor then restarts the whole set)."""
     import psutil
@@ -269,10 +280,10 @@ def test_up_stops_everything_and_exits_1_when_a_process_dies(services, tmp_path)
         children = psutil.Process(proc.pid).children(recursive=True)
         (beat,) = [c for c in psutil.Process(proc.pid).children() if "beat" in c.cmdline()]
         beat.kill()
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=150)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            _stop_tree(proc, psutil.Process(proc.pid).children(recursive=True))
     assert proc.returncode == 1, out
     assert "stopped unexpectedly: beat" in out
     assert "Traceback" not in out
