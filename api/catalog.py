@@ -210,6 +210,20 @@ def move(body: MoveBody, actor: Admin) -> Any:
     return run_in_unit_of_work(run)
 
 
+@router.get("/stock")
+def stock_report(
+    _actor: Admin, sku: Annotated[str | None, Query(min_length=1, max_length=64)] = None
+) -> Any:
+    """What ``orderflow stock report`` shows: on hand / reserved / available per SKU and
+    warehouse, and the repairs the ledger check proposes (never applied here)."""
+    return run_in_unit_of_work(
+        lambda s: {
+            "stock": [level.as_dict() for level in stock_admin.levels(s, sku)],
+            "proposals": [p.as_dict() for p in stock_admin.propose_repairs(s)],
+        }
+    )
+
+
 @router.get("/stock/drift")
 def drift(_actor: Admin) -> Any:
     return run_in_unit_of_work(

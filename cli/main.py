@@ -24,12 +24,14 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: tasks that faile
 stock_app = typer.Typer(no_args_is_help=True, help="Stock counters and the ledger")
 payments_app = typer.Typer(no_args_is_help=True, help="Payments, refunds and reconciliation")
 shipments_app = typer.Typer(no_args_is_help=True, help="Shipments and tracking")
+metrics_app = typer.Typer(no_args_is_help=True, help="Prometheus metrics")
 app.add_typer(db_app, name="db")
 app.add_typer(orders_app, name="orders")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(stock_app, name="stock")
 app.add_typer(payments_app, name="payments")
 app.add_typer(shipments_app, name="shipments")
+app.add_typer(metrics_app, name="metrics")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(users_app, name="users")
 app.add_typer(callbacks_app, name="callbacks")
@@ -387,20 +389,15 @@ def dlq_discard(dead_letter_id: int) -> None:
 @command
 def stock_report() -> None:
     """On hand / reserved / available per SKU and warehouse, and the ledger drift check."""
-    from sqlalchemy import select
-
     from cli.catalog import print_repair_proposals
-    from models import Stock
     from services.queries import stock_drift
-    from services.stock_admin import propose_repairs
+    from services.stock_admin import levels, propose_repairs
     from services.unit_of_work import unit_of_work
 
     table = Table("sku", "warehouse", "on hand", "reserved", "available")
     with unit_of_work() as session:
-        for s in session.scalars(select(Stock).order_by(Stock.sku, Stock.warehouse)):
-            table.add_row(
-                s.sku, s.warehouse, str(s.on_hand), str(s.reserved), str(s.on_hand - s.reserved)
-            )
+        for s in levels(session):
+            table.add_row(s.sku, s.warehouse, str(s.on_hand), str(s.reserved), str(s.available))
         drift = stock_drift(session)
         proposals = propose_repairs(session)
     console.print(table)
@@ -411,6 +408,32 @@ def stock_report() -> None:
         print_repair_proposals(proposals)  # proposed, never applied: see `stock repair --apply`
         raise typer.Exit(1)
     console.print("[green]counters match the ledger[/]")
+
+
+@metrics_app.command("serve")
+def metrics_serve(
+    port: int = typer.Option(9808, min=1, max=65535),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every one)"),
+) -> None:
+    """Export this host's worker metrics on /metrics, for a machine with workers but no API.
+
+    Event series only (retries, failures, provider calls, stage latency), merged from
+    PROMETHEUS_MULTIPROC_DIR; the state series come from the API's /metrics. Needs no database.
+    """
+    import signal
+    import threading
+
+    from observability.metrics import serve_events
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"worker metrics on http://{host}:{port}/metrics; Ctrl-C stops")
+    try:
+        serve_events(host, port, stop)
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, OSError) as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command("up")

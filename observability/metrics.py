@@ -79,6 +79,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -94,6 +95,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
     values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -472,8 +474,8 @@ class PipelineCollector(Collector):
 # -- exposition ---------------------------------------------------------------------------------
 
 
-def build_registry(directory: Path | None = None) -> CollectorRegistry:
-    """A registry with the event series of every process plus the state series.
+def build_registry(directory: Path | None = None, *, state: bool = True) -> CollectorRegistry:
+    """A registry with the event series of every process plus (``state``) the state series.
 
     With a multiprocess directory (``directory``, else :func:`multiproc_dir`) the event series
     are merged from its files; without one they are this process's own (the default registry).
@@ -485,8 +487,33 @@ def build_registry(directory: Path | None = None) -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     else:
         registry.register(_DefaultRegistry())
-    registry.register(PipelineCollector())
+    if state:
+        registry.register(PipelineCollector())
     return registry
+
+
+def serve_events(host: str, port: int, stop: threading.Event) -> None:
+    """Serve this host's event series (merged from the multiprocess directory) on
+    ``http://host:port/metrics`` until ``stop`` is set: the exporter of a machine that runs
+    workers but no API. No state series: those describe the whole system, and the API's
+    ``/metrics`` exports them once (a second copy per worker host would be summed twice).
+
+    Raises :class:`RuntimeError` when multiprocess mode is off (workers then keep their
+    series in memory, where no other process can read them).
+    """
+    directory = multiproc_dir()
+    if directory is None:
+        raise RuntimeError(
+            "PROMETHEUS_MULTIPROC_DIR is not set: set it, to one directory, for the workers "
+            "of this host and for this exporter"
+        )
+    registry = build_registry(directory, state=False)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class _DefaultRegistry(Collector):

@@ -75,6 +75,16 @@ def _level(row: Stock) -> StockLevel:
     return StockLevel(row.sku, row.warehouse, row.on_hand, row.reserved)
 
 
+def levels(session: Session, sku: str | None = None) -> list[StockLevel]:
+    """Every (sku, warehouse) counter in key order; ``sku`` narrows to one product (a product
+    nobody knows raises :class:`NotFound`; a known one without stock rows gives ``[]``)."""
+    stmt = select(Stock).order_by(Stock.sku, Stock.warehouse)
+    if sku is not None:
+        _require_product(session, sku)
+        stmt = stmt.where(Stock.sku == sku)
+    return [_level(row) for row in session.scalars(stmt)]
+
+
 def _quantity(value: int, field_name: str = "quantity") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_QUANTITY:
         raise ValidationError(field_name, f"must be an integer from 1 to {MAX_QUANTITY}")

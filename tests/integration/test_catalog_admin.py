@@ -287,6 +287,17 @@ def test_stock_routes_go_through_the_ledger(client):
         assert kinds == ["receive", "adjust", "move", "move"]
         assert stock_drift(s) == []
     assert client.get("/v1/admin/stock/drift", headers=H).json() == {"proposals": []}
+    report = client.get("/v1/admin/stock", headers=H)
+    assert report.status_code == 200, report.text
+    assert report.json() == {"stock": [
+        {"sku": "S-1", "warehouse": "east", "on_hand": 3, "reserved": 0, "available": 3},
+        {"sku": "S-1", "warehouse": "main", "on_hand": 5, "reserved": 0, "available": 5},
+    ], "proposals": []}  # fmt: skip
+    one = client.get("/v1/admin/stock", params={"sku": "S-1"}, headers=H).json()["stock"]
+    assert len(one) == 2
+    unknown = client.get("/v1/admin/stock", params={"sku": "NOPE"}, headers=H)
+    assert unknown.status_code == 404 and unknown.json()["details"][0]["field"] == "sku"
+    assert client.get("/v1/admin/stock").status_code == 401  # admin key required
 
 
 @pytest.mark.parametrize(

@@ -350,3 +350,55 @@ def test_a_transition_observes_the_time_since_the_last_one(
     ((from_status, to_status, seconds),) = seen
     assert (from_status, to_status) == ("RESERVED", "CANCELLED")
     assert 90 <= seconds < 100  # from the newest earlier transition, not the first
+
+
+def test_worker_host_exporter_serves_event_series_without_the_api(tmp_path: Path) -> None:
+    """`orderflow metrics serve` on a host with workers and no API: what a worker process
+    recorded in the shared directory is scraped there; state series are not (the API exports
+    them once); SIGTERM stops it with exit 0; without the directory it refuses in one line."""
+    import signal
+    import time
+
+    import requests
+
+    from workers.procs import free_port
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    record = (
+        "from observability import metrics; metrics.task_retried('orders.process', TimeoutError())"
+    )
+    worker = subprocess.run([sys.executable, "-c", record], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    port = free_port()
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "metrics", "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        text = ""
+        for _ in range(100):
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        retries = [s for s in samples if s.name == "orderflow_task_retries_total"]
+        assert [(s.labels["task"], s.labels["error"], s.value) for s in retries] == [
+            ("orders.process", "TimeoutError", 1.0)
+        ], text
+        assert not [s for s in samples if s.name == "orderflow_orders"]  # state: the API's
+        exporter.send_signal(signal.SIGTERM)
+        out, _ = exporter.communicate(timeout=30)
+    finally:
+        if exporter.poll() is None:
+            exporter.kill()
+    assert exporter.returncode == 0, out
+
+    bare = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    refused = subprocess.run([sys.executable, "-m", "cli.main", "metrics", "serve"],
+                             cwd=PROJECT_ROOT, env=bare, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert refused.returncode == 1 and "PROMETHEUS_MULTIPROC_DIR is not set" in refused.stderr
+    assert "Traceback" not in refused.stderr
