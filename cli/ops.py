@@ -41,7 +41,10 @@ def run_up(*, api_port: int, flower_port: int, simulators: bool) -> None:
     from workers.embedded import embedded_services
 
     stop = threading.Event()
+    # Explicit handlers: a process started with SIGINT ignored (nohup, a background job of a
+    # script) would otherwise never see Ctrl-C, and Python installs no KeyboardInterrupt then.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with embedded_services():
         stack = _start_simulators(api_port) if simulators else None
         try:
