@@ -27,6 +27,28 @@ def reserve(order_id, window=600):
         return reserve_order(s, order_id, now=now(), payment_window_s=window)
 
 
+def reserve_in_threads(ids: list[str], threads: int = 8, reverse_odd: bool = False) -> list:
+    """Reserve ``ids`` from ``threads`` threads that start together (every ``threads``-th id
+    each); returns every error raised, deadlocks included (a test expects none)."""
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run(chunk: list[str]) -> None:
+        barrier.wait()
+        for oid in reversed(chunk) if reverse_odd and len(chunk) % 2 else chunk:
+            try:
+                reserve(oid)
+            except BaseException as exc:  # any error fails the calling test
+                errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(ids[i::threads],)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return errors
+
+
 def test_all_lines_or_none(catalog):
     catalog({"A": 5, "B": 1})
     ok = accept_message(order_message([("A", 2), ("B", 1)]), channel="test").order_id
@@ -73,21 +95,8 @@ def test_concurrent_multi_sku_no_deadlock_and_ledger_matches(catalog):
         ).order_id
         for _ in range(160)
     ]
-    errors: list[BaseException] = []
-
-    def run(chunk):
-        for oid in reversed(chunk) if len(chunk) % 2 else chunk:
-            try:
-                reserve(oid)
-            except BaseException as exc:  # any error, deadlocks included, fails the test
-                errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(ids[i::8],)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    # Odd-sized chunks go in reverse, so threads meet the same orders from both ends.
+    assert reserve_in_threads(ids, reverse_odd=True) == []
     counts = status_counts()
     assert counts.get("RECEIVED", 0) == 0
     assert counts["RESERVED"] + counts.get("REJECTED", 0) == 160
@@ -99,23 +108,7 @@ def test_hot_sku_eight_threads_200_orders_stock_50(catalog):
     PostgreSQL: exactly 50 reserved, 150 rejected out of stock, never an oversell."""
     catalog({"HOT": 50})
     ids = [accept_message(order_message("HOT"), channel="test").order_id for _ in range(200)]
-    barrier = threading.Barrier(8)
-    errors: list[BaseException] = []
-
-    def run(chunk: list[str]) -> None:
-        barrier.wait()  # all eight start together
-        for oid in chunk:
-            try:
-                reserve(oid)
-            except BaseException as exc:  # any error, deadlocks included, fails the test
-                errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(ids[i::8],)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert reserve_in_threads(ids) == []
     assert status_counts() == {"RESERVED": 50, "REJECTED": 150}
     assert stock_of("HOT") == (50, 50)
     assert set(reservations_per_order().values()) == {1}
