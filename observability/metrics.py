@@ -23,7 +23,7 @@ so counts come from it rather than from counters that a restart would lose):
 - ``orderflow_dead_letters_open``: dead letters not yet replayed or discarded
 - ``orderflow_shipments_active``, ``orderflow_shipments_stale`` (active, quiet longer than
   ``tracking_stale_after_s``), ``orderflow_shipments_oldest_update_age_seconds``
-- ``orderflow_queue_depth{queue}``: messages waiting in each Celery queue (Redis broker only)
+- ``orderflow_queue_depth{queue}``: messages waiting in each Celery queue (Redis or RabbitMQ)
 - ``orderflow_circuit_open{provider}``: 1 while the provider's circuit breaker is open
 - ``orderflow_scrape_error{backend}`` (1 if reading postgres/redis/broker failed) and
   ``orderflow_scrape_duration_seconds{backend}``
@@ -452,23 +452,37 @@ class PipelineCollector(Collector):
         return [family]
 
     def _queues(self) -> list[Metric]:
-        """LLEN of each queue list (plus its priority lists); nothing for a non-Redis broker."""
+        """Messages waiting in each queue: on Redis the LLEN of its list (plus its priority
+        lists) in one pipeline; on another broker (RabbitMQ) the message count of a passive
+        queue declare, which needs no management plugin."""
         s = self.settings
         url = s.broker_url or s.redis_url
-        if not url or not _is_redis_url(url):
-            return []  # e.g. RabbitMQ: its own exporter reports queue depths
+        if not url:
+            return []
         queues = queue_names()
-        pipe = _redis(url).pipeline(transaction=False)
-        for queue in queues:
-            pipe.llen(queue)
-            for step in _PRIORITY_STEPS:
-                pipe.llen(f"{queue}{_PRIORITY_SEP}{step}")
-        lengths = pipe.execute()
-        per_queue = 1 + len(_PRIORITY_STEPS)
         family = _gauge("orderflow_queue_depth", "Messages waiting in the queue", ["queue"])
-        for i, queue in enumerate(queues):
-            family.add_metric([queue], sum(lengths[i * per_queue : (i + 1) * per_queue]))
+        depths = _redis_depths(url, queues) if _is_redis_url(url) else _broker_depths(url, queues)
+        for queue in queues:
+            family.add_metric([queue], depths[queue])
         return [family]
+
+
+def _redis_depths(url: str, queues: tuple[str, ...]) -> dict[str, int]:
+    pipe = _redis(url).pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(queue)
+        for step in _PRIORITY_STEPS:
+            pipe.llen(f"{queue}{_PRIORITY_SEP}{step}")
+    lengths = pipe.execute()
+    per_queue = 1 + len(_PRIORITY_STEPS)
+    return {q: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, q in enumerate(queues)}
+
+
+def _broker_depths(url: str, queues: tuple[str, ...]) -> dict[str, int]:
+    # Imported by name for the reason queue_names gives: services type-check without kombu.
+    broker = importlib.import_module("workers.broker")
+    depths: dict[str, int] = broker.queue_depths(url, queues)
+    return depths
 
 
 # -- exposition ---------------------------------------------------------------------------------

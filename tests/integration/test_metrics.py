@@ -20,10 +20,11 @@ from sqlalchemy import insert
 from adapters.circuit import CircuitState, breaker_for
 from models import DeadLetter, Order, OrderEvent, Shipment
 from observability import metrics
+from producers.client import OrderProducer
 from services import timeline
 from services.unit_of_work import unit_of_work
 from settings import PROJECT_ROOT, get_settings
-from tests.conftest import redis_client
+from tests.conftest import order_message, redis_client
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -198,15 +199,23 @@ def test_a_dead_redis_fails_only_its_own_series(
     assert not {"orderflow_circuit_open", "orderflow_queue_depth"} & names(samples)
 
 
-def test_a_non_redis_broker_reports_no_queue_depth(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch, fresh_settings: None
+def test_rabbitmq_queue_depths_come_from_a_passive_declare(
+    client: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_settings: None,
+    rabbit: tuple[str, str],
 ) -> None:
-    monkeypatch.setenv("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    _vhost, url = rabbit
+    with OrderProducer(url) as producer:  # publisher confirms: both are stored when it returns
+        producer.send(order_message("A", 1))
+        producer.send(order_message("B", 2))
+    monkeypatch.setenv("BROKER_URL", url)
     get_settings.cache_clear()
 
     samples = scrape(client)
 
-    assert "orderflow_queue_depth" not in names(samples)
+    depths = {q: value(samples, "orderflow_queue_depth", queue=q) for q in celery_queues()}
+    assert depths == {q: 2 if q == "orders" else 0 for q in celery_queues()}
     assert value(samples, "orderflow_scrape_error", backend="broker") == 0
     assert value(samples, "orderflow_circuit_open", provider="alipay") == 0
 

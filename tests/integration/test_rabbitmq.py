@@ -8,10 +8,8 @@ Each test works in a vhost of its own (``rabbitmqctl add_vhost``), deleted after
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
@@ -21,34 +19,10 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 from producers.client import OrderProducer
-from settings import exported_env, get_settings
-from tests.broker import broker_is_amqp, rabbitmq_reachable, rabbitmqctl, with_vhost
+from settings import exported_env
+from tests.broker import rabbitmqctl
 from tests.conftest import order_message, wait_until
 from workers.broker import producer_options, queue_depths
-
-LOCAL_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-@pytest.fixture
-def rabbit() -> Iterator[tuple[str, str]]:
-    """(vhost, broker URL on it) on this machine's RabbitMQ."""
-    base = get_settings().broker_url if broker_is_amqp() else LOCAL_RABBITMQ
-    assert base is not None
-    if not rabbitmq_reachable(base):
-        pytest.skip(
-            f"RabbitMQ is not reachable at {base.split('@')[-1]} "
-            "(start it with `rabbitmq-server -detached`)"
-        )
-    vhost = f"orderflow_it_{os.getpid()}_{secrets.token_hex(3)}"
-    added = rabbitmqctl("add_vhost", vhost)
-    if added is None or added.returncode != 0:
-        pytest.skip(f"cannot create a RabbitMQ vhost with rabbitmqctl (run as root?): {added}")
-    try:
-        granted = rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        assert granted is not None and granted.returncode == 0, granted
-        yield vhost, with_vhost(base, vhost)
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
 
 
 def queue_types(vhost: str) -> dict[str, str]:
