@@ -12,6 +12,7 @@ is skipped, unless ``ORDERFLOW_REQUIRE_BROWSER=1`` (set by CI) makes that a fail
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -217,11 +218,21 @@ def _console_actors(order_id: str) -> list[str]:
 
 @pytest.mark.parametrize(("required", "outcome"), [(None, pytest.skip.Exception),
                                                    ("1", pytest.fail.Exception)])  # fmt: skip
-def test_missing_browser_skips_unless_required(monkeypatch, tmp_path, required, outcome):
+@pytest.mark.parametrize("driver_installed", [True, False])
+def test_missing_browser_skips_unless_required(
+    monkeypatch, tmp_path, required, outcome, driver_installed
+):
+    # Whatever this machine has installed: the paths are the test's own.
+    driver = tmp_path / "chromedriver"
+    if driver_installed:
+        driver.touch()
     monkeypatch.setattr(f"{__name__}.CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setattr(f"{__name__}.CHROMEDRIVER", driver)
     if required is None:
         monkeypatch.delenv("ORDERFLOW_REQUIRE_BROWSER", raising=False)
     else:
         monkeypatch.setenv("ORDERFLOW_REQUIRE_BROWSER", required)
-    with pytest.raises(outcome, match="no-chromium not found"):
+    missing = "no-chromium" if driver_installed else f"no-chromium, {driver}"
+    with pytest.raises(outcome, match=re.escape(f"/{missing} not found")) as raised:
         _require_chromium()
+    assert "apt-get install -y chromium chromium-driver" in str(raised.value)
