@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+
+import pytest
 from sqlalchemy import func, select, text
 
 from models import Order, Stock
 from services.queries import stock_drift
 from services.unit_of_work import unit_of_work
+from workers.embedded import pgserver_bin_dir
 
 
 def status_counts() -> dict[str, int]:
@@ -74,3 +80,27 @@ def pipeline_state() -> dict[str, object]:
         "payments": dict(payments),
         "dead_letters": {f"{t} {e}": n for t, e, n in dead},
     }
+
+
+def _major(pg_dump: str) -> int:
+    out = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, check=True)
+    found = re.search(r"(\d+)(?:\.\d+)?", out.stdout)
+    assert found, out.stdout
+    return int(found.group(1))
+
+
+def pg_dump_for_server() -> str:
+    """A ``pg_dump`` that can dump the test database's server: its major version must be at
+    least the server's. Candidates are the client pgserver ships (a project dependency, so always
+    there) and one on ``PATH`` (any version, or none); the newest that fits wins. Skips the test,
+    naming the versions, when none can."""
+    bundled = pgserver_bin_dir() / "pg_dump"
+    candidates = [str(bundled)] if bundled.exists() else []
+    if (on_path := shutil.which("pg_dump")) is not None:
+        candidates.append(on_path)
+    with unit_of_work() as s:
+        server = int(s.execute(text("SHOW server_version_num")).scalar_one()) // 10000
+    usable = sorted((_major(c), c) for c in candidates if _major(c) >= server)
+    if not usable:
+        pytest.skip(f"no pg_dump of major version >= {server} (the server's) among {candidates}")
+    return usable[-1][1]

@@ -15,12 +15,14 @@ AOF is on (``appendfsync everysec``) so a message accepted by the broker survive
 from __future__ import annotations
 
 import contextlib
+import importlib
 import subprocess
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import redis
 
@@ -36,6 +38,20 @@ def _redis_alive(socket_path: Path) -> bool:
         return bool(redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def import_pgserver() -> ModuleType:
+    """``pgserver``, imported lazily (only the embedded default needs it) and quietly: at import
+    it asks platformdirs for a runtime directory, which warns about an unset ``XDG_RUNTIME_DIR``
+    on every headless machine and then falls back to one under /tmp, as it should."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        return importlib.import_module("pgserver")
+
+
+def pgserver_bin_dir() -> Path:
+    """The PostgreSQL programs (``pg_dump``, ``psql``, ...) pgserver ships with its server."""
+    return Path(import_pgserver().__file__ or "").parent / "pginstall" / "bin"
 
 
 @dataclass
@@ -63,10 +79,7 @@ class EmbeddedServices:
         return self
 
     def _start_postgres(self) -> None:
-        # pgserver's platformdirs warns about XDG_RUNTIME_DIR on headless machines; harmless.
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import pgserver  # imported lazily: only the embedded default needs it
-
+        pgserver = import_pgserver()
         # pgserver reference-counts handles across processes and reuses a running server with
         # the same data directory; cleanup_mode="stop" stops it when the last handle closes.
         pg = pgserver.get_server(self.state_dir / "pg", cleanup_mode="stop")

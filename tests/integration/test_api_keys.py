@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from services import api_keys
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tests.conftest import order_message
+from tests.helpers import pg_dump_for_server
 
 ENCRYPTION_KEY = Fernet.generate_key().decode()
 
@@ -131,14 +131,12 @@ def test_only_hashes_and_ciphertext_reach_the_database(db, env, services):
         dump = str(s.execute(text("SELECT api_keys.*::text FROM api_keys")).all())
     assert secret not in dump and key.api_key not in dump and key.signing_secret not in dump
     assert key.api_key not in repr(key) and key.signing_secret not in repr(key)
-    if shutil.which("pg_dump"):  # the whole database, as a backup would hold it
-        url = make_url(services["database_url"]).set(drivername="postgresql")
-        dump_cmd = ["pg_dump", "--data-only", url.render_as_string(hide_password=False)]
-        out = subprocess.run(
-            dump_cmd, capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-        assert key.key_id in out
-        assert secret not in out and key.signing_secret not in out
+    # The whole database, as a backup would hold it.
+    url = make_url(services["database_url"]).set(drivername="postgresql")
+    dump_cmd = [pg_dump_for_server(), "--data-only", url.render_as_string(hide_password=False)]
+    out = subprocess.run(dump_cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert key.key_id in out
+    assert secret not in out and key.signing_secret not in out
 
 
 def test_service_create_list_revoke_rotate(db, env):

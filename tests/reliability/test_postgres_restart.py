@@ -51,16 +51,16 @@ class PrivatePostgres:
 @pytest.fixture
 def private_postgres(db, monkeypatch) -> Iterator[PrivatePostgres]:
     """A PostgreSQL of this test's own, migrated, and exported as DATABASE_URL."""
-    import pgserver
     from sqlalchemy import create_engine, text
 
     from models.db import dispose_engine
     from models.migrate import upgrade
     from settings import get_settings
+    from workers.embedded import import_pgserver
 
     root = Path(tempfile.mkdtemp(prefix="orderflow-pgcrash-"))
     os.chmod(root, 0o755)  # pgserver runs postgres as its own user when we are root
-    server = pgserver.get_server(root / "pg", cleanup_mode="stop")
+    server = import_pgserver().get_server(root / "pg", cleanup_mode="stop")
     url = "postgresql+psycopg2://" + server.get_uri().removeprefix("postgresql://")
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
