@@ -575,8 +575,13 @@ def _money(amount: int, currency: str) -> Money:
 
 
 def _timestamp(value: object) -> datetime | None:
+    """A Unix time as an aware datetime; None when absent or not one a datetime can hold (a
+    signed event's ``created`` before year 1 is nonsense, not a reason to fail the webhook)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     return None
 
 

@@ -702,6 +702,24 @@ def test_forged_webhooks_are_refused(
     assert provider.parse_notification(good, body).event_id
 
 
+@pytest.mark.parametrize("created", [-62135596801, 253402300800, 10**20, -(10**20)])
+def test_a_signed_event_created_outside_datetime_range_parses_without_a_time(
+    provider: StripeProvider,
+    keys: dict[str, str],
+    signed_event: tuple[bytes, int],
+    created: int,
+) -> None:
+    # Found by the signed-nonsense fuzzer: created=-62135596801 (before year 1) was a 500.
+    body, t = signed_event
+    event = json.loads(body)
+    event["created"] = created
+    body = json.dumps(event).encode()
+    headers = {"Stripe-Signature": stripe_sign(keys["webhook_secret"], body, t)}
+    note = provider.parse_notification(headers, body)
+    assert note.kind is NotificationKind.PAYMENT and note.status is not None
+    assert note.status.state is PaymentState.PAID and note.status.paid_at is None
+
+
 def test_notification_reply() -> None:
     cfg = StripeConfig(
         "http://127.0.0.1:9", secret_key="sk_test_SECRET", webhook_secret="whsec_SECRET"
