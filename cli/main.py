@@ -468,11 +468,11 @@ def demo(
     orders: int = typer.Option(1000, min=1, max=100_000, help="How many orders to push"),
     payment_window: int = typer.Option(15, min=1, help="Seconds before unpaid orders expire"),
     concurrency: int = typer.Option(16, min=1, max=256, help="Concurrent intake clients"),
-    deadline: int | None = typer.Option(
+    stall_after: int | None = typer.Option(
         None,
         min=1,
-        help="Seconds for every order to reach a final status before the demo "
-        "reports the stuck stage and stops [default: 120 + orders/10]",
+        help="Seconds without any order changing status (while some are not final) before "
+        "the demo reports the stuck stage and stops [default: 60, or the payment window + 30]",
     ),
     database: str = typer.Option(
         "orderflow_demo", help="Scratch database the demo drops and recreates on the server"
@@ -488,7 +488,7 @@ def demo(
     try:
         run_demo(
             orders=orders, payment_window_s=payment_window, concurrency=concurrency,
-            deadline_s=deadline, database=database,
+            stall_s=stall_after, database=database,
         )  # fmt: skip
     except (RuntimeError, TimeoutError, OSError) as exc:
         raise fail(str(exc)) from None

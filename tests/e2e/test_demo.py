@@ -32,7 +32,6 @@ class DemoRun:
     returncode: int
     stdout: str
     stderr: str
-    seconds: float
     descendants: list[psutil.Process]
     pgid: int
 
@@ -60,11 +59,10 @@ def run_demo(tmp_path: Path, *args: str, timeout_s: float = 240) -> DemoRun:
             except psutil.Error:
                 pass
             time.sleep(0.5)
-        seconds = time.monotonic() - started
     finally:
         _drop_database(database)
     out.seek(0), err.seek(0)
-    return DemoRun(proc.returncode, out.read(), err.read(), seconds, list(seen.values()), proc.pid)
+    return DemoRun(proc.returncode, out.read(), err.read(), list(seen.values()), proc.pid)
 
 
 def _drop_database(name: str) -> None:
@@ -105,7 +103,6 @@ def rows(table_text: str) -> list[list[str]]:
 def test_small_demo_shows_every_outcome_and_leaves_nothing_running(db, tmp_path):
     run = run_demo(tmp_path, "--orders", "40", "--payment-window", "5", "--concurrency", "8")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr
-    assert run.seconds < 120
     outcome = run.stdout.split("outcome", 1)[1].split("rates and checks", 1)[0]
     by_status: dict[str, set[str]] = {}
     reasons: set[str] = set()
@@ -127,14 +124,14 @@ def test_small_demo_shows_every_outcome_and_leaves_nothing_running(db, tmp_path)
 
 
 def test_a_stalled_demo_names_the_stuck_stage_and_stops(db, tmp_path):
-    # Orders 13 and 19 are abandoned by their customers: with a 60 s payment window they wait
-    # in AWAITING_PAYMENT well past the 10 s deadline.
-    run = run_demo(tmp_path, "--orders", "20", "--payment-window", "60", "--deadline", "10")
+    # Orders 13 and 19 are abandoned by their customers: with a 600 s payment window they wait
+    # in AWAITING_PAYMENT long after the other 18 are final, and then nothing moves for 15 s.
+    # However slowly a busy machine moves the others, that is where the demo stalls.
+    run = run_demo(tmp_path, "--orders", "20", "--payment-window", "600", "--stall-after", "15")
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr
     message = " ".join(run.stderr.split())  # as one line, however the console wrapped it
-    assert "deadline of 10 s passed with" in message
-    assert re.search(r"stuck at .*stage 'paid or closed': \d+ AWAITING_PAYMENT", message)
+    assert "no order changed status for 15 s with 2 of 20 orders not final" in message
+    assert re.search(r"stuck at stage 'paid or closed': 2 AWAITING_PAYMENT\.", message), message
     assert "Traceback" not in message
     assert "stopped API, workers, beat and simulators" in run.stdout
-    assert run.seconds < 90
     assert_nothing_left(run)
