@@ -12,6 +12,18 @@ from models import Product, Stock, StockMovement
 from services import catalog_admin
 from services.locks import lock_stock
 
+#: Most units one (sku, warehouse) can hold on hand: ``stock.on_hand`` is an INTEGER column.
+ON_HAND_MAX = 2**31 - 1
+
+
+def check_room(on_hand: int, adding: int, field_name: str) -> None:
+    """``ValidationError(field_name, ...)`` when adding ``adding`` units to ``on_hand`` would
+    pass :data:`ON_HAND_MAX` (the database would refuse it with an error, not a reason)."""
+    if on_hand + adding > ON_HAND_MAX:
+        raise ValidationError(
+            field_name, f"would put {on_hand + adding} units on hand; at most {ON_HAND_MAX}"
+        )
+
 
 def upsert_product(
     session: Session, sku: str, name: str, price: Money, active: bool = True, *, actor: str = "seed"
@@ -42,6 +54,7 @@ def receive_stock(
         .on_conflict_do_nothing()
     )
     row = lock_stock(session, [(sku, warehouse)])[(sku, warehouse)]
+    check_room(row.on_hand, quantity, "quantity")
     row.on_hand += quantity
     session.execute(
         insert(StockMovement).values(

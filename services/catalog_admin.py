@@ -50,7 +50,7 @@ from models import OrderLine, Product, ProductPrice, Stock, StockMovement
 
 # --- field checks (shared by the API, the CLI and the importer) --------------------------------
 
-_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # fullmatch: "$" would let a final "\n" pass
 NAME_MAX = 200
 #: Largest accepted price, in minor units: far above any product, far below BIGINT.
 PRICE_MAX = 10**12
@@ -62,7 +62,7 @@ def check_code(value: object, field_name: str) -> str:
     """A SKU or warehouse code, or ``ValidationError(field_name, ...)``."""
     if not isinstance(value, str) or not value:
         raise ValidationError(field_name, "is required")
-    if not _CODE.match(value):
+    if not _CODE.fullmatch(value):
         raise ValidationError(
             field_name, "must be 1-64 characters of letters, digits, '_', '.', ':' or '-'"
         )

@@ -30,8 +30,8 @@ from services.order_state import lock_order, move_order
 from services.payments import Followup
 from services.stock import ship_reservations
 
-CARRIER_RE = re.compile(r"^[a-z0-9]{2,32}$")
-WAYBILL_RE = re.compile(r"^[A-Za-z0-9-]{6,32}$")
+CARRIER_RE = re.compile(r"[a-z0-9]{2,32}")  # fullmatch: "$" lets a final "\n" pass
+WAYBILL_RE = re.compile(r"[A-Za-z0-9-]{6,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +133,9 @@ def register_waybill(
     first_poll_s: float,
 ) -> list[Followup]:
     """The warehouse reports the parcel's waybill (API / CLI). Validated at the edge."""
-    if not CARRIER_RE.match(carrier):
+    if not CARRIER_RE.fullmatch(carrier):
         raise ValidationError("carrier", "lowercase Kuaidi100 carrier code, e.g. yuantong")
-    if not WAYBILL_RE.match(waybill):
+    if not WAYBILL_RE.fullmatch(waybill):
         raise ValidationError("waybill", "6-32 letters, digits or dashes")
     if session.get(Order, order_id) is None:
         raise NotFound(f"order {order_id}")

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from domain.errors import NotFound, ValidationError
 from models import Product, Reservation, Stock, StockMovement
-from services.catalog import receive_stock
+from services.catalog import check_room, receive_stock
 from services.catalog_admin import check_code
 from services.locks import lock_stock
 from services.queries import ledger_sums
@@ -149,6 +149,7 @@ def adjust(
             f"at most {row.on_hand - row.reserved} units can be removed: "
             f"{row.on_hand} on hand, {row.reserved} reserved",
         )
+    check_room(row.on_hand, delta, "delta")
     row.on_hand += delta
     _ledger(session, sku=sku, warehouse=warehouse, kind="adjust", delta_on_hand=delta,
             reason=note, actor=actor)  # fmt: skip
@@ -189,6 +190,7 @@ def move(
         raise ValidationError(
             "quantity", f"only {src.on_hand - src.reserved} units of {sku} available in {source}"
         )
+    check_room(dst.on_hand, quantity, "quantity")
     src.on_hand -= quantity
     dst.on_hand += quantity
     suffix = f": {note}" if note else ""

@@ -21,7 +21,8 @@ from sqlalchemy import func, select, text
 from domain.errors import NotFound, ValidationError
 from models import StockMovement
 from producers.intake import accept_message
-from services import stock_admin
+from services import shipping, stock_admin
+from services.catalog import ON_HAND_MAX
 from services.queries import stock_drift
 from services.reservation import reserve_order
 from services.unit_of_work import unit_of_work
@@ -67,6 +68,50 @@ def test_adjust_and_move_never_touch_reserved_units(catalog):
     assert stock_of("A") == (5, 4)
     assert ledger_kinds() == ["receive", "reserve"]  # the refusals wrote nothing
     assert_stock_consistent()
+
+
+def test_on_hand_past_the_integer_column_is_refused_with_a_reason(catalog):
+    # Each request is within MAX_QUANTITY; their sum is not within stock.on_hand's INTEGER.
+    catalog({"A": 1})
+    with unit_of_work() as s:
+        s.execute(text("UPDATE stock SET on_hand = :n WHERE sku = 'A'"), {"n": ON_HAND_MAX - 5})
+        s.execute(text("INSERT INTO stock (sku, warehouse, on_hand, reserved) VALUES "
+                       "('A', 'east', :n, 0)"), {"n": ON_HAND_MAX - 1})  # fmt: skip
+    refusals = {
+        "quantity": lambda s: stock_admin.receive(s, "A", "main", 6, actor="t"),
+        "delta": lambda s: stock_admin.adjust(s, "A", "main", 6, reason="count", actor="t"),
+    }
+    refusals["quantity "] = lambda s: stock_admin.move(s, "A", "main", "east", 2, actor="t")
+    for field, call in refusals.items():
+        with unit_of_work() as s, pytest.raises(ValidationError) as info:
+            call(s)
+        assert info.value.field == field.strip() and "at most 2147483647" in info.value.reason
+    with unit_of_work() as s:
+        assert (
+            stock_admin.adjust(s, "A", "main", 5, reason="count", actor="t").on_hand == ON_HAND_MAX
+        )
+    assert stock_of("A") == (ON_HAND_MAX, 0) and stock_of("A", "east") == (ON_HAND_MAX - 1, 0)
+
+
+@pytest.mark.parametrize("code", ["main\n", "main\r", " main", "", "m" * 65, "ma in"])
+def test_a_warehouse_code_must_be_the_whole_value(catalog, code):
+    catalog({"A": 5})
+    with unit_of_work() as s, pytest.raises(ValidationError) as info:
+        stock_admin.receive(s, "A", code, 1, actor="t")
+    assert info.value.field == "warehouse"
+    assert stock_of("A") == (5, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "carrier", "waybill"),
+    [("carrier", "zhongtong\n", "ZT5550000009"), ("waybill", "zhongtong", "ZT5550000009\n")],
+)
+def test_a_waybill_code_must_be_the_whole_value(db, field, carrier, waybill):
+    # The API's model refuses these too; the CLI reaches the service with what was typed.
+    with unit_of_work() as s, pytest.raises(ValidationError) as info:
+        shipping.register_waybill(s, "no-such-order", carrier, waybill, now=datetime.now(UTC),
+                                  actor="t", first_poll_s=1)  # fmt: skip
+    assert info.value.field == field
 
 
 def test_thousand_concurrent_adjustments_moves_and_reservations(catalog):
