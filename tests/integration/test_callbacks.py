@@ -59,13 +59,15 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Records every POST; ``modes[path]`` is "ok", "fail" (HTTP 500) or "hang" (sleeps);
+    """Records every POST; ``modes[path]`` is "ok", "fail" (HTTP 500) or "hang" (holds the
+    request, unanswered, until the test sets ``release``: a hang the test ends, not the clock);
     ``fail_first[path]`` answers that many POSTs with HTTP 500 before the mode applies."""
 
     url: str
     modes: dict[str, str] = field(default_factory=dict)
     fail_first: dict[str, int] = field(default_factory=dict)
-    hang_s: float = 3.0
+    release: threading.Event = field(default_factory=threading.Event)
+    hanging: int = 0
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -87,7 +89,9 @@ def receiver() -> Iterator[Receiver]:
                     state.fail_first[self.path] -= 1
                     mode = "fail"
             if mode == "hang":
-                time.sleep(state.hang_s)
+                with state.lock:
+                    state.hanging += 1
+                state.release.wait(120)
             with state.lock:
                 state.received.append(
                     Received(self.path, dict(self.headers), body, time.monotonic())
@@ -109,6 +113,7 @@ def receiver() -> Iterator[Receiver]:
     try:
         yield state
     finally:
+        state.release.set()
         server.shutdown()
         server.server_close()
         thread.join(5)
@@ -304,28 +309,18 @@ def test_resend_uses_the_same_event_id(catalog, receiver):
     assert deliveries()[0].status == "DELIVERED"
 
 
-def test_a_hanging_receiver_does_not_hold_up_other_endpoints(catalog, receiver):
-    """Chunks run in parallel threads, as on the threads pool of the callbacks queue."""
+def _deliver_in_threads(
+    claims: list[callbacks.Claim], timeouts: dict[int, tuple[float, float]]
+) -> tuple[list[threading.Thread], list[int]]:
+    """Each chunk in a thread of its own, as on the callbacks queue's threads pool, with the
+    (connect, read) timeout of its endpoint; returns the threads and the endpoints finished."""
     from tasks.callbacks import deliver_chunk
 
-    catalog({"A": 20})
-    receiver.modes["/slow"] = "hang"
-    receiver.hang_s = 3.0
-    register("slow", receiver.url + "/slow")
-    register("fast", receiver.url + "/fast")
-    for _ in range(3):
-        new_order("slow")
-    for _ in range(5):
-        new_order("fast")
-    with unit_of_work() as s:
-        claims = callbacks.claim_due(s, now=now(), limit=100, lease_s=60)
-    slow_id = endpoint("slow").id
-    done: dict[int, float] = {}
-    started = time.monotonic()
+    done: list[int] = []
 
     def run(chunk: list[int], endpoint_id: int) -> None:
-        deliver_chunk(chunk, policy=FAST, timeout=(1.0, 1.0))
-        done[endpoint_id] = time.monotonic() - started
+        deliver_chunk(chunk, policy=FAST, timeout=timeouts[endpoint_id])
+        done.append(endpoint_id)
 
     threads = []
     for chunk in callbacks.chunk_claims(claims, 20):
@@ -333,21 +328,55 @@ def test_a_hanging_receiver_does_not_hold_up_other_endpoints(catalog, receiver):
         threads.append(threading.Thread(target=run, args=(chunk, eid)))
     for t in threads:
         t.start()
-    wait_until(lambda: len(receiver.at("/fast")) == 5, timeout_s=5, every_s=0.02)
-    fast_done = time.monotonic() - started
-    # All fast deliveries landed while the slow receiver was still holding its request.
-    assert not receiver.at("/slow") and slow_id not in done
+    return threads, done
+
+
+def test_a_hanging_receiver_does_not_hold_up_other_endpoints(catalog, receiver):
+    catalog({"A": 20})
+    receiver.modes["/slow"] = "hang"
+    slow_id, fast_id = (
+        register("slow", receiver.url + "/slow"),
+        register("fast", receiver.url + "/fast"),
+    )
+    for _ in range(3):
+        new_order("slow")
+    for _ in range(5):
+        new_order("fast")
+    with unit_of_work() as s:
+        claims = callbacks.claim_due(s, now=now(), limit=100, lease_s=60)
+    # The slow endpoint's client waits up to 60 s: far longer than the fast ones can take, so
+    # it is still waiting when they land, however busy the machine.
+    threads, done = _deliver_in_threads(claims, {slow_id: (1.0, 60.0), fast_id: (1.0, 60.0)})
+    wait_until(lambda: len(receiver.at("/fast")) == 5, timeout_s=30, every_s=0.02)
+    assert receiver.hanging == 1 and not receiver.at("/slow") and slow_id not in done
+    receiver.release.set()  # now the slow receiver answers, and its chunk goes on
     for t in threads:
-        t.join(10)
-    assert done[slow_id] > fast_done
-    # The slow chunk gave up at its read timeout, before the receiver ever answered, and
-    # handed the rest of its chunk back untried (attempts below).
-    assert 1.0 <= done[slow_id] < receiver.hang_s
-    slow = [d for d in deliveries() if d.endpoint_id == slow_id]
+        t.join(30)
+    assert sorted(done) == sorted([slow_id, fast_id])
+    assert {d.status for d in deliveries()} == {"DELIVERED"}
+    assert len(receiver.at("/slow")) == 3
+
+
+def test_a_receiver_past_the_read_timeout_fails_one_attempt_and_hands_the_rest_back(
+    catalog, receiver
+):
+    catalog({"A": 20})
+    receiver.modes["/slow"] = "hang"  # never answers while the test runs
+    slow_id = register("slow", receiver.url + "/slow")
+    for _ in range(3):
+        new_order("slow")
+    with unit_of_work() as s:
+        claims = callbacks.claim_due(s, now=now(), limit=100, lease_s=60)
+    threads, done = _deliver_in_threads(claims, {slow_id: (1.0, 0.5)})
+    for t in threads:
+        t.join(30)
+    # The chunk gave up at its read timeout, before the receiver ever answered, and handed the
+    # rest of its chunk back untried (attempts below).
+    assert done == [slow_id] and not receiver.at("/slow") and receiver.hanging == 1
+    slow = deliveries()
     assert sorted(d.attempts for d in slow) == [0, 0, 1]
+    assert {d.status for d in slow} == {"PENDING"}
     assert "Timeout" in (next(d for d in slow if d.attempts).last_error or "")
-    fast = [d for d in deliveries() if d.endpoint_id != slow_id]
-    assert {d.status for d in fast} == {"DELIVERED"}
 
 
 def test_recording_is_transactional(catalog, receiver):
