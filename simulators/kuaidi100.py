@@ -255,6 +255,8 @@ class Kuaidi100Simulator(SimulatorServer):
         self.not_found_abort_after_s = not_found_abort_after_s
         self.push_options = PushOptions()
         self._tick_s = tick_s
+        #: The clock of the throttle and quota windows (real seconds); a test may set its own.
+        self.window_clock: Callable[[], float] = time.monotonic
         self._state = threading.RLock()
         self._sim_origin, self._mono_origin, self._advanced = time.time(), time.monotonic(), 0.0
         self._clear_state()
@@ -423,7 +425,7 @@ class Kuaidi100Simulator(SimulatorServer):
         return Response.json(body) if body else _fail("500", "查询无结果, 请隔段时间再查")
 
     def _take_quota(self) -> bool:
-        now = time.monotonic()
+        now = self.window_clock()
         with self._state:
             while self._quota_times and now - self._quota_times[0] >= self.quota_window_s:
                 self._quota_times.popleft()
@@ -436,7 +438,7 @@ class Kuaidi100Simulator(SimulatorServer):
     def _throttled(self, num: str) -> bool:
         """Record the query; True when it comes within ``min_query_interval_s`` of the last
         accepted one (the lock does not restart the interval)."""
-        now = time.monotonic()
+        now = self.window_clock()
         with self._state:
             rec = self._queries.setdefault(
                 num, {"count": 0, "timestamps": [], "throttle_violations": 0}

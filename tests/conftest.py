@@ -183,20 +183,22 @@ def order_message(
 
 
 def wait_until(
-    predicate: Callable[[], bool],
+    predicate: Callable[[], Any],
     timeout_s: float = 60.0,
     every_s: float = 0.2,
     show: Callable[[], object] | None = None,
-) -> None:
-    """Poll ``predicate`` until true; fail the test with a clear message on timeout.
+) -> Any:
+    """Poll ``predicate`` until it returns something true, and return that; fail the test with
+    a clear message on timeout. The timeout only bounds a hang: on a busy machine a condition
+    may take many times its usual time, so it is generous, never a measure of speed.
 
     ``show`` is called once on timeout and its value goes into the failure message, so a
     stuck pipeline says where it stuck (status counts, queue depths) instead of only "timeout".
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        if value := predicate():
+            return value
         time.sleep(every_s)
     seen = f"; last seen: {show()!r}" if show is not None else ""
     raise AssertionError(f"condition not met within {timeout_s}s{seen}")

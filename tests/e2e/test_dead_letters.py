@@ -22,7 +22,7 @@ from settings import get_settings
 from tests.conftest import order_message, wait_until
 from tests.helpers import assert_stock_consistent, pipeline_state, status_counts, stock_of
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 
 from settings import get_settings
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.configured]
 
 
 @dataclass

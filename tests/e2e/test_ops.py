@@ -24,6 +24,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           text=True, timeout=120, env=env or dict(os.environ))  # fmt: skip
 
 
+@pytest.mark.broker
 def test_doctor_names_a_queue_without_consumer_then_all_green(start_pipeline):
     from workers.procs import wait_worker_ready
 
@@ -43,6 +44,7 @@ def test_doctor_names_a_queue_without_consumer_then_all_green(start_pipeline):
     assert "callbacks 1" in run.stdout and "shipping 1" in run.stdout
 
 
+@pytest.mark.broker
 def test_doctor_fails_clearly_when_the_broker_is_down(db):
     from workers.procs import free_port
 
@@ -74,6 +76,7 @@ FLOWER_PATHS = ("/", "/workers", "/tasks", "/api/workers", "/api/tasks", "/broke
                 "/healthcheck", "/static/css/flower.css")  # fmt: skip
 
 
+@pytest.mark.broker
 def test_flower_refuses_without_credentials(procs, services):
     import psutil
 
@@ -110,6 +113,7 @@ def test_flower_launcher_refuses_to_start_without_credentials():
     reason="on RabbitMQ Flower reads the queues from the management plugin (port 15672), "
     "which this RabbitMQ does not run (`rabbitmq-plugins enable rabbitmq_management`)",
 )
+@pytest.mark.broker
 def test_flower_broker_page_lists_every_queue(procs, services):
     from workers.app import app
     from workers.broker import declare_task_queues, is_amqp
@@ -141,6 +145,7 @@ def _stop_tree(proc: subprocess.Popen[str], children: list) -> None:
             p.kill()
 
 
+@pytest.mark.configured
 def test_up_starts_everything_and_stops_cleanly_on_sigint(db, tmp_path):
     import psutil
 
@@ -261,6 +266,7 @@ def test_doctor_fails_clearly_on_migrations_beat_and_providers(db):
     assert "Traceback" not in run.stdout + run.stderr
 
 
+@pytest.mark.configured
 def test_up_stops_everything_and_exits_1_when_a_process_dies(db, tmp_path):
     """A dead beat under `orderflow up` is not a healthy stack: up says which process died,
     stops the rest and exits 1 (a supervisor then restarts the whole set)."""

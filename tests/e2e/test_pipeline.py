@@ -182,6 +182,7 @@ def test_producer_refuses_a_bad_message_before_publishing(db):
     assert queue_depths(broker_url(), ["orders"]) == {"orders": 0}
 
 
+@pytest.mark.broker
 def test_invalid_broker_message_becomes_dead_letter(procs, catalog):
     """A message that bypassed producer validation is not dropped: it is a dead letter."""
     from tasks.dispatch import enqueue
@@ -227,6 +228,7 @@ def test_redis_flushed_after_500_accepted_all_recovered(procs, catalog, api_key)
     assert_stock_consistent()
 
 
+@pytest.mark.broker
 def test_sigkill_worker_mid_batch_loses_nothing(procs, catalog, api_key):
     catalog({"K1": 400, "K2": 400})
     base = start_api(procs)
@@ -300,6 +302,7 @@ def test_cli_jsonl_intake_reports_bad_lines(procs, catalog, tmp_path):
     assert status_counts() == {"RESERVED": 3} and stock_of("J") == (10, 3)
 
 
+@pytest.mark.broker
 def test_task_that_always_kills_its_worker_is_dead_lettered_after_three_deliveries(
     procs, catalog, api_key, tmp_path
 ):

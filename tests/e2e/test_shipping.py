@@ -216,6 +216,7 @@ def test_forged_push_is_rejected_and_changes_nothing(start_pipeline, catalog):
     assert "DELIVERED" not in transitions(after)
 
 
+@pytest.mark.broker
 def test_metrics_after_a_run_expose_the_pipeline(start_pipeline, catalog):
     """After orders ran end to end, /metrics shows them: states read from the database and
     counters/histograms recorded inside the worker processes."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from tests.conftest import order_message, wait_until
 from tests.helpers import status_counts, stock_of
+
+pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 
 
 def test_order_reaches_reserved(procs, catalog, api_key):

@@ -120,6 +120,7 @@ def rejected(r, field, reason_part):
 # --- storage and the service --------------------------------------------------------------------
 
 
+@pytest.mark.configured
 def test_only_hashes_and_ciphertext_reach_the_database(db, env, services):
     key = create(require_signature=True)
     secret = key.api_key.split("_", 2)[2]

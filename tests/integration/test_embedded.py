@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 import redis
 from sqlalchemy import create_engine, text
 
@@ -78,6 +79,7 @@ def test_embedded_servers_start_reuse_and_stop(tmp_path):
     assert not pg_pid_file.exists()
 
 
+@pytest.mark.configured
 def test_urls_set_starts_nothing_and_touches_no_state(services, tmp_path, monkeypatch):
     """With DATABASE_URL and REDIS_URL set, neither the run's owner nor a CLI command starts a
     server or writes under STATE_DIR."""

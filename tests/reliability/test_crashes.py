@@ -43,6 +43,7 @@ def _all_final(n: int, final: str = "COMPLETED") -> bool:
     return status_counts() == {final: n}
 
 
+@pytest.mark.broker
 def test_sigkill_a_worker_child_every_second(start_pipeline, catalog, figures):
     """Orders and payments run prefork; every second one random pool child is SIGKILLed
     while the orders go through the whole journey (reserve, pay, ship, deliver)."""
@@ -81,6 +82,7 @@ def test_sigkill_a_worker_child_every_second(start_pipeline, catalog, figures):
     fig.recovered(verdict, kills=len(kills))
 
 
+@pytest.mark.broker
 def test_all_workers_killed_at_once_mid_payment(start_pipeline, catalog, figures):
     from workers.procs import wait_worker_ready
 

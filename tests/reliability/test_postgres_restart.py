@@ -117,7 +117,9 @@ def test_postgres_crashes_mid_run_and_comes_back(
 
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
-    wait_until(lambda: len(accepted) >= n // 3, 120, 0.1)
+    wait_until(lambda: len(accepted) >= n // 3 or not thread.is_alive(), 120, 0.1,
+               show=lambda: {"accepted": len(accepted), "answers": dict(answers)})  # fmt: skip
+    assert not unexpected, unexpected
     fig = figures()
     private_postgres.crash()
     fig.injected("PostgreSQL stopped -m immediate (crash) mid-run, started again after 3 s",

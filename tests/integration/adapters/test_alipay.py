@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -37,6 +36,7 @@ from adapters.payments.base import (
 from domain.errors import ValidationError
 from domain.money import Money
 from simulators.alipay import AlipaySimulator, SimulatorError
+from tests.conftest import wait_until
 
 APP_ID = "2021000123456789"
 BEIJING_OFFSET = timedelta(hours=8)
@@ -58,16 +58,6 @@ def _public_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -284,9 +274,9 @@ def test_non_cny_amount_is_refused_before_any_call(
 def test_auto_pay_after_precreate(provider: AlipayProvider, sim: AlipaySimulator) -> None:
     sim.configure(auto_pay_after_ms=100)
     provider.create(create_request("T-6", "5.00"))
-    status = wait_for(
+    status = wait_until(
         lambda: (s := provider.query(PaymentRef("T-6"))).state is PaymentState.PAID and s,
-        timeout=3,
+        every_s=0.02,
     )
     assert status.amount == cny("5.00")
 
@@ -384,7 +374,7 @@ def test_payment_notification_is_delivered_verified_and_acknowledged(
 ) -> None:
     provider.create(create_request("N-1", "66.60", notify_url=receiver.url))
     sim.pay("N-1")
-    note = wait_for(lambda: receiver.parsed and receiver.parsed[0])
+    note = wait_until(lambda: receiver.parsed and receiver.parsed[0])
     sent = sim.ledger()["notifications"][0]
     assert note.kind is NotificationKind.PAYMENT
     assert note.event_id == sent["notify_id"]
@@ -393,7 +383,7 @@ def test_payment_notification_is_delivered_verified_and_acknowledged(
     assert note.status is not None
     assert (note.status.state, note.status.amount) == (PaymentState.PAID, cny("66.60"))
     assert note.status.provider_ref == sim.ledger()["trades"]["N-1"]["trade_no"]
-    wait_for(lambda: [receiver.url, 200, 1] in sim.ledger()["deliveries"])
+    wait_until(lambda: [receiver.url, 200, 1] in sim.ledger()["deliveries"])
     assert [d for d in sim.ledger()["deliveries"] if d[0] == receiver.url] == [
         [receiver.url, 200, 1]
     ]
@@ -408,7 +398,7 @@ def test_duplicate_notifications_and_retry_until_success(
     provider.create(create_request("N-2", notify_url=receiver.url))
     sim.pay("N-2")
     # 3 copies, one answered "fail" → one retry: four deliveries, all with the same notify_id.
-    wait_for(lambda: len(receiver.parsed) == 4)
+    wait_until(lambda: len(receiver.parsed) == 4)
     assert {n.event_id for n in receiver.parsed} == {sim.ledger()["notifications"][0]["notify_id"]}
     deliveries = [d for d in sim.ledger()["deliveries"] if d[0] == receiver.url]
     assert sorted(d[1] for d in deliveries) == [200, 200, 200, 400]
@@ -424,7 +414,7 @@ def test_refund_notifications_out_of_order(
     sim.pay("N-3")
     provider.refund(refund("N-3", "RF-9", "20.00", total="20.00"))
     assert sim.release_notifications(reverse=True) == 2
-    wait_for(lambda: len(receiver.parsed) == 2)
+    wait_until(lambda: len(receiver.parsed) == 2)
     refunded, paid = receiver.parsed  # delivered newest first
     assert refunded.status is not None and paid.status is not None
     assert refunded.status.state is PaymentState.REFUNDED

@@ -13,7 +13,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,7 @@ from adapters.payments.stripe import StripeConfig, StripeProvider, classify_erro
 from domain.money import Money
 from simulators.harness import Request, Response, SimulatorServer
 from simulators.stripe import StripeSimulator
+from tests.conftest import wait_until
 
 # -- fixtures ---------------------------------------------------------------------------------
 _stopping: list[threading.Thread] = []
@@ -118,14 +119,6 @@ def merchant(sim: StripeSimulator, provider: StripeProvider) -> Iterator[Merchan
     sim.webhook_url = m.url
     yield m
     stop_later(m.server)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def create_request(
@@ -210,7 +203,7 @@ def test_auto_pay_and_http_control_endpoint(provider: StripeProvider, sim: Strip
     sim.auto_pay_after_ms = 50
     req = create_request()
     ref = PaymentRef(req.out_trade_no, provider.create(req).provider_ref)
-    wait_for(lambda: provider.query(ref).state is PaymentState.PAID)
+    wait_until(lambda: provider.query(ref).state is PaymentState.PAID)
 
     sim.auto_pay_after_ms = None
     req2 = create_request()
@@ -304,7 +297,7 @@ def test_timeout_is_unavailable_and_the_retry_creates_one_intent(
     sim.set_faults(timeout_rate=0.0)
     created = provider.create(req)
     # The hung request still executes at the simulator afterwards and meets the saved key.
-    wait_for(lambda: len([p for _, p, _ in sim.request_log if p == "/v1/payment_intents"]) == 2)
+    wait_until(lambda: len([p for _, p, _ in sim.request_log if p == "/v1/payment_intents"]) == 2)
     [pi] = sim.ledger()["payment_intents"]
     assert pi["id"] == created.provider_ref
 
@@ -580,7 +573,7 @@ def test_payment_webhook_is_verified_and_parsed(
     req = create_request(amount=Money(2500, "EUR"))
     created = provider.create(req)
     sim.pay(created.provider_ref or "")
-    wait_for(lambda: bool(merchant.of_type("payment_intent.succeeded")))
+    wait_until(lambda: bool(merchant.of_type("payment_intent.succeeded")))
     [note] = merchant.of_type("payment_intent.succeeded")
     assert note.kind is NotificationKind.PAYMENT and note.event_id.startswith("evt_")
     assert note.out_trade_no == req.out_trade_no and note.status is not None
@@ -598,7 +591,7 @@ def test_failed_and_canceled_webhooks(
     ref = PaymentRef(req.out_trade_no, provider.create(req).provider_ref)
     sim.fail_payment(req.out_trade_no)
     provider.close(ClosePayment(ref, "close-1"))
-    wait_for(lambda: bool(merchant.of_type("payment_intent.canceled")))
+    wait_until(lambda: bool(merchant.of_type("payment_intent.canceled")))
     [failed] = merchant.of_type("payment_intent.payment_failed")
     assert failed.kind is NotificationKind.PAYMENT and failed.status is not None
     assert failed.status.state is PaymentState.PENDING
@@ -612,7 +605,7 @@ def test_refund_webhook_carries_refund_no(
     ref, req = paid_payment(provider, sim, 1000)
     provider.refund(refund_request(ref, "R1", 400))
     provider.refund(refund_request(ref, "R2", 600))
-    wait_for(lambda: len(merchant.of_type("charge.refunded")) == 2)
+    wait_until(lambda: len(merchant.of_type("charge.refunded")) == 2)
     by_no = {n.refund.refund_no: n for n in merchant.of_type("charge.refunded") if n.refund}
     assert by_no["R1"].refund is not None and by_no["R1"].refund.amount == Money(400, "USD")
     assert (
@@ -631,7 +624,7 @@ def test_duplicate_and_out_of_order_deliveries(
     ref, _ = paid_payment(provider, sim, 1000)
     provider.refund(refund_request(ref, "R1", 1000))
     assert sim.release_webhooks(order="reverse") == 2
-    wait_for(lambda: len(merchant.accepted) == 4)
+    wait_until(lambda: len(merchant.accepted) == 4)
     types = [n.raw_type for n in merchant.accepted]
     assert types[:2] == ["charge.refunded", "charge.refunded"]  # newest first
     assert len({n.event_id for n in merchant.accepted}) == 2  # duplicates share the event id
@@ -643,7 +636,7 @@ def test_stale_signed_webhook_is_refused_and_retried(
     sim.webhook_stale_by_s = 301
     sim.webhook_types = {"payment_intent.succeeded"}
     paid_payment(provider, sim)
-    wait_for(lambda: len(sim.notifier.deliveries) == 3)  # first try + 2 retries, all refused
+    wait_until(lambda: len(sim.notifier.deliveries) == 3)  # first try + 2 retries, all refused
     assert merchant.accepted == [] and len(merchant.refused) == 3
     assert {status for _, status, _ in sim.notifier.deliveries} == {400}
 
