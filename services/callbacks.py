@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from domain.backoff import equal_jitter_s
 from domain.errors import NotFound, ValidationError
 from domain.orders import OrderStatus
 from models import CallbackDelivery, CallbackEndpoint, Shipment, TrackingEvent
@@ -86,9 +86,8 @@ class RetryPolicy:
     max_attempts: int = 20  # a delivery that failed this often is FAILED (resend revives it)
 
     def backoff_s(self, failures: int) -> float:
-        """Jittered delay after the ``failures``-th failure: uniform in [ceiling/2, ceiling]."""
-        ceiling = min(self.backoff_cap_s, self.backoff_first_s * 2 ** max(0, failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        """The delay after the ``failures``-th failure (:func:`domain.backoff.equal_jitter_s`)."""
+        return equal_jitter_s(failures, first_s=self.backoff_first_s, cap_s=self.backoff_cap_s)
 
 
 # -- recording (inside the caller's transaction) ----------------------------------------------

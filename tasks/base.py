@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -27,6 +26,7 @@ import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
 
+from domain.backoff import equal_jitter_s
 from observability import metrics
 from services import dead_letters, timeline
 from services.unit_of_work import unit_of_work
@@ -62,9 +62,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def backoff_s(retries: int) -> float:
-    """Full-jitter exponential backoff: uniform in [cap/2, cap] of min(CAP, BASE * 2**n)."""
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2**retries))
-    return random.uniform(ceiling / 2, ceiling)
+    """The delay before retry ``retries + 1``: :func:`domain.backoff.equal_jitter_s` from
+    ``BACKOFF_BASE_S`` up to ``BACKOFF_CAP_S``."""
+    return equal_jitter_s(retries + 1, first_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S)
 
 
 class OrderflowTask(Task):  # type: ignore[misc]
