@@ -178,19 +178,6 @@ def shipment_by_waybill(session: Session, carrier: str, waybill: str) -> Shipmen
     )
 
 
-def claim_unbooked(session: Session, *, now: datetime, limit: int) -> list[str]:
-    """PAID orders whose booking was lost (stage deadline passed): ids to re-drive."""
-    orders = list(
-        session.scalars(
-            select(Order)
-            .where(Order.status == OrderStatus.PAID, Order.stage_deadline < now)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=Order)
-        )
-    )
-    return [o.id for o in orders]
-
-
 def shipment_view(session: Session, order_id: str) -> dict[str, Any] | None:
     shipment = _shipment_of(session, order_id, lock=False)
     if shipment is None:

@@ -6,11 +6,10 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import bindparam, insert, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from models import OrderEvent
 from observability import metrics
 
 #: Set by the task layer while a task runs: ``{"task", "worker", "retries"}``. Every timeline row
@@ -66,11 +65,3 @@ def record(
     seconds = session.connection().execute(_INSERT_EVENT, params).scalar_one()
     if kind == "transition" and from_status and to_status and seconds is not None:
         metrics.observe_transition(from_status, to_status, float(seconds))
-
-
-def record_many(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Append several events at once (one round trip), e.g. from a batch job."""
-    if rows:
-        session.execute(
-            insert(OrderEvent), [{**r, "detail": with_task(r.get("detail"))} for r in rows]
-        )
