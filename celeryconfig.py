@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from services.task_names import (
+    MAINTENANCE_DISPATCH_CALLBACKS,
+    MAINTENANCE_POLL_PAYMENTS,
+    MAINTENANCE_RECONCILE,
+    MAINTENANCE_SCHEDULE_TRACKING,
+    MAINTENANCE_SWEEP,
+    MAINTENANCE_TRACKING_STALENESS,
+)
 from settings import get_settings
 from workers.broker import AMQP_TRANSPORT_OPTIONS, is_amqp
 from workers.broker import task_queues as broker_task_queues
@@ -71,32 +79,32 @@ task_routes["maintenance.*"] = {"queue": "maintenance"}
 
 beat_schedule = {
     "sweep-stalled-orders": {
-        "task": "maintenance.sweep",
+        "task": MAINTENANCE_SWEEP,
         "schedule": _s.sweep_interval_s,
         "options": {"expires": _s.sweep_interval_s * 2},  # a stale tick is useless
     },
     "poll-payments": {
-        "task": "maintenance.poll_payments",
+        "task": MAINTENANCE_POLL_PAYMENTS,
         "schedule": _s.payment_poll_interval_s,
         "options": {"expires": _s.payment_poll_interval_s * 2},
     },
     "reconcile-payments": {
-        "task": "maintenance.reconcile",
+        "task": MAINTENANCE_RECONCILE,
         "schedule": _s.reconcile_interval_s,
         "options": {"expires": 3600},
     },
     "schedule-tracking": {
-        "task": "maintenance.schedule_tracking",
+        "task": MAINTENANCE_SCHEDULE_TRACKING,
         "schedule": _s.tracking_interval_s,
         "options": {"expires": _s.tracking_interval_s * 2},
     },
     "tracking-staleness": {
-        "task": "maintenance.tracking_staleness",
+        "task": MAINTENANCE_TRACKING_STALENESS,
         "schedule": 3600.0,
         "options": {"expires": 3600},
     },
     "dispatch-callbacks": {
-        "task": "maintenance.dispatch_callbacks",
+        "task": MAINTENANCE_DISPATCH_CALLBACKS,
         "schedule": _s.callback_dispatch_interval_s,
         "options": {"expires": _s.callback_dispatch_interval_s * 2},
     },

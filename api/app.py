@@ -36,6 +36,7 @@ from services.intake import IntakeResult
 from services.payments import payment_view
 from services.queries import ensure_order_source, order_view
 from services.shipping import shipment_view
+from services.task_names import ORDERS_PROCESS
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 
@@ -155,7 +156,7 @@ def _accept_and_publish(msg: OrderMessage) -> IntakeResult:
     result = accept(msg, channel="http")
     if result.created:
         try:
-            enqueue("orders.process", result.order_id)
+            enqueue(ORDERS_PROCESS, result.order_id)
         except Exception:  # noqa: BLE001 - any broker failure is handled the same way
             log.warning(
                 "could not publish orders.process for %s; the sweeper will", result.order_id

@@ -16,6 +16,7 @@ from cli.apikeys import apikeys_app
 from cli.callbacks import callbacks_app
 from cli.catalog import catalog_app, stock_admin_app, users_app
 from cli.common import command, console, fail, print_json
+from services.task_names import ORDERS_PROCESS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="orderflow operations")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
@@ -66,7 +67,7 @@ def intake(
     if report.created_ids and not no_enqueue:
         from tasks.dispatch import enqueue_many
 
-        queued = enqueue_many(("orders.process", oid) for oid in report.created_ids)
+        queued = enqueue_many((ORDERS_PROCESS, oid) for oid in report.created_ids)
         if queued < len(report.created_ids):
             # Stored is safe: each order's stage deadline makes the sweeper publish it later.
             unqueued = len(report.created_ids) - queued

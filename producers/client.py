@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 
 from producers.schema import OrderMessage, parse_message
+from services.task_names import ORDERS_INTAKE
 from settings import get_settings
 from workers.broker import producer_options
 
@@ -42,7 +43,7 @@ class OrderProducer:
     def send(self, message: OrderMessage | Mapping[str, Any]) -> OrderMessage:
         """Validate and publish one order; returns the validated message."""
         msg = message if isinstance(message, OrderMessage) else parse_message(dict(message))
-        self._app.send_task("orders.intake", args=[msg.model_dump(mode="json")], queue="orders")
+        self._app.send_task(ORDERS_INTAKE, args=[msg.model_dump(mode="json")], queue="orders")
         return msg
 
     def close(self) -> None:

@@ -52,6 +52,7 @@ from models import Order, Payment, ProcessedNotification, Refund, Shipment
 from services import timeline
 from services.order_state import lock_order, move_order
 from services.stock import release_reservations
+from services.task_names import PAYMENTS_CLOSE, PAYMENTS_QUERY, PAYMENTS_REFUND, SHIPPING_BOOK
 
 AWAITING = (OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT)
 #: How long an in-flight close/create keeps the sweeper away from an order.
@@ -206,7 +207,7 @@ def settled_on_create(
     timeline.record(
         session, order_id, "payment", detail={"settled_at_provider": error.code, "then": "query"}
     )
-    return Followup("payments.query", payment.id)
+    return Followup(PAYMENTS_QUERY, payment.id)
 
 
 def fail_create(session: Session, order_id: str, error: ProviderRejected) -> None:
@@ -276,7 +277,7 @@ def _after_paid(
         # The shipping stage must start by this deadline, or the sweeper re-drives the booking.
         order.stage_deadline = now + timedelta(seconds=SHIP_BY_S)
         move_order(session, order, OrderStatus.PAID, provider=payment.provider)
-        return [Followup("shipping.book", order.id)]
+        return [Followup(SHIPPING_BOOK, order.id)]
     if order.status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
         refund_no = f"late-{payment.out_trade_no}"
         followup = request_refund(
@@ -370,8 +371,8 @@ def claim_due(
     )
     for r in refunds:
         r.next_query_at = now + timedelta(seconds=REFUND_REDRIVE_S)
-    return [Followup("payments.query", p.id) for p in payments] + [
-        Followup("payments.refund", r.id) for r in refunds
+    return [Followup(PAYMENTS_QUERY, p.id) for p in payments] + [
+        Followup(PAYMENTS_REFUND, r.id) for r in refunds
     ]
 
 
@@ -476,7 +477,7 @@ def cancel_order(
         )  # fmt: skip
         return [followup] if followup else []
     if payment.status in (PaymentStatus.CREATING, PaymentStatus.PENDING):
-        return [Followup("payments.close", order_id)]
+        return [Followup(PAYMENTS_CLOSE, order_id)]
     return []
 
 
@@ -503,7 +504,7 @@ def request_refund(
     if existing is not None:
         if existing.payment_id != payment.id or (amount is not None and existing.amount != amount):
             raise ConflictError(f"refund {refund_no} already exists with different details")
-        return Followup("payments.refund", existing.id) if existing.status == "REQUESTED" else None
+        return Followup(PAYMENTS_REFUND, existing.id) if existing.status == "REQUESTED" else None
     if payment.status not in CAPTURED:
         raise ValidationError("order", f"payment is {payment.status}; nothing to refund")
     committed = session.scalar(
@@ -526,7 +527,7 @@ def request_refund(
         session, order.id, "refund", to_status=RefundStatus.REQUESTED,
         detail={"refund_no": refund_no, "amount": amount, "reason": reason}, actor=actor,
     )  # fmt: skip
-    return Followup("payments.refund", refund.id)
+    return Followup(PAYMENTS_REFUND, refund.id)
 
 
 def refund_for_order(

@@ -29,6 +29,7 @@ from services import timeline
 from services.order_state import lock_order, move_order
 from services.payments import Followup
 from services.stock import ship_reservations
+from services.task_names import SHIPPING_SUBSCRIBE
 
 CARRIER_RE = re.compile(r"[a-z0-9]{2,32}")  # fullmatch: "$" lets a final "\n" pass
 WAYBILL_RE = re.compile(r"[A-Za-z0-9-]{6,32}")
@@ -119,7 +120,7 @@ def ship(
     order.stage_deadline = None
     move_order(session, order, OrderStatus.SHIPPED, actor=actor, carrier=booked.carrier,
                waybill=booked.waybill, units=units)  # fmt: skip
-    return [Followup("shipping.subscribe", shipment.id)]
+    return [Followup(SHIPPING_SUBSCRIBE, shipment.id)]
 
 
 def register_waybill(

@@ -36,6 +36,7 @@ from domain.orders import OrderStatus
 from models import DeadLetter, Order, Payment
 from services import timeline
 from services.payments import Followup, expire_order
+from services.task_names import ORDERS_PROCESS, PAYMENTS_CREATE, PAYMENTS_EXPIRE, SHIPPING_BOOK
 
 SWEPT = (
     OrderStatus.RECEIVED,
@@ -115,10 +116,10 @@ def _dead_lettered(session: Session, order_ids: list[str]) -> set[tuple[str, str
 
 def _decide(order: Order, now: datetime, has_payment: bool) -> str:
     if order.status == OrderStatus.RECEIVED:
-        return "orders.process"
+        return ORDERS_PROCESS
     if order.status == OrderStatus.PAID:
-        return "shipping.book"
+        return SHIPPING_BOOK
     overdue = order.payment_deadline is None or order.payment_deadline <= now
     if overdue:
-        return "payments.expire" if has_payment else "expire-now"
-    return "payments.create"
+        return PAYMENTS_EXPIRE if has_payment else "expire-now"
+    return PAYMENTS_CREATE

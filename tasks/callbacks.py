@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from services import callbacks
+from services.task_names import CALLBACKS_DELIVER, MAINTENANCE_DISPATCH_CALLBACKS
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
@@ -149,7 +150,7 @@ def dispatch() -> int:
     try:
         with app.producer_or_acquire() as producer:
             for chunk in chunks:
-                app.send_task("callbacks.deliver", args=[chunk], producer=producer)
+                app.send_task(CALLBACKS_DELIVER, args=[chunk], producer=producer)
                 sent += 1
     except Exception:
         # The rows stay leased until lease_s passes, then the next tick claims them again.
@@ -157,7 +158,7 @@ def dispatch() -> int:
     return sent
 
 
-@app.task(name="maintenance.dispatch_callbacks", base=OrderflowTask, bind=True)
+@app.task(name=MAINTENANCE_DISPATCH_CALLBACKS, base=OrderflowTask, bind=True)
 def dispatch_callbacks(self: OrderflowTask) -> int:
     """Beat: publish due status callbacks."""
     try:
@@ -166,7 +167,7 @@ def dispatch_callbacks(self: OrderflowTask) -> int:
         self.retry_or_fail(exc)
 
 
-@app.task(name="callbacks.deliver", base=OrderflowTask, bind=True)
+@app.task(name=CALLBACKS_DELIVER, base=OrderflowTask, bind=True)
 def deliver(self: OrderflowTask, delivery_ids: list[int]) -> dict[str, int]:
     """POST a chunk of callbacks (one endpoint); the receiver's failures are recorded, not
     raised. Only our own faults (database unreachable) are retried."""

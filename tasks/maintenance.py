@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from services.sweeper import sweep as sweep_orders
+from services.task_names import MAINTENANCE_SWEEP
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
@@ -16,7 +17,7 @@ from workers.connections import redis_client
 HEARTBEAT_KEY = "orderflow:heartbeat:sweep"
 
 
-@app.task(name="maintenance.sweep", base=OrderflowTask, bind=True)
+@app.task(name=MAINTENANCE_SWEEP, base=OrderflowTask, bind=True)
 def sweep(self: OrderflowTask) -> int:
     """Re-drive stalled orders and expire unpaid ones; returns how many orders it acted on."""
     s = get_settings()

@@ -10,6 +10,7 @@ from domain.errors import ValidationError
 from domain.orders import OrderStatus
 from producers.intake import accept_message
 from services.reservation import ReserveOutcome, reserve_order
+from services.task_names import ORDERS_INTAKE, ORDERS_PROCESS, PAYMENTS_CREATE
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, is_retryable, utcnow
@@ -17,7 +18,7 @@ from tasks.dispatch import enqueue
 from workers.app import app
 
 
-@app.task(name="orders.process", base=OrderflowTask, bind=True, order_id_arg=0)
+@app.task(name=ORDERS_PROCESS, base=OrderflowTask, bind=True, order_id_arg=0)
 def process_order(self: OrderflowTask, order_id: str) -> str:
     """Reserve stock for a RECEIVED order (a no-op for any other status), then hand it to the
     payment stage."""
@@ -28,7 +29,7 @@ def process_order(self: OrderflowTask, order_id: str) -> str:
     return _after_reservation(outcome)
 
 
-@app.task(name="orders.intake", base=OrderflowTask, bind=True)
+@app.task(name=ORDERS_INTAKE, base=OrderflowTask, bind=True)
 def intake_message(self: OrderflowTask, message: dict[str, Any]) -> str:
     """An order published straight onto the broker by :class:`producers.client.OrderProducer`.
 
@@ -52,7 +53,7 @@ def intake_message(self: OrderflowTask, message: dict[str, Any]) -> str:
     except Exception as exc:
         if not is_retryable(exc):
             raise
-        self.hand_off(exc, "orders.process", result.order_id)
+        self.hand_off(exc, ORDERS_PROCESS, result.order_id)
         return OrderStatus.RECEIVED
     return _after_reservation(outcome)
 
@@ -69,5 +70,5 @@ def _reserve(order_id: str) -> ReserveOutcome:
 
 def _after_reservation(outcome: ReserveOutcome) -> str:
     if outcome.changed and outcome.status == OrderStatus.RESERVED:
-        enqueue("payments.create", outcome.order_id)  # after the commit; the sweeper covers a loss
+        enqueue(PAYMENTS_CREATE, outcome.order_id)  # after the commit; the sweeper covers a loss
     return outcome.status

@@ -10,6 +10,15 @@ from adapters.payments.base import PaymentStatus as ProviderStatus
 from adapters.registry import payment_provider
 from domain.errors import ProviderRejected, ProviderUnavailable
 from services import payments, reconcile
+from services.task_names import (
+    MAINTENANCE_POLL_PAYMENTS,
+    MAINTENANCE_RECONCILE,
+    PAYMENTS_CLOSE,
+    PAYMENTS_CREATE,
+    PAYMENTS_EXPIRE,
+    PAYMENTS_QUERY,
+    PAYMENTS_REFUND,
+)
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
@@ -20,7 +29,7 @@ from workers.app import app
 log = logging.getLogger(__name__)
 
 
-@app.task(name="payments.create", base=OrderflowTask, bind=True, order_id_arg=0)
+@app.task(name=PAYMENTS_CREATE, base=OrderflowTask, bind=True, order_id_arg=0)
 def create_payment(self: OrderflowTask, order_id: str) -> str:
     """Create the payment at the provider; RESERVED -> AWAITING_PAYMENT."""
     s = get_settings()
@@ -65,7 +74,7 @@ def create_payment(self: OrderflowTask, order_id: str) -> str:
     return "created"
 
 
-@app.task(name="payments.query", base=OrderflowTask, bind=True)
+@app.task(name=PAYMENTS_QUERY, base=OrderflowTask, bind=True)
 def query_payment(self: OrderflowTask, payment_id: int) -> str:
     """Poll the provider for a pending payment (the fallback when no notification came)."""
     try:
@@ -117,19 +126,19 @@ def _close(task: OrderflowTask, order_id: str) -> str:
     return "closed" if result.closed else "paid"
 
 
-@app.task(name="payments.expire", base=OrderflowTask, bind=True, order_id_arg=0)
+@app.task(name=PAYMENTS_EXPIRE, base=OrderflowTask, bind=True, order_id_arg=0)
 def expire_payment(self: OrderflowTask, order_id: str) -> str:
     """At the payment deadline: close the trade, then expire (or accept it if it was paid)."""
     return _close(self, order_id)
 
 
-@app.task(name="payments.close", base=OrderflowTask, bind=True, order_id_arg=0)
+@app.task(name=PAYMENTS_CLOSE, base=OrderflowTask, bind=True, order_id_arg=0)
 def close_payment(self: OrderflowTask, order_id: str) -> str:
     """After a cancel: close the trade (a trade found paid is refunded)."""
     return _close(self, order_id)
 
 
-@app.task(name="payments.refund", base=OrderflowTask, bind=True)
+@app.task(name=PAYMENTS_REFUND, base=OrderflowTask, bind=True)
 def refund(self: OrderflowTask, refund_id: int) -> str:
     """Carry out a requested refund, or check on one the provider accepted as pending (then it
     is queried, never sent again); the refund number makes repeats harmless."""
@@ -155,7 +164,7 @@ def refund(self: OrderflowTask, refund_id: int) -> str:
     return str(result.state)
 
 
-@app.task(name="maintenance.poll_payments", base=OrderflowTask, bind=True)
+@app.task(name=MAINTENANCE_POLL_PAYMENTS, base=OrderflowTask, bind=True)
 def poll_payments(self: OrderflowTask) -> int:
     """Beat: enqueue status queries for pending payments and re-drive unfinished refunds."""
     s = get_settings()
@@ -182,7 +191,7 @@ def run_reconcile(sample: int) -> reconcile.ReconcileReport:
     return report
 
 
-@app.task(name="maintenance.reconcile", base=OrderflowTask, bind=True)
+@app.task(name=MAINTENANCE_RECONCILE, base=OrderflowTask, bind=True)
 def reconcile_payments(self: OrderflowTask) -> dict[str, int]:
     """Beat (daily): reconcile payments with the providers; the summary is logged."""
     try:

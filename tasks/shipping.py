@@ -5,6 +5,7 @@ from __future__ import annotations
 from adapters.registry import booking_service, tracking_provider
 from domain.errors import ProviderRejected
 from services import shipping
+from services.task_names import SHIPPING_BOOK, SHIPPING_SUBSCRIBE
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
@@ -18,7 +19,7 @@ def first_poll_s() -> float:
     return max(s.tracking_min_interval_s, 2 * 3600 / s.tracking_time_scale)
 
 
-@app.task(name="shipping.book", base=OrderflowTask, bind=True, order_id_arg=0)
+@app.task(name=SHIPPING_BOOK, base=OrderflowTask, bind=True, order_id_arg=0)
 def book(self: OrderflowTask, order_id: str) -> str:
     """Book the parcel for a PAID order (same booking key on every retry) and ship it."""
     s = get_settings()
@@ -54,7 +55,7 @@ def book(self: OrderflowTask, order_id: str) -> str:
     return booked.waybill
 
 
-@app.task(name="shipping.subscribe", base=OrderflowTask, bind=True)
+@app.task(name=SHIPPING_SUBSCRIBE, base=OrderflowTask, bind=True)
 def subscribe(self: OrderflowTask, shipment_id: int) -> str:
     """Subscribe the waybill to Kuaidi100 pushes. Polling covers it if this never succeeds."""
     s = get_settings()

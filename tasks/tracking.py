@@ -24,6 +24,11 @@ from adapters.registry import tracking_provider
 from domain.errors import ProviderError
 from domain.tracking import Cadence, PollChunk, pace, plan_chunks
 from services import tracking
+from services.task_names import (
+    MAINTENANCE_SCHEDULE_TRACKING,
+    MAINTENANCE_TRACKING_STALENESS,
+    TRACKING_POLL,
+)
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
@@ -63,7 +68,7 @@ def _bucket() -> TokenBucket:
     )
 
 
-@app.task(name="maintenance.schedule_tracking", base=OrderflowTask, bind=True)
+@app.task(name=MAINTENANCE_SCHEDULE_TRACKING, base=OrderflowTask, bind=True)
 def schedule_tracking(self: OrderflowTask) -> int:
     """Beat: claim the shipments due before the next tick (leased) and publish them in chunks,
     each for the moment its last member is due; returns how many were claimed.
@@ -107,10 +112,10 @@ def _publish(chunk: PollChunk, now: datetime, token: datetime) -> None:
     options = {}
     if wait > 0:
         options["countdown"] = broker_countdown(wait, app.conf.broker_url or "")
-    enqueue("tracking.poll", list(chunk.shipment_ids), token.isoformat(), **options)
+    enqueue(TRACKING_POLL, list(chunk.shipment_ids), token.isoformat(), **options)
 
 
-@app.task(name="tracking.poll", base=OrderflowTask, bind=True)
+@app.task(name=TRACKING_POLL, base=OrderflowTask, bind=True)
 def poll(self: OrderflowTask, shipment_ids: list[int], lease_token: str | None = None) -> int:
     """Query the members of a claimed chunk that are still ours (within the account's quota)
     and record each outcome; returns how many were queried.
@@ -188,7 +193,7 @@ def _poll_one(target: tracking.PollTarget, token: datetime | None) -> int:
     return 1
 
 
-@app.task(name="maintenance.tracking_staleness", base=OrderflowTask, bind=True)
+@app.task(name=MAINTENANCE_TRACKING_STALENESS, base=OrderflowTask, bind=True)
 def staleness(self: OrderflowTask) -> int:
     """Beat: log an alert for every active shipment without an update for too long."""
     s = get_settings()
