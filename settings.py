@@ -229,6 +229,12 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @property
+    def tracking_first_poll_s(self) -> float:
+        """When a new parcel is first polled: two hours of parcel time (carriers have little to
+        say sooner), never sooner than the per-waybill minimum interval."""
+        return max(self.tracking_min_interval_s, 2 * 3600 / self.tracking_time_scale)
+
+    @property
     def effective_broker_url(self) -> str:
         url = self.broker_url or self.redis_url
         if not url:

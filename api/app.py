@@ -151,7 +151,7 @@ def _accept_and_publish(msg: OrderMessage) -> IntakeResult:
     """Store the order (committed), then publish ``orders.process`` for a new one: both in one
     trip to the thread pool. A publish failure is logged, not raised: the order is stored and
     the sweeper re-drives it at its stage deadline."""
-    from tasks.dispatch import enqueue  # the Celery app is only needed once we publish
+    from workers.publish import enqueue  # the Celery app is only needed once we publish
 
     result = accept(msg, channel="http")
     if result.created:

@@ -345,7 +345,7 @@ def _resolve_dead_letter(dl_id: int, action: str, actor: str) -> None:
     a replayed task is published after the commit, as the CLI does."""
     from models import DeadLetter
     from services import dead_letters
-    from tasks.dispatch import enqueue_replay
+    from workers.publish import enqueue_replay
 
     replay = None
     with unit_of_work() as session:

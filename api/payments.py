@@ -32,7 +32,7 @@ router = APIRouter()
 
 def _publish(followups: list[Followup]) -> None:
     if followups:
-        from tasks.dispatch import enqueue_followups
+        from workers.publish import enqueue_followups
 
         enqueue_followups(followups)
 

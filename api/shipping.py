@@ -20,6 +20,7 @@ from services import shipping, tracking
 from services.payments import Followup
 from services.queries import ensure_order_source
 from services.unit_of_work import unit_of_work
+from settings import get_settings
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -32,14 +33,12 @@ class WaybillBody(BaseModel):
 
 
 def _register(order_id: str, body: WaybillBody, source: str) -> list[Followup]:
-    from tasks.shipping import first_poll_s
-
     with unit_of_work() as session:
         ensure_order_source(session, order_id, source)
         return shipping.register_waybill(
             session, order_id, body.carrier, body.waybill, now=datetime.now(UTC),
             actor=f"api:{source}",
-            first_poll_s=first_poll_s(),
+            first_poll_s=get_settings().tracking_first_poll_s,
         )  # fmt: skip
 
 
@@ -57,7 +56,7 @@ async def register_shipment(
     except ConflictError as exc:
         return error_response(409, "conflict", str(exc), [{"field": "waybill", "reason": str(exc)}])
     if followups:
-        from tasks.dispatch import enqueue_followups
+        from workers.publish import enqueue_followups
 
         await run_in_threadpool(enqueue_followups, followups)
     return {"order_id": order_id, "carrier": body.carrier, "waybill": body.waybill,

@@ -17,6 +17,7 @@ from cli.callbacks import callbacks_app
 from cli.catalog import catalog_app, stock_admin_app, users_app
 from cli.common import command, console, fail, print_json
 from services.task_names import ORDERS_PROCESS
+from settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="orderflow operations")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
@@ -65,7 +66,7 @@ def intake(
     report = import_jsonl(file)
     unqueued = 0
     if report.created_ids and not no_enqueue:
-        from tasks.dispatch import enqueue_many
+        from workers.publish import enqueue_many
 
         queued = enqueue_many((ORDERS_PROCESS, oid) for oid in report.created_ids)
         if queued < len(report.created_ids):
@@ -243,7 +244,7 @@ def orders_cancel(
     """Cancel an order before it ships: stock released, payment closed or refunded."""
     from services import payments
     from services.unit_of_work import unit_of_work
-    from tasks.dispatch import enqueue_followups
+    from workers.publish import enqueue_followups
 
     with unit_of_work() as session:
         followups = payments.cancel_order(
@@ -266,7 +267,7 @@ def payments_refund(
     """Refund part or all of an order's payment (idempotent by refund number)."""
     from services import payments
     from services.unit_of_work import unit_of_work
-    from tasks.dispatch import enqueue_followups
+    from workers.publish import enqueue_followups
 
     with unit_of_work() as session:
         followup = payments.refund_for_order(
@@ -308,13 +309,12 @@ def shipments_register(
     """Register the waybill the warehouse printed for a PAID order: the order ships."""
     from services import shipping
     from services.unit_of_work import unit_of_work
-    from tasks.dispatch import enqueue_followups
-    from tasks.shipping import first_poll_s
+    from workers.publish import enqueue_followups
 
     with unit_of_work() as session:
         followups = shipping.register_waybill(
             session, order_id, carrier, waybill, now=datetime.now(UTC), actor="cli",
-            first_poll_s=first_poll_s(),
+            first_poll_s=get_settings().tracking_first_poll_s,
         )  # fmt: skip
     enqueue_followups(followups)
     console.print(f"order {order_id} shipped as {carrier} {waybill}")
@@ -366,7 +366,7 @@ def dlq_replay(dead_letter_id: int) -> None:
     """Run a dead-lettered task again."""
     from services import dead_letters
     from services.unit_of_work import unit_of_work
-    from tasks.dispatch import enqueue_replay
+    from workers.publish import enqueue_replay
 
     with unit_of_work() as session:
         replay = dead_letters.replay(session, dead_letter_id, now=datetime.now(UTC), actor="cli")

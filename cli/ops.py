@@ -188,7 +188,7 @@ def _workers() -> str:
 
 
 def _beat() -> str:
-    from tasks.maintenance import HEARTBEAT_KEY
+    from services.sweeper import HEARTBEAT_KEY
     from workers.connections import redis_client
 
     s = get_settings()

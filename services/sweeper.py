@@ -38,6 +38,10 @@ from services import timeline
 from services.payments import Followup, expire_order
 from services.task_names import ORDERS_PROCESS, PAYMENTS_CREATE, PAYMENTS_EXPIRE, SHIPPING_BOOK
 
+#: Redis key the sweep task stamps (Unix time) on every run; ``orderflow doctor`` reads it to
+#: tell whether beat and the maintenance worker are alive.
+HEARTBEAT_KEY = "orderflow:heartbeat:sweep"
+
 SWEPT = (
     OrderStatus.RECEIVED,
     OrderStatus.RESERVED,

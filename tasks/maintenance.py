@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 
+from services.sweeper import HEARTBEAT_KEY
 from services.sweeper import sweep as sweep_orders
 from services.task_names import MAINTENANCE_SWEEP
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
-from tasks.dispatch import enqueue_followups
 from workers.app import app
 from workers.connections import redis_client
+from workers.publish import enqueue_followups
 
 #: Set by every sweep; `orderflow doctor` reads its age to tell whether beat is alive.
-HEARTBEAT_KEY = "orderflow:heartbeat:sweep"
 
 
 @app.task(name=MAINTENANCE_SWEEP, base=OrderflowTask, bind=True)

@@ -14,8 +14,8 @@ from services.task_names import ORDERS_INTAKE, ORDERS_PROCESS, PAYMENTS_CREATE
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, is_retryable, utcnow
-from tasks.dispatch import enqueue
 from workers.app import app
+from workers.publish import enqueue
 
 
 @app.task(name=ORDERS_PROCESS, base=OrderflowTask, bind=True, order_id_arg=0)

@@ -22,9 +22,9 @@ from services.task_names import (
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
-from tasks.dispatch import enqueue_followups
 from tasks.providers import CircuitOpen, call
 from workers.app import app
+from workers.publish import enqueue_followups
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,9 @@ from services.task_names import SHIPPING_BOOK, SHIPPING_SUBSCRIBE
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
-from tasks.dispatch import enqueue_followups
 from tasks.providers import CircuitOpen, call
 from workers.app import app
-
-
-def first_poll_s() -> float:
-    s = get_settings()
-    return max(s.tracking_min_interval_s, 2 * 3600 / s.tracking_time_scale)
+from workers.publish import enqueue_followups
 
 
 @app.task(name=SHIPPING_BOOK, base=OrderflowTask, bind=True, order_id_arg=0)
@@ -47,7 +42,7 @@ def book(self: OrderflowTask, order_id: str) -> str:
         with unit_of_work() as session:
             followups = shipping.ship(
                 session, order_id, booked, now=utcnow(), actor="warehouse",
-                first_poll_s=first_poll_s(),
+                first_poll_s=get_settings().tracking_first_poll_s,
             )  # fmt: skip
     except Exception as exc:
         self.retry_or_fail(exc)

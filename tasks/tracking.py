@@ -32,11 +32,11 @@ from services.task_names import (
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, utcnow
-from tasks.dispatch import enqueue
 from tasks.providers import CircuitOpen, call
 from workers.app import app
 from workers.broker import broker_countdown
 from workers.connections import redis_client
+from workers.publish import enqueue
 
 log = logging.getLogger(__name__)
 PUSH_WINDOW_H = 8  # a shipment that got a push this recently is polled only as a fallback

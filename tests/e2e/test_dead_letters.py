@@ -107,8 +107,8 @@ def test_task_that_exhausts_its_retries_becomes_a_dead_letter(procs, catalog, mo
     the lock is gone, the order is reserved."""
     from producers.intake import accept_message
     from services import dead_letters
-    from tasks.dispatch import enqueue, enqueue_replay
     from workers.procs import wait_worker_ready
+    from workers.publish import enqueue, enqueue_replay
 
     monkeypatch.setenv("TASK_MAX_RETRIES", "2")
     get_settings.cache_clear()

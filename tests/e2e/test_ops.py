@@ -227,8 +227,8 @@ def test_doctor_fails_clearly_on_migrations_beat_and_providers(db):
     from sqlalchemy.engine import make_url
 
     from models.migrate import head_revision
+    from services.sweeper import HEARTBEAT_KEY
     from settings import get_settings
-    from tasks.maintenance import HEARTBEAT_KEY
     from tests.conftest import redis_client
     from workers.procs import free_port
 

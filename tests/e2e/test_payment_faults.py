@@ -322,7 +322,7 @@ def test_create_replayed_after_the_buyer_paid_settles_by_query(
     ACQ.TRADE_HAS_SUCCESS, WeChat ORDERPAID). The order must end PAID, not NEEDS_ATTENTION.
     Found by the PostgreSQL-restart reliability scenario. (Stripe replays the PaymentIntent
     itself for the same key: the order goes to AWAITING_PAYMENT and the first poll sees it paid.)"""
-    from tasks.dispatch import enqueue
+    from workers.publish import enqueue
 
     monkeypatch.setenv("PAYMENT_QUERY_FIRST_S", "3600")  # no polling ...
     monkeypatch.setenv("CREATE_REDRIVE_S", "3600")  # ... and no sweeper: only our create

@@ -185,7 +185,7 @@ def test_producer_refuses_a_bad_message_before_publishing(db):
 @pytest.mark.broker
 def test_invalid_broker_message_becomes_dead_letter(procs, catalog):
     """A message that bypassed producer validation is not dropped: it is a dead letter."""
-    from tasks.dispatch import enqueue
+    from workers.publish import enqueue
 
     catalog({"A": 10})
     start_worker(procs)
@@ -314,7 +314,7 @@ def test_task_that_always_kills_its_worker_is_dead_lettered_after_three_deliveri
     wait_worker_ready(worker)
     procs.beat()
     marker = tmp_path / "deliveries.txt"
-    from tasks.dispatch import enqueue
+    from workers.publish import enqueue
 
     enqueue("orders.crash_always", str(marker))
     ids = post_many(base, api_key, [order_message("N", 1) for _ in range(30)])

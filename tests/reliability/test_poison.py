@@ -27,9 +27,9 @@ def _dead_letters(task: str) -> int:
 def test_task_that_always_crashes_its_worker(
     pipeline_env, procs, catalog, api_key, tmp_path, figures
 ):
-    from tasks.dispatch import enqueue
     from tests.e2e.conftest import Pipeline
     from workers.procs import wait_worker_ready
+    from workers.publish import enqueue
 
     n = size(40, 200)
     port, stack = pipeline_env

@@ -1,4 +1,5 @@
-"""Publishing tasks. Always called after the transaction that justified it has committed."""
+"""Publishing tasks, beside the Celery app (api, cli and tasks publish through it; nothing but
+the worker imports tasks/). Always called after the transaction that justified it committed."""
 
 from __future__ import annotations
 
