@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import requests
 
@@ -27,38 +26,21 @@ from workers.app import app
 
 log = logging.getLogger(__name__)
 
-#: Defaults for settings fields (see the ``callback_*`` settings); used until they exist.
-DEFAULTS: dict[str, Any] = {
-    "callback_connect_timeout_s": 2.0,
-    "callback_read_timeout_s": 5.0,
-    "callback_batch": 500,
-    "callback_chunk": 20,
-    "callback_lease_s": 120.0,
-    "callback_task_budget_s": 20.0,
-    "callback_backoff_first_s": 10.0,
-    "callback_backoff_cap_s": 900.0,
-    "callback_pause_after": 10,
-    "callback_max_attempts": 20,
-}
-
-
-def setting(name: str) -> Any:
-    return getattr(get_settings(), name, DEFAULTS[name])
-
 
 def retry_policy() -> callbacks.RetryPolicy:
+    s = get_settings()
     return callbacks.RetryPolicy(
-        backoff_first_s=float(setting("callback_backoff_first_s")),
-        backoff_cap_s=float(setting("callback_backoff_cap_s")),
-        pause_after=int(setting("callback_pause_after")),
-        max_attempts=int(setting("callback_max_attempts")),
+        backoff_first_s=s.callback_backoff_first_s,
+        backoff_cap_s=s.callback_backoff_cap_s,
+        pause_after=s.callback_pause_after,
+        max_attempts=s.callback_max_attempts,
     )
 
 
 def timeouts() -> tuple[float, float]:
     """(connect, read) seconds: short, so a dead receiver costs a few seconds of one thread."""
-    return (float(setting("callback_connect_timeout_s")),
-            float(setting("callback_read_timeout_s")))  # fmt: skip
+    s = get_settings()
+    return (s.callback_connect_timeout_s, s.callback_read_timeout_s)
 
 
 def post(
@@ -98,7 +80,7 @@ def deliver_chunk(
     settings (tests use tiny backoffs and timeouts).
     """
     started = time.monotonic()
-    budget = float(setting("callback_task_budget_s")) if budget_s is None else budget_s
+    budget = get_settings().callback_task_budget_s if budget_s is None else budget_s
     policy = policy or retry_policy()
     timeout = timeout or timeouts()
     outcomes: dict[str, int] = {}
@@ -139,13 +121,13 @@ def _release(delivery_ids: list[int]) -> None:
 
 def dispatch() -> int:
     """Claim due deliveries and publish them in chunks after the commit; returns tasks sent."""
+    s = get_settings()
     with unit_of_work() as session:
         claims = callbacks.claim_due(
-            session, now=utcnow(), limit=int(setting("callback_batch")),
-            lease_s=float(setting("callback_lease_s")),
-            per_endpoint=int(setting("callback_chunk")),
+            session, now=utcnow(), limit=s.callback_batch, lease_s=s.callback_lease_s,
+            per_endpoint=s.callback_chunk,
         )  # fmt: skip
-    chunks = callbacks.chunk_claims(claims, int(setting("callback_chunk")))
+    chunks = callbacks.chunk_claims(claims, s.callback_chunk)
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
