@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from domain.errors import OutOfStock
+from domain.errors import ReservationRefused
 from domain.orders import RejectReason
 
 
@@ -47,13 +47,13 @@ def allocate(
     available: Availability,
     active: Mapping[str, bool],
 ) -> list[Allocation]:
-    """Allocate all lines or raise :class:`OutOfStock` with the reason. Pure: no I/O."""
+    """Allocate all lines or raise :class:`ReservationRefused` with the reason. Pure: no I/O."""
     merged = merge_lines(lines)
     for line in merged:
         if line.sku not in active:
-            raise OutOfStock(RejectReason.UNKNOWN_SKU, line.sku)
+            raise ReservationRefused(RejectReason.UNKNOWN_SKU, line.sku)
         if not active[line.sku]:
-            raise OutOfStock(RejectReason.INACTIVE_PRODUCT, line.sku)
+            raise ReservationRefused(RejectReason.INACTIVE_PRODUCT, line.sku)
     single = _single_warehouse(merged, available)
     if single is not None:
         return [Allocation(line.sku, single, line.quantity) for line in merged]
@@ -88,5 +88,5 @@ def _split_line(line: Line, per_warehouse: Mapping[str, int]) -> list[Allocation
             taken.append(Allocation(line.sku, warehouse, take))
             remaining -= take
     if remaining:
-        raise OutOfStock(RejectReason.OUT_OF_STOCK, f"{line.sku} short by {remaining}")
+        raise ReservationRefused(RejectReason.OUT_OF_STOCK, f"{line.sku} short by {remaining}")
     return taken

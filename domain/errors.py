@@ -7,7 +7,7 @@
     ├── ConflictError            same idempotency key, different body
     ├── NotFound                 an id that does not exist
     ├── InvalidTransition        a status change the transition table forbids
-    ├── OutOfStock               allocation impossible (carries the reason code)
+    ├── ReservationRefused       the order cannot be reserved (carries the reject reason)
     └── ProviderError            anything a provider adapter raises (adapters/errors.py)
         ├── ProviderUnavailable  network, timeout, 5xx, throttling: retryable
         ├── ProviderRejected     a business refusal: not retryable
@@ -52,9 +52,9 @@ class InvalidTransition(OrderflowError):
         self.target = target
 
 
-class OutOfStock(OrderflowError):
-    """Stock cannot be allocated; ``reason`` is ``out_of_stock``, ``unknown_sku`` or
-    ``inactive_product``."""
+class ReservationRefused(OrderflowError):
+    """The order cannot be reserved, so it is rejected; ``reason`` is the rejection's code:
+    ``out_of_stock``, ``unknown_sku``, ``inactive_product`` or ``currency_mismatch``."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from domain.allocation import Line, allocate
-from domain.errors import NotFound, OutOfStock
+from domain.errors import NotFound, ReservationRefused
 from domain.orders import OrderStatus, RejectReason, ensure_transition
 from services import callbacks, timeline
 from services.locks import lock_stock_by_sku
@@ -98,9 +98,9 @@ def reserve_order(
     try:
         mismatch = sorted(s for s, p in products.items() if p.currency != order.currency)
         if mismatch:
-            raise OutOfStock(RejectReason.CURRENCY_MISMATCH, ",".join(mismatch))
+            raise ReservationRefused(RejectReason.CURRENCY_MISMATCH, ",".join(mismatch))
         allocations = allocate(lines, available, {s: p.active for s, p in products.items()})
-    except OutOfStock as exc:
+    except ReservationRefused as exc:
         return _reject(session, snapshot, exc)
     expires_at = now + timedelta(seconds=payment_window_s)
     apply_reservations(
@@ -140,7 +140,9 @@ def reserve_order(
     return ReserveOutcome(order_id, target, True)
 
 
-def _reject(session: Session, order: callbacks.OrderSnapshot, exc: OutOfStock) -> ReserveOutcome:
+def _reject(
+    session: Session, order: callbacks.OrderSnapshot, exc: ReservationRefused
+) -> ReserveOutcome:
     target = ensure_transition(OrderStatus.RECEIVED, OrderStatus.REJECTED)
     session.connection().execute(
         _MARK_REJECTED,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain.allocation import Line, allocate, merge_lines
-from domain.errors import InvalidTransition, OutOfStock
+from domain.errors import InvalidTransition, ReservationRefused
 from domain.money import Money, MoneyError
 from domain.orders import FINAL_STATUSES, TRANSITIONS, OrderStatus, ensure_transition
 
@@ -77,13 +77,13 @@ class TestAllocation:
         assert [(a.warehouse, a.quantity) for a in got] == [("east", 4), ("west", 2)]
 
     def test_reasons(self):
-        with pytest.raises(OutOfStock) as e:
+        with pytest.raises(ReservationRefused) as e:
             allocate([Line("A", 6)], {"A": {"east": 5}}, {"A": True})
         assert e.value.reason == "out_of_stock"
-        with pytest.raises(OutOfStock) as e:
+        with pytest.raises(ReservationRefused) as e:
             allocate([Line("Z", 1)], {}, {"A": True})
         assert e.value.reason == "unknown_sku"
-        with pytest.raises(OutOfStock) as e:
+        with pytest.raises(ReservationRefused) as e:
             allocate([Line("A", 1)], {"A": {"east": 5}}, {"A": False})
         assert e.value.reason == "inactive_product"
 
@@ -104,7 +104,7 @@ class TestAllocation:
         active = {s: True for s in "ABCD"}
         try:
             got = allocate([Line(s, q) for s, q in lines], available, active)
-        except OutOfStock:
+        except ReservationRefused:
             needed = merge_lines([Line(s, q) for s, q in lines])
             assert any(sum(available.get(n.sku, {}).values()) < n.quantity for n in needed)
             return
