@@ -1,5 +1,5 @@
 """Retry delays: capped exponential backoff with equal jitter, the one rule every retry uses
-(task retries in ``tasks/base.py``, status callbacks in ``services/callbacks.py``).
+(task retries in ``tasks/base.py``, status callbacks in ``services/callbacks/rules.py``).
 
 For the ``n``-th failure (``n >= 1``) the ceiling is ``min(cap, first * 2**(n-1))`` and the delay
 is drawn uniformly from ``[ceiling/2, ceiling]`` ("equal jitter"): never less than half the
