@@ -22,7 +22,7 @@ from api.auth import require_api_key
 from api.errors import error_response, not_found
 from domain.errors import ConflictError, NotFound, ProviderError, SignatureInvalid, ValidationError
 from services import payments
-from services.payments import Followup
+from services.followup import Followup
 from services.queries import ensure_order_source
 from services.unit_of_work import unit_of_work
 

@@ -17,7 +17,7 @@ from api.auth import require_api_key
 from api.errors import error_response, not_found
 from domain.errors import ConflictError, NotFound, ProviderError, SignatureInvalid, ValidationError
 from services import shipping, tracking
-from services.payments import Followup
+from services.followup import Followup
 from services.queries import ensure_order_source
 from services.unit_of_work import unit_of_work
 from settings import get_settings

@@ -50,6 +50,7 @@ from domain.orders import CANCELLABLE, OrderStatus, can_transition
 from domain.payments import CAPTURED, PaymentStatus, RefundStatus, payment_can_move, refund_can_move
 from models import Order, Payment, ProcessedNotification, Refund, Shipment
 from services import timeline
+from services.followup import Followup
 from services.order_state import lock_order, move_order
 from services.stock import release_reservations
 from services.task_names import PAYMENTS_CLOSE, PAYMENTS_QUERY, PAYMENTS_REFUND, SHIPPING_BOOK
@@ -61,14 +62,6 @@ REFUND_REDRIVE_S = 30
 #: A PAID order whose booking has not started within this is re-driven by the sweeper.
 SHIP_BY_S = 60
 REFUND_QUERY_S = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Followup:
-    """A task to enqueue after the commit: ``task`` with one id argument."""
-
-    task: str
-    arg: str | int
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from domain.money import Money
 from domain.payments import CAPTURED, PaymentStatus
 from models import Payment
 from services import payments, timeline
+from services.followup import Followup
 from services.order_state import lock_order
 
 #: (provider, order id, ref) -> what the provider says; raises ProviderError when it cannot tell.
@@ -46,7 +47,7 @@ class Finding:
 class ReconcileReport:
     checked: int = 0
     findings: list[Finding] = field(default_factory=list)
-    followups: list[payments.Followup] = field(default_factory=list)  # refunds to carry out
+    followups: list[Followup] = field(default_factory=list)  # refunds to carry out
 
     @property
     def fixed(self) -> list[Finding]:
@@ -77,7 +78,7 @@ def select_candidates(session: Session, sample: int) -> list[tuple[int, str, str
 
 def judge(
     session: Session, payment_id: int, theirs: ProviderStatus, *, now: datetime
-) -> tuple[str, list[payments.Followup]]:
+) -> tuple[str, list[Followup]]:
     """Compare one payment with the provider's view; apply safe fixes (rows locked for that)."""
     payment = session.get(Payment, payment_id)
     assert payment is not None

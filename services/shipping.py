@@ -26,8 +26,8 @@ from domain.errors import ConflictError, NotFound, ValidationError
 from domain.orders import OrderStatus
 from models import Order, OrderLine, Shipment, TrackingEvent
 from services import timeline
+from services.followup import Followup
 from services.order_state import lock_order, move_order
-from services.payments import Followup
 from services.stock import ship_reservations
 from services.task_names import SHIPPING_SUBSCRIBE
 

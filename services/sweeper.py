@@ -35,7 +35,8 @@ from sqlalchemy.orm import Session
 from domain.orders import OrderStatus
 from models import DeadLetter, Order, Payment
 from services import timeline
-from services.payments import Followup, expire_order
+from services.followup import Followup
+from services.payments import expire_order
 from services.task_names import ORDERS_PROCESS, PAYMENTS_CREATE, PAYMENTS_EXPIRE, SHIPPING_BOOK
 
 #: Redis key the sweep task stamps (Unix time) on every run; ``orderflow doctor`` reads it to

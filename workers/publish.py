@@ -10,7 +10,7 @@ from typing import Any
 import kombu.exceptions
 
 from services.dead_letters import Replay
-from services.payments import Followup
+from services.followup import Followup
 from workers.app import app
 
 log = logging.getLogger(__name__)

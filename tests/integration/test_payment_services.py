@@ -20,6 +20,7 @@ from domain.errors import ProviderUnavailable
 from models import Order, Payment, Refund
 from producers.intake import accept_message
 from services import payments
+from services.followup import Followup
 from services.reservation import reserve_order
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message
@@ -50,14 +51,14 @@ def create(fake: FakePaymentProvider, oid: str) -> None:
         payments.finish_create(s, oid, created, now=now(), first_query_s=5)
 
 
-def deliver(fake: FakePaymentProvider, body: bytes) -> list[payments.Followup]:
+def deliver(fake: FakePaymentProvider, body: bytes) -> list[Followup]:
     """POST /webhooks/<provider>: verify, parse, apply once."""
     note = fake.parse_notification({}, body)
     with unit_of_work() as s:
         return payments.apply_notification(s, "alipay", note, now=now())
 
 
-def close(fake: FakePaymentProvider, oid: str, at: datetime) -> list[payments.Followup] | None:
+def close(fake: FakePaymentProvider, oid: str, at: datetime) -> list[Followup] | None:
     """payments.expire / payments.close at time ``at``; None when there was nothing to close."""
     with unit_of_work() as s:
         plan = payments.prepare_close(s, oid, now=at, notify_base_url=NOTIFY_BASE)
