@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 
+from domain.orders import OrderStatus, can_transition
+
 
 class ShipmentStatus(enum.StrEnum):
     PENDING = "PENDING"
@@ -228,3 +230,74 @@ def plan_chunks(
 
 def _chunk(members: list[tuple[int, datetime]]) -> PollChunk:
     return PollChunk(tuple(sid for sid, _ in members), max(due for _, due in members))
+
+
+# -- the order follows its shipment ------------------------------------------------------------
+
+#: Order reasons the tracking stage writes; only an order flagged with this prefix is moved on
+#: automatically when the carrier resolves the problem.
+EXCEPTION_REASON = "tracking_exception"
+EXPIRED_REASON = "tracking_expired"
+#: A refused or returned parcel: never cleared by a later scan — the scans that follow are the
+#: parcel's way back, and its "delivered" is to the sender.
+RETURNED_REASON = "tracking_returned"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFollow:
+    """What the order does after its shipment moved: the statuses it passes through, in order
+    (each allowed by the order's transition table from the one before), or the reason it is
+    flagged NEEDS_ATTENTION with. Both empty: the order stays where it is."""
+
+    moves: tuple[OrderStatus, ...] = ()
+    flag: str | None = None
+
+
+def order_follows(
+    order_status: OrderStatus | str,
+    order_reason: str | None,
+    shipment: ShipmentStatus,
+    *,
+    returned: bool = False,
+    exception_text: str = "",
+) -> OrderFollow:
+    """The order's next steps when its shipment moved to ``shipment``:
+
+    1. Moving (IN_TRANSIT, last mile): a SHIPPED order goes IN_TRANSIT.
+    2. DELIVERED: a SHIPPED or IN_TRANSIT order goes DELIVERED, then COMPLETED.
+    3. EXCEPTION: the order is flagged ``tracking_exception: <text>``, or ``tracking_returned:
+       <text>`` for a refused or returned parcel.
+    4. EXPIRED: the order is flagged ``tracking_expired``.
+    5. An order flagged by a tracking exception (rule 3, not a return) is moved on by rules 1
+       and 2 as if it were SHIPPED: the carrier resolved the problem.
+    6. A step the order's transition table forbids is not taken (never an error), and neither
+       is any step after it.
+    """
+    current = OrderStatus(order_status)
+    resumable = current == OrderStatus.NEEDS_ATTENTION and (order_reason or "").startswith(
+        EXCEPTION_REASON
+    )
+    if shipment in MOVING and (current == OrderStatus.SHIPPED or resumable):
+        return OrderFollow(moves=_allowed(current, (OrderStatus.IN_TRANSIT,)))
+    if shipment == ShipmentStatus.DELIVERED and (
+        current in (OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT) or resumable
+    ):
+        return OrderFollow(moves=_allowed(current, (OrderStatus.DELIVERED, OrderStatus.COMPLETED)))
+    flag = None
+    if shipment == ShipmentStatus.EXCEPTION:
+        flag = f"{RETURNED_REASON if returned else EXCEPTION_REASON}: {exception_text}"
+    elif shipment == ShipmentStatus.EXPIRED:
+        flag = EXPIRED_REASON
+    if flag is None or not can_transition(current, OrderStatus.NEEDS_ATTENTION):
+        return OrderFollow()
+    return OrderFollow(flag=flag)
+
+
+def _allowed(current: OrderStatus, targets: tuple[OrderStatus, ...]) -> tuple[OrderStatus, ...]:
+    taken: list[OrderStatus] = []
+    for target in targets:
+        if not can_transition(current, target):
+            break
+        taken.append(target)
+        current = target
+    return tuple(taken)

@@ -36,15 +36,15 @@ from sqlalchemy.orm import Session
 from adapters.logistics.base import TrackingEvent as TrackingEventDTO
 from adapters.logistics.base import TrackingResult
 from domain.errors import NotFound
-from domain.orders import OrderStatus, can_transition
+from domain.orders import OrderStatus
 from domain.tracking import (
     FINAL,
-    MOVING,
     Cadence,
     ShipmentStatus,
     can_advance,
     is_final,
     next_poll_delay,
+    order_follows,
 )
 from models import Order, Shipment
 from services import timeline
@@ -54,12 +54,6 @@ Source = Literal["poll", "push"]
 
 _FINAL = sorted(s.value for s in FINAL)
 _ACTOR = "tracking"
-#: Order reasons written here; only an order flagged with this prefix is moved on automatically.
-EXCEPTION_REASON = "tracking_exception"
-EXPIRED_REASON = "tracking_expired"
-#: A refused or returned parcel (``TrackingResult.returned``): never cleared by a later scan —
-#: the scans that follow are the parcel's way back, and its "delivered" is to the sender.
-RETURNED_REASON = "tracking_returned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -637,44 +631,21 @@ _INSERT_EVENTS = text(
 def _follow_shipment(
     session: Session, order: Order, status: ShipmentStatus, result: TrackingResult, *, source: str
 ) -> None:
-    """Move the (locked) order after its shipment moved to ``status``; never raises
-    InvalidTransition — a move the order's table does not allow is simply not made."""
+    """Move or flag the (locked) order as :func:`domain.tracking.order_follows` decides after
+    its shipment moved to ``status``."""
+    follow = order_follows(
+        order.status, order.reason, status, returned=result.returned,
+        exception_text=_exception_text(result) if status == ShipmentStatus.EXCEPTION else "",
+    )  # fmt: skip
     detail = {"source": source, "waybill": result.waybill}
-    if status in MOVING:
-        if order.status == OrderStatus.SHIPPED or _flagged_by_tracking(order):
-            _move(session, order, OrderStatus.IN_TRANSIT, **detail)
-    elif status == ShipmentStatus.DELIVERED:
-        if order.status in (OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT) or _flagged_by_tracking(
-            order
-        ):
-            _move(session, order, OrderStatus.DELIVERED, **detail)
-            _move(session, order, OrderStatus.COMPLETED, **detail)
-    elif status == ShipmentStatus.EXCEPTION:
-        kind = RETURNED_REASON if result.returned else EXCEPTION_REASON
-        _flag(session, order, f"{kind}: {_exception_text(result)}", **detail)
-    elif status == ShipmentStatus.EXPIRED:
-        _flag(session, order, EXPIRED_REASON, **detail)
-
-
-def _flagged_by_tracking(order: Order) -> bool:
-    return order.status == OrderStatus.NEEDS_ATTENTION and (order.reason or "").startswith(
-        EXCEPTION_REASON
-    )
-
-
-def _move(session: Session, order: Order, target: OrderStatus, **detail: Any) -> None:
-    if not can_transition(OrderStatus(order.status), target):
-        return
-    if order.status == OrderStatus.NEEDS_ATTENTION:
-        order.reason = None  # the carrier resolved what the order was flagged for
-    move_order(session, order, target, actor=_ACTOR, **detail)
-
-
-def _flag(session: Session, order: Order, reason: str, **detail: Any) -> None:
-    if not can_transition(OrderStatus(order.status), OrderStatus.NEEDS_ATTENTION):
-        return
-    order.reason = reason[:200]
-    move_order(session, order, OrderStatus.NEEDS_ATTENTION, actor=_ACTOR, reason=reason, **detail)
+    for target in follow.moves:
+        if order.status == OrderStatus.NEEDS_ATTENTION:
+            order.reason = None  # the carrier resolved what the order was flagged for
+        move_order(session, order, target, actor=_ACTOR, **detail)
+    if follow.flag is not None:
+        order.reason = follow.flag[:200]
+        move_order(session, order, OrderStatus.NEEDS_ATTENTION, actor=_ACTOR, reason=follow.flag,
+                   **detail)  # fmt: skip
 
 
 def _exception_text(result: TrackingResult) -> str:
