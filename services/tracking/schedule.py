@@ -1,59 +1,27 @@
-"""The tracking stage: which shipments to poll, and what a poll or push result changes.
-
-Scheduling (beat, then a task; DESIGN.md §3.5 — no row lock during a provider call):
-
-1. :func:`claim_due` — one short transaction: ``FOR UPDATE SKIP LOCKED`` the shipments whose
-   ``next_poll_at`` passed and set a lease, so two beats never claim the same shipment. Commit.
-2. The task layer takes rate-limit tokens (``adapters.ratelimit.TokenBucket.reserve``), hands
-   the shipments it has no token for back with :func:`release_lease`, and queries the provider
-   for the rest with no transaction open (:func:`poll_targets` gives what to send).
-3. :func:`record_poll` — a new transaction per result (or per batch): apply it, clear the lease
-   and schedule the next poll from the policy in :mod:`domain.tracking`.
-
-Pushes go straight to :func:`apply_result` (``source="push"``). Locks are taken order first, then
-shipment — the same order as every other stage — so a push and a poll of the same parcel
-serialize on the order row and never deadlock. Shipment statuses only move forward
-(:func:`domain.tracking.can_advance`); a stale or out-of-order result still adds its unseen
-events, and is recorded on the timeline as ignored.
-
-The order follows its shipment: SHIPPED -> IN_TRANSIT -> DELIVERED -> COMPLETED; EXCEPTION and
-EXPIRED -> NEEDS_ATTENTION with the reason. An order flagged by a tracking exception is moved on
-again when the carrier resolves the problem (a later IN_TRANSIT or DELIVERED); an order flagged
-for any other reason is left to the operator.
-"""
+"""Which shipments to poll, and when: claims and leases under ``FOR UPDATE SKIP LOCKED``, the
+per-waybill minimum interval, hand-backs, and recording a poll with its next due time."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, case, func, null, or_, select, text, update
+from sqlalchemy import case, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
-from adapters.logistics.base import TrackingEvent as TrackingEventDTO
 from adapters.logistics.base import TrackingResult
-from domain.errors import NotFound
-from domain.orders import OrderStatus
 from domain.tracking import (
     FINAL,
     Cadence,
-    ShipmentStatus,
-    can_advance,
-    is_final,
     next_poll_delay,
-    order_follows,
 )
 from models import Order, Shipment
 from services import timeline
-from services.order_state import lock_order, move_order
-
-Source = Literal["poll", "push"]
+from services.tracking.results import ACTOR, apply_locking, lock_shipment
 
 _FINAL = sorted(s.value for s in FINAL)
-_ACTOR = "tracking"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +34,6 @@ class PollTarget:
     waybill: str
     phone: str | None  # Kuaidi100 needs it for some carriers (SF, ZTO)
     has_push: bool
-
-
-# -- scheduling -----------------------------------------------------------------------------
 
 
 def claim_due(
@@ -421,9 +386,9 @@ def record_poll(
     if failed and result is not None:
         raise ValueError("a failed poll has no result")
     if result is not None:
-        shipment = _apply(session, shipment_id, result, now=now, source="poll")
+        shipment = apply_locking(session, shipment_id, result, now=now, source="poll")
     else:
-        shipment = _lock_shipment(session, shipment_id)  # no order lock needed: no order move
+        shipment = lock_shipment(session, shipment_id)  # no order lock needed: no order move
     shipment.last_polled_at = now
     shipment.lease_until = None
     shipment.poll_failures = shipment.poll_failures + 1 if failed else 0
@@ -440,7 +405,7 @@ def record_poll(
             session, shipment.order_id, "tracking",
             detail={"shipment_id": shipment.id, "poll_failed": shipment.poll_failures,
                     "error": (error or "unknown")[:200], "retry_in_s": delay},
-            actor=_ACTOR,
+            actor=ACTOR,
         )  # fmt: skip
 
 
@@ -461,201 +426,3 @@ def stale_shipments(
         .limit(limit)
     ).all()
     return [(row[0], row[1], row[2]) for row in rows]
-
-
-# -- applying results -----------------------------------------------------------------------
-
-
-def apply_result(
-    session: Session,
-    shipment_id: int,
-    result: TrackingResult,
-    *,
-    now: datetime,
-    source: Source,
-) -> None:
-    """Apply what the provider says about a shipment, idempotently and forward-only.
-
-    Locks the order, then the shipment. Events are inserted once (deduplicated on
-    :func:`event_dedupe_key`). The status moves only if :func:`domain.tracking.can_advance`
-    allows it and the result is not older than what is known (its newest event is not before
-    ``last_event_at``); otherwise the result is recorded on the timeline as ignored. A change
-    of status moves the order (module docstring). Raises NotFound for an unknown shipment.
-    """
-    _apply(session, shipment_id, result, now=now, source=source)
-
-
-def event_dedupe_key(at: datetime, raw_code: str, description: str) -> str:
-    """sha256 hex (64 chars) of the event's UTC time, raw code and description.
-
-    The time is normalized to UTC so the same event parsed with another offset (a push and a
-    query) gets the same key; a separator keeps ``("1", "2x")`` and ``("12", "x")`` apart.
-    """
-    utc = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    text = "\x1f".join((utc.isoformat(), raw_code, description))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:64]
-
-
-# Built once (a poll runs these for every shipment): building them cost more than running them.
-_LOCK_SHIPMENT = (
-    select(Shipment).where(Shipment.id == bindparam("shipment_id")).with_for_update(of=Shipment)
-)
-_ORDER_OF_SHIPMENT = text("SELECT order_id FROM shipments WHERE id = :shipment_id")
-
-
-def _lock_shipment(session: Session, shipment_id: int) -> Shipment:
-    shipment = session.scalars(_LOCK_SHIPMENT, {"shipment_id": shipment_id}).one_or_none()
-    if shipment is None:
-        raise NotFound(f"shipment {shipment_id}")
-    return shipment
-
-
-def _apply(
-    session: Session, shipment_id: int, result: TrackingResult, *, now: datetime, source: Source
-) -> Shipment:
-    # order_id never changes, so reading it before taking any lock is safe.
-    order_id = (
-        session.connection()
-        .execute(_ORDER_OF_SHIPMENT, {"shipment_id": shipment_id})
-        .scalar_one_or_none()
-    )
-    if order_id is None:
-        raise NotFound(f"shipment {shipment_id}")
-    order = lock_order(session, order_id)
-    shipment = _lock_shipment(session, shipment_id)
-    # Pending row changes are flushed once, by the caller's next query or commit, instead of
-    # before every insert below (a poll batch does one UPDATE per shipment, not two).
-    with session.no_autoflush:
-        _apply_locked(session, order, shipment, result, now=now, source=source)
-    return shipment
-
-
-def _apply_locked(
-    session: Session,
-    order: Order,
-    shipment: Shipment,
-    result: TrackingResult,
-    *,
-    now: datetime,
-    source: Source,
-) -> None:
-    new_events = _insert_events(session, shipment.id, result.events)
-    current = ShipmentStatus(shipment.status)
-    target = ShipmentStatus(result.status)
-    newest = max((e.at for e in result.events), default=None)
-    # A result whose newest event predates what we know is old data (a delayed push, a lagging
-    # provider replica). A result without events makes no claim about time.
-    stale = (
-        newest is not None
-        and shipment.last_event_at is not None
-        and (newest < shipment.last_event_at)
-    )
-    if newest is not None and (shipment.last_event_at is None or newest > shipment.last_event_at):
-        shipment.last_event_at = newest
-    if source == "push":
-        shipment.last_push_at = now
-    detail: dict[str, Any] = {
-        "shipment_id": shipment.id, "source": source, "new_events": new_events,
-        "raw_state": result.raw_state,
-    }  # fmt: skip
-    if target != current and (stale or not can_advance(current, target)):
-        detail.update(ignored="stale" if stale else "not_forward", reported=target.value)
-        timeline.record(
-            session, order.id, "tracking", from_status=current, to_status=current,
-            detail=detail, actor=_ACTOR,
-        )  # fmt: skip
-        return
-    if not stale and result.raw_state:
-        shipment.raw_state = result.raw_state[:32]
-    if target == current:
-        if new_events:
-            timeline.record(
-                session, order.id, "tracking", from_status=current, to_status=current,
-                detail=detail, actor=_ACTOR,
-            )  # fmt: skip
-        return
-    shipment.status = target
-    if is_final(target):
-        shipment.next_poll_at = None  # polling stops; keeps the due-index scan short
-    timeline.record(
-        session, order.id, "tracking", from_status=current, to_status=target,
-        detail=detail, actor=_ACTOR,
-    )  # fmt: skip
-    _follow_shipment(session, order, target, result, source=source)
-
-
-def _insert_events(session: Session, shipment_id: int, events: Iterable[TrackingEventDTO]) -> int:
-    """Insert unseen events; returns how many were new."""
-    rows: dict[str, dict[str, Any]] = {}
-    for e in events:
-        key = event_dedupe_key(e.at, e.raw_code, e.description)
-        rows.setdefault(
-            key,
-            {
-                "shipment_id": shipment_id,
-                "occurred_at": e.at,
-                "status": str(e.status),
-                "raw_code": e.raw_code[:32] or None,
-                "description": e.description[:500],
-                "location": e.location[:200] or None,
-                "dedupe_key": key,
-            },
-        )
-    if not rows:
-        return 0
-    columns = ("occurred_at", "status", "raw_code", "description", "location", "dedupe_key")
-    params: dict[str, Any] = {c: [r[c] for r in rows.values()] for c in columns}
-    params["shipment_id"] = shipment_id
-    return len(session.connection().execute(_INSERT_EVENTS, params).all())
-
-
-# One statement whatever the number of events (a multi-row VALUES is compiled anew for every
-# count); the unique (shipment_id, dedupe_key) drops the ones already stored.
-_INSERT_EVENTS = text(
-    """
-    INSERT INTO tracking_events (shipment_id, occurred_at, status, raw_code, description,
-                                 location, dedupe_key)
-    SELECT :shipment_id, e.* FROM unnest(
-        CAST(:occurred_at AS timestamptz[]), CAST(:status AS text[]), CAST(:raw_code AS text[]),
-        CAST(:description AS text[]), CAST(:location AS text[]), CAST(:dedupe_key AS text[])
-    ) AS e
-    ON CONFLICT ON CONSTRAINT uq_tracking_events_dedupe DO NOTHING
-    RETURNING id
-    """
-)
-
-
-# -- the order follows its shipment ---------------------------------------------------------
-
-
-def _follow_shipment(
-    session: Session, order: Order, status: ShipmentStatus, result: TrackingResult, *, source: str
-) -> None:
-    """Move or flag the (locked) order as :func:`domain.tracking.order_follows` decides after
-    its shipment moved to ``status``."""
-    follow = order_follows(
-        order.status, order.reason, status, returned=result.returned,
-        exception_text=_exception_text(result) if status == ShipmentStatus.EXCEPTION else "",
-    )  # fmt: skip
-    detail = {"source": source, "waybill": result.waybill}
-    for target in follow.moves:
-        if order.status == OrderStatus.NEEDS_ATTENTION:
-            order.reason = None  # the carrier resolved what the order was flagged for
-        move_order(session, order, target, actor=_ACTOR, **detail)
-    if follow.flag is not None:
-        order.reason = follow.flag[:200]
-        move_order(session, order, OrderStatus.NEEDS_ATTENTION, actor=_ACTOR, reason=follow.flag,
-                   **detail)  # fmt: skip
-
-
-def _exception_text(result: TrackingResult) -> str:
-    """The newest exception event's description (else the provider's note, else the newest
-    event's, else the raw state): what an operator reads first."""
-    for e in reversed(result.events):
-        if ShipmentStatus(e.status) == ShipmentStatus.EXCEPTION:
-            return e.description
-    if result.note:
-        return result.note
-    if result.events:
-        return result.events[-1].description
-    return f"state {result.raw_state or 'unknown'}"
