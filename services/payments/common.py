@@ -1,0 +1,63 @@
+"""What every payment use case shares: the statuses an order awaits payment in, the re-drive
+intervals, :class:`ProviderCall`, and locking and moving a payment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
+from adapters.payments.base import (
+    PaymentRef,
+)
+from domain.orders import OrderStatus
+from domain.payments import PaymentStatus, payment_can_move
+from models import Payment
+from services import timeline
+
+AWAITING = (OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT)
+#: How long an in-flight close/create keeps the sweeper away from an order.
+LEASE_S = 30
+REFUND_REDRIVE_S = 30
+#: A PAID order whose booking has not started within this is re-driven by the sweeper.
+SHIP_BY_S = 60
+REFUND_QUERY_S = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCall:
+    """A provider call the task layer must make (no transaction open)."""
+
+    order_id: str
+    provider: str
+    request: Any  # CreatePayment | ClosePayment | RefundRequest | PaymentRef
+    #: Ask, do not send: a refund the provider already accepted (PENDING) is checked with
+    #: ``query_refund``. Sending it again would only replay the stored answer (Stripe keeps it
+    #: for 24 h, then a re-send could refund twice).
+    query_only: bool = False
+
+
+_LOCK_PAYMENT = select(Payment).where(Payment.order_id == bindparam("order_id")).with_for_update()
+
+
+def lock_payment(session: Session, order_id: str) -> Payment | None:
+    return session.scalars(_LOCK_PAYMENT, {"order_id": order_id}).one_or_none()
+
+
+def move_payment(session: Session, payment: Payment, target: PaymentStatus, **detail: Any) -> bool:
+    """Forward-only: returns False (and records nothing) when the move is not forward."""
+    if not payment_can_move(payment.status, target):
+        return False
+    current = payment.status
+    payment.status = target
+    timeline.record(
+        session, payment.order_id, "payment", from_status=current, to_status=target,
+        detail=detail or None,
+    )  # fmt: skip
+    return True
+
+
+def provider_ref(payment: Payment) -> PaymentRef:
+    return PaymentRef(payment.out_trade_no, payment.provider_ref)

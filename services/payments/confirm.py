@@ -1,0 +1,185 @@
+"""Confirmation: a verified notification or a query result moves the payment (forward only)
+and, once captured, the order to PAID; due payments are claimed for polling."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from adapters.payments.base import (
+    Notification,
+    NotificationKind,
+    PaymentState,
+)
+from adapters.payments.base import PaymentStatus as ProviderStatus
+from domain.money import Money
+from domain.orders import OrderStatus, can_transition
+from domain.payments import CAPTURED, PaymentStatus, RefundStatus
+from models import Order, Payment, ProcessedNotification, Refund
+from services import timeline
+from services.followup import Followup
+from services.order_state import lock_order, move_order
+from services.payments.common import (
+    AWAITING,
+    REFUND_REDRIVE_S,
+    SHIP_BY_S,
+    ProviderCall,
+    lock_payment,
+    move_payment,
+    provider_ref,
+)
+from services.payments.refunds import record_refund, request_refund
+from services.task_names import PAYMENTS_QUERY, PAYMENTS_REFUND, SHIPPING_BOOK
+
+
+def apply_status(
+    session: Session,
+    order: Order,
+    payment: Payment,
+    status: ProviderStatus,
+    *,
+    now: datetime,
+    source: str,
+) -> list[Followup]:
+    """Apply what the provider says about a payment (order and payment rows locked).
+
+    Idempotent and forward-only. A payment for an order that expired or was cancelled is
+    refunded in full; one whose amount or currency differs from the order goes to
+    NEEDS_ATTENTION.
+    """
+    if status.provider_ref and not payment.provider_ref:
+        payment.provider_ref = status.provider_ref
+    payment.raw_status = status.raw_status[:64]
+    if status.state is PaymentState.CLOSED:
+        move_payment(session, payment, PaymentStatus.CLOSED, source=source)
+        return []
+    if status.state is PaymentState.PENDING:
+        move_payment(session, payment, PaymentStatus.PENDING, source=source)
+        return []
+    if status.state not in (PaymentState.PAID, PaymentState.REFUNDED):
+        return []
+    if payment.status in CAPTURED:
+        return []  # a duplicate: already recorded
+    payment.paid_at = status.paid_at or now
+    payment.next_query_at = None
+    move_payment(session, payment, PaymentStatus.PAID, source=source, raw=status.raw_status)
+    return _after_paid(session, order, payment, status, now=now)
+
+
+def _after_paid(
+    session: Session, order: Order, payment: Payment, status: ProviderStatus, *, now: datetime
+) -> list[Followup]:
+    expected = Money(payment.amount, payment.currency)
+    if status.amount is not None and status.amount != expected:
+        order.reason = "amount_mismatch"
+        detail = {"expected": str(expected), "paid": str(status.amount)}
+        if can_transition(OrderStatus(order.status), OrderStatus.NEEDS_ATTENTION):
+            order.stage_deadline = None
+            move_order(session, order, OrderStatus.NEEDS_ATTENTION, **detail)
+        else:
+            timeline.record(session, order.id, "attention", detail=detail)
+        return []
+    if order.status in AWAITING:
+        # The shipping stage must start by this deadline, or the sweeper re-drives the booking.
+        order.stage_deadline = now + timedelta(seconds=SHIP_BY_S)
+        move_order(session, order, OrderStatus.PAID, provider=payment.provider)
+        return [Followup(SHIPPING_BOOK, order.id)]
+    if order.status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
+        refund_no = f"late-{payment.out_trade_no}"
+        followup = request_refund(
+            session, order, payment, amount=None, refund_no=refund_no,
+            reason=f"paid after the order was {order.status.lower()}", actor="system", now=now,
+        )  # fmt: skip
+        return [followup] if followup else []
+    return []
+
+
+def apply_notification(
+    session: Session, provider: str, note: Notification, *, now: datetime
+) -> list[Followup]:
+    """Apply a verified notification once (deduplicated on the provider's event id)."""
+    first = session.execute(
+        pg_insert(ProcessedNotification)
+        .values(provider=provider, event_id=note.event_id[:128])
+        .on_conflict_do_nothing(constraint="uq_processed_notifications_event")
+        .returning(ProcessedNotification.id)
+    ).scalar_one_or_none()
+    if first is None or note.out_trade_no is None:
+        return []  # a repeat delivery (already applied), or nothing we act on
+    order_id = session.scalar(
+        select(Payment.order_id).where(
+            Payment.provider == provider, Payment.out_trade_no == note.out_trade_no
+        )
+    )
+    if order_id is None:
+        return []  # genuine, but not ours to act on (e.g. another system's trade)
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    assert payment is not None
+    timeline.record(
+        session, order_id, "notification",
+        detail={"provider": provider, "event_id": note.event_id, "type": note.raw_type,
+                "state": note.status.state if note.status else None},
+    )  # fmt: skip
+    followups: list[Followup] = []
+    if note.status is not None and note.kind is NotificationKind.PAYMENT:
+        followups += apply_status(session, order, payment, note.status, now=now, source="notify")
+    if note.refund is not None and note.refund.refund_no:
+        refund = session.scalar(select(Refund).where(Refund.refund_no == note.refund.refund_no))
+        if refund is not None:
+            record_refund(session, payment, refund, note.refund, now=now)
+    return followups
+
+
+def prepare_query(session: Session, payment_id: int) -> ProviderCall | None:
+    payment = session.get(Payment, payment_id)
+    if payment is None or payment.status not in (PaymentStatus.CREATING, PaymentStatus.PENDING):
+        return None
+    return ProviderCall(payment.order_id, payment.provider, provider_ref(payment))
+
+
+def finish_query(
+    session: Session, order_id: str, status: ProviderStatus, *, now: datetime
+) -> list[Followup]:
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    assert payment is not None
+    return apply_status(session, order, payment, status, now=now, source="query")
+
+
+def claim_due(
+    session: Session, *, now: datetime, limit: int, first_s: float, max_s: float
+) -> list[Followup]:
+    """Payments to query and refunds to (re)drive whose time has come; SKIP LOCKED claims."""
+    payments = list(
+        session.scalars(
+            select(Payment)
+            .where(Payment.status == PaymentStatus.PENDING, Payment.next_query_at < now)
+            .order_by(Payment.next_query_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for p in payments:
+        p.query_attempts += 1
+        p.next_query_at = now + timedelta(seconds=min(max_s, first_s * 2**p.query_attempts))
+    refunds = list(
+        session.scalars(
+            select(Refund)
+            .where(
+                Refund.status.in_([RefundStatus.REQUESTED, RefundStatus.PENDING]),
+                Refund.next_query_at < now,
+            )
+            .order_by(Refund.next_query_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for r in refunds:
+        r.next_query_at = now + timedelta(seconds=REFUND_REDRIVE_S)
+    return [Followup(PAYMENTS_QUERY, p.id) for p in payments] + [
+        Followup(PAYMENTS_REFUND, r.id) for r in refunds
+    ]

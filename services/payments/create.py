@@ -1,0 +1,135 @@
+"""Creating the payment at the provider: prepare (lock, key stored), then finish with what the
+provider answered (created, settled on create, a replayed failure, a refusal)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from adapters.payments.base import (
+    CreatePayment,
+    PaymentCreated,
+)
+from domain.errors import (
+    NotFound,
+    ProviderRejected,
+)
+from domain.money import Money
+from domain.orders import OrderStatus
+from domain.payments import PaymentStatus
+from models import Order, Payment
+from services import timeline
+from services.followup import Followup
+from services.order_state import lock_order, move_order
+from services.payments.common import ProviderCall, lock_payment, move_payment
+from services.task_names import PAYMENTS_QUERY
+
+
+def prepare_create(
+    session: Session, order_id: str, *, now: datetime, notify_base_url: str, redrive_s: int
+) -> ProviderCall | None:
+    """Store the payment (and its idempotency key) for a RESERVED order; None if not needed."""
+    order = lock_order(session, order_id)
+    if order.status != OrderStatus.RESERVED or order.payment_deadline is None:
+        return None
+    payment = lock_payment(session, order_id)
+    if payment is None:
+        key = order.id.replace("-", "")  # 32 chars: fits every provider's merchant order number
+        payment = Payment(
+            order_id=order.id, provider=order.payment_provider, out_trade_no=key,
+            idempotency_key=f"pay-{key}", amount=order.total_amount, currency=order.currency,
+            status=PaymentStatus.CREATING,
+        )  # fmt: skip
+        session.add(payment)
+        session.flush()
+        timeline.record(
+            session, order.id, "payment", to_status=PaymentStatus.CREATING,
+            detail={"provider": payment.provider, "out_trade_no": key},
+        )  # fmt: skip
+    elif payment.status not in (PaymentStatus.CREATING, PaymentStatus.PENDING):
+        return None
+    order.stage_deadline = now + timedelta(seconds=redrive_s)  # re-driven if this task dies
+    request = create_request(order, payment, order.payment_deadline, notify_base_url)
+    return ProviderCall(order.id, payment.provider, request)
+
+
+def create_request(
+    order: Order, payment: Payment, expires_at: datetime, notify_base_url: str
+) -> CreatePayment:
+    """The create call for ``payment``: the same fields every time, so a repeat is a replay."""
+    return CreatePayment(
+        out_trade_no=payment.out_trade_no,
+        idempotency_key=payment.idempotency_key,
+        amount=Money(payment.amount, payment.currency),
+        description=f"Order {order.external_id}",
+        notify_url=f"{notify_base_url.rstrip('/')}/webhooks/{payment.provider}",
+        expires_at=expires_at,
+        metadata={"order_id": order.id},
+    )
+
+
+def finish_create(
+    session: Session, order_id: str, created: PaymentCreated, *, now: datetime, first_query_s: float
+) -> None:
+    """Record the instructions; RESERVED -> AWAITING_PAYMENT (unless a webhook already paid it)."""
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    if payment is None:
+        raise NotFound(f"payment of order {order_id}")
+    payment.provider_ref = payment.provider_ref or created.provider_ref
+    payment.instructions = dict(created.instructions)
+    payment.next_query_at = now + timedelta(seconds=first_query_s)
+    move_payment(session, payment, PaymentStatus.PENDING)
+    if order.status == OrderStatus.RESERVED:
+        shown = sorted(created.instructions)  # the keys only: the timeline holds no secrets
+        move_order(
+            session, order, OrderStatus.AWAITING_PAYMENT, provider=payment.provider, shown=shown
+        )
+        order.stage_deadline = order.payment_deadline
+
+
+def rotate_create_key(session: Session, order_id: str) -> None:
+    """The provider replays a stored failure for the current key (``REPLAYED_FAILURE``): mint a
+    new one. Only while nothing the customer can pay was returned (payment still CREATING)."""
+    lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    if payment is None or payment.status != PaymentStatus.CREATING:
+        return
+    prefix = f"pay-{payment.out_trade_no}"  # keys are pay-<no>, then pay-<no>-r1, -r2, ...
+    attempt = int(payment.idempotency_key.removeprefix(prefix).removeprefix("-r") or 0) + 1
+    payment.idempotency_key = f"{prefix}-r{attempt}"
+    timeline.record(
+        session, order_id, "payment", detail={"idempotency_key": "rotated", "attempt": attempt}
+    )
+
+
+def settled_on_create(
+    session: Session, order_id: str, error: ProviderRejected, *, now: datetime
+) -> Followup | None:
+    """A create found the trade already settled at the provider (``SETTLED_ON_CREATE``): e.g.
+    the first create succeeded, its result was never recorded (the database went away), and
+    the buyer paid before the retry. Ask the provider for the trade's status instead of
+    treating the answer as a refusal; returns the query to publish after the commit."""
+    lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    if payment is None or payment.status not in (PaymentStatus.CREATING, PaymentStatus.PENDING):
+        return None
+    payment.next_query_at = now
+    timeline.record(
+        session, order_id, "payment", detail={"settled_at_provider": error.code, "then": "query"}
+    )
+    return Followup(PAYMENTS_QUERY, payment.id)
+
+
+def fail_create(session: Session, order_id: str, error: ProviderRejected) -> None:
+    """The provider refused to create the payment: the order needs an operator."""
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    if payment is not None:
+        payment.last_error = str(error)[:500]
+        move_payment(session, payment, PaymentStatus.CLOSED, error=error.code)
+    if order.status == OrderStatus.RESERVED:
+        order.reason = f"payment_rejected:{error.code or 'unknown'}"
+        order.stage_deadline = None
+        move_order(session, order, OrderStatus.NEEDS_ATTENTION, error=str(error)[:200])

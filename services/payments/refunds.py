@@ -1,0 +1,160 @@
+"""Refunds: requested by amount (never more than captured), sent with a stored refund number,
+queried while pending, recorded forward only."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from adapters.payments.base import (
+    RefundRequest,
+    RefundResult,
+    RefundState,
+)
+from domain.errors import (
+    ConflictError,
+    ValidationError,
+)
+from domain.money import Money
+from domain.payments import CAPTURED, PaymentStatus, RefundStatus, refund_can_move
+from models import Order, Payment, Refund
+from services import timeline
+from services.followup import Followup
+from services.order_state import lock_order
+from services.payments.common import (
+    REFUND_QUERY_S,
+    REFUND_REDRIVE_S,
+    ProviderCall,
+    lock_payment,
+    move_payment,
+    provider_ref,
+)
+from services.task_names import PAYMENTS_REFUND
+
+
+def request_refund(
+    session: Session,
+    order: Order,
+    payment: Payment,
+    *,
+    amount: int | None,
+    refund_no: str,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> Followup | None:
+    """Store a refund (idempotent by ``refund_no``); returns the task that carries it out.
+
+    ``amount=None`` refunds everything not yet refunded. The same refund number with the same
+    amount is the same refund; with another amount it is a conflict.
+    """
+    existing = session.scalar(select(Refund).where(Refund.refund_no == refund_no))
+    if existing is not None:
+        if existing.payment_id != payment.id or (amount is not None and existing.amount != amount):
+            raise ConflictError(f"refund {refund_no} already exists with different details")
+        return Followup(PAYMENTS_REFUND, existing.id) if existing.status == "REQUESTED" else None
+    if payment.status not in CAPTURED:
+        raise ValidationError("order", f"payment is {payment.status}; nothing to refund")
+    committed = session.scalar(
+        select(func.coalesce(func.sum(Refund.amount), 0)).where(
+            Refund.payment_id == payment.id, Refund.status != RefundStatus.FAILED
+        )
+    )
+    remaining = payment.amount - int(committed or 0)
+    amount = remaining if amount is None else amount
+    if amount <= 0 or amount > remaining:
+        raise ValidationError("amount", f"must be between 1 and the refundable {remaining}")
+    refund = Refund(
+        payment_id=payment.id, order_id=order.id, refund_no=refund_no, amount=amount,
+        currency=payment.currency, status=RefundStatus.REQUESTED, reason=reason[:200],
+        actor=actor, next_query_at=now + timedelta(seconds=REFUND_REDRIVE_S),
+    )  # fmt: skip
+    session.add(refund)
+    session.flush()
+    timeline.record(
+        session, order.id, "refund", to_status=RefundStatus.REQUESTED,
+        detail={"refund_no": refund_no, "amount": amount, "reason": reason}, actor=actor,
+    )  # fmt: skip
+    return Followup(PAYMENTS_REFUND, refund.id)
+
+
+def refund_for_order(
+    session: Session,
+    order_id: str,
+    *,
+    amount: int | None,
+    refund_no: str,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> Followup | None:
+    """The API/CLI entry point for a refund of an order's payment."""
+    order = lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    if payment is None:
+        raise ValidationError("order", "order has no payment")
+    return request_refund(
+        session, order, payment, amount=amount, refund_no=refund_no, reason=reason,
+        actor=actor, now=now,
+    )  # fmt: skip
+
+
+def prepare_refund(session: Session, refund_id: int) -> ProviderCall | None:
+    refund = session.get(Refund, refund_id)
+    if refund is None or refund.status not in (RefundStatus.REQUESTED, RefundStatus.PENDING):
+        return None
+    payment = session.get(Payment, refund.payment_id)
+    assert payment is not None
+    request = RefundRequest(
+        ref=provider_ref(payment), refund_no=refund.refund_no,
+        amount=Money(refund.amount, refund.currency), total=Money(payment.amount, payment.currency),
+        reason=refund.reason or "refund",
+    )  # fmt: skip
+    pending = refund.status == RefundStatus.PENDING
+    return ProviderCall(payment.order_id, payment.provider, request, query_only=pending)
+
+
+def finish_refund(
+    session: Session, order_id: str, refund_no: str, result: RefundResult, *, now: datetime
+) -> None:
+    lock_order(session, order_id)
+    payment = lock_payment(session, order_id)
+    refund = session.scalars(
+        select(Refund).where(Refund.refund_no == refund_no).with_for_update()
+    ).one()
+    assert payment is not None
+    record_refund(session, payment, refund, result, now=now)
+
+
+_REFUND_STATES = {
+    RefundState.PENDING: RefundStatus.PENDING,
+    RefundState.SUCCEEDED: RefundStatus.SUCCEEDED,
+    RefundState.FAILED: RefundStatus.FAILED,
+}
+
+
+def record_refund(
+    session: Session, payment: Payment, refund: Refund, result: RefundResult, *, now: datetime
+) -> None:
+    target = _REFUND_STATES[result.state]
+    refund.provider_refund_ref = refund.provider_refund_ref or result.provider_refund_ref
+    if not refund_can_move(refund.status, target):
+        return
+    current = refund.status
+    refund.status = target
+    refund.raw_status = result.raw_status[:64]
+    refund.next_query_at = now + timedelta(seconds=REFUND_QUERY_S) if target == "PENDING" else None
+    timeline.record(
+        session, refund.order_id, "refund", from_status=current, to_status=target,
+        detail={"refund_no": refund.refund_no, "amount": refund.amount},
+    )  # fmt: skip
+    if target == RefundStatus.SUCCEEDED:
+        payment.refunded_amount += refund.amount
+        full = payment.refunded_amount >= payment.amount
+        move_payment(
+            session, payment,
+            PaymentStatus.REFUNDED if full else PaymentStatus.PARTIALLY_REFUNDED,
+            refunded=payment.refunded_amount,
+        )  # fmt: skip
