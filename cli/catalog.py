@@ -182,12 +182,12 @@ def catalog_import(
     """Create or update products from FILE. All-or-nothing unless --partial."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from services import catalog_admin
+    from services import catalog_import as importer
     from services.unit_of_work import unit_of_work
 
     if not file.is_file():
         raise fail(f"file: {file} does not exist or is not a file")
-    records, syntax_errors = catalog_admin.read_records(file)
+    records, syntax_errors = importer.read_records(file)
     with _progress() as progress:
         tasks: dict[str, TaskID] = {}
 
@@ -198,7 +198,7 @@ def catalog_import(
 
         try:
             with unit_of_work() as session:
-                report = catalog_admin.import_catalog(
+                report = importer.import_catalog(
                     session, records, syntax_errors=syntax_errors, partial=partial,
                     actor=_actor(), progress=advance,
                 )  # fmt: skip
@@ -232,7 +232,7 @@ def catalog_export(
     from sqlalchemy import func, select
 
     from models import Product
-    from services import catalog_admin
+    from services import catalog_import as importer
     from services.unit_of_work import unit_of_work
 
     fmt = file.suffix.lower().lstrip(".")
@@ -246,8 +246,8 @@ def catalog_export(
             total = session.scalar(select(func.count()).select_from(Product)) or 0
             with _progress() as progress:
                 task = progress.add_task("export", total=total)
-                count = catalog_admin.write_rows(
-                    catalog_admin.export_rows(session), out, fmt,
+                count = importer.write_rows(
+                    importer.export_rows(session), out, fmt,
                     lambda n: progress.advance(task, n),
                 )  # fmt: skip
         os.replace(tmp, file)
