@@ -1,4 +1,5 @@
-"""ops/alerts.yml is well formed and only uses series that observability/metrics.py exposes."""
+"""ops/alerts.yml is well formed and only uses series that observability exposes (metrics.py:
+the event series; collector.py: the state series)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "ops" / "alerts.yml"
-METRICS_SOURCE = ROOT / "observability" / "metrics.py"
+METRICS_SOURCES = [ROOT / "observability" / f for f in ("metrics.py", "collector.py")]
 
 NAME = re.compile(r"\borderflow_[a-z0-9_]+\b")
 DURATION = re.compile(r"^\d+[smhdw]$")
@@ -36,12 +37,12 @@ def rules() -> list[dict[str, Any]]:
 
 
 def exposed_names() -> set[str]:
-    """Sample names observability/metrics.py can expose, parsed from its source.
+    """Sample names observability can expose, parsed from the sources that define them.
 
     Counters expose ``<name>_total``, histograms ``_bucket``/``_sum``/``_count``; every other
     ``"orderflow_..."`` literal is a scrape-time gauge.
     """
-    source = METRICS_SOURCE.read_text()
+    source = "\n".join(path.read_text() for path in METRICS_SOURCES)
     typed = dict(
         (name, kind)
         for kind, name in re.findall(
