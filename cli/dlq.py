@@ -1,0 +1,78 @@
+"""``orderflow dlq``: dead letters (tasks that failed for good): list, show, replay, discard."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+from rich.table import Table
+
+from cli.common import command, console, fail, print_json
+
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: tasks that failed for good")
+
+
+@dlq_app.command("list")
+@command
+def dlq_list(limit: int = typer.Option(100, min=1)) -> None:
+    """Open dead letters."""
+    from services import dead_letters
+    from services.unit_of_work import unit_of_work
+
+    table = Table("id", "task", "order", "error", "attempts", "at")
+    with unit_of_work() as session:
+        for dl in dead_letters.list_open(session, limit):
+            table.add_row(
+                str(dl.id), dl.task_name, dl.order_id or "",
+                f"{dl.error_class.rsplit('.', 1)[-1]}: {dl.error_message[:80]}",
+                str(dl.attempts), dl.created_at.isoformat(timespec="seconds"),
+            )  # fmt: skip
+    console.print(table)
+
+
+@dlq_app.command("show")
+@command
+def dlq_show(dead_letter_id: int) -> None:
+    """One dead letter: task, arguments, error, attempts, status."""
+    from models import DeadLetter
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        dl = session.get(DeadLetter, dead_letter_id)
+        if dl is None:
+            raise fail(f"id: no dead letter {dead_letter_id}")
+        print_json(
+            {
+                "id": dl.id, "task": dl.task_name, "task_id": dl.task_id, "queue": dl.queue,
+                "order_id": dl.order_id, "args": dl.args, "kwargs": dl.kwargs,
+                "error_class": dl.error_class, "error": dl.error_message,
+                "attempts": dl.attempts, "status": dl.status, "created_at": dl.created_at,
+                "resolved_at": dl.resolved_at,
+            }
+        )  # fmt: skip
+
+
+@dlq_app.command("replay")
+@command
+def dlq_replay(dead_letter_id: int) -> None:
+    """Run a dead-lettered task again."""
+    from services import dead_letters
+    from services.unit_of_work import unit_of_work
+    from workers.publish import enqueue_replay
+
+    with unit_of_work() as session:
+        replay = dead_letters.replay(session, dead_letter_id, now=datetime.now(UTC), actor="cli")
+    enqueue_replay(replay)
+    console.print(f"replayed dead letter {dead_letter_id} ({replay.task_name})")
+
+
+@dlq_app.command("discard")
+@command
+def dlq_discard(dead_letter_id: int) -> None:
+    """Mark a dead letter as handled without running it."""
+    from services import dead_letters
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        dead_letters.discard(session, dead_letter_id, now=datetime.now(UTC), actor="cli")
+    console.print(f"discarded dead letter {dead_letter_id}")

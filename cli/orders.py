@@ -1,0 +1,188 @@
+"""``orderflow orders``: show an order's whole story, list orders, cancel one."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from cli.common import command, console, fail, print_json
+
+orders_app = typer.Typer(no_args_is_help=True, help="Inspect orders")
+
+
+@orders_app.command("show")
+@command
+def orders_show(
+    order_id: str,
+    as_json: bool = typer.Option(False, "--json", help="Print the whole view as JSON (scripts)"),
+) -> None:
+    """An order's timeline: transitions, task attempts (worker, retries), provider calls with
+    redacted bodies, notifications, and the status callbacks sent for it."""
+    from services.queries import order_timeline
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        view = order_timeline(session, order_id)
+    if as_json:
+        print_json(view)
+    else:
+        print_order(view)
+
+
+def print_order(view: dict[str, Any]) -> None:
+    """The order's header, its timeline as a table, and its status callbacks."""
+    console.print(
+        f"[bold]order {escape(view['id'])}[/]  [bold cyan]{view['status']}[/]"
+        + (f"  ({escape(view['reason'])})" if view["reason"] else ""),
+        highlight=False,
+    )
+    lines = ", ".join(f"{ln['sku']} x{ln['quantity']}" for ln in view["lines"])
+    console.print(
+        Text(f"source {view['source']} / {view['external_id']}   "
+             f"{view['total_amount']} {view['currency']} via {view['payment_provider']}   "
+             f"created {view['created_at']}\nlines: {lines}")
+    )  # fmt: skip
+    table = Table("time", "kind", "transition", "task (worker, retries)", "detail",
+                  title="timeline", show_lines=True)  # fmt: skip
+    for e in view["timeline"]:
+        transition = f"{e['from'] + ' ' if e['from'] else ''}→ {e['to']}" if e["to"] else ""
+        detail = dict(e["detail"] or {})
+        table.add_row(_clock(e["at"]), e["kind"], transition, _task_cell(detail.pop("task", None)),
+                      Text(_detail_text(e["kind"], detail, e["actor"])))  # fmt: skip
+    console.print(table)
+    _print_callbacks(view["callbacks"], view["source"])
+
+
+def _clock(iso: str) -> str:
+    return datetime.fromisoformat(iso).strftime("%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _task_cell(task: dict[str, Any] | None) -> Text:
+    if not task:
+        return Text("")
+    return Text(f"{task.get('name')}\non {task.get('worker')}\nretries {task.get('retries')}")
+
+
+def _compact(value: Any, limit: int = 400) -> str:
+    # ", " and ": " separators: a long body wraps at its spaces, not inside a value.
+    text = json.dumps(value, default=str, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _detail_text(kind: str, d: dict[str, Any], actor: str | None) -> str:
+    """One cell: what happened, the way an operator reads it. Provider bodies were redacted
+    when they were recorded (observability.redact): they are shown as stored."""
+    if kind == "provider_call":
+        parts = [f"{d.pop('provider', '?')} {d.pop('operation', '?')} [{d.pop('ms', '?')} ms]: "
+                 f"{d.pop('outcome', '?')}"]  # fmt: skip
+        for key in ("request", "response"):
+            if key in d:
+                parts.append(f"{key}: {_compact(d.pop(key))}")
+    elif kind == "notification":
+        parts = [f"{d.pop('provider', '?')} {d.pop('type', '?')} -> {d.pop('state', '?')} "
+                 f"(event {d.pop('event_id', '?')})"]  # fmt: skip
+    else:
+        parts = []
+    if d:
+        parts.append(_compact(d))
+    if actor and actor != "system":
+        parts.append(f"by {actor}")
+    return "\n".join(parts)
+
+
+def _print_callbacks(rows: list[dict[str, Any]], source: str) -> None:
+    if not rows:
+        console.print(f"no status callbacks (source {source!r} has no endpoint)", highlight=False)
+        return
+    table = Table("event id", "order status", "delivery", "attempts", "last code", "last error",
+                  "delivered", title=f"status callbacks to {source}")  # fmt: skip
+    for c in rows:
+        table.add_row(
+            c["event_id"], c["order_status"], c["status"], str(c["attempts"]),
+            str(c["last_status_code"] or ""), Text(c["last_error"] or ""),
+            _clock(c["delivered_at"]) if c["delivered_at"] else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+AGE_RE = r"^(\d+)([smhd])$"
+
+
+def _parse_age(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``3d`` -> seconds (a CLI input: one-line error when wrong)."""
+    import re
+
+    match = re.match(AGE_RE, text)
+    if not match:
+        raise fail(f"older-than: {text!r} is not an age like 90s, 15m, 2h or 3d")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@orders_app.command("list")
+@command
+def orders_list(
+    status: str | None = typer.Option(None, help="Only this status"),
+    provider: str | None = typer.Option(None, help="Only this payment provider"),
+    older_than: str | None = typer.Option(None, help="Only orders older than this, e.g. 2h"),
+    limit: int = typer.Option(50, min=1, max=10_000),
+) -> None:
+    """The newest orders, filtered by status, payment provider and age."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from adapters.registry import PAYMENT_PROVIDERS
+    from domain.orders import OrderStatus
+    from models import Order
+    from services.unit_of_work import unit_of_work
+
+    if status is not None and status not in OrderStatus.__members__:
+        raise fail(f"status: unknown status {status!r}; one of {', '.join(OrderStatus)}")
+    if provider is not None and provider not in PAYMENT_PROVIDERS:
+        raise fail(
+            f"provider: unknown provider {provider!r}; one of {', '.join(PAYMENT_PROVIDERS)}"
+        )
+    stmt = select(Order).order_by(Order.created_at.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(Order.status == status)
+    if provider:
+        stmt = stmt.where(Order.payment_provider == provider)
+    if older_than:
+        stmt = stmt.where(
+            Order.created_at < datetime.now(UTC) - timedelta(seconds=_parse_age(older_than))
+        )
+    table = Table("id", "source", "external id", "status", "reason", "provider", "total", "created")
+    with unit_of_work() as session:
+        for o in session.scalars(stmt):
+            table.add_row(
+                o.id, o.source, o.external_id, o.status, o.reason or "", o.payment_provider,
+                f"{o.total_amount} {o.currency}", o.created_at.isoformat(timespec="seconds"),
+            )  # fmt: skip
+    console.print(table)
+
+
+@orders_app.command("cancel")
+@command
+def orders_cancel(
+    order_id: str,
+    reason: str = typer.Option("cancelled by operator", help="Recorded on the timeline"),
+) -> None:
+    """Cancel an order before it ships: stock released, payment closed or refunded."""
+    from services import payments
+    from services.unit_of_work import unit_of_work
+    from workers.publish import enqueue_followups
+
+    with unit_of_work() as session:
+        followups = payments.cancel_order(
+            session, order_id, now=datetime.now(UTC), actor="cli", reason=reason
+        )
+    enqueue_followups(followups)
+    console.print(
+        f"cancelled {order_id}" + (" (closing/refunding the payment)" if followups else "")
+    )

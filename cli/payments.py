@@ -1,0 +1,78 @@
+"""``orderflow payments`` (refund, reconcile) and ``orderflow shipments`` (register a waybill)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+from rich.table import Table
+
+from cli.common import command, console
+from settings import get_settings
+
+payments_app = typer.Typer(no_args_is_help=True, help="Payments, refunds and reconciliation")
+shipments_app = typer.Typer(no_args_is_help=True, help="Shipments and tracking")
+
+
+@payments_app.command("refund")
+@command
+def payments_refund(
+    order_id: str,
+    refund_no: str = typer.Option(..., help="Your refund number; the same number refunds once"),
+    amount: int | None = typer.Option(None, min=1, help="Minor units; default: all remaining"),
+    reason: str = typer.Option("refund by operator"),
+) -> None:
+    """Refund part or all of an order's payment (idempotent by refund number)."""
+    from services import payments
+    from services.unit_of_work import unit_of_work
+    from workers.publish import enqueue_followups
+
+    with unit_of_work() as session:
+        followup = payments.refund_for_order(
+            session, order_id, amount=amount, refund_no=refund_no, reason=reason, actor="cli",
+            now=datetime.now(UTC),
+        )  # fmt: skip
+    enqueue_followups([followup] if followup else [])
+    console.print(f"refund {refund_no} for {order_id} requested")
+
+
+@payments_app.command("reconcile")
+@command
+def payments_reconcile(
+    sample: int = typer.Option(50, min=0, help="Final payments to re-check as well"),
+) -> None:
+    """Compare payments with the providers; fix what is safe, list what is not."""
+    from tasks.payments import run_reconcile
+
+    report = run_reconcile(sample)
+    table = Table("order", "provider", "out_trade_no", "ours", "provider says", "action")
+    for f in report.findings:
+        table.add_row(f.order_id, f.provider, f.out_trade_no, f.ours, f.theirs, f.action)
+    if report.findings:
+        console.print(table)
+    console.print(
+        f"checked {report.checked}, fixed {len(report.fixed)}, unresolved {len(report.unresolved)}"
+    )
+    if report.unresolved:
+        raise typer.Exit(1)
+
+
+@shipments_app.command("register")
+@command
+def shipments_register(
+    order_id: str,
+    carrier: str = typer.Option(..., help="Kuaidi100 carrier code, e.g. yuantong"),
+    waybill: str = typer.Option(..., help="The parcel's waybill number"),
+) -> None:
+    """Register the waybill the warehouse printed for a PAID order: the order ships."""
+    from services import shipping
+    from services.unit_of_work import unit_of_work
+    from workers.publish import enqueue_followups
+
+    with unit_of_work() as session:
+        followups = shipping.register_waybill(
+            session, order_id, carrier, waybill, now=datetime.now(UTC), actor="cli",
+            first_poll_s=get_settings().tracking_first_poll_s,
+        )  # fmt: skip
+    enqueue_followups(followups)
+    console.print(f"order {order_id} shipped as {carrier} {waybill}")
