@@ -58,7 +58,14 @@ def utcnow() -> datetime:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    return bool(getattr(exc, "retryable", False)) or isinstance(exc, _TRANSIENT)
+    """Retry what may pass: errors that say so (``retryable``), the transient kinds above, and a
+    lost database connection whatever DBAPI error it surfaced as. psycopg2 reports a server that
+    went away mid-statement as a plain ``DatabaseError`` ("server closed the connection
+    unexpectedly"), which SQLAlchemy marks ``connection_invalidated``; failing on it lost the
+    message, and the order then waited for the sweeper's re-drive."""
+    if getattr(exc, "retryable", False) or isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
 
 
 def backoff_s(retries: int) -> float:
