@@ -33,12 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import error_response
 from domain.errors import ConflictError, ValidationError
-from services import users
+from services import login_limits, passwords, users
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 
 router = APIRouter()
-users.warm_up()
+passwords.warm_up()
 
 _BAD_LOGIN = {"error": "invalid_credentials", "message": "email or password is incorrect"}
 
@@ -69,24 +69,24 @@ def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_client_url(url), socket_timeout=2)
 
 
-def login_limiter() -> users.LoginLimiter:
+def login_limiter() -> login_limits.LoginLimiter:
     """The limiter from settings (a dependency, so tests may swap the limits)."""
     url = get_settings().redis_url
     if not url:
         raise RuntimeError("REDIS_URL is not set")
-    return users.LoginLimiter(
+    return login_limits.LoginLimiter(
         _redis(url),
         max_failures=_setting("login_max_failures", 10),
         window_s=_setting("login_window_s", 60),
     )
 
 
-def registration_limiter() -> users.RegistrationLimiter:
+def registration_limiter() -> login_limits.RegistrationLimiter:
     """The registration limiter from settings (a dependency, so tests may swap the limits)."""
     url = get_settings().redis_url
     if not url:
         raise RuntimeError("REDIS_URL is not set")
-    return users.RegistrationLimiter(
+    return login_limits.RegistrationLimiter(
         _redis(url),
         max_attempts=_setting("register_max_per_address", 20),
         window_s=_setting("register_window_s", 3600),
@@ -97,7 +97,7 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _throttled(exc: users.RateLimited, field: str) -> JSONResponse:
+def _throttled(exc: login_limits.RateLimited, field: str) -> JSONResponse:
     response = error_response(
         429, "rate_limited", f"too many {exc.what}; try again later",
         [{"field": field, "reason": f"retry after {exc.retry_after_s}s"}],
@@ -127,7 +127,7 @@ def _invalid(exc: ValidationError) -> JSONResponse:
 def register(
     body: RegisterBody,
     request: Request,
-    limiter: Annotated[users.RegistrationLimiter, Depends(registration_limiter)],
+    limiter: Annotated[login_limits.RegistrationLimiter, Depends(registration_limiter)],
 ) -> Any:
     try:
         with unit_of_work() as session:
@@ -142,7 +142,7 @@ def register(
             409, "conflict", "email is already registered",
             [{"field": "email", "reason": "already registered"}],
         )  # fmt: skip
-    except users.RegistrationThrottled as exc:
+    except login_limits.RegistrationThrottled as exc:
         return _throttled(exc, "client_address")
     except redis.RedisError:
         return error_response(503, "unavailable", "registration is temporarily unavailable")
@@ -158,7 +158,7 @@ def register(
 def login(
     body: LoginBody,
     request: Request,
-    limiter: Annotated[users.LoginLimiter, Depends(login_limiter)],
+    limiter: Annotated[login_limits.LoginLimiter, Depends(login_limiter)],
 ) -> Any:
     try:
         with unit_of_work() as session:
@@ -169,7 +169,7 @@ def login(
             )  # fmt: skip
     except users.InvalidCredentials:
         return JSONResponse(_BAD_LOGIN, status_code=401)
-    except users.LoginThrottled as exc:
+    except login_limits.LoginThrottled as exc:
         return _throttled(exc, "email")
     except redis.RedisError:
         return error_response(503, "unavailable", "login is temporarily unavailable")

@@ -19,7 +19,7 @@ from api.users import login_limiter, registration_limiter
 from api.users import router as users_router
 from models import User, UserSession
 from producers.intake import accept_message
-from services import users
+from services import login_limits, passwords, users
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tests.conftest import order_message, redis_client
@@ -129,9 +129,9 @@ def test_common_passwords_are_refused_whatever_the_case_or_width(client, passwor
 
 
 def test_common_password_list_is_the_bundled_one():
-    assert len(users._common_passwords()) > 19_000
-    assert users.is_common_password("Qwerty12345")
-    assert not users.is_common_password(PASSWORD)
+    assert len(passwords._common_passwords()) > 19_000
+    assert passwords.is_common_password("Qwerty12345")
+    assert not passwords.is_common_password(PASSWORD)
 
 
 FULL_WIDTH = "\uff23orrect-horse-\uff14\uff12"  # "Correct-horse-42" with full-width C, 4, 2
@@ -139,7 +139,7 @@ FULL_WIDTH = "\uff23orrect-horse-\uff14\uff12"  # "Correct-horse-42" with full-w
 
 def test_password_is_nfkc_normalized_before_hashing(client):
     assert register(client, password=FULL_WIDTH).status_code == 201
-    assert users.HASHER.verify(stored_hash(), PASSWORD)  # the hash is of the normalized form
+    assert passwords.HASHER.verify(stored_hash(), PASSWORD)  # the hash is of the normalized form
     assert login(client, password=PASSWORD).status_code == 201
     assert login(client, password=FULL_WIDTH).status_code == 201
     decomposed = "Cafe\u0301-horse-42"  # e + combining acute == é (NFKC composes it)
@@ -149,21 +149,21 @@ def test_password_is_nfkc_normalized_before_hashing(client):
 
 def test_hash_of_a_raw_unnormalized_password_still_verifies_and_is_rehashed(client):
     # Stored before normalization existed: the hash of the raw full-width password.
-    legacy = users.HASHER.hash(FULL_WIDTH)
+    legacy = passwords.HASHER.hash(FULL_WIDTH)
     with unit_of_work() as s:
         s.add(User(email="old@example.com", password_hash=legacy))
     assert login(client, email="old@example.com", password=PASSWORD).status_code == 401
     assert login(client, email="old@example.com", password=FULL_WIDTH).status_code == 201
     upgraded = stored_hash("old@example.com")
-    assert upgraded != legacy and users.HASHER.verify(upgraded, PASSWORD)
+    assert upgraded != legacy and passwords.HASHER.verify(upgraded, PASSWORD)
     assert login(client, email="old@example.com", password=PASSWORD).status_code == 201
 
 
 def test_ascii_passwords_are_unchanged_by_normalization():
     # Why every stored hash of an ASCII password stays valid.
     ascii_printable = "".join(chr(c) for c in range(32, 127))
-    assert users.normalize_password(ascii_printable) == ascii_printable
-    assert users.HASHER.verify(users.hash_password(PASSWORD), PASSWORD)
+    assert passwords.normalize_password(ascii_printable) == ascii_printable
+    assert passwords.HASHER.verify(passwords.hash_password(PASSWORD), PASSWORD)
 
 
 def test_missing_field_is_422_naming_it(client):
@@ -217,7 +217,7 @@ def test_expired_token_is_refused(client):
     register(client)
     with unit_of_work() as s:
         issued = users.login(
-            s, users.LoginLimiter(redis_client()), "alice@example.com", PASSWORD,
+            s, login_limits.LoginLimiter(redis_client()), "alice@example.com", PASSWORD,
             client_address="127.0.0.1", now=datetime.now(UTC) - timedelta(hours=2), ttl_s=3600,
         )  # fmt: skip
     r = client.get("/v1/users/me/orders", headers={"Authorization": f"Bearer {issued.token}"})
@@ -253,7 +253,7 @@ ROUNDS = 30
 
 
 def test_unknown_email_and_wrong_password_are_indistinguishable(app):
-    app.dependency_overrides[login_limiter] = lambda: users.LoginLimiter(
+    app.dependency_overrides[login_limiter] = lambda: login_limits.LoginLimiter(
         redis_client(), max_failures=1000
     )
     with TestClient(app) as client:
@@ -320,10 +320,10 @@ def test_successful_logins_are_not_counted(client):
 
 
 def test_window_slides_and_limits_are_parameters(db):
-    limiter = users.LoginLimiter(redis_client(), max_failures=2, window_s=1)
+    limiter = login_limits.LoginLimiter(redis_client(), max_failures=2, window_s=1)
     for _ in range(2):
         limiter.acquire("x@example.com", "192.0.2.1")  # two failures (slots kept)
-    with pytest.raises(users.LoginThrottled) as info:
+    with pytest.raises(login_limits.LoginThrottled) as info:
         limiter.acquire("x@example.com", "192.0.2.1")
     assert info.value.retry_after_s == 1
     time.sleep(1.1)
@@ -331,10 +331,10 @@ def test_window_slides_and_limits_are_parameters(db):
 
 
 def test_ipv6_addresses_share_their_64(db):
-    limiter = users.LoginLimiter(redis_client(), max_failures=3)
+    limiter = login_limits.LoginLimiter(redis_client(), max_failures=3)
     for i in range(3):
         limiter.acquire(f"u{i}@example.com", f"2001:db8:1:2::{i + 1}")
-    with pytest.raises(users.LoginThrottled):
+    with pytest.raises(login_limits.LoginThrottled):
         limiter.acquire("u9@example.com", "2001:db8:1:2:ffff::9")
     limiter.acquire("u9@example.com", "2001:db8:1:3::1")  # another /64
 
@@ -349,8 +349,8 @@ def test_login_and_registration_answer_503_when_redis_is_down(app):
     register_ok = TestClient(app)
     assert register(register_ok).status_code == 201
     dead = redis.Redis(port=_closed_port(), socket_connect_timeout=2)
-    app.dependency_overrides[login_limiter] = lambda: users.LoginLimiter(dead)
-    app.dependency_overrides[registration_limiter] = lambda: users.RegistrationLimiter(dead)
+    app.dependency_overrides[login_limiter] = lambda: login_limits.LoginLimiter(dead)
+    app.dependency_overrides[registration_limiter] = lambda: login_limits.RegistrationLimiter(dead)
     with TestClient(app) as client:
         r = login(client)  # the right password: without the limiter, no login at all
         assert r.status_code == 503 and r.json()["error"] == "unavailable"
@@ -386,10 +386,10 @@ def test_registrations_per_address_are_limited_and_409s_count(client, app):
 
 
 def test_registration_limit_shares_an_ipv6_64(db):
-    limiter = users.RegistrationLimiter(redis_client(), max_attempts=2)
+    limiter = login_limits.RegistrationLimiter(redis_client(), max_attempts=2)
     limiter.acquire("2001:db8:1:2::1")
     limiter.acquire("2001:db8:1:2::2")
-    with pytest.raises(users.RegistrationThrottled):
+    with pytest.raises(login_limits.RegistrationThrottled):
         limiter.acquire("2001:db8:1:2:ffff::9")
     limiter.acquire("2001:db8:1:3::1")
 
