@@ -34,7 +34,7 @@ from typing import Annotated
 from fastapi import Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
-from services import api_keys
+from services import api_keys, request_signing
 from services.api_keys import AuthRejected, AuthUnavailable, KeyCache, StoredKey
 from settings import Settings, get_settings
 
@@ -90,10 +90,10 @@ def _path_with_query(request: Request) -> str:
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
-def _nonce_store() -> api_keys.NonceStore:
+def _nonce_store() -> request_signing.NonceStore:
     from workers.connections import redis_client
 
-    return api_keys.RedisNonceStore(redis_client())
+    return request_signing.RedisNonceStore(redis_client())
 
 
 async def _verify_signature(request: Request, stored: StoredKey, settings: Settings) -> None:
@@ -112,7 +112,7 @@ async def _verify_signature(request: Request, stored: StoredKey, settings: Setti
         )
     body = await request.body()  # cached by Starlette: the route reads the same bytes again
     await run_in_threadpool(
-        api_keys.verify_signed_request,
+        request_signing.verify_signed_request,
         key_id=stored.key_id,
         signing_secret=cipher.decrypt(stored.signing_secret),
         headers=request.headers,
@@ -129,7 +129,7 @@ async def _authenticate(request: Request, presented: str | None) -> str:
     settings = get_settings()
     if not presented:
         raise AuthRejected("X-API-Key", "missing")
-    wants_signature = api_keys.has_signature_headers(request.headers)
+    wants_signature = request_signing.has_signature_headers(request.headers)
     source = _from_api_keys_setting(presented, settings)
     if source is not None:
         if settings.require_signed_requests or wants_signature:

@@ -16,9 +16,8 @@ from services.api_keys import (
     check_key,
     hash_secret,
     parse_api_key,
-    sign_request,
-    verify_signed_request,
 )
+from services.request_signing import sign_request, verify_signed_request
 from settings import parse_api_keys
 
 SECRET = "s" * 43
