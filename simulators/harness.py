@@ -23,6 +23,7 @@ import os
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -100,6 +101,16 @@ class _Reset(Exception):
     """Raised inside a handler to drop the connection with a TCP reset."""
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """A client that resets or drops its connection (our own fault proxy does, on purpose) is
+    not a simulator error: socketserver would print its traceback into the test output."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class SimulatorServer:
     """A threaded HTTP server on 127.0.0.1 that dispatches to registered routes.
 
@@ -126,7 +137,7 @@ class SimulatorServer:
         self.request_log: list[tuple[str, str, int]] = []  # (method, path, status)
         # 127.0.0.1 unless SIMULATOR_BIND says otherwise (0.0.0.0 inside a dev container only).
         bind = os.environ.get("SIMULATOR_BIND", "127.0.0.1")
-        self._httpd = ThreadingHTTPServer((bind, port), self._make_handler())
+        self._httpd = _QuietHTTPServer((bind, port), self._make_handler())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
         self.route("GET", "/_sim/ledger", lambda _r: Response.json(self.ledger_provider()))
