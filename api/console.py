@@ -39,11 +39,15 @@ from fastapi.templating import Jinja2Templates
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
+from adapters.registry import payment_provider
 from api.catalog import admin_api_key_setting
 from domain.errors import NotFound, ValidationError
 from services import console as queries
+from services import reconcile as reconciliation
 from services.unit_of_work import unit_of_work
 from settings import get_settings
+from workers.ports import ports
+from workers.publish import enqueue_followups
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -380,10 +384,11 @@ async def dead_letter_action(request: Request, key: AdminKey, dl_id: int, action
 
 
 def _reconcile(actor: str) -> str:
-    """``orderflow payments reconcile`` (same task function), then a timeline row per finding."""
-    from tasks.payments import run_reconcile
-
-    report = run_reconcile(get_settings().reconcile_sample)
+    """``orderflow payments reconcile`` (the same service), then a timeline row per finding."""
+    report = reconciliation.reconcile(
+        payment_provider, ports(), sample=get_settings().reconcile_sample
+    )
+    enqueue_followups(report.followups)
     with unit_of_work() as session:
         for f in report.findings[:200]:
             detail = {

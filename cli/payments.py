@@ -42,9 +42,13 @@ def payments_reconcile(
     sample: int = typer.Option(50, min=0, help="Final payments to re-check as well"),
 ) -> None:
     """Compare payments with the providers; fix what is safe, list what is not."""
-    from tasks.payments import run_reconcile
+    from adapters.registry import payment_provider
+    from services import reconcile
+    from workers.ports import ports
+    from workers.publish import enqueue_followups
 
-    report = run_reconcile(sample)
+    report = reconcile.reconcile(payment_provider, ports(), sample=sample)
+    enqueue_followups(report.followups)
     table = Table("order", "provider", "out_trade_no", "ours", "provider says", "action")
     for f in report.findings:
         table.add_row(f.order_id, f.provider, f.out_trade_no, f.ours, f.theirs, f.action)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
 
-#: Every name passed to ``tasks.providers.call`` (one circuit breaker each).
+#: Every provider name a service calls through the gate (one circuit breaker each).
 PROVIDERS = ("alipay", "wechatpay", "stripe", "kuaidi100", "warehouse")
 
 #: Statuses whose ``stage_deadline`` means "the pipeline must have acted by then". Today only

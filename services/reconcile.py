@@ -10,8 +10,6 @@ says unpaid while we recorded money, amounts that differ — is reported, never 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,10 +25,8 @@ from models import Payment
 from services import payments, timeline
 from services.followup import Followup
 from services.order_state import lock_order
-
-#: (provider, order id, ref) -> what the provider says; raises ProviderError when it cannot tell.
-QueryFn = Callable[[str, str, PaymentRef], ProviderStatus]
-UnitOfWork = Callable[[], AbstractContextManager[Session]]
+from services.payments import Providers
+from services.ports import Ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,29 +100,36 @@ def judge(
     return "ok", []
 
 
-def reconcile(
-    unit_of_work: UnitOfWork, query: QueryFn, *, now: datetime, sample: int
-) -> ReconcileReport:
-    """Run the whole reconciliation. ``query`` calls the provider (no transaction open)."""
+def reconcile(providers: Providers, ports: Ports, *, sample: int) -> ReconcileReport:
+    """Run the whole reconciliation: each candidate is queried through the gate with no
+    transaction open (an open circuit or a provider error is an ``error:`` finding, and the
+    rest go on). The report's ``followups`` (refunds) are for the caller to publish."""
     report = ReconcileReport()
-    with unit_of_work() as session:
+    with ports.uow() as session:
         candidates = select_candidates(session, sample)
     for payment_id, order_id, provider, ref in candidates:
         report.checked += 1
-        with unit_of_work() as session:
+        with ports.uow() as session:
             ours = session.scalar(select(Payment.status).where(Payment.id == payment_id)) or "?"
         try:
-            theirs = query(provider, order_id, ref)
+            theirs = _query(providers, ports, provider, order_id, ref)
         except ProviderError as exc:
             report.findings.append(
                 Finding(order_id, provider, ref.out_trade_no, ours, "?", f"error: {exc}")
             )
             continue
-        with unit_of_work() as session:
-            action, followups = judge(session, payment_id, theirs, now=now)
+        with ports.uow() as session:
+            action, followups = judge(session, payment_id, theirs, now=ports.clock())
         report.followups += followups
         if action != "ok":
             report.findings.append(
                 Finding(order_id, provider, ref.out_trade_no, ours, str(theirs.state), action)
             )
     return report
+
+
+def _query(
+    providers: Providers, ports: Ports, provider: str, order_id: str, ref: PaymentRef
+) -> ProviderStatus:
+    adapter = providers(provider)
+    return ports.gate.call(provider, "reconcile", order_id, lambda: adapter.query(ref), request=ref)

@@ -7,8 +7,9 @@ units leave the warehouse (ledger ``ship``), the order is SHIPPED and the first 
 scheduled ─▶ subscribe the waybill to Kuaidi100 pushes (polling stays as the fallback, so a
 failed subscription never holds the order back).
 
-Same shape as the payment stage: prepare (lock, store the booking key, commit) → call the
-provider with no transaction open → finish in a new transaction that re-checks the status.
+Same shape as the payment stage: :func:`book` and :func:`subscribe` each run prepare (lock,
+store the booking key, commit) → call the provider through the gate with no transaction open →
+finish in a new transaction that re-checks the status.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapters.logistics.base import Booked, BookShipment
-from domain.errors import ConflictError, NotFound, ValidationError
+from adapters.logistics.base import Booked, BookingService, BookShipment, TrackingProvider
+from domain.errors import ConflictError, NotFound, ProviderRejected, ValidationError
 from domain.orders import OrderStatus
 from models import Order, OrderLine, Shipment, TrackingEvent
 from services import timeline
 from services.followup import Followup
 from services.order_state import lock_order, move_order
+from services.ports import Outcome, Ports
+from services.provider_calls import CircuitOpen
 from services.stock import ship_reservations
 from services.task_names import SHIPPING_SUBSCRIBE
 
@@ -39,6 +42,73 @@ WAYBILL_RE = re.compile(r"[A-Za-z0-9-]{6,32}")
 class BookingCall:
     order_id: str
     request: BookShipment
+
+
+@dataclass(frozen=True, slots=True)
+class ShippingConfig:
+    """The shipping stage's settings, passed in (services read no settings themselves)."""
+
+    #: A booking that has not finished within this is re-driven by the sweeper.
+    redrive_s: int = 60
+    #: The first tracking poll after the parcel ships.
+    first_poll_s: float = 60.0
+    #: Where Kuaidi100 pushes tracking updates (``{public base}/webhooks/kuaidi100``).
+    push_url: str = "http://localhost/webhooks/kuaidi100"
+
+
+def book(order_id: str, service: BookingService, ports: Ports, config: ShippingConfig) -> Outcome:
+    """Book the parcel for a PAID order (the same booking key on every retry) and ship it.
+
+    A refusal puts the order in NEEDS_ATTENTION with the service's code; an open circuit
+    leaves it for the sweeper's re-drive at the stage deadline; transient errors are raised
+    for the task to retry. Returns the waybill as the result, and the subscription to publish.
+    """
+    with ports.uow() as session:
+        plan = prepare_booking(session, order_id, now=ports.clock(), redrive_s=config.redrive_s)
+    if plan is None:
+        return Outcome("noop")
+    request = plan.request
+    try:
+        booked = ports.gate.call(
+            "warehouse", "book", order_id, lambda: service.book(request), request=request
+        )
+    except CircuitOpen:
+        return Outcome("circuit_open")
+    except ProviderRejected as exc:
+        with ports.uow() as session:
+            fail_booking(session, order_id, exc.code or str(exc))
+        return Outcome("rejected")
+    with ports.uow() as session:
+        followups = ship(
+            session, order_id, booked, now=ports.clock(), actor="warehouse",
+            first_poll_s=config.first_poll_s,
+        )  # fmt: skip
+    return Outcome.of(booked.waybill, followups)
+
+
+def subscribe(
+    shipment_id: int, provider: TrackingProvider, ports: Ports, config: ShippingConfig
+) -> Outcome:
+    """Subscribe a shipped waybill to Kuaidi100 pushes (a repeat is answered "already").
+    Polling covers a waybill whose subscription never succeeds, so an open circuit just
+    skips it, and errors are raised for the task to retry."""
+    with ports.uow() as session:
+        target = subscription_target(session, shipment_id)
+    if target is None:
+        return Outcome("noop")
+    order_id, carrier, waybill, phone = target
+    url = config.push_url
+    sent = {"carrier": carrier, "waybill": waybill, "phone": phone, "callback": url}
+    try:
+        newly = ports.gate.call(
+            "kuaidi100", "subscribe", order_id,
+            lambda: provider.subscribe(carrier, waybill, url, phone), request=sent,
+        )  # fmt: skip
+    except CircuitOpen:
+        return Outcome("circuit_open")
+    with ports.uow() as session:
+        mark_subscribed(session, shipment_id, newly=newly)
+    return Outcome("subscribed" if newly else "already")
 
 
 def _shipment_of(session: Session, order_id: str, *, lock: bool = True) -> Shipment | None:

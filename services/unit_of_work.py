@@ -6,12 +6,15 @@ rolls back on any exception, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy.orm import Session
 
 from models.db import session_factory
+
+#: What a use case that commits between steps receives: ``with uow() as session: ...``.
+UnitOfWork = Callable[[], AbstractContextManager[Session]]
 
 
 @contextmanager

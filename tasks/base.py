@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import kombu.exceptions
@@ -51,10 +50,6 @@ _DELIVERY_TTL_S = 86400
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def is_retryable(exc: BaseException) -> bool:

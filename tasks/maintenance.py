@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
+from services.ports import utcnow
 from services.sweeper import HEARTBEAT_KEY
 from services.sweeper import sweep as sweep_orders
 from services.task_names import MAINTENANCE_SWEEP
 from services.unit_of_work import unit_of_work
 from settings import get_settings
-from tasks.base import OrderflowTask, utcnow
+from tasks.base import OrderflowTask
 from workers.app import app
 from workers.connections import redis_client
 from workers.publish import enqueue_followups

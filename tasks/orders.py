@@ -9,11 +9,12 @@ from pydantic import ValidationError as PydanticValidationError
 from domain.errors import ValidationError
 from domain.orders import OrderStatus
 from producers.intake import accept_message
+from services.ports import utcnow
 from services.reservation import ReserveOutcome, reserve_order
 from services.task_names import ORDERS_INTAKE, ORDERS_PROCESS, PAYMENTS_CREATE
 from services.unit_of_work import unit_of_work
 from settings import get_settings
-from tasks.base import OrderflowTask, is_retryable, utcnow
+from tasks.base import OrderflowTask, is_retryable
 from workers.app import app
 from workers.publish import enqueue
 

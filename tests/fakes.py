@@ -3,6 +3,8 @@
 * :class:`FakePaymentProvider` — :class:`adapters.payments.base.PaymentProvider`
 * :class:`FakeBookingService` — :class:`adapters.logistics.base.BookingService`
 * :class:`FakeTrackingProvider` — :class:`adapters.logistics.base.TrackingProvider`
+* :class:`FakeGate` — :class:`services.provider_calls.ProviderGate` (a circuit that can be opened)
+* :class:`FakeSender` — :class:`adapters.callbacks.CallbackSender` (scripted answers)
 
 They keep the contract the real adapters keep against the simulators (tests/unit/test_fakes.py
 checks it): idempotent by the same keys, statuses only move forward, notifications and pushes
@@ -24,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from adapters.callbacks import PostResult
 from adapters.logistics.base import (
     Booked,
     BookShipment,
@@ -65,6 +68,44 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+class FakeGate:
+    """Calls straight through and keeps each call's ``(provider, operation, order_id)`` in
+    ``calls``; while ``open`` is set it raises ``CircuitOpen`` without calling, as the real
+    gate does for an open circuit."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.open: set[str] = set()
+
+    def call(
+        self, provider: str, operation: str, order_id: str, fn: Callable[[], R], *,
+        request: Any = None,
+    ) -> R:  # fmt: skip
+        from services.provider_calls import CircuitOpen
+
+        if provider in self.open:
+            raise CircuitOpen(provider, "circuit open (fake)")
+        self.calls.append((provider, operation, order_id))
+        return fn()
+
+
+class FakeSender:
+    """A callback receiver that answers from a script: each POST takes the next of
+    ``answers`` (a :class:`PostResult`, default 204) and lands in ``sent``; ``clock`` and
+    ``takes_s`` let a test make each POST take time on a :class:`ManualClock`."""
+
+    def __init__(self, clock: ManualClock | None = None, takes_s: float = 0.0) -> None:
+        self.answers: deque[PostResult] = deque()
+        self.sent: list[tuple[str, bytes, dict[str, str]]] = []
+        self.clock, self.takes_s = clock, takes_s
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> PostResult:
+        self.sent.append((url, body, dict(headers)))
+        if self.clock is not None:
+            self.clock.advance(self.takes_s)
+        return self.answers.popleft() if self.answers else PostResult(True, 204)
 
 
 class Faulty:

@@ -9,8 +9,9 @@ How it works (a transactional outbox):
 2. Beat calls :func:`claim_due` (``FOR UPDATE SKIP LOCKED``; ``next_attempt_at`` pushed forward
    as a lease, so two beats never claim the same row) and publishes ``callbacks.deliver`` tasks
    of at most a chunk of deliveries, each chunk for a single endpoint.
-3. The task builds each request with :func:`delivery_request` (short transaction), POSTs it with
-   no transaction open, then :func:`record_attempt` writes the outcome.
+3. :func:`deliver` builds each request with :func:`delivery_request` (short transaction), POSTs
+   it through the sender port (``adapters.callbacks``) with no transaction open, then
+   :func:`record_attempt` writes the outcome.
 
 Delivery is at least once: a crash between the POST and the record, or a resend, repeats an
 event. Receivers drop repeats by ``X-Orderflow-Event-Id`` (the same for every attempt and every
@@ -36,7 +37,8 @@ an operator runs :func:`resume`. Callbacks run on their own ``callbacks`` queue,
 take a worker from the order pipeline.
 
 The package: :mod:`.rules` (constants, retry policy), :mod:`.outbox` (recording),
-:mod:`.endpoints`, :mod:`.signing`, :mod:`.delivery` (claim, request, attempt) and :mod:`.log`
+:mod:`.endpoints`, :mod:`.signing`, :mod:`.delivery` (claim, request, attempt), :mod:`.send`
+(a chunk's delivery) and :mod:`.log`
 (resend, the delivery log). Callers use ``from services import callbacks`` and the names below.
 """
 
@@ -88,6 +90,7 @@ from services.callbacks.rules import (
     TIMESTAMP_HEADER,
     RetryPolicy,
 )
+from services.callbacks.send import deliver
 from services.callbacks.signing import (
     event_body,
     sign,
@@ -122,6 +125,7 @@ __all__ = [
     "check_url",
     "chunk_claims",
     "claim_due",
+    "deliver",
     "delivery_request",
     "event_body",
     "list_deliveries",

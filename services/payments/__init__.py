@@ -5,10 +5,15 @@ Every provider interaction is split in three (DESIGN.md §3.5):
 
 1. ``prepare_*`` — in a transaction: lock the order, check its status, store the intent (the
    idempotency key, the refund number) and return what to send. Commit.
-2. The task layer calls the provider with no transaction open.
+2. The provider is called through the gate (:mod:`services.provider_calls`) with no
+   transaction open.
 3. ``finish_*`` / ``apply_*`` — in a new transaction: lock the order again, re-check, record the
    outcome with forward-only status moves, and return :class:`Followup` tasks to enqueue after
    the commit.
+
+One function per step runs the three parts and decides what each provider answer means:
+:func:`create`, :func:`query`, :func:`close` (expiry and cancel) and :func:`refund`. The task
+around it only passes ids and ports in and publishes the :class:`~services.ports.Outcome`.
 
 Locks are always taken order first, then payment, then refund, so concurrent webhooks, polls,
 expiries and cancels serialize on the order row and never deadlock.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 from services.payments.close import (
     cancel_order,
+    close,
     expire_order,
     finish_close,
     prepare_close,
@@ -32,7 +38,9 @@ from services.payments.common import (
     REFUND_QUERY_S,
     REFUND_REDRIVE_S,
     SHIP_BY_S,
+    PaymentConfig,
     ProviderCall,
+    Providers,
     lock_payment,
     move_payment,
     provider_ref,
@@ -43,8 +51,10 @@ from services.payments.confirm import (
     claim_due,
     finish_query,
     prepare_query,
+    query,
 )
 from services.payments.create import (
+    create,
     fail_create,
     finish_create,
     prepare_create,
@@ -54,6 +64,7 @@ from services.payments.create import (
 from services.payments.refunds import (
     finish_refund,
     prepare_refund,
+    refund,
     refund_for_order,
     request_refund,
 )
@@ -67,11 +78,15 @@ __all__ = [
     "REFUND_QUERY_S",
     "REFUND_REDRIVE_S",
     "SHIP_BY_S",
+    "PaymentConfig",
     "ProviderCall",
+    "Providers",
     "apply_notification",
     "apply_status",
     "cancel_order",
     "claim_due",
+    "close",
+    "create",
     "expire_order",
     "fail_create",
     "finish_close",
@@ -86,6 +101,8 @@ __all__ = [
     "prepare_query",
     "prepare_refund",
     "provider_ref",
+    "query",
+    "refund",
     "refund_for_order",
     "request_refund",
     "rotate_create_key",

@@ -25,7 +25,9 @@ from services.order_state import lock_order, move_order
 from services.payments.common import (
     AWAITING,
     LEASE_S,
+    PaymentConfig,
     ProviderCall,
+    Providers,
     lock_payment,
     move_payment,
     provider_ref,
@@ -33,8 +35,35 @@ from services.payments.common import (
 from services.payments.confirm import apply_status
 from services.payments.create import create_request
 from services.payments.refunds import request_refund
+from services.ports import Outcome, Ports
+from services.provider_calls import CircuitOpen
 from services.stock import release_reservations
 from services.task_names import PAYMENTS_CLOSE
+
+
+def close(order_id: str, providers: Providers, ports: Ports, config: PaymentConfig) -> Outcome:
+    """Close the order's open trade at the provider: at the payment deadline (then the order
+    expires and its stock is released) or after a cancel. A trade the close finds paid is
+    applied as paid (an expiring order) or refunded (a cancelled one). With no open trade an
+    overdue order expires at once. An open circuit skips the call: the sweeper comes back
+    after the lease. Provider errors are raised for the task (transient ones are retried)."""
+    with ports.uow() as session:
+        plan = prepare_close(
+            session, order_id, now=ports.clock(), notify_base_url=config.notify_base_url
+        )
+    if plan is None:
+        return Outcome("noop")
+    request = plan.request
+    try:
+        result = ports.gate.call(
+            plan.provider, "close", order_id, lambda: providers(plan.provider).close(request),
+            request=request,
+        )  # fmt: skip
+    except CircuitOpen:
+        return Outcome("circuit_open")
+    with ports.uow() as session:
+        followups = finish_close(session, order_id, request, result, now=ports.clock())
+    return Outcome.of("closed" if result.closed else "paid", followups)
 
 
 def prepare_close(

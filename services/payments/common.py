@@ -3,6 +3,7 @@ intervals, :class:`ProviderCall`, and locking and moving a payment."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from adapters.payments.base import (
+    PaymentProvider,
     PaymentRef,
 )
 from domain.orders import OrderStatus
@@ -37,6 +39,21 @@ class ProviderCall:
     #: ``query_refund``. Sending it again would only replay the stored answer (Stripe keeps it
     #: for 24 h, then a re-send could refund twice).
     query_only: bool = False
+
+
+#: The payment port by provider name (``adapters.registry.payment_provider`` in the workers).
+Providers = Callable[[str], PaymentProvider]
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentConfig:
+    """The payment stage's settings, passed in (services read no settings themselves)."""
+
+    notify_base_url: str
+    #: A create that has not finished within this is re-driven by the sweeper.
+    create_redrive_s: int = 30
+    #: The first status query after a create; later ones back off (see ``claim_due``).
+    first_query_s: float = 5.0
 
 
 _LOCK_PAYMENT = select(Payment).where(Payment.order_id == bindparam("order_id")).with_for_update()

@@ -27,11 +27,14 @@ from services.payments.common import (
     REFUND_REDRIVE_S,
     SHIP_BY_S,
     ProviderCall,
+    Providers,
     lock_payment,
     move_payment,
     provider_ref,
 )
 from services.payments.refunds import record_refund, request_refund
+from services.ports import Outcome, Ports
+from services.provider_calls import CircuitOpen
 from services.task_names import PAYMENTS_QUERY, PAYMENTS_REFUND, SHIPPING_BOOK
 
 
@@ -132,6 +135,27 @@ def apply_notification(
         if refund is not None:
             record_refund(session, payment, refund, note.refund, now=now)
     return followups
+
+
+def query(payment_id: int, providers: Providers, ports: Ports) -> Outcome:
+    """Ask the provider about a pending payment (the fallback when no notification came) and
+    apply the answer like a notification's. An open circuit skips it: the next poll tick asks
+    again. Provider errors are raised for the task (transient ones are retried)."""
+    with ports.uow() as session:
+        plan = prepare_query(session, payment_id)
+    if plan is None:
+        return Outcome("noop")
+    ref = plan.request
+    try:
+        status = ports.gate.call(
+            plan.provider, "query", plan.order_id, lambda: providers(plan.provider).query(ref),
+            request=ref,
+        )  # fmt: skip
+    except CircuitOpen:
+        return Outcome("circuit_open")
+    with ports.uow() as session:
+        followups = finish_query(session, plan.order_id, status, now=ports.clock())
+    return Outcome.of(str(status.state), followups)
 
 
 def prepare_query(session: Session, payment_id: int) -> ProviderCall | None:

@@ -8,12 +8,15 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from adapters.payments.base import (
+    REPLAYED_FAILURE,
+    SETTLED_ON_CREATE,
     CreatePayment,
     PaymentCreated,
 )
 from domain.errors import (
     NotFound,
     ProviderRejected,
+    ProviderUnavailable,
 )
 from domain.money import Money
 from domain.orders import OrderStatus
@@ -22,8 +25,67 @@ from models import Order, Payment
 from services import timeline
 from services.followup import Followup
 from services.order_state import lock_order, move_order
-from services.payments.common import ProviderCall, lock_payment, move_payment
+from services.payments.common import (
+    PaymentConfig,
+    ProviderCall,
+    Providers,
+    lock_payment,
+    move_payment,
+)
+from services.ports import Outcome, Ports
+from services.provider_calls import CircuitOpen
 from services.task_names import PAYMENTS_QUERY
+
+
+def create(order_id: str, providers: Providers, ports: Ports, config: PaymentConfig) -> Outcome:
+    """Create the payment at the provider: RESERVED -> AWAITING_PAYMENT.
+
+    Prepare (the payment row and its idempotency key, committed) -> the provider's ``create``
+    through the gate -> record. What each answer means:
+
+    * created: instructions stored, the order awaits payment, the first query is scheduled;
+    * circuit open: nothing happens now; the sweeper re-drives the order at its stage deadline;
+    * ``SETTLED_ON_CREATE`` refusals (the trade is already paid or closed there): query it;
+    * any other refusal: the payment is closed and the order NEEDS_ATTENTION with the code;
+    * ``REPLAYED_FAILURE`` (the provider replays a stored failure for our key): a new key is
+      minted, then the error is raised for the task to retry, like every other transient one.
+    """
+    with ports.uow() as session:
+        plan = prepare_create(
+            session, order_id, now=ports.clock(), notify_base_url=config.notify_base_url,
+            redrive_s=config.create_redrive_s,
+        )  # fmt: skip
+    if plan is None:
+        return Outcome("noop")
+    request = plan.request
+    try:
+        created = ports.gate.call(
+            plan.provider, "create", order_id, lambda: providers(plan.provider).create(request),
+            request=request,
+        )  # fmt: skip
+    except CircuitOpen:
+        return Outcome("circuit_open")
+    except ProviderRejected as exc:
+        return _refused(order_id, exc, ports)
+    except ProviderUnavailable as exc:
+        if exc.code == REPLAYED_FAILURE:
+            with ports.uow() as session:
+                rotate_create_key(session, order_id)
+        raise
+    with ports.uow() as session:
+        finish_create(
+            session, order_id, created, now=ports.clock(), first_query_s=config.first_query_s
+        )
+    return Outcome("created")
+
+
+def _refused(order_id: str, error: ProviderRejected, ports: Ports) -> Outcome:
+    with ports.uow() as session:
+        if error.code in SETTLED_ON_CREATE:
+            followup = settled_on_create(session, order_id, error, now=ports.clock())
+            return Outcome.of("settled_at_provider", [followup] if followup else [])
+        fail_create(session, order_id, error)
+    return Outcome("rejected")
 
 
 def prepare_create(

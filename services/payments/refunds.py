@@ -27,10 +27,13 @@ from services.payments.common import (
     REFUND_QUERY_S,
     REFUND_REDRIVE_S,
     ProviderCall,
+    Providers,
     lock_payment,
     move_payment,
     provider_ref,
 )
+from services.ports import Outcome, Ports
+from services.provider_calls import CircuitOpen
 from services.task_names import PAYMENTS_REFUND
 
 
@@ -99,6 +102,29 @@ def refund_for_order(
         session, order, payment, amount=amount, refund_no=refund_no, reason=reason,
         actor=actor, now=now,
     )  # fmt: skip
+
+
+def refund(refund_id: int, providers: Providers, ports: Ports) -> Outcome:
+    """Carry out a requested refund, or check on one the provider accepted as pending (then it
+    is queried, never sent again: see :attr:`ProviderCall.query_only`); the stored refund
+    number makes a repeat harmless. An open circuit skips it: the poll job re-drives it."""
+    with ports.uow() as session:
+        plan = prepare_refund(session, refund_id)
+    if plan is None:
+        return Outcome("noop")
+    req: RefundRequest = plan.request
+    adapter = providers(plan.provider)
+    if plan.query_only:
+        operation, fn = "query_refund", lambda: adapter.query_refund(req.ref, req.refund_no)
+    else:
+        operation, fn = "refund", lambda: adapter.refund(req)
+    try:
+        result = ports.gate.call(plan.provider, operation, plan.order_id, fn, request=req)
+    except CircuitOpen:
+        return Outcome("circuit_open")
+    with ports.uow() as session:
+        finish_refund(session, plan.order_id, req.refund_no, result, now=ports.clock())
+    return Outcome(str(result.state))
 
 
 def prepare_refund(session: Session, refund_id: int) -> ProviderCall | None:

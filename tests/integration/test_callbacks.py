@@ -1,7 +1,7 @@
 """Status callbacks on real PostgreSQL, delivered over real HTTP to a local receiver.
 
-Deliveries run through the services plus a direct call of the task body
-(``tasks.callbacks.deliver_chunk``): no Celery worker is needed here (tests/e2e/
+Deliveries run through the services (``services.callbacks.deliver`` with the real HTTP sender and
+gate-less ports): no Celery worker is needed here (tests/e2e/
 test_callbacks_e2e.py runs the real beat and callbacks worker). The lifecycle test drives the
 order through the real services (intake, reservation, payments, shipping, ``move_order``): every
 event it sees was written by the services' own outbox inserts.
@@ -25,17 +25,21 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from adapters.callbacks import HttpSender
 from adapters.payments.base import PaymentCreated
 from models import CallbackDelivery, CallbackEndpoint, Order, Shipment, TrackingEvent
 from producers.intake import accept_message
 from services import callbacks, payments, shipping
 from services.order_state import lock_order, move_order
+from services.ports import Ports, utcnow
 from services.reservation import reserve_order
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, wait_until
+from tests.fakes import FakeGate
 
 SECRET = "test-secret-0123456789abcdef"
 FAST = callbacks.RetryPolicy(backoff_first_s=0.01, backoff_cap_s=0.05, pause_after=3)
+PORTS = Ports(gate=FakeGate(), clock=utcnow)  # a callback POST is not a provider call
 
 
 def now() -> datetime:
@@ -127,14 +131,24 @@ def register(source: str, url: str, secret: str = SECRET) -> int:
         return callbacks.register_endpoint(s, source, url, SecretStr(secret)).id
 
 
+def deliver_chunk(
+    chunk: list[int],
+    *,
+    policy: callbacks.RetryPolicy = FAST,
+    timeout: tuple[float, float] = (2.0, 5.0),  # the settings' defaults
+    budget_s: float = 20.0,
+) -> dict[str, int]:
+    """One ``callbacks.deliver`` task body, in this thread: the real sender, the wall clock."""
+    sender = HttpSender(timeout=timeout)
+    return callbacks.deliver(chunk, sender, PORTS, policy=policy, budget_s=budget_s)
+
+
 def run_deliveries(**kwargs: Any) -> int:
     """One beat tick, then each chunk delivered in this thread; returns deliveries claimed."""
-    from tasks.callbacks import deliver_chunk
-
     with unit_of_work() as s:
         claims = callbacks.claim_due(s, now=now(), limit=100, lease_s=60)
     for chunk in callbacks.chunk_claims(claims, 20):
-        deliver_chunk(chunk, **{"policy": FAST, **kwargs})
+        deliver_chunk(chunk, **kwargs)
     return len(claims)
 
 
@@ -314,12 +328,10 @@ def _deliver_in_threads(
 ) -> tuple[list[threading.Thread], list[int]]:
     """Each chunk in a thread of its own, as on the callbacks queue's threads pool, with the
     (connect, read) timeout of its endpoint; returns the threads and the endpoints finished."""
-    from tasks.callbacks import deliver_chunk
-
     done: list[int] = []
 
     def run(chunk: list[int], endpoint_id: int) -> None:
-        deliver_chunk(chunk, policy=FAST, timeout=timeouts[endpoint_id])
+        deliver_chunk(chunk, timeout=timeouts[endpoint_id])
         done.append(endpoint_id)
 
     threads = []

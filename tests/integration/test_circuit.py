@@ -79,8 +79,9 @@ def test_replayed_stored_failures_do_not_count_toward_the_circuit(db, monkeypatc
 
     from adapters.payments.base import REPLAYED_FAILURE
     from domain.errors import ProviderUnavailable
+    from services.provider_calls import gate_for
     from settings import get_settings
-    from tasks import providers
+    from workers.connections import redis_client
 
     monkeypatch.setenv("CIRCUIT_MIN_CALLS", "3")
     get_settings.cache_clear()
@@ -93,12 +94,13 @@ def test_replayed_stored_failures_do_not_count_toward_the_circuit(db, monkeypatc
         raise ProviderUnavailable("replaying", "HTTP 503")
 
     order_id = "00000000-0000-0000-0000-000000000000"  # no such order: the timeline is skipped
+    gate = gate_for(redis_client())
     for _ in range(10):
         with pytest.raises(ProviderUnavailable):
-            providers.call("replaying", "create", order_id, replay)
-    assert providers.breaker("replaying").allow()
+            gate.call("replaying", "create", order_id, replay)
+    assert gate.breaker("replaying").allow()
     for _ in range(3):
         with pytest.raises(ProviderUnavailable):
-            providers.call("replaying", "create", order_id, fail)
-    assert not providers.breaker("replaying").allow()
+            gate.call("replaying", "create", order_id, fail)
+    assert not gate.breaker("replaying").allow()
     get_settings.cache_clear()

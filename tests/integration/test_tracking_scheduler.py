@@ -780,7 +780,7 @@ def k100(db, monkeypatch):
     from adapters import registry
     from settings import get_settings
     from simulators.kuaidi100 import Kuaidi100Simulator
-    from tasks import tracking as tracking_tasks
+    from workers import ports
 
     key = secrets.token_hex(8)
     sim = Kuaidi100Simulator("K100TEST", key, time_scale=1.0, min_query_interval_s=600.0).start()
@@ -798,14 +798,14 @@ def k100(db, monkeypatch):
         monkeypatch.setenv(k, v)
     get_settings.cache_clear()
     registry.reset()
-    tracking_tasks._bucket.cache_clear()
+    ports.tracking_quota.cache_clear()
     try:
         yield sim
     finally:
         sim.stop()
         get_settings.cache_clear()
         registry.reset()
-        tracking_tasks._bucket.cache_clear()
+        ports.tracking_quota.cache_clear()
 
 
 def _due_fleet(sim, n: int, *, due: datetime) -> dict[int, str]:
@@ -839,7 +839,7 @@ def test_a_chunk_retried_partway_never_queries_a_waybill_twice(k100, monkeypatch
     whose outcome was lost is handed back, due once its minimum interval has passed."""
     import sqlalchemy.exc
 
-    from services import tracking as svc
+    from services.tracking import poll as svc
     from tasks.tracking import poll
 
     fleet = _due_fleet(k100, 8, due=datetime.now(UTC) - timedelta(seconds=5))
@@ -879,10 +879,10 @@ def test_a_chunk_delivered_after_its_lease_was_reclaimed_queries_nothing(k100):
     (a long broker delay, a redelivery after the visibility timeout) finds none of them."""
     from tasks.tracking import poll
 
-    fleet = _due_fleet(k100, 5, due=datetime.now(UTC) - timedelta(seconds=5))
-    ids, old_token = _claim(datetime.now(UTC), lease_s=0.2)
-    time.sleep(0.3)  # the lease expires
-    again, new_token = _claim(datetime.now(UTC))
+    now = datetime.now(UTC)
+    fleet = _due_fleet(k100, 5, due=now - timedelta(seconds=60))
+    ids, old_token = _claim(now - timedelta(seconds=30), lease_s=1.0)  # expired 29 s ago
+    again, new_token = _claim(now)
     assert sorted(again) == sorted(ids) and new_token > old_token
     assert poll(ids, old_token) == 0
     assert _queries(k100, fleet) == {w: 0 for w in fleet.values()}
@@ -913,7 +913,8 @@ def test_two_copies_of_a_chunk_at_once_query_each_waybill_once(k100):
 def test_a_push_since_the_last_poll_defers_the_fallback_poll(k100):
     """Polling is the fallback: a shipment that got a push since its last poll is handed back,
     due one push-stretched interval after that push, and not queried."""
-    from tasks.tracking import cadence, poll
+    from tasks.tracking import poll
+    from workers.ports import tracking_config
 
     now = datetime.now(UTC)
     fleet = _due_fleet(k100, 2, due=now - timedelta(seconds=5))
@@ -928,13 +929,13 @@ def test_a_push_since_the_last_poll_defers_the_fallback_poll(k100):
     assert poll(ids, token) == 1
     assert _queries(k100, fleet) == {fleet[pushed]: 0, fleet[quiet]: 1}
     deferred = get_shipment(pushed)
-    c = cadence()
+    c = tracking_config().cadence
     expected = c.new * c.push_multiplier  # PENDING, with pushes
     assert deferred.lease_until is None
     assert deferred.next_poll_at == now - timedelta(seconds=60) + timedelta(seconds=expected)
 
 
 def test_the_bucket_belongs_to_the_provider_account(k100):
-    from tasks.tracking import _bucket
+    from workers.ports import tracking_quota
 
-    assert _bucket().key == "ratelimit:kuaidi100:K100TEST"
+    assert tracking_quota().key == "ratelimit:kuaidi100:K100TEST"
