@@ -90,8 +90,9 @@ def sweep(
     )
     dead = _dead_lettered(session, [o.id for o in orders])
     for order in orders:
-        task = _decide(order, now, order.id in with_payment)
-        if task == "expire-now":
+        task = redrive_for(order.status, order.payment_deadline, now=now,
+                           has_payment=order.id in with_payment)  # fmt: skip
+        if task == EXPIRE_NOW:
             expire_order(session, order, now=now)
             result.expired.append(order.id)
             continue
@@ -119,12 +120,20 @@ def _dead_lettered(session: Session, order_ids: list[str]) -> set[tuple[str, str
     return {(str(order_id), task) for order_id, task in rows}
 
 
-def _decide(order: Order, now: datetime, has_payment: bool) -> str:
-    if order.status == OrderStatus.RECEIVED:
+#: :func:`redrive_for`'s answer when the order expires in the sweep itself (no trade to close).
+EXPIRE_NOW = "expire-now"
+
+
+def redrive_for(
+    status: str, payment_deadline: datetime | None, *, now: datetime, has_payment: bool
+) -> str:
+    """The task that moves an overdue order on (see the module docstring), or
+    :data:`EXPIRE_NOW`. Pure: the sweep claims the orders, this decides."""
+    if status == OrderStatus.RECEIVED:
         return ORDERS_PROCESS
-    if order.status == OrderStatus.PAID:
+    if status == OrderStatus.PAID:
         return SHIPPING_BOOK
-    overdue = order.payment_deadline is None or order.payment_deadline <= now
+    overdue = payment_deadline is None or payment_deadline <= now
     if overdue:
-        return PAYMENTS_EXPIRE if has_payment else "expire-now"
+        return PAYMENTS_EXPIRE if has_payment else EXPIRE_NOW
     return PAYMENTS_CREATE

@@ -195,12 +195,13 @@ def record_attempt(
         return DELIVERED
     delivery.last_error = (error or "failed")[:MAX_ERROR_LEN]
     endpoint.consecutive_failures += 1
-    endpoint.retry_after = now + timedelta(seconds=policy.backoff_s(endpoint.consecutive_failures))
-    if delivery.attempts >= policy.max_attempts:
+    then = policy.after_failure(delivery.attempts, endpoint.consecutive_failures)
+    endpoint.retry_after = now + timedelta(seconds=then.gate_s)
+    if then.retry_in_s is None:
         delivery.status, delivery.next_attempt_at = FAILED, None
     else:
-        delivery.next_attempt_at = now + timedelta(seconds=policy.backoff_s(delivery.attempts))
-    if endpoint.consecutive_failures >= policy.pause_after and endpoint.paused_at is None:
+        delivery.next_attempt_at = now + timedelta(seconds=then.retry_in_s)
+    if then.pause_endpoint and endpoint.paused_at is None:
         _pause(session, endpoint, now=now)
     return delivery.status
 

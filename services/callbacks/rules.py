@@ -39,3 +39,24 @@ class RetryPolicy:
     def backoff_s(self, failures: int) -> float:
         """The delay after the ``failures``-th failure (:func:`domain.backoff.equal_jitter_s`)."""
         return equal_jitter_s(failures, first_s=self.backoff_first_s, cap_s=self.backoff_cap_s)
+
+    def after_failure(self, attempts: int, endpoint_failures: int) -> AfterFailure:
+        """What a failed attempt leads to, given the delivery's attempts and the endpoint's
+        consecutive failures, both counting this one."""
+        give_up = attempts >= self.max_attempts
+        return AfterFailure(
+            retry_in_s=None if give_up else self.backoff_s(attempts),
+            gate_s=self.backoff_s(endpoint_failures),
+            pause_endpoint=endpoint_failures >= self.pause_after,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AfterFailure:
+    """``retry_in_s``: when the delivery is tried again (None: it is FAILED, only a resend
+    revives it); ``gate_s``: how long the endpoint gets no delivery at all; ``pause_endpoint``:
+    the endpoint is paused until an operator resumes it."""
+
+    retry_in_s: float | None
+    gate_s: float
+    pause_endpoint: bool
