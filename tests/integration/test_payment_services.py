@@ -1,11 +1,13 @@
 """The payment services on real PostgreSQL, driven by the in-memory fake provider.
 
-Each test runs the steps a payment task runs (prepare in one transaction, call the provider with
-none open, finish in another) with :class:`tests.fakes.FakePaymentProvider` in place of the
-adapter, so the awkward interleavings — an answer lost after the provider did its work, a buyer
-paying between a cancel and its close, a notification delivered twice — are played out exactly,
-step by step, instead of hoped for under load. The e2e suite covers the same stage through real
-workers and simulators; the fake's contract is pinned in ``tests/unit/test_fakes.py``.
+Each test calls the step a payment task calls (``payments.create``, ``close``, ``refund``:
+prepare in one transaction, call the provider with none open, finish in another) with
+:class:`tests.fakes.FakePaymentProvider` in place of the adapter, so the awkward interleavings —
+an answer lost after the provider did its work, a buyer paying between a cancel and its close, a
+notification delivered twice — are played out exactly, step by step, instead of hoped for under
+load. The e2e suite covers the same stage through real workers and simulators; the fake's
+contract is pinned in ``tests/unit/test_fakes.py``; the steps' decisions alone, without a
+database, in ``tests/unit/steps/``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from models import Order, Payment, Refund
 from producers.intake import accept_message
 from services import payments
 from services.followup import Followup
+from services.payments import PaymentConfig
+from services.ports import Ports
 from services.reservation import reserve_order
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message
-from tests.fakes import FakePaymentProvider
+from tests.fakes import FakeGate, FakePaymentProvider
 from tests.helpers import assert_stock_consistent, stock_of
 
 NOTIFY_BASE = "http://127.0.0.1:9"  # never called: the fake does not deliver notifications
@@ -41,14 +45,16 @@ def reserved_order(sku: str = "P", quantity: int = 2) -> str:
     return oid
 
 
+CONFIG = PaymentConfig(notify_base_url=NOTIFY_BASE, create_redrive_s=30, first_query_s=5)
+
+
+def ports(at: datetime | None = None) -> Ports:
+    return Ports(gate=FakeGate(), clock=(lambda: at) if at else now)
+
+
 def create(fake: FakePaymentProvider, oid: str) -> None:
-    """payments.create: prepare, call, finish (the task's three steps)."""
-    with unit_of_work() as s:
-        plan = payments.prepare_create(s, oid, now=now(), notify_base_url=NOTIFY_BASE, redrive_s=30)
-    assert plan is not None
-    created = fake.create(plan.request)
-    with unit_of_work() as s:
-        payments.finish_create(s, oid, created, now=now(), first_query_s=5)
+    """The ``payments.create`` task's step."""
+    assert payments.create(oid, lambda name: fake, ports(), CONFIG).result == "created"
 
 
 def deliver(fake: FakePaymentProvider, body: bytes) -> list[Followup]:
@@ -60,23 +66,13 @@ def deliver(fake: FakePaymentProvider, body: bytes) -> list[Followup]:
 
 def close(fake: FakePaymentProvider, oid: str, at: datetime) -> list[Followup] | None:
     """payments.expire / payments.close at time ``at``; None when there was nothing to close."""
-    with unit_of_work() as s:
-        plan = payments.prepare_close(s, oid, now=at, notify_base_url=NOTIFY_BASE)
-    if plan is None:
-        return None
-    result = fake.close(plan.request)
-    with unit_of_work() as s:
-        return payments.finish_close(s, oid, plan.request, result, now=at)
+    outcome = payments.close(oid, lambda name: fake, ports(at), CONFIG)
+    return None if outcome.result == "noop" else list(outcome.followups)
 
 
 def refund(fake: FakePaymentProvider, refund_id: int) -> None:
-    """payments.refund."""
-    with unit_of_work() as s:
-        plan = payments.prepare_refund(s, refund_id)
-    assert plan is not None
-    result = fake.refund(plan.request)
-    with unit_of_work() as s:
-        payments.finish_refund(s, plan.order_id, result.refund_no, result, now=now())
+    """The ``payments.refund`` task's step."""
+    assert payments.refund(refund_id, lambda name: fake, ports()).result != "noop"
 
 
 def state(oid: str) -> tuple[str, str | None]:
