@@ -1,7 +1,9 @@
 """Locking an order and moving it through the transition table, with its timeline entry.
 
 Every service that changes an order's status goes through :func:`move_order`, so the transition
-table (:mod:`domain.orders`) is checked and the timeline written in one place.
+table (:mod:`domain.orders`) is checked and the timeline and the status callback written in one
+place. The reservation stage, a hot path that moves orders with plain SQL and no ORM object,
+checks the table itself and then calls :func:`announce_move`, the same bookkeeping.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def lock_order(session: Session, order_id: str) -> Order:
     """``SELECT … FOR UPDATE`` the order (always the first row a stage locks)."""
     order = session.scalars(_LOCK_ORDER, {"order_id": order_id}).one_or_none()
     if order is None:
-        raise NotFound(f"order {order_id}")
+        raise NotFound(f"order {order_id} not found", field="order_id")
     return order
 
 
@@ -39,8 +41,22 @@ def move_order(
     """Move a locked order to ``target`` (raises InvalidTransition) and record it."""
     current = order.status
     order.status = ensure_transition(current, target)
+    announce_move(session, order, current, target, actor=actor, detail=detail or None)
+
+
+def announce_move(
+    session: Session,
+    order: callbacks.OrderFields,
+    current: str,
+    target: str,
+    *,
+    actor: str = "system",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Record a move already written (checked against the transition table by the caller): the
+    timeline's ``transition`` row and the status callback, in the same transaction."""
     timeline.record(
-        session, order.id, "transition", from_status=current, to_status=target,
-        detail=detail or None, actor=actor,
+        session, order.id, "transition", from_status=current, to_status=target, detail=detail,
+        actor=actor,
     )  # fmt: skip
     callbacks.record_status_change(session, order, current, target)

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 from domain.allocation import Line, allocate
 from domain.errors import NotFound, ReservationRefused
 from domain.orders import OrderStatus, RejectReason, ensure_transition
-from services import callbacks, timeline
+from services import callbacks
 from services.locks import lock_stock_by_sku
+from services.order_state import announce_move
 from services.stock import Hold, apply_reservations
 
 
@@ -36,7 +37,9 @@ class ReserveOutcome:
 
 
 # A hot path (one call per order): plain SQL constants on the session's connection, no ORM
-# objects. Statement building and ORM loading cost more CPU here than the database work itself.
+# objects. Statement building and ORM loading cost more CPU here than the database work itself,
+# so the status moves here are SQL compare-and-sets checked against the transition table
+# (ensure_transition) and recorded by services.order_state.announce_move, as move_order does.
 _LOCK_ORDER = text(
     "SELECT status, currency, source, external_id, reason FROM orders WHERE id = :id FOR UPDATE"
 )
@@ -82,7 +85,7 @@ def reserve_order(
     conn = session.connection()
     order = conn.execute(_LOCK_ORDER, {"id": order_id}).one_or_none()
     if order is None:
-        raise NotFound(f"order {order_id}")
+        raise NotFound(f"order {order_id} not found", field="order_id")
     if order.status != OrderStatus.RECEIVED:
         return ReserveOutcome(order_id, order.status, False, order.reason)
     snapshot = callbacks.OrderSnapshot(order_id, order.source, order.external_id, order.currency)
@@ -121,22 +124,15 @@ def reserve_order(
             "stage_deadline": min(now + timedelta(seconds=redrive_s), expires_at),
         },
     )
-    timeline.record(
-        session,
-        order_id,
-        "transition",
-        from_status=OrderStatus.RECEIVED,
-        to_status=target,
-        detail={
-            "allocations": [[a.sku, a.warehouse, a.quantity] for a in allocations],
-            "total_amount": total,
-            "payment_deadline": expires_at.isoformat(),
-        },
-    )
     reserved = callbacks.OrderSnapshot(
         order_id, order.source, order.external_id, order.currency, total_amount=total
     )
-    callbacks.record_status_change(session, reserved, OrderStatus.RECEIVED, target)
+    detail = {
+        "allocations": [[a.sku, a.warehouse, a.quantity] for a in allocations],
+        "total_amount": total,
+        "payment_deadline": expires_at.isoformat(),
+    }
+    announce_move(session, reserved, OrderStatus.RECEIVED, target, detail=detail)
     return ReserveOutcome(order_id, target, True)
 
 
@@ -153,14 +149,7 @@ def _reject(
             "from_status": OrderStatus.RECEIVED,
         },
     )
-    timeline.record(
-        session,
-        order.id,
-        "transition",
-        from_status=OrderStatus.RECEIVED,
-        to_status=target,
-        detail={"reason": exc.reason, "detail": exc.detail},
-    )
     rejected = dataclasses.replace(order, reason=exc.reason)
-    callbacks.record_status_change(session, rejected, OrderStatus.RECEIVED, target)
+    detail = {"reason": exc.reason, "detail": exc.detail}
+    announce_move(session, rejected, OrderStatus.RECEIVED, target, detail=detail)
     return ReserveOutcome(order.id, target, True, exc.reason)
