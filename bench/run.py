@@ -12,23 +12,27 @@ pipeline's queues before and after it runs (its orders leave payment tasks behin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
-import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import redis
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import create_engine, make_url, text
 
 from bench.common import Figure, git_revision
+from bench.environment import (
+    HOT_SKU,
+    SPREAD_SKUS,
+    purge_queues,
+    redis_conn,
+    seed_catalog,
+    simulators,
+    throwaway_database,
+)
 from settings import PROJECT_ROOT, exported_env, get_settings
 
 if TYPE_CHECKING:
@@ -38,8 +42,6 @@ if TYPE_CHECKING:
     from workers.procs import ProcessGroup
 
 RESULTS = PROJECT_ROOT / "bench" / "results.json"
-SPREAD_SKUS = [f"BENCH-{i:05d}" for i in range(10_000)]
-HOT_SKU = "BENCH-HOT"
 #: Every phase, in the order they run.
 PHASES = ("raw", "chains", "intake", "reserved", "paid", "journey", "tracking")
 NEEDS_CATALOG = frozenset({"raw", "intake", "reserved", "paid", "journey"})
@@ -54,61 +56,6 @@ JOURNEY_ENV = {
     "TRACKING_INTERVAL_S": "0.5",
 }
 console = Console()
-
-
-@contextlib.contextmanager
-def throwaway_database() -> Iterator[str]:
-    """Create ``orderflow_bench_<pid>``, point DATABASE_URL at it, migrate; drop it after."""
-    from models.db import dispose_engine
-    from models.migrate import upgrade
-
-    base = get_settings().database_url
-    assert base is not None
-    name = f"orderflow_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(False)
-    try:
-        with exported_env({"DATABASE_URL": url}):
-            dispose_engine()
-            try:
-                upgrade()
-                yield name
-            finally:
-                dispose_engine()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def seed_catalog() -> None:
-    """10,000 spread SKUs (1,000 units each) and one hot SKU with ample stock."""
-    from domain.money import Money
-    from services.catalog import receive_stock, upsert_product
-    from services.unit_of_work import unit_of_work
-
-    with unit_of_work() as session:
-        for sku, units in [(s, 1_000) for s in SPREAD_SKUS] + [(HOT_SKU, 10_000_000)]:
-            upsert_product(session, sku, f"Bench {sku}", Money(1990, "CNY"), actor="bench")
-            receive_stock(session, sku, "main", units, actor="bench", reason="bench seed")
-
-
-def purge_queues() -> None:
-    """Empty the pipeline's queues on the broker (leftovers of this or an earlier bench)."""
-    from workers.broker import purge_task_queues
-
-    # On a fresh channel per queue: on RabbitMQ a missing queue closes its channel.
-    purge_task_queues(get_settings().effective_broker_url)
-
-
-def redis_conn() -> redis.Redis:
-    from workers.embedded import redis_client_url
-
-    url = get_settings().redis_url
-    assert url is not None
-    return redis.Redis.from_url(redis_client_url(url), socket_timeout=5)
 
 
 class Bench:
@@ -406,22 +353,6 @@ class Bench:
                 self.journey(group, base, key)
             if "tracking" in self.phases:
                 self.tracking(group, stack)
-
-
-@contextlib.contextmanager
-def simulators(port: int) -> Iterator[ProviderStack]:
-    """The provider simulators (Alipay pays every trade at once), their env exported."""
-    from simulators.stack import ProviderStack
-
-    key_dir = Path(tempfile.mkdtemp(prefix="orderflow-bench-keys-"))
-    stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir, time_scale=36000)
-    stack.alipay.configure(auto_pay_after_ms=0)
-    try:
-        with exported_env(stack.env):
-            yield stack
-    finally:
-        stack.stop()
-        shutil.rmtree(key_dir, ignore_errors=True)
 
 
 def _cpu(r: StageResult) -> str:
