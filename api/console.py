@@ -347,7 +347,6 @@ def _back(path: str, *, done: str = "", error: str = "") -> RedirectResponse:
 def _resolve_dead_letter(dl_id: int, action: str, actor: str) -> None:
     """``orderflow dlq replay|discard``: the same service call, plus the console's timeline row;
     a replayed task is published after the commit, as the CLI does."""
-    from models import DeadLetter
     from services import dead_letters
     from workers.publish import enqueue_replay
 
@@ -357,7 +356,7 @@ def _resolve_dead_letter(dl_id: int, action: str, actor: str) -> None:
             replay = dead_letters.replay(session, dl_id, now=_now(), actor=actor)
         else:
             dead_letters.discard(session, dl_id, now=_now(), actor=actor)
-        dl = session.get(DeadLetter, dl_id)
+        dl = dead_letters.find(session, dl_id)
         if dl is not None and dl.order_id:
             detail = {"dead_letter_id": dl_id, "task": dl.task_name}
             queries.record_action(session, dl.order_id, f"dlq_{action}", actor=actor, detail=detail)

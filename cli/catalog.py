@@ -229,9 +229,6 @@ def catalog_export(
     file: Path = typer.Argument(..., help="Target .csv or .jsonl file (replaced atomically)"),
 ) -> None:
     """Write every product to FILE, in the format the importer reads."""
-    from sqlalchemy import func, select
-
-    from models import Product
     from services import catalog_import as importer
     from services.unit_of_work import unit_of_work
 
@@ -243,7 +240,7 @@ def catalog_export(
     fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
     try:
         with unit_of_work() as session, os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            total = session.scalar(select(func.count()).select_from(Product)) or 0
+            total = importer.count_products(session)
             with _progress() as progress:
                 task = progress.add_task("export", total=total)
                 count = importer.write_rows(

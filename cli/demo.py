@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import requests
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from cli.common import console
+from models.db import scratch_database
 from settings import exported_env, get_settings
 from simulators.stack import ProviderStack
 
@@ -50,27 +50,6 @@ def default_stall_s(payment_window_s: int) -> int:
 
 class DemoStalled(RuntimeError):
     """No order changed status for the stall window; the message names the stuck stage."""
-
-
-@contextmanager
-def _demo_database(name: str) -> Iterator[None]:
-    base = get_settings().database_url
-    assert base is not None
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    demo_url = make_url(base).set(database=name).render_as_string(False)
-    from models.db import dispose_engine
-
-    try:
-        with exported_env({"DATABASE_URL": demo_url}):
-            try:
-                yield
-            finally:
-                dispose_engine()  # before the URL changes back: no connection to the demo DB
-    finally:
-        admin.dispose()
 
 
 def _seed() -> None:
@@ -140,7 +119,11 @@ def run_demo(
     }
     with exported_env(overrides):
         owns_broker = get_settings().broker_url is None and get_settings().redis_url is None
-        with embedded_services(), _demo_database(database), _simulators() as (stack, port):
+        with (
+            embedded_services(),
+            scratch_database(database, keep=True),
+            _simulators() as (stack, port),
+        ):
             _run(orders, concurrency, key, stack, port=port, owns_broker=owns_broker,
                  stall_s=stall)  # fmt: skip
 
@@ -181,17 +164,11 @@ class _Customers:
         self.too_late = 0
 
     def act(self) -> None:
-        from sqlalchemy import select
-
-        from models import Order, Payment
+        from services import run_report
         from services.unit_of_work import unit_of_work
 
         with unit_of_work() as session:
-            waiting = session.execute(
-                select(Order.id, Order.external_id, Payment.provider, Payment.out_trade_no)
-                .join(Payment, Payment.order_id == Order.id)
-                .where(Order.status == "AWAITING_PAYMENT")
-            ).all()
+            waiting = run_report.awaiting_payment(session)
         for order_id, external_id, provider, trade in waiting:
             if order_id in self.handled:
                 continue
@@ -339,25 +316,13 @@ def _run(
 
 
 def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None:
-    from sqlalchemy import func, select
-
-    from models import Order, Payment
+    from services import run_report
     from services.queries import stock_drift
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        rows = session.execute(
-            select(Order.status, Order.reason, Order.payment_provider, func.count())
-            .group_by(Order.status, Order.reason, Order.payment_provider)
-            .order_by(Order.status, Order.reason, Order.payment_provider)
-        ).all()
-        paid_here = dict(
-            session.execute(
-                select(Payment.provider, func.count())
-                .where(Payment.status.in_(["PAID", "PARTIALLY_REFUNDED", "REFUNDED"]))
-                .group_by(Payment.provider)
-            ).all()
-        )
+        rows = run_report.outcome_counts(session)
+        paid_here = run_report.captured_by_provider(session)
         drift = stock_drift(session)
         created = _stage_rate(session, "AWAITING_PAYMENT")
         shipped_rate = _stage_rate(session, "SHIPPED")
@@ -391,15 +356,9 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
 
 def _stage_rate(session: Session, status: str) -> str:
     """How many orders entered ``status`` and how fast, from the timeline's timestamps."""
-    from sqlalchemy import func, select
+    from services import run_report
 
-    from models import OrderEvent
-
-    n, first, last = session.execute(
-        select(
-            func.count(), func.min(OrderEvent.created_at), func.max(OrderEvent.created_at)
-        ).where(OrderEvent.kind == "transition", OrderEvent.to_status == status)
-    ).one()
+    n, first, last = run_report.entered(session, status)
     if not n or first is None or last is None or last <= first:
         return str(n)
     span = (last - first).total_seconds()

@@ -34,11 +34,11 @@ def dlq_list(limit: int = typer.Option(100, min=1)) -> None:
 @command
 def dlq_show(dead_letter_id: int) -> None:
     """One dead letter: task, arguments, error, attempts, status."""
-    from models import DeadLetter
+    from services import dead_letters
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        dl = session.get(DeadLetter, dead_letter_id)
+        dl = dead_letters.find(session, dead_letter_id)
         if dl is None:
             raise fail(f"id: no dead letter {dead_letter_id}")
         print_json(

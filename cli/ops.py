@@ -15,7 +15,6 @@ from pathlib import Path
 
 import requests
 from amqp.exceptions import PreconditionFailed
-from sqlalchemy import text
 
 from cli.common import console
 from settings import get_settings
@@ -117,11 +116,9 @@ def _check(name: str, fn: Callable[[], str]) -> Check:
 
 
 def _database() -> str:
-    from models.db import get_engine
+    from models.db import server_version
 
-    with get_engine().connect() as conn:
-        version = conn.execute(text("SHOW server_version")).scalar_one()
-    return f"PostgreSQL {version}"
+    return f"PostgreSQL {server_version()}"
 
 
 def _migrations() -> str:

@@ -135,11 +135,9 @@ def orders_list(
     """The newest orders, filtered by status, payment provider and age."""
     from datetime import timedelta
 
-    from sqlalchemy import select
-
     from adapters.registry import PAYMENT_PROVIDERS
     from domain.orders import OrderStatus
-    from models import Order
+    from services import queries
     from services.unit_of_work import unit_of_work
 
     if status is not None and status not in OrderStatus.__members__:
@@ -148,18 +146,15 @@ def orders_list(
         raise fail(
             f"provider: unknown provider {provider!r}; one of {', '.join(PAYMENT_PROVIDERS)}"
         )
-    stmt = select(Order).order_by(Order.created_at.desc()).limit(limit)
-    if status:
-        stmt = stmt.where(Order.status == status)
-    if provider:
-        stmt = stmt.where(Order.payment_provider == provider)
+    before = None
     if older_than:
-        stmt = stmt.where(
-            Order.created_at < datetime.now(UTC) - timedelta(seconds=_parse_age(older_than))
-        )
+        before = datetime.now(UTC) - timedelta(seconds=_parse_age(older_than))
     table = Table("id", "source", "external id", "status", "reason", "provider", "total", "created")
     with unit_of_work() as session:
-        for o in session.scalars(stmt):
+        found = queries.list_orders(
+            session, status=status, provider=provider, created_before=before, limit=limit
+        )
+        for o in found:
             table.add_row(
                 o.id, o.source, o.external_id, o.status, o.reason or "", o.payment_provider,
                 f"{o.total_amount} {o.currency}", o.created_at.isoformat(timespec="seconds"),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from settings import get_settings
@@ -54,3 +56,39 @@ def dispose_engine() -> None:
         elif _engine is not None:
             _engine.dispose(close=False)  # inherited from the parent: drop without closing
         _engine, _engine_pid, _factory = None, None, None
+
+
+def server_version() -> str:
+    """The PostgreSQL server's version (``orderflow doctor`` shows it; it also proves a
+    connection works)."""
+    with get_engine().connect() as conn:
+        return str(conn.execute(text("SHOW server_version")).scalar_one())
+
+
+@contextmanager
+def scratch_database(name: str, *, keep: bool = False) -> Iterator[str]:
+    """A fresh, empty database ``name`` on the configured server (one left by an earlier run is
+    dropped first), with ``DATABASE_URL`` pointing at it inside the block; yields its URL. The
+    engine is disposed on the way in and out, so no connection crosses databases. Dropped
+    afterwards unless ``keep`` (the demo keeps its own for a look afterwards)."""
+    from settings import exported_env
+
+    base = get_settings().database_url
+    assert base is not None
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        with exported_env({"DATABASE_URL": url}):
+            dispose_engine()
+            try:
+                yield url
+            finally:
+                dispose_engine()
+    finally:
+        if not keep:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -350,6 +350,10 @@ def _apply_row(session: Session, product: Product, row: ProductRow, actor: str) 
 
 
 # --- export ------------------------------------------------------------------------------------
+
+
+def count_products(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Product)) or 0
 
 
 def export_rows(session: Session) -> Iterator[dict[str, Any]]:

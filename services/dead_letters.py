@@ -74,6 +74,10 @@ def list_open(session: Session, limit: int = 100) -> list[DeadLetter]:
     )
 
 
+def find(session: Session, dl_id: int) -> DeadLetter | None:
+    return session.get(DeadLetter, dl_id)
+
+
 def count_open(session: Session) -> int:
     return session.scalar(select(func.count()).where(DeadLetter.status == "OPEN")) or 0
 

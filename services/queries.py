@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Subquery, func, select
@@ -131,3 +132,22 @@ def stock_drift(session: Session) -> list[dict[str, Any]]:
         for sku, wh, on_hand, reserved, l_on, l_res in rows
         if on_hand != l_on or reserved != l_res
     ]
+
+
+def list_orders(
+    session: Session,
+    *,
+    status: str | None = None,
+    provider: str | None = None,
+    created_before: datetime | None = None,
+    limit: int = 50,
+) -> list[Order]:
+    """The newest orders first, each filter applied when given (``orderflow orders list``)."""
+    stmt = select(Order).order_by(Order.created_at.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(Order.status == status)
+    if provider:
+        stmt = stmt.where(Order.payment_provider == provider)
+    if created_before is not None:
+        stmt = stmt.where(Order.created_at < created_before)
+    return list(session.scalars(stmt))
