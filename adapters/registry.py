@@ -18,9 +18,8 @@ from adapters.logistics.base import BookingService, TrackingProvider
 from adapters.logistics.kuaidi100 import (
     Kuaidi100Config,
     Kuaidi100Provider,
-    WarehouseBookingConfig,
-    WarehouseBookingService,
 )
+from adapters.logistics.warehouse import WarehouseBookingConfig, WarehouseBookingService
 from adapters.payments.alipay import AlipayConfig, AlipayProvider
 from adapters.payments.base import PaymentProvider
 from adapters.payments.stripe import StripeConfig, StripeProvider

@@ -1,4 +1,4 @@
-"""Kuaidi100 (快递100) tracking adapter, and orderflow's own warehouse booking client.
+"""Kuaidi100 (快递100) tracking adapter (the warehouse booking client is in :mod:`.warehouse`).
 
 Kuaidi100 (provider-protocols.md §4)
 ------------------------------------
@@ -19,23 +19,6 @@ Kuaidi100 (provider-protocols.md §4)
   order is flagged for a person instead of waiting silently.
 
 State codes are normalized by the one table :data:`STATE_TABLE` (§5 of the protocol doc).
-
-Warehouse booking — orderflow's contract
-----------------------------------------
-No public standard exists for booking with our warehouse/carrier, so this is the contract
-orderflow defines (the simulator in ``simulators/warehouse.py`` serves it):
-
-``POST {base_url}/v1/bookings``, header ``X-Api-Key: <api_key>``, JSON body::
-
-    {"order_id": "...", "idempotency_key": "...", "recipient": "...", "phone": "...",
-     "address": "...", "items": [{"sku": "...", "quantity": 1}, ...]}
-
-* ``200``/``201`` ``{"carrier": "yuantong", "waybill": "YT…"}`` — carrier is a Kuaidi100 code.
-  The same ``idempotency_key`` always returns the same waybill (a replay books nothing new).
-* ``4xx`` ``{"error": "<code>", "message": "..."}`` — refused (401 bad key, 409 same key with a
-  different body, 422 invalid field): :class:`ProviderRejected` with ``code`` = ``error``.
-* ``429``, ``5xx``, network errors and timeouts: :class:`ProviderUnavailable` (retry with the
-  same key).
 """
 
 from __future__ import annotations
@@ -50,9 +33,8 @@ from typing import Any, NoReturn
 
 import requests
 
+from adapters.http import json_object, post_classified
 from adapters.logistics.base import (
-    Booked,
-    BookShipment,
     ProviderError,
     ProviderRejected,
     ProviderUnavailable,
@@ -67,8 +49,6 @@ __all__ = [
     "STATE_TABLE",
     "Kuaidi100Config",
     "Kuaidi100Provider",
-    "WarehouseBookingConfig",
-    "WarehouseBookingService",
     "normalize_state",
 ]
 
@@ -150,39 +130,6 @@ def _compact_json(payload: Mapping[str, Any]) -> str:
 # -- HTTP plumbing shared by both clients ------------------------------------------------------
 
 
-def _post(
-    session: requests.Session,
-    provider: str,
-    url: str,
-    timeout: tuple[float, float],
-    **kwargs: Any,
-) -> requests.Response:
-    """POST and classify transport failures: anything that is not an HTTP answer, or an HTTP
-    5xx/429 answer, is :class:`ProviderUnavailable` (retry later)."""
-    try:
-        resp = session.post(url, timeout=timeout, **kwargs)
-    except requests.RequestException as exc:
-        raise ProviderUnavailable(provider, f"{type(exc).__name__}: {exc}") from exc
-    if resp.status_code >= 500 or resp.status_code == 429:
-        raise ProviderUnavailable(provider, f"HTTP {resp.status_code}", code=str(resp.status_code))
-    return resp
-
-
-def _json_object(provider: str, resp: requests.Response) -> dict[str, Any]:
-    """The body as a JSON object. Anything else is a garbled answer: transient on a 2xx/3xx,
-    a refusal on a 4xx (wrong URL or credentials will not fix themselves)."""
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        return body
-    message, code = f"unexpected answer (HTTP {resp.status_code})", str(resp.status_code)
-    if resp.status_code >= 400:
-        raise ProviderRejected(provider, message, code=code)
-    raise ProviderUnavailable(provider, message, code=code)
-
-
 def _fail(provider: str, code: str, message: str, transient: frozenset[str]) -> NoReturn:
     """Raise the classified error for a Kuaidi100 ``returnCode`` failure."""
     error: type[ProviderError] = ProviderUnavailable if code in transient else ProviderRejected
@@ -240,8 +187,8 @@ class Kuaidi100Provider:
             "param": param,
             "sign": _md5_upper(param + cfg.key + cfg.customer),
         }
-        resp = _post(self._session, self.name, cfg.query_url, self._timeout, data=form)
-        return _json_object(self.name, resp)
+        resp = post_classified(self._session, self.name, cfg.query_url, self._timeout, data=form)
+        return json_object(self.name, resp)
 
     # -- subscribe -----------------------------------------------------------------------------
     def subscribe(self, carrier: str, waybill: str, callback_url: str, phone: str | None) -> bool:
@@ -257,8 +204,10 @@ class Kuaidi100Provider:
             parameters["phone"] = phone
         param = {"company": carrier, "number": waybill, "key": cfg.key, "parameters": parameters}
         form = {"schema": "json", "param": _compact_json(param)}
-        resp = _post(self._session, self.name, cfg.subscribe_url, self._timeout, data=form)
-        body = _json_object(self.name, resp)
+        resp = post_classified(
+            self._session, self.name, cfg.subscribe_url, self._timeout, data=form
+        )
+        body = json_object(self.name, resp)
         code = str(body.get("returnCode", ""))
         if code == "200" and body.get("result") is True:
             return True
@@ -352,62 +301,3 @@ def _parse_time(provider: str, text: str) -> datetime:
         return datetime.strptime(text.strip(), _TIME_FORMAT).replace(tzinfo=_CHINA_TZ)
     except ValueError as exc:
         raise ProviderUnavailable(provider, f"unparseable event time {text!r}") from exc
-
-
-# -- warehouse booking ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WarehouseBookingConfig:
-    base_url: str  # e.g. https://warehouse.example.com (no trailing /v1)
-    api_key: str = field(repr=False)
-    connect_timeout: float = 3.05
-    read_timeout: float = 10
-
-
-class WarehouseBookingService:
-    """:class:`~adapters.logistics.base.BookingService` for orderflow's warehouse API
-    (contract in the module docstring)."""
-
-    name = "warehouse"
-
-    def __init__(
-        self, config: WarehouseBookingConfig, session: requests.Session | None = None
-    ) -> None:
-        self._config = config
-        self._session = session or requests.Session()
-        self._timeout = (config.connect_timeout, config.read_timeout)
-
-    def book(self, request: BookShipment) -> Booked:
-        """Book a shipment; a replay with the same idempotency key returns the same waybill."""
-        url = self._config.base_url.rstrip("/") + "/v1/bookings"
-        headers = {"X-Api-Key": self._config.api_key}
-        resp = _post(
-            self._session,
-            self.name,
-            url,
-            self._timeout,
-            json=_booking_body(request),
-            headers=headers,
-        )
-        body = _json_object(self.name, resp)
-        if resp.status_code >= 400:
-            code = str(body.get("error") or resp.status_code)
-            raise ProviderRejected(
-                self.name, str(body.get("message", "booking refused")), code=code
-            )
-        carrier, waybill = body.get("carrier"), body.get("waybill")
-        if not isinstance(carrier, str) or not isinstance(waybill, str) or not waybill:
-            raise ProviderUnavailable(self.name, "booking answer without carrier/waybill")
-        return Booked(carrier=carrier, waybill=waybill)
-
-
-def _booking_body(request: BookShipment) -> dict[str, Any]:
-    return {
-        "order_id": request.order_id,
-        "idempotency_key": request.idempotency_key,
-        "recipient": request.recipient_name,
-        "phone": request.phone,
-        "address": request.address,
-        "items": [{"sku": sku, "quantity": qty} for sku, qty in request.items],
-    }

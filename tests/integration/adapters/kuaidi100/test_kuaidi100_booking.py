@@ -11,9 +11,8 @@ import pytest
 from adapters.logistics.base import BookShipment, ProviderRejected, ProviderUnavailable
 from adapters.logistics.kuaidi100 import (
     Kuaidi100Provider,
-    WarehouseBookingConfig,
-    WarehouseBookingService,
 )
+from adapters.logistics.warehouse import WarehouseBookingConfig, WarehouseBookingService
 from simulators.kuaidi100 import Kuaidi100Simulator
 from simulators.warehouse import WarehouseSimulator
 from tests.integration.adapters.kuaidi100.support import HOUR, S

@@ -18,9 +18,8 @@ from adapters.logistics.base import (
 )
 from adapters.logistics.kuaidi100 import (
     Kuaidi100Provider,
-    WarehouseBookingConfig,
-    WarehouseBookingService,
 )
+from adapters.logistics.warehouse import WarehouseBookingConfig, WarehouseBookingService
 from simulators.kuaidi100 import Kuaidi100Simulator
 from tests.integration.adapters.kuaidi100.support import DAY, HOUR, S, provider_for
 
