@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy.orm import Session
 
 from api.catalog import Admin
-from api.errors import run_in_unit_of_work
+from api.errors import error_responses, run_in_unit_of_work
 from services import callbacks
 
-router = APIRouter(prefix="/v1/admin/callbacks")
+router = APIRouter(prefix="/v1/admin/callbacks", responses=error_responses(401, 404))
 T = TypeVar("T")
 
 

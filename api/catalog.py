@@ -32,12 +32,12 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt
 from sqlalchemy.orm import Session
 
-from api.errors import error_response, run_in_unit_of_work
+from api.errors import error_response, error_responses, run_in_unit_of_work
 from services import catalog_admin, stock_admin
 from settings import get_settings
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/admin")
+router = APIRouter(prefix="/v1/admin", responses=error_responses(401, 404, 409))
 T = TypeVar("T")
 ACTOR = "admin-api"
 

@@ -1,4 +1,4 @@
-"""Payment routes: provider webhooks, cancel and refunds.
+"""Payment provider webhooks (cancel and refunds are ``/v1/orders`` routes: :mod:`api.orders`).
 
 Webhooks verify before they read (``parse_notification`` raises :class:`SignatureInvalid` on a
 forgery, answered with 400 and nothing changed), apply the notification once in one transaction
@@ -9,21 +9,17 @@ way each provider expects (Alipay ``success``, WeChat 204, Stripe 200).
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.registry import PAYMENT_PROVIDERS, payment_provider
-from api.auth import require_api_key
-from api.errors import error_response, not_found
-from domain.errors import ConflictError, NotFound, ProviderError, SignatureInvalid, ValidationError
+from api.errors import not_found
+from domain.errors import ProviderError, SignatureInvalid
 from services import payments
 from services.followup import Followup
-from services.queries import ensure_order_source
 from services.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -66,70 +62,3 @@ async def webhook(provider: str, request: Request) -> Response:
     await run_in_threadpool(_publish, followups)
     reply = adapter.notification_reply(True)
     return Response(reply.body, status_code=reply.status_code, media_type=reply.content_type)
-
-
-class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field("requested by upstream", min_length=1, max_length=200)
-
-
-class RefundBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    amount: int | None = Field(None, gt=0, description="Minor units; omit for the full remainder")
-    refund_no: str | None = Field(
-        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
-        description="Your refund number; the same number is the same refund (idempotent)",
-    )  # fmt: skip
-    reason: str = Field("requested", min_length=1, max_length=200)
-
-
-def _cancel(order_id: str, reason: str, source: str) -> list[Followup]:
-    with unit_of_work() as session:
-        ensure_order_source(session, order_id, source)
-        return payments.cancel_order(
-            session, order_id, now=datetime.now(UTC), actor=f"api:{source}", reason=reason
-        )
-
-
-@router.post("/v1/orders/{order_id}/cancel", status_code=202)
-async def cancel(
-    order_id: str, body: CancelRequest, source: Annotated[str, Depends(require_api_key)]
-) -> Any:
-    try:
-        followups = await run_in_threadpool(_cancel, order_id, body.reason, source)
-    except NotFound:
-        return not_found("order_id", f"order {order_id} not found")
-    except ConflictError as exc:
-        return error_response(409, "conflict", str(exc), [{"field": "status", "reason": str(exc)}])
-    await run_in_threadpool(_publish, followups)
-    return {"id": order_id, "status": "CANCELLED"}
-
-
-def _refund(order_id: str, body: RefundBody, refund_no: str, source: str) -> list[Followup]:
-    with unit_of_work() as session:
-        ensure_order_source(session, order_id, source)
-        followup = payments.refund_for_order(
-            session, order_id, amount=body.amount, refund_no=refund_no, reason=body.reason,
-            actor=f"api:{source}", now=datetime.now(UTC),
-        )  # fmt: skip
-    return [followup] if followup else []
-
-
-@router.post("/v1/orders/{order_id}/refunds", status_code=202)
-async def refund(
-    order_id: str, body: RefundBody, source: Annotated[str, Depends(require_api_key)]
-) -> Any:
-    refund_no = body.refund_no or f"r-{uuid.uuid4().hex[:24]}"
-    try:
-        followups = await run_in_threadpool(_refund, order_id, body, refund_no, source)
-    except NotFound:
-        return not_found("order_id", f"order {order_id} not found")
-    except ValidationError as exc:
-        return error_response(422, "validation_failed", str(exc),
-                              [{"field": exc.field, "reason": exc.reason}])  # fmt: skip
-    except ConflictError as exc:
-        return error_response(
-            409, "conflict", str(exc), [{"field": "refund_no", "reason": str(exc)}]
-        )
-    await run_in_threadpool(_publish, followups)
-    return {"order_id": order_id, "refund_no": refund_no, "status": "REQUESTED"}

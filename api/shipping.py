@@ -1,66 +1,24 @@
-"""Shipping routes: the warehouse registers a waybill; Kuaidi100 pushes tracking updates."""
+"""Kuaidi100 pushes tracking updates here (the warehouse registers a waybill through
+``POST /v1/orders/{order_id}/shipments``: :mod:`api.orders`)."""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.logistics.base import PushUpdate
 from adapters.registry import tracking_provider
-from api.auth import require_api_key
-from api.errors import error_response, not_found
-from domain.errors import ConflictError, NotFound, ProviderError, SignatureInvalid, ValidationError
+from api.errors import not_found
+from domain.errors import ProviderError, SignatureInvalid
 from services import shipping, tracking
-from services.followup import Followup
-from services.queries import ensure_order_source
 from services.unit_of_work import unit_of_work
-from settings import get_settings
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-
-
-class WaybillBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    carrier: str = Field(pattern=r"^[a-z0-9]{2,32}$", description="Kuaidi100 code, e.g. yuantong")
-    waybill: str = Field(pattern=r"^[A-Za-z0-9-]{6,32}$")
-
-
-def _register(order_id: str, body: WaybillBody, source: str) -> list[Followup]:
-    with unit_of_work() as session:
-        ensure_order_source(session, order_id, source)
-        return shipping.register_waybill(
-            session, order_id, body.carrier, body.waybill, now=datetime.now(UTC),
-            actor=f"api:{source}",
-            first_poll_s=get_settings().tracking_first_poll_s,
-        )  # fmt: skip
-
-
-@router.post("/v1/orders/{order_id}/shipments", status_code=201)
-async def register_shipment(
-    order_id: str, body: WaybillBody, source: Annotated[str, Depends(require_api_key)]
-) -> Any:
-    try:
-        followups = await run_in_threadpool(_register, order_id, body, source)
-    except NotFound:
-        return not_found("order_id", f"order {order_id} not found")
-    except ValidationError as exc:
-        return error_response(422, "validation_failed", str(exc),
-                              [{"field": exc.field, "reason": exc.reason}])  # fmt: skip
-    except ConflictError as exc:
-        return error_response(409, "conflict", str(exc), [{"field": "waybill", "reason": str(exc)}])
-    if followups:
-        from workers.publish import enqueue_followups
-
-        await run_in_threadpool(enqueue_followups, followups)
-    return {"order_id": order_id, "carrier": body.carrier, "waybill": body.waybill,
-            "status": "SHIPPED"}  # fmt: skip
 
 
 def _apply_push(update: PushUpdate) -> bool:

@@ -31,13 +31,12 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.errors import error_response
-from domain.errors import ConflictError, ValidationError
+from api.errors import error_response, error_responses
 from services import login_limits, passwords, users
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 409, 429))
 passwords.warm_up()
 
 _BAD_LOGIN = {"error": "invalid_credentials", "message": "email or password is incorrect"}
@@ -117,12 +116,6 @@ def _unauthorized() -> JSONResponse:
     return response
 
 
-def _invalid(exc: ValidationError) -> JSONResponse:
-    return error_response(
-        422, "validation_failed", str(exc), [{"field": exc.field, "reason": exc.reason}]
-    )
-
-
 @router.post("/v1/users", status_code=201)
 def register(
     body: RegisterBody,
@@ -135,13 +128,6 @@ def register(
                 session, body.email, body.password, display_name=body.display_name,
                 limiter=limiter, client_address=_client_address(request),
             )  # fmt: skip
-    except ValidationError as exc:
-        return _invalid(exc)
-    except ConflictError:
-        return error_response(
-            409, "conflict", "email is already registered",
-            [{"field": "email", "reason": "already registered"}],
-        )  # fmt: skip
     except login_limits.RegistrationThrottled as exc:
         return _throttled(exc, "client_address")
     except redis.RedisError:

@@ -15,6 +15,12 @@
 
 Retryable errors carry ``retryable = True``; the task layer reads only that attribute to decide
 between retry and dead letter, so the classification is made once, where the error is raised.
+
+The errors about one input (``ValidationError``, ``ConflictError``, ``NotFound``) carry the
+``field`` it is about and the ``reason``, named by the raiser: the API's error shape reads them
+(``api/errors.py`` maps this tree to HTTP once) and never parses them out of the message.
+``ConflictError`` and ``NotFound`` take the message first, as any exception, then ``field=`` and
+optionally ``reason=`` (the message when omitted); a 404 without a field names ``id``.
 """
 
 from __future__ import annotations
@@ -36,11 +42,29 @@ class ValidationError(OrderflowError):
 
 
 class ConflictError(OrderflowError):
-    """An idempotency key reused with a different body."""
+    """The request contradicts what is stored: an idempotency key reused with a different body, a
+    taken SKU or waybill, an order past the stage the request needs. ``field`` names the input
+    field it is about (``external_id``, ``sku``, ``status``...), ``reason`` says what is wrong
+    with it (the message when omitted)."""
+
+    def __init__(
+        self, message: str, *, field: str | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = message if reason is None else reason
 
 
 class NotFound(OrderflowError):
-    """The referenced entity does not exist."""
+    """The referenced entity does not exist. ``field`` names the input field whose value matched
+    nothing (``order_id``, ``sku``...), ``reason`` says so (the message when omitted)."""
+
+    def __init__(
+        self, message: str, *, field: str | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = message if reason is None else reason
 
 
 class InvalidTransition(OrderflowError):

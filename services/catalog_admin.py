@@ -97,7 +97,7 @@ def _locked(session: Session, sku: str) -> Product:
         select(Product).where(Product.sku == sku).with_for_update()
     ).one_or_none()
     if product is None:
-        raise NotFound(f"product {sku}")
+        raise NotFound(f"product {sku} not found", field="sku")
     return product
 
 
@@ -131,7 +131,11 @@ def create_product(
         .returning(Product.id)
     ).scalar_one_or_none()
     if created is None:
-        raise ConflictError(f"sku: product {sku} already exists")
+        raise ConflictError(
+            f"sku: product {sku} already exists",
+            field="sku",
+            reason=f"product {sku} already exists",
+        )
     record_price(session, sku, price, actor)
     product = session.get(Product, created)
     assert product is not None
@@ -209,7 +213,7 @@ def delete_product(session: Session, sku: str, *, actor: str) -> str:
 def price_history(session: Session, sku: str) -> list[dict[str, Any]]:
     """Every price the product has had, oldest first (the last one is current)."""
     if not session.scalar(select(exists().where(Product.sku == sku))):
-        raise NotFound(f"product {sku}")
+        raise NotFound(f"product {sku} not found", field="sku")
     rows = session.scalars(
         select(ProductPrice)
         .where(ProductPrice.sku == sku)

@@ -85,7 +85,7 @@ def count_open(session: Session) -> int:
 def _take_open(session: Session, dl_id: int) -> DeadLetter:
     dl = session.get(DeadLetter, dl_id, with_for_update=True)
     if dl is None:
-        raise NotFound(f"dead letter {dl_id}")
+        raise NotFound(f"dead letter {dl_id} not found", field="dead_letter_id")
     if dl.status != "OPEN":
         raise ValidationError("id", f"dead letter {dl_id} is already {dl.status.lower()}")
     return dl

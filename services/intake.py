@@ -121,6 +121,8 @@ def _existing(session: Session, order: NewOrder) -> IntakeResult:
     ).one()
     if row.body_hash != order.body_hash:
         raise ConflictError(
-            f"order {order.source}/{order.external_id} already exists with a different body"
+            f"order {order.source}/{order.external_id} already exists with a different body",
+            field="external_id",
+            reason="already used with a different body",
         )
     return IntakeResult(row.id, False, row.status)

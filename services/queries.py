@@ -20,14 +20,14 @@ def ensure_order_source(session: Session, order_id: str, source: str) -> None:
         return
     owner = session.scalar(select(Order.source).where(Order.id == order_id))
     if owner != source:
-        raise NotFound(f"order {order_id}")
+        raise NotFound(f"order {order_id} not found", field="order_id")
 
 
 def order_view(session: Session, order_id: str) -> dict[str, Any]:
     """The order with lines and its whole timeline, as plain JSON-able data."""
     order = session.get(Order, order_id)
     if order is None:
-        raise NotFound(f"order {order_id}")
+        raise NotFound(f"order {order_id} not found", field="order_id")
     events = session.scalars(
         select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
     )

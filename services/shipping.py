@@ -175,10 +175,14 @@ def ship(
     shipment = _shipment_of(session, order_id)
     if shipment is not None and shipment.waybill is not None:
         if (shipment.carrier, shipment.waybill) != (booked.carrier, booked.waybill):
-            raise ConflictError(f"order {order_id} already shipped as {shipment.waybill}")
+            raise ConflictError(
+                f"order {order_id} already shipped as {shipment.waybill}", field="waybill"
+            )
         return []
     if order.status != OrderStatus.PAID:
-        raise ConflictError(f"order {order_id} is {order.status}; only PAID orders ship")
+        raise ConflictError(
+            f"order {order_id} is {order.status}; only PAID orders ship", field="waybill"
+        )
     if shipment is None:
         shipment = Shipment(order_id=order_id, booking_key=f"manual-{order_id.replace('-', '')}",
                             status="PENDING")  # fmt: skip
@@ -209,12 +213,12 @@ def register_waybill(
     if not WAYBILL_RE.fullmatch(waybill):
         raise ValidationError("waybill", "6-32 letters, digits or dashes")
     if session.get(Order, order_id) is None:
-        raise NotFound(f"order {order_id}")
+        raise NotFound(f"order {order_id} not found", field="order_id")
     taken = session.scalar(
         select(Shipment.order_id).where(Shipment.carrier == carrier, Shipment.waybill == waybill)
     )
     if taken is not None and taken != order_id:
-        raise ConflictError(f"waybill {waybill} already belongs to order {taken}")
+        raise ConflictError(f"waybill {waybill} already belongs to order {taken}", field="waybill")
     return ship(session, order_id, Booked(carrier, waybill), now=now, actor=actor,
                 first_poll_s=first_poll_s)  # fmt: skip
 

@@ -102,7 +102,7 @@ def _reason(value: str | None, *, required: bool) -> str | None:
 
 def _require_product(session: Session, sku: str) -> None:
     if session.scalar(select(Product.id).where(Product.sku == sku)) is None:
-        raise NotFound(f"product {sku}")
+        raise NotFound(f"product {sku} not found", field="sku")
 
 
 def _ledger(session: Session, **values: Any) -> None:
@@ -142,7 +142,9 @@ def adjust(
     note = _reason(reason, required=True)
     row = lock_stock(session, [(sku, warehouse)]).get((sku, warehouse))
     if row is None:
-        raise NotFound(f"warehouse: no stock of {sku} in warehouse {warehouse}; receive it first")
+        raise NotFound(
+            f"no stock of {sku} in warehouse {warehouse}; receive it first", field="warehouse"
+        )
     if row.on_hand + delta < row.reserved:
         raise ValidationError(
             "delta",
@@ -185,7 +187,7 @@ def move(
     rows = lock_stock(session, [(sku, source), (sku, target)])
     src, dst = rows.get((sku, source)), rows[(sku, target)]
     if src is None:
-        raise NotFound(f"from_warehouse: no stock of {sku} in warehouse {source}")
+        raise NotFound(f"no stock of {sku} in warehouse {source}", field="from_warehouse")
     if src.on_hand - src.reserved < quantity:
         raise ValidationError(
             "quantity", f"only {src.on_hand - src.reserved} units of {sku} available in {source}"

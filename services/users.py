@@ -103,7 +103,9 @@ def register(
         .returning(User.id)
     ).scalar_one_or_none()
     if user_id is None:
-        raise ConflictError("email: already registered")
+        raise ConflictError(
+            "email is already registered", field="email", reason="already registered"
+        )
     user = session.get(User, user_id)
     assert user is not None
     return user

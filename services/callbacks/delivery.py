@@ -175,7 +175,7 @@ def record_attempt(
         select(CallbackDelivery.endpoint_id).where(CallbackDelivery.id == delivery_id)
     )
     if endpoint_id is None:
-        raise NotFound(f"delivery {delivery_id}")
+        raise NotFound(f"delivery {delivery_id} not found", field="delivery_id")
     endpoint = session.get_one(CallbackEndpoint, endpoint_id, with_for_update=True)
     delivery = session.get_one(CallbackDelivery, delivery_id, with_for_update=True)
     if delivery.status != PENDING:

@@ -110,7 +110,7 @@ def _endpoint_by_source(session: Session, source: str) -> CallbackEndpoint:
         select(CallbackEndpoint).where(CallbackEndpoint.source == source).with_for_update()
     )
     if endpoint is None:
-        raise NotFound(f"source: no callback endpoint for {source!r}")
+        raise NotFound(f"no callback endpoint for {source!r}", field="source")
     return endpoint
 
 

@@ -37,7 +37,10 @@ def resend(
     deliveries = list(session.scalars(stmt.order_by(CallbackDelivery.id)))
     if not deliveries:
         what = f"event {event_id}" if event_id is not None else f"order {order_id}"
-        raise NotFound(f"no callback deliveries for {what}")
+        raise NotFound(
+            f"no callback deliveries for {what}",
+            field="event_id" if event_id is not None else "order_id",
+        )
     paused = set(
         session.scalars(
             select(CallbackEndpoint.id).where(

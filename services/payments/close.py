@@ -144,11 +144,14 @@ def cancel_order(
     """
     order = lock_order(session, order_id)
     if order.status not in CANCELLABLE:
-        raise ConflictError(f"order {order_id} is {order.status} and can no longer be cancelled")
+        raise ConflictError(
+            f"order {order_id} is {order.status} and can no longer be cancelled", field="status"
+        )
     booking = select(Shipment.id).where(Shipment.order_id == order_id)
     if order.status == OrderStatus.PAID and session.scalar(booking) is not None:
         raise ConflictError(
-            f"order {order_id} is being booked with the warehouse; cancel the parcel there first"
+            f"order {order_id} is being booked with the warehouse; cancel the parcel there first",
+            field="status",
         )
     payment = lock_payment(session, order_id)
     release_reservations(session, [order.id], now=now, reason=f"cancelled: {reason}")

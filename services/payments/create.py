@@ -138,7 +138,7 @@ def finish_create(
     order = lock_order(session, order_id)
     payment = lock_payment(session, order_id)
     if payment is None:
-        raise NotFound(f"payment of order {order_id}")
+        raise NotFound(f"payment of order {order_id} not found", field="order_id")
     payment.provider_ref = payment.provider_ref or created.provider_ref
     payment.instructions = dict(created.instructions)
     payment.next_query_at = now + timedelta(seconds=first_query_s)

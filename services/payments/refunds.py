@@ -56,7 +56,9 @@ def request_refund(
     existing = session.scalar(select(Refund).where(Refund.refund_no == refund_no))
     if existing is not None:
         if existing.payment_id != payment.id or (amount is not None and existing.amount != amount):
-            raise ConflictError(f"refund {refund_no} already exists with different details")
+            raise ConflictError(
+                f"refund {refund_no} already exists with different details", field="refund_no"
+            )
         return Followup(PAYMENTS_REFUND, existing.id) if existing.status == "REQUESTED" else None
     if payment.status not in CAPTURED:
         raise ValidationError("order", f"payment is {payment.status}; nothing to refund")

@@ -70,7 +70,7 @@ _ORDER_OF_SHIPMENT = text("SELECT order_id FROM shipments WHERE id = :shipment_i
 def lock_shipment(session: Session, shipment_id: int) -> Shipment:
     shipment = session.scalars(_LOCK_SHIPMENT, {"shipment_id": shipment_id}).one_or_none()
     if shipment is None:
-        raise NotFound(f"shipment {shipment_id}")
+        raise NotFound(f"shipment {shipment_id} not found", field="shipment_id")
     return shipment
 
 
@@ -84,7 +84,7 @@ def apply_locking(
         .scalar_one_or_none()
     )
     if order_id is None:
-        raise NotFound(f"shipment {shipment_id}")
+        raise NotFound(f"shipment {shipment_id} not found", field="shipment_id")
     order = lock_order(session, order_id)
     shipment = lock_shipment(session, shipment_id)
     # Pending row changes are flushed once, by the caller's next query or commit, instead of

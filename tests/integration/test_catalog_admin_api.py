@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from api.catalog import admin_api_key_setting
 from api.catalog import router as catalog_router
-from api.errors import not_found_response
+from api.errors import domain_error_response
 from domain.errors import NotFound
 from models import Product, ProductPrice, StockMovement
 from models.db import session_factory
@@ -224,21 +224,25 @@ def test_delete_waits_for_an_uncommitted_order_line_and_deactivates(client):
 
 
 @pytest.mark.parametrize(
-    ("message", "field"),
+    ("method", "path", "field"),
     [
-        ("product P-9", "sku"),
-        ("order 1f2e", "order_id"),
-        ("payment of order 1f2e", "order_id"),
-        ("no callback deliveries for event 7a", "event_id"),
-        ("source: no callback endpoint for 'web'", "source"),
-        ("shipment 4", "shipment_id"),
-        ("something else", "id"),
+        ("PATCH", "/v1/admin/products/P-9", "sku"),
+        ("GET", "/v1/admin/products/P-9/prices", "sku"),
+        ("POST", "/v1/admin/products/P-9/deactivate", "sku"),
+        ("DELETE", "/v1/admin/products/P-9", "sku"),
     ],
 )
-def test_every_404_names_a_field(message, field):
-    body = json.loads(not_found_response(NotFound(message)).body)
+def test_every_404_names_the_field_its_raiser_named(client, method, path, field):
+    r = client.request(method, path, json={"name": "x"} if method == "PATCH" else None, headers=H)
+    assert r.status_code == 404, r.text
+    body = r.json()
     assert body["error"] == "not_found"
-    assert body["details"][0]["field"] == field and body["details"][0]["reason"]
+    assert body["details"][0]["field"] == field and "P-9" in body["details"][0]["reason"]
+
+
+def test_a_404_whose_raiser_named_no_field_says_id():
+    body = json.loads(domain_error_response(NotFound("something else")).body)
+    assert body["details"] == [{"field": "id", "reason": "something else"}]
 
 
 # --- stock routes ------------------------------------------------------------------------------

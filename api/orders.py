@@ -1,0 +1,215 @@
+"""The ``/v1/orders`` routes, behind the intake API key (``X-API-Key``, see :mod:`api.auth`).
+
+* ``POST /v1/orders`` stores the order (committed) before it answers: 202 for a new order, 200
+  for a repeat of the same ``(source, external_id)`` and body, 409 for the same key with a
+  different body, 400 for a body that is not JSON, 422 naming the field, 403 for a key bound to
+  another source. The ``orders.process`` task is published after the commit; if the broker is
+  down the request still succeeds and the sweeper publishes it later (the order has a stage
+  deadline). The body is read raw, because a request signature covers its exact bytes, so its
+  schema (:class:`~producers.schema.OrderMessage`) is declared to OpenAPI by hand
+  (:func:`order_message_schemas`).
+* ``GET /v1/orders/{order_id}``: the order with lines, timeline, payment and shipment.
+* ``POST /v1/orders/{order_id}/cancel`` -> 202 (409 once it may no longer be cancelled).
+* ``POST /v1/orders/{order_id}/refunds`` -> 202 (idempotent by ``refund_no``).
+* ``POST /v1/orders/{order_id}/shipments``: the warehouse registers the waybill -> 201.
+
+An order of another source than the key's is answered exactly like a missing one (404). Service
+errors are not translated here: the app's handlers map them to the error shape
+(:mod:`api.errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from api.auth import require_api_key
+from api.errors import error_response, error_responses
+from producers.intake import accept
+from producers.schema import OrderMessage, field_errors, parse_message
+from services import payments, shipping
+from services.followup import Followup
+from services.intake import IntakeResult
+from services.payments import payment_view
+from services.queries import ensure_order_source, order_view
+from services.shipping import shipment_view
+from services.task_names import ORDERS_PROCESS
+from services.unit_of_work import unit_of_work
+from settings import get_settings
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/orders", responses=error_responses(401, 404, 409))
+Source = Annotated[str, Depends(require_api_key)]
+
+
+def order_message_schemas() -> dict[str, Any]:
+    """:class:`OrderMessage` and the models it uses, as OpenAPI ``components.schemas``."""
+    schema = OrderMessage.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), OrderMessage.__name__: schema}
+
+
+_ORDER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The order message. Read as raw bytes: a request signature covers them.",
+        "content": {
+            "application/json": {
+                "schema": {"$ref": f"#/components/schemas/{OrderMessage.__name__}"}
+            }
+        },
+    }
+}
+
+
+def _publish(followups: list[Followup]) -> None:
+    if followups:
+        from workers.publish import enqueue_followups  # the Celery app only once we publish
+
+        enqueue_followups(followups)
+
+
+# --- intake ------------------------------------------------------------------------------------
+
+
+@router.post("", status_code=202, openapi_extra=_ORDER_BODY, responses=error_responses(400, 403))
+async def create_order(request: Request, source: Source) -> Any:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, UnicodeDecodeError, a number of over 4300 digits.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        return error_response(
+            400,
+            "invalid_json",
+            "body is not valid JSON",
+            [{"field": "body", "reason": reason}],
+        )
+    try:
+        msg = parse_message(data)
+    except PydanticValidationError as exc:
+        return error_response(422, "validation_failed", "order is invalid", field_errors(exc))
+    if source != "*" and msg.source != source:
+        return error_response(
+            403,
+            "forbidden",
+            "this API key may not submit orders for that source",
+            [{"field": "source", "reason": f"key is bound to source {source!r}"}],
+        )
+    result = await run_in_threadpool(_accept_and_publish, msg)
+    body = {"id": result.order_id, "status": result.status, "created": result.created}
+    return JSONResponse(body, status_code=202 if result.created else 200)
+
+
+def _accept_and_publish(msg: OrderMessage) -> IntakeResult:
+    """Store the order (committed), then publish ``orders.process`` for a new one: both in one
+    trip to the thread pool. A publish failure is logged, not raised: the order is stored and
+    the sweeper re-drives it at its stage deadline."""
+    from workers.publish import enqueue  # the Celery app is only needed once we publish
+
+    result = accept(msg, channel="http")
+    if result.created:
+        try:
+            enqueue(ORDERS_PROCESS, result.order_id)
+        except Exception:  # noqa: BLE001 - any broker failure is handled the same way
+            log.warning(
+                "could not publish orders.process for %s; the sweeper will", result.order_id
+            )
+    return result
+
+
+@router.get("/{order_id}")
+def get_order(order_id: str, source: Source) -> Any:
+    with unit_of_work() as session:
+        ensure_order_source(session, order_id, source)
+        view = order_view(session, order_id)
+        view["payment"] = payment_view(session, order_id)
+        view["shipment"] = shipment_view(session, order_id)
+        return view
+
+
+# --- cancel and refunds ------------------------------------------------------------------------
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("requested by upstream", min_length=1, max_length=200)
+
+
+class RefundBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    amount: int | None = Field(None, gt=0, description="Minor units; omit for the full remainder")
+    refund_no: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Your refund number; the same number is the same refund (idempotent)",
+    )  # fmt: skip
+    reason: str = Field("requested", min_length=1, max_length=200)
+
+
+def _cancel(order_id: str, reason: str, source: str) -> list[Followup]:
+    with unit_of_work() as session:
+        ensure_order_source(session, order_id, source)
+        return payments.cancel_order(
+            session, order_id, now=datetime.now(UTC), actor=f"api:{source}", reason=reason
+        )
+
+
+@router.post("/{order_id}/cancel", status_code=202)
+async def cancel(order_id: str, body: CancelRequest, source: Source) -> Any:
+    followups = await run_in_threadpool(_cancel, order_id, body.reason, source)
+    await run_in_threadpool(_publish, followups)
+    return {"id": order_id, "status": "CANCELLED"}
+
+
+def _refund(order_id: str, body: RefundBody, refund_no: str, source: str) -> list[Followup]:
+    with unit_of_work() as session:
+        ensure_order_source(session, order_id, source)
+        followup = payments.refund_for_order(
+            session, order_id, amount=body.amount, refund_no=refund_no, reason=body.reason,
+            actor=f"api:{source}", now=datetime.now(UTC),
+        )  # fmt: skip
+    return [followup] if followup else []
+
+
+@router.post("/{order_id}/refunds", status_code=202)
+async def refund(order_id: str, body: RefundBody, source: Source) -> Any:
+    refund_no = body.refund_no or f"r-{uuid.uuid4().hex[:24]}"
+    followups = await run_in_threadpool(_refund, order_id, body, refund_no, source)
+    await run_in_threadpool(_publish, followups)
+    return {"order_id": order_id, "refund_no": refund_no, "status": "REQUESTED"}
+
+
+# --- shipments ---------------------------------------------------------------------------------
+
+
+class WaybillBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    carrier: str = Field(pattern=r"^[a-z0-9]{2,32}$", description="Kuaidi100 code, e.g. yuantong")
+    waybill: str = Field(pattern=r"^[A-Za-z0-9-]{6,32}$")
+
+
+def _register(order_id: str, body: WaybillBody, source: str) -> list[Followup]:
+    with unit_of_work() as session:
+        ensure_order_source(session, order_id, source)
+        return shipping.register_waybill(
+            session, order_id, body.carrier, body.waybill, now=datetime.now(UTC),
+            actor=f"api:{source}",
+            first_poll_s=get_settings().tracking_first_poll_s,
+        )  # fmt: skip
+
+
+@router.post("/{order_id}/shipments", status_code=201)
+async def register_shipment(order_id: str, body: WaybillBody, source: Source) -> Any:
+    followups = await run_in_threadpool(_register, order_id, body, source)
+    await run_in_threadpool(_publish, followups)
+    return {"order_id": order_id, "carrier": body.carrier, "waybill": body.waybill,
+            "status": "SHIPPED"}  # fmt: skip
