@@ -386,11 +386,15 @@ class KeyCache:
     changed expiry reaches a process at most ``ttl_s`` after it committed (the snapshot is then
     reloaded); expiry itself is checked against the clock on every request. ``ttl_s = 0``
     disables caching. Thread-safe.
+
+    ``clock`` (seconds, default :func:`time.monotonic`) stamps and ages the entries; it is a
+    public attribute so a test can move the cache's time instead of waiting out the TTL. Replace
+    it only while the cache is empty: entries keep the stamp of the clock that put them.
     """
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
-        self._clock = clock
+        self.clock: Callable[[], float] = clock
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, StoredKey]] = {}
 
@@ -402,7 +406,7 @@ class KeyCache:
             entry = self._entries.get(key_id)
             if entry is None:
                 return None
-            if self._clock() - entry[0] >= self.ttl_s:
+            if self.clock() - entry[0] >= self.ttl_s:
                 del self._entries[key_id]
                 return None
             return entry[1]
@@ -413,7 +417,7 @@ class KeyCache:
         with self._lock:
             if len(self._entries) >= 10_000:  # bounded: drop everything rather than grow
                 self._entries.clear()
-            self._entries[stored.key_id] = (self._clock(), stored)
+            self._entries[stored.key_id] = (self.clock(), stored)
 
     def clear(self) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ from models import CallbackDelivery
 from services import callbacks
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, wait_until
-from tests.integration.test_callbacks import (  # noqa: F401 - receiver is a fixture
+from tests.integration.callbacks_support import (  # noqa: F401 - receiver is a fixture
     SECRET,
     Received,
     receiver,

@@ -1,4 +1,5 @@
-"""Fixtures shared by the integration tests."""
+"""Fixtures shared by the integration tests: a RabbitMQ vhost, and the local HTTP receiver of
+the status-callback tests (defined in callbacks_support.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from settings import get_settings
 from tests.broker import broker_is_amqp, rabbitmq_reachable, rabbitmqctl, with_vhost
+from tests.integration.callbacks_support import receiver  # noqa: F401 - the callback receiver
 
 LOCAL_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 

@@ -1,17 +1,26 @@
-"""The Redis circuit breaker, against real Redis."""
+"""The Redis circuit breaker, against real Redis.
+
+The breaker judges time by the Redis server's clock (``TIME`` in its script, so all workers
+agree), which a test cannot move: cool-downs and windows are waited out by polling for the
+condition (``wait_until``), never by pausing for a guessed time.
+"""
 
 from __future__ import annotations
 
 import random
-import time
 
 from adapters.circuit import CircuitBreaker, CircuitPolicy, CircuitState
-from tests.conftest import redis_client
+from tests.conftest import redis_client, wait_until
 
 
 def _breaker(name: str, **policy: float) -> CircuitBreaker:
     redis_client().delete(*(f"circuit:{name}:{k}" for k in ("window", "open", "probe")))
     return CircuitBreaker(redis_client(), name, CircuitPolicy(**policy))  # type: ignore[arg-type]
+
+
+def _server_time() -> float:
+    seconds, micros = redis_client().time()
+    return seconds + micros / 1_000_000
 
 
 def test_opens_on_failure_ratio_then_half_opens_after_cooldown(db):
@@ -23,10 +32,9 @@ def test_opens_on_failure_ratio_then_half_opens_after_cooldown(db):
     assert cb.record_failure() is True  # 2 of 4 failed: open
     assert not cb.allow() and cb.state() is CircuitState.OPEN
     assert 0 < cb.retry_after_s() <= 0.5
-    time.sleep(0.6)
-    assert cb.allow()  # half-open: calls may try again ...
+    assert wait_until(cb.allow, timeout_s=30, every_s=0.02)  # half-open: calls may try again ...
     assert cb.record_failure() is True  # ... and the first failure opens it again at once
-    time.sleep(0.6)
+    wait_until(cb.allow, timeout_s=30, every_s=0.02)  # the second cool-down is over
     cb.record_success()  # closed, and the window starts empty
     assert [cb.record_failure() for _ in range(3)] == [False, False, True]  # 3 of 4 failed
 
@@ -56,7 +64,9 @@ def test_old_outcomes_leave_the_window(db):
     cb = _breaker("window", min_calls=4, failure_ratio=0.5, window_s=0.4, cooldown_s=5)
     for _ in range(3):
         cb.record_failure()
-    time.sleep(0.5)  # those three are now outside the window
+    recorded = _server_time()  # after the three, by the clock the breaker reads
+    # Those three are outside the window once it has passed on that clock.
+    wait_until(lambda: _server_time() >= recorded + 0.4, timeout_s=30, every_s=0.02)
     cb.record_success()
     cb.record_success()
     cb.record_success()
