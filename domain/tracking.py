@@ -1,7 +1,7 @@
 """Shipment tracking policy: forward-only status moves and the adaptive polling cadence.
 
-Statuses are the normalized vocabulary of provider-protocols.md §5 (the same strings as
-``adapters.logistics.base.TrackingStatus``; this module imports nothing from ``adapters``)::
+Statuses are the normalized vocabulary of provider-protocols.md §5 (adapters report them as
+:class:`ShipmentStatus` too; this module imports nothing from ``adapters``)::
 
     PENDING ─▶ INFO_RECEIVED ─▶ IN_TRANSIT ─▶ OUT_FOR_DELIVERY ─────┐
                                               AVAILABLE_FOR_PICKUP ─┼─▶ DELIVERED (final)

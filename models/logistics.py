@@ -23,7 +23,7 @@ class Shipment(Base):
     booking_key: Mapped[str] = mapped_column(String(128), unique=True)
     carrier: Mapped[str | None] = mapped_column(String(32))
     waybill: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(32))  # normalized TrackingStatus
+    status: Mapped[str] = mapped_column(String(32))  # domain.tracking.ShipmentStatus
     raw_state: Mapped[str | None] = mapped_column(String(32))
     subscribed: Mapped[bool] = mapped_column(server_default=text("false"))
     next_poll_at: Mapped[Timestamp | None]

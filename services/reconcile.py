@@ -16,8 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapters.payments.base import PaymentRef, PaymentState
-from adapters.payments.base import PaymentStatus as ProviderStatus
+from adapters.payments.base import PaymentRef, PaymentState, TradeStatus
 from domain.errors import ProviderError
 from domain.money import Money
 from domain.payments import CAPTURED, PaymentStatus
@@ -73,7 +72,7 @@ def select_candidates(session: Session, sample: int) -> list[tuple[int, str, str
 
 
 def judge(
-    session: Session, payment_id: int, theirs: ProviderStatus, *, now: datetime
+    session: Session, payment_id: int, theirs: TradeStatus, *, now: datetime
 ) -> tuple[str, list[Followup]]:
     """Compare one payment with the provider's view; apply safe fixes (rows locked for that)."""
     payment = session.get(Payment, payment_id)
@@ -130,6 +129,6 @@ def reconcile(providers: Providers, ports: Ports, *, sample: int) -> ReconcileRe
 
 def _query(
     providers: Providers, ports: Ports, provider: str, order_id: str, ref: PaymentRef
-) -> ProviderStatus:
+) -> TradeStatus:
     adapter = providers(provider)
     return ports.gate.call(provider, "reconcile", order_id, lambda: adapter.query(ref), request=ref)

@@ -33,7 +33,6 @@ from adapters.logistics.base import (
     PushUpdate,
     TrackingEvent,
     TrackingResult,
-    TrackingStatus,
 )
 from adapters.payments.base import (
     ClosePayment,
@@ -45,13 +44,14 @@ from adapters.payments.base import (
     PaymentCreated,
     PaymentRef,
     PaymentState,
-    PaymentStatus,
     RefundRequest,
     RefundResult,
     RefundState,
+    TradeStatus,
 )
 from domain.errors import ProviderError, ProviderRejected, ProviderUnavailable, SignatureInvalid
 from domain.money import Money
+from domain.tracking import ShipmentStatus
 
 R = TypeVar("R")
 Clock = Callable[[], datetime]
@@ -194,7 +194,7 @@ class FakePaymentProvider(Faulty):
     def create(self, request: CreatePayment) -> PaymentCreated:
         return self._call(lambda: self._create(request))
 
-    def query(self, ref: PaymentRef) -> PaymentStatus:
+    def query(self, ref: PaymentRef) -> TradeStatus:
         return self._call(lambda: self._status(ref.out_trade_no))
 
     def close(self, request: ClosePayment) -> CloseResult:
@@ -272,12 +272,12 @@ class FakePaymentProvider(Faulty):
         self._keys[request.idempotency_key] = request.out_trade_no
         return PaymentCreated(trade.provider_ref, {"qr_code": f"fake://pay/{trade.provider_ref}"})
 
-    def _status(self, out_trade_no: str) -> PaymentStatus:
+    def _status(self, out_trade_no: str) -> TradeStatus:
         trade = self.trades.get(out_trade_no)
         if trade is None:
-            return PaymentStatus(PaymentState.NOT_FOUND, "NOT_FOUND")
+            return TradeStatus(PaymentState.NOT_FOUND, "NOT_FOUND")
         amount = trade.paid or trade.request.amount
-        return PaymentStatus(
+        return TradeStatus(
             trade.state, trade.state.value, trade.provider_ref, amount, trade.paid_at
         )
 
@@ -354,7 +354,7 @@ def _canonical(fields: Mapping[str, Any]) -> str:
 def _notification(fields: Mapping[str, Any]) -> Notification:
     state = PaymentState(fields["state"])
     amount = Money(int(fields["amount"]), fields["currency"]) if fields.get("amount") else None
-    status = PaymentStatus(state, state.value, fields.get("provider_ref"), amount)
+    status = TradeStatus(state, state.value, fields.get("provider_ref"), amount)
     refund = None
     if fields.get("refund_no"):
         refund_state = RefundState(fields["refund_state"])
@@ -481,9 +481,9 @@ class FakeTrackingProvider(Faulty):
         seen = [] if wb is None or wb.carrier != carrier else [e for e in wb.events if e.at <= now]
         seen.sort(key=lambda e: e.at)
         if not seen:
-            return TrackingResult(carrier, waybill, TrackingStatus.PENDING, "", ())
+            return TrackingResult(carrier, waybill, ShipmentStatus.PENDING, "", ())
         last = seen[-1]
-        signed = last.status is TrackingStatus.DELIVERED
+        signed = last.status is ShipmentStatus.DELIVERED
         return TrackingResult(carrier, waybill, last.status, last.raw_code, tuple(seen), signed)
 
     def push_form(
@@ -492,7 +492,7 @@ class FakeTrackingProvider(Faulty):
         waybill: str,
         push_status: str = "polling",
         message: str = "",
-        status: TrackingStatus | None = None,
+        status: ShipmentStatus | None = None,
     ) -> dict[str, str]:
         """A signed push of the current trace; ``status`` overrides (e.g. EXPIRED on abort)."""
         result = self.result(carrier, waybill)
@@ -537,8 +537,8 @@ def _result_to(result: TrackingResult) -> dict[str, Any]:
 def _result_from(data: Mapping[str, Any]) -> TrackingResult:
     events = tuple(
         TrackingEvent(datetime.fromisoformat(e["at"]), e["description"], e["location"],
-                      TrackingStatus(e["status"]), e["raw_code"])
+                      ShipmentStatus(e["status"]), e["raw_code"])
         for e in data["events"]
     )  # fmt: skip
-    return TrackingResult(data["carrier"], data["waybill"], TrackingStatus(data["status"]),
+    return TrackingResult(data["carrier"], data["waybill"], ShipmentStatus(data["status"]),
                           data["raw_state"], events, data["signed"], data["note"])  # fmt: skip

@@ -1,19 +1,19 @@
 """The logistics port: booking a shipment and following it through a carrier-tracking provider.
 
-Statuses are normalized to :class:`TrackingStatus` (the vocabulary of provider-protocols.md §5),
-always stored beside the provider's raw code. Errors are the provider branch of the one error tree
-(:mod:`adapters.errors`).
+Statuses are normalized to :class:`domain.tracking.ShipmentStatus` (the vocabulary of
+provider-protocols.md §5), always stored beside the provider's raw code. Errors are the provider
+branch of the one error tree (:mod:`adapters.errors`).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from adapters.errors import ProviderError, ProviderRejected, ProviderUnavailable, SignatureInvalid
+from domain.tracking import ShipmentStatus
 
 __all__ = [
     "BookShipment",
@@ -27,20 +27,7 @@ __all__ = [
     "TrackingEvent",
     "TrackingProvider",
     "TrackingResult",
-    "TrackingStatus",
 ]
-
-
-class TrackingStatus(enum.StrEnum):
-    PENDING = "PENDING"
-    INFO_RECEIVED = "INFO_RECEIVED"
-    IN_TRANSIT = "IN_TRANSIT"
-    OUT_FOR_DELIVERY = "OUT_FOR_DELIVERY"
-    AVAILABLE_FOR_PICKUP = "AVAILABLE_FOR_PICKUP"
-    ATTEMPT_FAIL = "ATTEMPT_FAIL"
-    DELIVERED = "DELIVERED"
-    EXCEPTION = "EXCEPTION"
-    EXPIRED = "EXPIRED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +51,7 @@ class TrackingEvent:
     at: datetime
     description: str
     location: str
-    status: TrackingStatus
+    status: ShipmentStatus
     raw_code: str
 
 
@@ -72,7 +59,7 @@ class TrackingEvent:
 class TrackingResult:
     carrier: str
     waybill: str
-    status: TrackingStatus
+    status: ShipmentStatus
     raw_state: str
     events: Sequence[TrackingEvent]  # oldest first
     signed: bool = False  # ischeck=1

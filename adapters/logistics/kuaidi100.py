@@ -42,8 +42,8 @@ from adapters.logistics.base import (
     SignatureInvalid,
     TrackingEvent,
     TrackingResult,
-    TrackingStatus,
 )
+from domain.tracking import ShipmentStatus
 
 __all__ = [
     "STATE_TABLE",
@@ -52,11 +52,11 @@ __all__ = [
     "normalize_state",
 ]
 
-_S = TrackingStatus
+_S = ShipmentStatus
 
 #: Kuaidi100 ``state`` / ``statusCode`` → normalized status (basic and ``resultv2=4`` codes).
 #: 103 (picked up) is not in the §5 table; it is a sub-code of 1 (collected), so IN_TRANSIT.
-STATE_TABLE: Mapping[str, TrackingStatus] = {
+STATE_TABLE: Mapping[str, ShipmentStatus] = {
     **dict.fromkeys(
         ("0", "1", "7", "10", "11", "12", "103", "1001", "1002", "1003"), _S.IN_TRANSIT
     ),
@@ -102,8 +102,8 @@ _PUSH_ACK = {"result": True, "returnCode": "200", "message": "成功"}
 _PUSH_NACK = {"result": False, "returnCode": "500", "message": "失败"}
 
 
-def normalize_state(code: str) -> TrackingStatus:
-    """Map a Kuaidi100 state/status code (or status name) to :class:`TrackingStatus`.
+def normalize_state(code: str) -> ShipmentStatus:
+    """Map a Kuaidi100 state/status code (or status name) to :class:`ShipmentStatus`.
 
     Unknown three-digit codes fall back to their parent code (the first digit: 2xx are problem
     sub-codes, 3xx signed variants, …) so a new sub-code is not misread; anything else still

@@ -49,13 +49,13 @@ from adapters.payments.base import (
     PaymentCreated,
     PaymentRef,
     PaymentState,
-    PaymentStatus,
     ProviderRejected,
     ProviderUnavailable,
     RefundRequest,
     RefundResult,
     RefundState,
     SignatureInvalid,
+    TradeStatus,
 )
 from domain.errors import ValidationError
 from domain.money import Money, MoneyError
@@ -218,14 +218,14 @@ def _trade_state(raw_status: str, fields: Mapping[str, Any]) -> PaymentState | N
     return state
 
 
-def _status(fields: Mapping[str, Any]) -> PaymentStatus:
-    """A PaymentStatus from query-response or notification fields (same names in both)."""
+def _status(fields: Mapping[str, Any]) -> TradeStatus:
+    """A TradeStatus from query-response or notification fields (same names in both)."""
     raw = str(fields.get("trade_status") or "")
     state = _trade_state(raw, fields)
     if state is None:
         raise ProviderRejected(_NAME, f"unknown trade_status {raw!r}", code="INVALID_RESPONSE")
     paid_at = _parse_time(fields.get("send_pay_date")) or _parse_time(fields.get("gmt_payment"))
-    return PaymentStatus(
+    return TradeStatus(
         state=state,
         raw_status=raw,
         provider_ref=fields.get("trade_no") or None,
@@ -273,11 +273,11 @@ class AlipayProvider:
             raise ProviderRejected(_NAME, "precreate returned no qr_code", code="INVALID_RESPONSE")
         return PaymentCreated(provider_ref=None, instructions={"qr_code": str(qr_code)})
 
-    def query(self, ref: PaymentRef) -> PaymentStatus:
+    def query(self, ref: PaymentRef) -> TradeStatus:
         """The trade's state; ``NOT_FOUND`` while Alipay does not know it (e.g. not scanned)."""
         body = self._call("alipay.trade.query", _trade_ref(ref), outcomes={_NOT_EXIST})
         if body.get("sub_code") == _NOT_EXIST:
-            return PaymentStatus(PaymentState.NOT_FOUND, raw_status=_NOT_EXIST)
+            return TradeStatus(PaymentState.NOT_FOUND, raw_status=_NOT_EXIST)
         return _status(body)
 
     def close(self, request: ClosePayment) -> CloseResult:
@@ -293,8 +293,8 @@ class AlipayProvider:
         except ProviderRejected as refusal:
             return self._settle_failed_close(request.ref, refusal)
         if body.get("sub_code") == _NOT_EXIST:
-            return CloseResult(True, PaymentStatus(PaymentState.CLOSED, raw_status=_NOT_EXIST))
-        status = PaymentStatus(
+            return CloseResult(True, TradeStatus(PaymentState.CLOSED, raw_status=_NOT_EXIST))
+        status = TradeStatus(
             PaymentState.CLOSED,
             raw_status="TRADE_CLOSED",
             provider_ref=body.get("trade_no") or request.ref.provider_ref,

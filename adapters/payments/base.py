@@ -37,7 +37,6 @@ __all__ = [
     "PaymentProvider",
     "PaymentRef",
     "PaymentState",
-    "PaymentStatus",
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",
@@ -45,6 +44,7 @@ __all__ = [
     "RefundResult",
     "RefundState",
     "SignatureInvalid",
+    "TradeStatus",
 ]
 
 
@@ -112,7 +112,10 @@ class PaymentCreated:
 
 
 @dataclass(frozen=True, slots=True)
-class PaymentStatus:
+class TradeStatus:
+    """What the provider says about a trade (named apart from ``domain.payments.PaymentStatus``,
+    our own payment row's status, which this answer may move)."""
+
     state: PaymentState
     raw_status: str  # the provider's own status string, stored beside the normalized one
     provider_ref: str | None = None
@@ -141,7 +144,7 @@ class CloseResult:
     """
 
     closed: bool
-    status: PaymentStatus
+    status: TradeStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +173,7 @@ class Notification:
     kind: NotificationKind
     event_id: str  # unique per event (Alipay notify_id, WeChat id, Stripe evt_…) for dedupe
     out_trade_no: str | None
-    status: PaymentStatus | None = None  # for PAYMENT
+    status: TradeStatus | None = None  # for PAYMENT
     refund: RefundResult | None = None  # for REFUND
     raw_type: str = ""  # e.g. trade_status_sync, TRANSACTION.SUCCESS, payment_intent.succeeded
 
@@ -194,7 +197,7 @@ class PaymentProvider(Protocol):
         """Create the payment; repeating the same request returns the same payment."""
         ...
 
-    def query(self, ref: PaymentRef) -> PaymentStatus:
+    def query(self, ref: PaymentRef) -> TradeStatus:
         """The payment's current state at the provider."""
         ...
 

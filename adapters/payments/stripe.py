@@ -62,7 +62,6 @@ from adapters.payments.base import (
     PaymentCreated,
     PaymentRef,
     PaymentState,
-    PaymentStatus,
     ProviderError,
     ProviderRejected,
     ProviderUnavailable,
@@ -70,6 +69,7 @@ from adapters.payments.base import (
     RefundResult,
     RefundState,
     SignatureInvalid,
+    TradeStatus,
 )
 from domain.money import Money, MoneyError
 
@@ -279,7 +279,7 @@ class StripeProvider:
             instructions={"client_secret": _str(pi, "client_secret")},
         )
 
-    def query(self, ref: PaymentRef) -> PaymentStatus:
+    def query(self, ref: PaymentRef) -> TradeStatus:
         """GET /v1/payment_intents/{id} with the latest charge expanded."""
         pi = self._get(f"/v1/payment_intents/{_pi_id(ref)}", [("expand[]", "latest_charge")])
         return _payment_status(pi)
@@ -300,7 +300,7 @@ class StripeProvider:
             except ProviderUnavailable as exc:
                 if exc.code != REPLAYED_FAILURE:
                     raise
-                never = PaymentStatus(PaymentState.NOT_FOUND, raw_status="never_created")
+                never = TradeStatus(PaymentState.NOT_FOUND, raw_status="never_created")
                 return CloseResult(closed=True, status=never)
             ref = PaymentRef(ref.out_trade_no, created.provider_ref)
         pi_id = _pi_id(ref)
@@ -430,7 +430,7 @@ class StripeProvider:
 
 
 # -- mapping Stripe objects -------------------------------------------------------------------
-def _payment_status(pi: Json, paid_at: datetime | None = None) -> PaymentStatus:
+def _payment_status(pi: Json, paid_at: datetime | None = None) -> TradeStatus:
     """Normalize a PaymentIntent; unknown statuses count as PENDING (never final by accident)."""
     raw = _str(pi, "status")
     state = _PI_STATES.get(raw, PaymentState.PENDING)
@@ -441,7 +441,7 @@ def _payment_status(pi: Json, paid_at: datetime | None = None) -> PaymentStatus:
         paid_at = paid_at or _timestamp(charge.get("created"))
     paid = state in (PaymentState.PAID, PaymentState.REFUNDED)
     amount = _int(pi, "amount_received" if paid else "amount")
-    return PaymentStatus(
+    return TradeStatus(
         state=state,
         raw_status=raw,
         provider_ref=_str(pi, "id"),
@@ -511,7 +511,7 @@ def _charge_refunded(event_id: str, event_type: str, charge: Json) -> Notificati
         out_trade_no = _metadata(charge, "out_trade_no")
     status = None
     if charge.get("refunded") is True:
-        status = PaymentStatus(
+        status = TradeStatus(
             state=PaymentState.REFUNDED,
             raw_status="refunded",
             provider_ref=_opt_str(charge, "payment_intent"),

@@ -23,7 +23,7 @@ Decisions worth knowing (each also commented where it is made):
   webhook must answer it with an error rather than act on it.
 * ``trade_state`` ``REFUND`` maps to ``REFUNDED`` although WeChat sets it on the first,
   possibly partial, refund; refund amounts are tracked per refund.
-* ``PaymentStatus.amount`` is the order total (``amount.total``), not ``payer_total``, which
+* ``TradeStatus.amount`` is the order total (``amount.total``), not ``payer_total``, which
   is lower when a coupon paid part of it.
 * ``base_url`` must be scheme and host only: the signed URL is the path WeChat sees.
 """
@@ -58,13 +58,13 @@ from adapters.payments.base import (
     PaymentCreated,
     PaymentRef,
     PaymentState,
-    PaymentStatus,
     ProviderRejected,
     ProviderUnavailable,
     RefundRequest,
     RefundResult,
     RefundState,
     SignatureInvalid,
+    TradeStatus,
 )
 from domain.money import Money, MoneyError
 
@@ -166,14 +166,14 @@ class WeChatPayProvider:
             instructions={"code_url": _require_str(reply.data, "code_url")},
         )
 
-    def query(self, ref: PaymentRef) -> PaymentStatus:
+    def query(self, ref: PaymentRef) -> TradeStatus:
         """The order's state, always looked up by ``out_trade_no`` (unpaid orders cannot be
         found by transaction id). An unknown order is ``NOT_FOUND``, not an error."""
         try:
             reply = self._call("GET", _order_path(ref.out_trade_no), query=self._mchid_query())
         except ProviderRejected as exc:
             if exc.code in _NOT_FOUND_CODES:
-                return PaymentStatus(PaymentState.NOT_FOUND, str(exc.code), ref.provider_ref)
+                return TradeStatus(PaymentState.NOT_FOUND, str(exc.code), ref.provider_ref)
             raise
         return _payment_status(reply.data)
 
@@ -476,10 +476,10 @@ def _money(amount: object, key: str) -> Money | None:
         raise _malformed("wechatpay", f"bad amount {key}={value!r}") from exc
 
 
-def _payment_status(data: Mapping[str, Any]) -> PaymentStatus:
+def _payment_status(data: Mapping[str, Any]) -> TradeStatus:
     """Map an order object (query answer or decrypted TRANSACTION.* resource)."""
     raw = _require_str(data, "trade_state")
-    return PaymentStatus(
+    return TradeStatus(
         # An unknown state is treated as not final: polling continues, nothing is concluded.
         state=_TRADE_STATES.get(raw, PaymentState.PENDING),
         raw_status=raw,
@@ -521,7 +521,7 @@ def _refund_result(data: Mapping[str, Any], refund_no: str, *, status_key: str) 
 
 
 def _closed(ref: PaymentRef, state: PaymentState, raw: str) -> CloseResult:
-    return CloseResult(closed=True, status=PaymentStatus(state, raw, ref.provider_ref))
+    return CloseResult(closed=True, status=TradeStatus(state, raw, ref.provider_ref))
 
 
 def _notification_kind(event_type: str) -> NotificationKind:

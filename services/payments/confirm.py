@@ -13,8 +13,8 @@ from adapters.payments.base import (
     Notification,
     NotificationKind,
     PaymentState,
+    TradeStatus,
 )
-from adapters.payments.base import PaymentStatus as ProviderStatus
 from domain.money import Money
 from domain.orders import OrderStatus, can_transition
 from domain.payments import CAPTURED, PaymentStatus, RefundStatus
@@ -42,7 +42,7 @@ def apply_status(
     session: Session,
     order: Order,
     payment: Payment,
-    status: ProviderStatus,
+    status: TradeStatus,
     *,
     now: datetime,
     source: str,
@@ -73,7 +73,7 @@ def apply_status(
 
 
 def _after_paid(
-    session: Session, order: Order, payment: Payment, status: ProviderStatus, *, now: datetime
+    session: Session, order: Order, payment: Payment, status: TradeStatus, *, now: datetime
 ) -> list[Followup]:
     expected = Money(payment.amount, payment.currency)
     if status.amount is not None and status.amount != expected:
@@ -166,7 +166,7 @@ def prepare_query(session: Session, payment_id: int) -> ProviderCall | None:
 
 
 def finish_query(
-    session: Session, order_id: str, status: ProviderStatus, *, now: datetime
+    session: Session, order_id: str, status: TradeStatus, *, now: datetime
 ) -> list[Followup]:
     order = lock_order(session, order_id)
     payment = lock_payment(session, order_id)

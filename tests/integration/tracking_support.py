@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from sqlalchemy import func, select
 
 from adapters.logistics.base import TrackingEvent as Ev
-from adapters.logistics.base import TrackingResult, TrackingStatus
-from domain.tracking import Cadence
+from adapters.logistics.base import TrackingResult
+from domain.tracking import Cadence, ShipmentStatus
 from models import Order, OrderEvent, Shipment, TrackingEvent
 from services.tracking import apply_result
 from services.unit_of_work import unit_of_work
 
-TS = TrackingStatus
+TS = ShipmentStatus
 CN = timezone(timedelta(hours=8))  # Kuaidi100 reports Beijing time
 CADENCE = Cadence()
 MIN_INTERVAL = CADENCE.min_interval

@@ -16,7 +16,6 @@ from adapters.logistics.base import (
     BookShipment,
     TrackingEvent,
     TrackingProvider,
-    TrackingStatus,
 )
 from adapters.payments.base import (
     SETTLED_ON_CREATE,
@@ -31,6 +30,7 @@ from adapters.payments.base import (
 )
 from domain.errors import ProviderRejected, ProviderUnavailable, SignatureInvalid
 from domain.money import Money
+from domain.tracking import ShipmentStatus
 from tests.fakes import (
     FakeBookingService,
     FakePaymentProvider,
@@ -38,7 +38,7 @@ from tests.fakes import (
     ManualClock,
 )
 
-S = TrackingStatus
+S = ShipmentStatus
 HOUR = 3600.0
 
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from adapters.logistics.base import BookShipment, TrackingEvent, TrackingStatus
-from domain.tracking import Cadence
+from adapters.logistics.base import BookShipment, TrackingEvent
+from domain.tracking import Cadence, ShipmentStatus
 from services import shipping
 from services.followup import Followup
 from services.shipping import BookingCall, ShippingConfig
@@ -117,7 +117,7 @@ def _carrier(clock: ManualClock) -> FakeTrackingProvider:
     carrier = FakeTrackingProvider(clock)
     for sid in (1, 2, 3):
         at = clock() - timedelta(hours=1)
-        scan = TrackingEvent(at, "揽收", "上海", TrackingStatus.IN_TRANSIT, "0")
+        scan = TrackingEvent(at, "揽收", "上海", ShipmentStatus.IN_TRANSIT, "0")
         carrier.register("yuantong", f"YT{sid:010d}", [scan])
     return carrier
 
@@ -129,7 +129,7 @@ def test_a_chunk_polls_what_the_quota_grants_and_hands_the_rest_back(poll_store)
     assert carrier.queries == {"YT0000000001": 1, "YT0000000002": 1}
     assert poll_store.args_of("release_lease")[0] == [3]
     recorded = [kw for n, _, kw in poll_store.calls if n == "record_poll"]
-    assert [r["result"].status for r in recorded] == [TrackingStatus.IN_TRANSIT] * 2
+    assert [r["result"].status for r in recorded] == [ShipmentStatus.IN_TRANSIT] * 2
     assert not any(r["failed"] for r in recorded)
 
 

@@ -8,11 +8,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-from adapters.logistics.base import PushUpdate, TrackingStatus
+from adapters.logistics.base import PushUpdate
 from adapters.logistics.kuaidi100 import Kuaidi100Config, Kuaidi100Provider
+from domain.tracking import ShipmentStatus
 from simulators.kuaidi100 import Kuaidi100Simulator
 
-S = TrackingStatus
+S = ShipmentStatus
 HOUR = 3600.0
 DAY = 86400.0
 CUSTOMER = "TESTCUSTOMER01"
