@@ -45,6 +45,8 @@ __all__ = [
     "RefundState",
     "SignatureInvalid",
     "TradeStatus",
+    "key_number",
+    "rotated_key",
 ]
 
 
@@ -52,6 +54,24 @@ __all__ = [
 #: replays a stored server error: retrying with the same key can never succeed, so the caller
 #: mints a new key. Safe for money: the failed attempt returned nothing the customer can pay.
 REPLAYED_FAILURE = "replayed_failure"
+
+
+def rotated_key(base: str, n: int) -> str:
+    """Key number ``n`` of the one rotation sequence every replayed failure moves along:
+    ``base``, ``base:r1``, ``base:r2`` ... Two ways to move, one sequence: the create key is
+    stored and moved by the payment service (a close must repeat exactly the key a create may
+    have used, even while the provider keeps failing), while a cancel or refund key is walked
+    from its start by the Stripe adapter on each call (repeating those is harmless, or checked
+    first), so that every worker reaches the same key without storing it."""
+    return base if n == 0 else f"{base}:r{n}"
+
+
+def key_number(base: str, key: str) -> int:
+    """Where ``key`` stands in ``base``'s sequence (0 for ``base``; keys minted before this
+    sequence was shared end ``-rN`` and count the same)."""
+    suffix = key.removeprefix(base)
+    return int(suffix[2:]) if suffix[:2] in (":r", "-r") else 0
+
 
 #: ``ProviderRejected.code`` values a *create* can answer when the trade already exists and is
 #: settled at the provider — a create replayed after the buyer paid (Alipay

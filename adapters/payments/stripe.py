@@ -13,7 +13,8 @@ Contracts beyond :class:`adapters.payments.base.PaymentProvider`:
   endpoint). Keys longer than Stripe's 255 characters are replaced by their SHA-256. When a
   cancel or refund key replays a stored 500, the next key of a fixed sequence (``…:r1``,
   ``…:r2``) is used — for a refund only after ``query_refund`` finds no refund with its number
-  (see :func:`_key_sequence`). ``create`` leaves that to the service (``REPLAYED_FAILURE``).
+  (see :func:`_key_sequence`). ``create`` leaves that to the service (``REPLAYED_FAILURE``), which
+  stores the next key of the same sequence (:func:`adapters.payments.base.rotated_key`).
 * ``query``/``refund``/``query_refund`` need ``ref.provider_ref`` (the ``pi_…`` id that
   ``create`` returned); without it they raise ``ProviderRejected(code="missing_reference")``.
   ``close`` without it repeats ``request.create`` with the same key to recover the id (a
@@ -70,6 +71,7 @@ from adapters.payments.base import (
     RefundState,
     SignatureInvalid,
     TradeStatus,
+    rotated_key,
 )
 from domain.money import Money, MoneyError
 
@@ -601,7 +603,7 @@ def _key_sequence(base_key: str) -> list[str]:
     (a replay is cheap), so all workers agree on the next key, and Stripe's idempotency makes that
     one key execute once — two workers never issue the same refund under two keys.
     """
-    return [base_key] + [f"{base_key}:r{n}" for n in range(1, _MAX_KEY_ROTATIONS + 1)]
+    return [rotated_key(base_key, n) for n in range(_MAX_KEY_ROTATIONS + 1)]
 
 
 def _move_on(exc: ProviderUnavailable, attempt: int) -> bool:

@@ -12,6 +12,8 @@ from adapters.payments.base import (
     SETTLED_ON_CREATE,
     CreatePayment,
     PaymentCreated,
+    key_number,
+    rotated_key,
 )
 from domain.errors import (
     NotFound,
@@ -158,9 +160,9 @@ def rotate_create_key(session: Session, order_id: str) -> None:
     payment = lock_payment(session, order_id)
     if payment is None or payment.status != PaymentStatus.CREATING:
         return
-    prefix = f"pay-{payment.out_trade_no}"  # keys are pay-<no>, then pay-<no>-r1, -r2, ...
-    attempt = int(payment.idempotency_key.removeprefix(prefix).removeprefix("-r") or 0) + 1
-    payment.idempotency_key = f"{prefix}-r{attempt}"
+    base = f"pay-{payment.out_trade_no}"
+    attempt = key_number(base, payment.idempotency_key) + 1
+    payment.idempotency_key = rotated_key(base, attempt)
     timeline.record(
         session, order_id, "payment", detail={"idempotency_key": "rotated", "attempt": attempt}
     )

@@ -71,3 +71,16 @@ def test_stripe_signature_within_300_s_either_way_is_accepted(age_s: int) -> Non
 def test_stripe_signature_past_300_s_either_way_is_refused(age_s: int) -> None:
     with pytest.raises(SignatureInvalid, match="tolerance"):
         verify_signature(header_at(int(NOW) - age_s), BODY, SECRET, 300, NOW)
+
+
+def test_one_key_rotation_sequence_for_stored_and_walked_keys():
+    from adapters.payments import stripe
+    from adapters.payments.base import key_number, rotated_key
+
+    base = "pay-0123456789abcdef0123456789abcdef"
+    keys = [rotated_key(base, n) for n in range(4)]
+    assert keys == [base, f"{base}:r1", f"{base}:r2", f"{base}:r3"]
+    assert [key_number(base, k) for k in keys] == [0, 1, 2, 3]
+    assert key_number(base, f"{base}-r7") == 7  # a key stored before the sequence was shared
+    # The adapter walks exactly the sequence the service stores along.
+    assert stripe._key_sequence(base)[:4] == keys
