@@ -217,7 +217,7 @@ class Options:
 
 
 # -- the simulator -------------------------------------------------------------------------------
-class AlipaySimulator:
+class AlipaySimulator(SimulatorServer):
     """An Alipay gateway on 127.0.0.1. ``alipay_public_key_pem`` verifies what it signs."""
 
     def __init__(
@@ -230,6 +230,7 @@ class AlipaySimulator:
         notify_retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0),
         **options: Any,
     ) -> None:
+        super().__init__("alipay", port=port, error_response=self._bad_gateway)
         self.app_id = app_id
         self.seller_id = seller_id
         app_key = serialization.load_pem_public_key(app_public_key_pem)
@@ -242,51 +243,39 @@ class AlipaySimulator:
         )
         self._initial_options = Options(**options)
         self.options = copy.copy(self._initial_options)
-        self._lock = threading.RLock()
-        self._rng = random.Random()
+        self._state = threading.RLock()
+        self._jitter_rng = random.Random()  # notify jitter; the harness's _rng draws faults
         self._timers: list[threading.Timer] = []
         self._clear_state()
         self.notifier = Notifier(
             is_ack=lambda resp: resp.content == b"success", retry_delays=notify_retry_delays
         )
-        self.server = SimulatorServer("alipay", port=port, error_response=self._bad_gateway)
         self._register_routes()
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
     def gateway_url(self) -> str:
-        return f"{self.server.url}/gateway.do"
+        return f"{self.url}/gateway.do"
 
     def start(self) -> AlipaySimulator:
-        self.server.start()
+        super().start()
         return self
 
     def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()
         self.notifier.stop()
-        self.server.stop()
+        super().stop()
 
     def __enter__(self) -> AlipaySimulator:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def set_faults(self, **changes: Any) -> None:
-        """Harness faults: error_rate, timeout_rate, reset_rate, hang_seconds, business_error…"""
-        self.server.set_faults(**changes)
 
     def configure(self, **changes: Any) -> None:
         """Change :class:`Options` fields at run time."""
         unknown = set(changes) - set(asdict(self.options))
         if unknown:
             raise ValueError(f"unknown options: {sorted(unknown)}")
-        with self._lock:
+        with self._state:
             for key, value in changes.items():
                 setattr(self.options, key, value)
 
@@ -299,7 +288,7 @@ class AlipaySimulator:
         self._clear_state()
 
     def _clear_state(self) -> None:
-        with self._lock:
+        with self._state:
             self.trades: dict[str, Trade] = {}
             self.charges: list[dict[str, Any]] = []
             self.refunds: dict[tuple[str, str], Refund] = {}
@@ -310,7 +299,7 @@ class AlipaySimulator:
     # -- control -----------------------------------------------------------------------------
     def ledger(self) -> dict[str, Any]:
         """Trades (by out_trade_no), charges, refunds and notifications, as plain JSON data."""
-        with self._lock:
+        with self._state:
             return {
                 "trades": {k: t.snapshot() for k, t in self.trades.items()},
                 "charges": [dict(c) for c in self.charges],
@@ -321,7 +310,7 @@ class AlipaySimulator:
 
     def scan(self, out_trade_no: str) -> dict[str, Any]:
         """The buyer scans the QR code: the trade becomes visible (WAIT_BUYER_PAY)."""
-        with self._lock:
+        with self._state:
             trade = self._payable(out_trade_no)
             trade.scanned = True
             return trade.snapshot()
@@ -332,7 +321,7 @@ class AlipaySimulator:
         ``amount`` (yuan string) makes Alipay report a different paid ``total_amount`` — for
         testing that the merchant checks it. Paying a paid trade again changes nothing.
         """
-        with self._lock:
+        with self._state:
             trade = self.trades.get(out_trade_no)
             if trade is not None and trade.paid_at is not None:
                 return trade.snapshot()
@@ -361,7 +350,7 @@ class AlipaySimulator:
         """Send notifications held by ``notify_hold``, newest first by default, ``spacing``
         seconds apart (the notifier delivers due items concurrently, so order needs a gap).
         Returns how many were released."""
-        with self._lock:
+        with self._state:
             held, self._held = self._held, []
         for i, (url, body) in enumerate(reversed(held) if reverse else held):
             self._dispatch(url, body, extra_delay=i * spacing)
@@ -421,21 +410,22 @@ class AlipaySimulator:
         headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
         opts = self.options
         for _ in range(max(1, opts.notify_copies)):
-            delay = extra_delay + opts.notify_delay + self._rng.uniform(0, opts.notify_jitter)
+            delay = (
+                extra_delay + opts.notify_delay + self._jitter_rng.uniform(0, opts.notify_jitter)
+            )
             self.notifier.send(url, body, headers, delay=delay)
 
     # -- HTTP --------------------------------------------------------------------------------
     def _register_routes(self) -> None:
-        srv = self.server
-        srv.route("POST", "/gateway.do", self._gateway)
-        srv.route("GET", "/gateway.do", self._gateway)
-        srv.ledger_provider = self.ledger
-        srv.reset_hooks.append(self.reset_state)
-        srv.route("POST", "/_sim/pay", self._http_control(self.pay, "out_trade_no", "amount"))
-        srv.route("POST", "/_sim/scan", self._http_control(self.scan, "out_trade_no"))
-        srv.route("POST", "/_sim/options", self._http_options)
-        srv.route("POST", "/_sim/notifications/release", self._http_release)
-        srv.route("GET", "/_sim/alipay_public_key", self._http_public_key)
+        self.route("POST", "/gateway.do", self._gateway)
+        self.route("GET", "/gateway.do", self._gateway)
+        self.ledger_provider = self.ledger
+        self.reset_hooks.append(self.reset_state)
+        self.route("POST", "/_sim/pay", self._http_control(self.pay, "out_trade_no", "amount"))
+        self.route("POST", "/_sim/scan", self._http_control(self.scan, "out_trade_no"))
+        self.route("POST", "/_sim/options", self._http_options)
+        self.route("POST", "/_sim/notifications/release", self._http_release)
+        self.route("GET", "/_sim/alipay_public_key", self._http_public_key)
 
     def _http_control(self, action: Any, *names: str) -> Any:
         def handler(req: Request) -> Response:
@@ -479,7 +469,7 @@ class AlipaySimulator:
             handler = self._check_request(params)
             self._raise_business_fault()
             biz = self._biz(params)
-            with self._lock:
+            with self._state:
                 body = handler(biz, params)
         except _GatewayError as exc:
             return Response.json({"error_response": exc.body})
@@ -526,7 +516,7 @@ class AlipaySimulator:
             raise _GatewayError("40002", "isv.invalid-timestamp", "时间戳超出允许范围")
 
     def _raise_business_fault(self) -> None:
-        sub_code = self.server.faults.business_error
+        sub_code = self.faults.business_error
         if not sub_code:
             return
         if sub_code in _UNAVAILABLE_SUB_CODES:
@@ -569,7 +559,7 @@ class AlipaySimulator:
         if trade.status == "WAIT_BUYER_PAY" and trade.time_expire and _now() > trade.time_expire:
             trade.status, trade.closed_at = "TRADE_CLOSED", _ts()
 
-    def _find(self, biz: dict[str, Any]) -> Trade | None:
+    def _find_trade(self, biz: dict[str, Any]) -> Trade | None:
         out_trade_no, trade_no = biz.get("out_trade_no"), biz.get("trade_no")
         if not out_trade_no and not trade_no:
             raise _BizError("ACQ.INVALID_PARAMETER", "out_trade_no 和 trade_no 不能同时为空")
@@ -583,7 +573,7 @@ class AlipaySimulator:
 
     def _visible(self, biz: dict[str, Any]) -> Trade:
         """The trade as Alipay shows it: not there until scanned (unless visible_before_scan)."""
-        trade = self._find(biz)
+        trade = self._find_trade(biz)
         if trade is None or not (trade.scanned or self.options.visible_before_scan):
             raise _BizError("ACQ.TRADE_NOT_EXIST", "交易不存在")
         return trade
@@ -658,7 +648,7 @@ class AlipaySimulator:
         return {k: v for k, v in body.items() if v != ""}
 
     def _close(self, biz: dict[str, Any], _params: dict[str, str]) -> dict[str, Any]:
-        trade = self._find(biz)
+        trade = self._find_trade(biz)
         if trade is None:
             raise _BizError("ACQ.TRADE_NOT_EXIST", "交易不存在")
         if not trade.scanned and not self.options.visible_before_scan:
@@ -769,10 +759,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.alipay_public_key_out:
         args.alipay_public_key_out.write_bytes(sim.alipay_public_key_pem)
     print(f"alipay public key: {sim.url}/_sim/alipay_public_key", flush=True)
-    try:
-        serve_forever(sim.server)
-    finally:
-        sim.notifier.stop()
+    serve_forever(sim)  # stop() cancels timers and stops the notifier too
 
 
 if __name__ == "__main__":

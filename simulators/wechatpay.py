@@ -160,7 +160,7 @@ def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
     return key
 
 
-class WeChatPaySimulator:
+class WeChatPaySimulator(SimulatorServer):
     """A WeChat Pay v3 server for one merchant (``mchid``/``appid``) on 127.0.0.1.
 
     It generates its own platform key pair; give ``platform_serial`` and
@@ -183,6 +183,7 @@ class WeChatPaySimulator:
     ) -> None:
         if len(api_v3_key) != 32:
             raise ValueError("api_v3_key must be 32 bytes")
+        super().__init__("wechatpay", port=port, error_response=self._system_error)
         self.mchid = mchid
         self.appid = appid
         self.merchant_serial_no = merchant_serial_no
@@ -196,44 +197,29 @@ class WeChatPaySimulator:
         self.options = SimOptions()
         self.options.update(options)
         self._initial_options = asdict(self.options)
-        self._lock = threading.RLock()
+        self._state = threading.RLock()
         self._clear_state()
         self.notifier = Notifier(lambda r: r.status_code in (200, 204), notify_retry_delays)
-        self.server = SimulatorServer("wechatpay", port=port, error_response=self._system_error)
-        self.server.ledger_provider = self.ledger
-        self.server.reset_hooks.append(self._on_reset)
+        self.ledger_provider = self.ledger
+        self.reset_hooks.append(self._on_reset)  # reset(): faults, state and options
         self._register_routes()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return self.server.url
-
     def start(self) -> WeChatPaySimulator:
-        self.server.start()
+        super().start()
         return self
 
     def stop(self) -> None:
-        self.server.stop()
-        self.notifier.stop()
         for timer in list(self._timers):
             timer.cancel()
+        self.notifier.stop()
+        super().stop()
 
     def __enter__(self) -> WeChatPaySimulator:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def reset(self) -> None:
-        """Clear faults, state (orders, refunds, notifications) and options."""
-        self.server.reset()
-
-    def set_faults(self, **changes: Any) -> None:
-        self.server.set_faults(**changes)
-
     def set_options(self, **changes: Any) -> None:
-        with self._lock:
+        with self._state:
             self.options.update(changes)
 
     def _clear_state(self) -> None:
@@ -245,7 +231,7 @@ class WeChatPaySimulator:
         self.notifications: list[dict[str, Any]] = []
 
     def _on_reset(self) -> None:
-        with self._lock:
+        with self._state:
             for timer in self._timers:
                 timer.cancel()
             self._clear_state()
@@ -254,20 +240,19 @@ class WeChatPaySimulator:
     # -- routes ----------------------------------------------------------------------------------
     def _register_routes(self) -> None:
         api = self._api
-        s = self.server
-        s.route("POST", "/v3/pay/transactions/native", api(self._native))
-        s.route("GET", "/v3/pay/transactions/out-trade-no/", api(self._query), prefix=True)
-        s.route("POST", "/v3/pay/transactions/out-trade-no/", api(self._close), prefix=True)
-        s.route("GET", "/v3/pay/transactions/id/", api(self._query_by_id), prefix=True)
-        s.route("POST", "/v3/refund/domestic/refunds", api(self._refund))
-        s.route("GET", "/v3/refund/domestic/refunds/", api(self._refund_query), prefix=True)
-        s.route("POST", "/_sim/pay", self._control(self._sim_pay))
-        s.route("GET", "/_sim/options", lambda _r: Response.json(asdict(self.options)))
-        s.route("POST", "/_sim/options", self._control(self._sim_options))
-        s.route("POST", "/_sim/refunds/settle", self._control(self._sim_settle))
-        s.route("POST", "/_sim/notifications/release", self._control(self._sim_release))
-        s.route("GET", "/_sim/notifications", lambda _r: Response.json(self._notification_log()))
-        s.route("GET", "/_sim/platform", lambda _r: Response.json(self._platform_info()))
+        self.route("POST", "/v3/pay/transactions/native", api(self._native))
+        self.route("GET", "/v3/pay/transactions/out-trade-no/", api(self._query), prefix=True)
+        self.route("POST", "/v3/pay/transactions/out-trade-no/", api(self._close), prefix=True)
+        self.route("GET", "/v3/pay/transactions/id/", api(self._query_by_id), prefix=True)
+        self.route("POST", "/v3/refund/domestic/refunds", api(self._refund))
+        self.route("GET", "/v3/refund/domestic/refunds/", api(self._refund_query), prefix=True)
+        self.route("POST", "/_sim/pay", self._control(self._sim_pay))
+        self.route("GET", "/_sim/options", lambda _r: Response.json(asdict(self.options)))
+        self.route("POST", "/_sim/options", self._control(self._sim_options))
+        self.route("POST", "/_sim/refunds/settle", self._control(self._sim_settle))
+        self.route("POST", "/_sim/notifications/release", self._control(self._sim_release))
+        self.route("GET", "/_sim/notifications", lambda _r: Response.json(self._notification_log()))
+        self.route("GET", "/_sim/platform", lambda _r: Response.json(self._platform_info()))
 
     def _api(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
         """Wrap a provider route: authenticate, inject business errors, sign the answer."""
@@ -275,7 +260,7 @@ class WeChatPaySimulator:
         def wrapped(req: Request) -> Response:
             try:
                 self._authenticate(req)
-                code = self.server.faults.business_error
+                code = self.faults.business_error
                 if code:
                     raise SimError(code, "simulated business error")
                 resp = handler(req)
@@ -408,7 +393,7 @@ class WeChatPaySimulator:
         headers, body = self.build_notification(
             event_type, resource, summary=summary, corrupt_signature=corrupt
         )
-        with self._lock:
+        with self._state:
             self.notifications.append(
                 {"url": url, "event_type": event_type, "headers": headers, "body": body}
             )
@@ -421,7 +406,7 @@ class WeChatPaySimulator:
     def release_notifications(self, *, reverse: bool = False) -> int:
         """Send held notifications, oldest first (or newest first), 50 ms apart so the order
         of arrival is the order chosen. Returns how many were released."""
-        with self._lock:
+        with self._state:
             held, self._held = self._held, []
         if reverse:
             held.reverse()
@@ -454,7 +439,7 @@ class WeChatPaySimulator:
         body = self._json_body(req)
         self._validate_native(body)
         no = body["out_trade_no"]
-        with self._lock:
+        with self._state:
             order = self._orders.get(no)
             if order is None:
                 order = self._new_order(body)
@@ -551,7 +536,7 @@ class WeChatPaySimulator:
     def _query(self, req: Request) -> Response:
         no = self._order_path_no(req, "/v3/pay/transactions/out-trade-no/")
         self._check_mchid(req.query.get("mchid"), "query")
-        with self._lock:
+        with self._state:
             order = self._orders.get(no)
             if order is None:
                 raise SimError(self.options.not_found_code, "订单不存在")
@@ -560,7 +545,7 @@ class WeChatPaySimulator:
     def _query_by_id(self, req: Request) -> Response:
         tid = self._order_path_no(req, "/v3/pay/transactions/id/")
         self._check_mchid(req.query.get("mchid"), "query")
-        with self._lock:
+        with self._state:
             for order in self._orders.values():
                 if order["transaction_id"] == tid:
                     return Response.json(self._order_object(order))
@@ -571,7 +556,7 @@ class WeChatPaySimulator:
         if not rest.endswith("/close"):
             raise SimError("INVALID_REQUEST", f"no route POST {req.path}", status=404)
         self._check_mchid(self._json_body(req).get("mchid"))
-        with self._lock:
+        with self._state:
             order = self._orders.get(rest[: -len("/close")])
             if order is None:
                 raise SimError(self.options.not_found_code, "订单不存在")
@@ -611,7 +596,7 @@ class WeChatPaySimulator:
     def _refund(self, req: Request) -> Response:
         body = self._json_body(req)
         self._validate_refund(body)
-        with self._lock:
+        with self._state:
             existing = self._refunds.get(body["out_refund_no"])
             if existing is not None:
                 return self._refund_replay(existing, body)
@@ -691,7 +676,7 @@ class WeChatPaySimulator:
 
     def _refund_query(self, req: Request) -> Response:
         no = unquote(req.path[len("/v3/refund/domestic/refunds/") :])
-        with self._lock:
+        with self._state:
             refund = self._refunds.get(no)
             if refund is None:
                 raise SimError("RESOURCE_NOT_EXISTS", "退款单不存在")
@@ -753,7 +738,7 @@ class WeChatPaySimulator:
         notification to the order's notify_url. ``amount`` (fen) overrides what is recorded as
         paid, to simulate a mismatch. Paying a paid order again changes nothing.
         Raises LookupError (unknown order) or ValueError (closed or expired)."""
-        with self._lock:
+        with self._state:
             order = self._orders.get(out_trade_no)
             if order is None:
                 raise LookupError(f"no order {out_trade_no!r}")
@@ -800,7 +785,7 @@ class WeChatPaySimulator:
         ABNORMAL, and send the REFUND.* notification. A final refund is left as it is."""
         if status not in ("SUCCESS", "CLOSED", "ABNORMAL"):
             raise ValueError(f"bad refund status {status!r}")
-        with self._lock:
+        with self._state:
             refund = self._refunds.get(out_refund_no)
             if refund is None:
                 raise LookupError(f"no refund {out_refund_no!r}")
@@ -817,7 +802,7 @@ class WeChatPaySimulator:
 
     def ledger(self) -> dict[str, Any]:
         """Orders (amount and state), charges and refunds, as JSON-ready data."""
-        with self._lock:
+        with self._state:
             orders = {
                 no: {
                     k: o[k]
@@ -851,7 +836,7 @@ class WeChatPaySimulator:
             return {"orders": orders, "charges": list(self._charges), "refunds": refunds}
 
     def _notification_log(self) -> list[dict[str, Any]]:
-        with self._lock:
+        with self._state:
             return [{**n, "body": n["body"].decode("utf-8")} for n in self.notifications]
 
     def _platform_info(self) -> dict[str, str]:
@@ -958,10 +943,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.platform_key_out, "wb") as fh:
             fh.write(sim.platform_public_key_pem)
     print(f"platform serial {sim.platform_serial}", flush=True)
-    try:
-        serve_forever(sim.server)
-    finally:
-        sim.notifier.stop()
+    serve_forever(sim)  # stop() cancels timers and stops the notifier too
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def test_thirty_percent_provider_failures_still_paid_exactly_once(
     wait_until(lambda: status_counts() == {"PAID": 60}, 240, 0.5, show=pipeline_state)
     assert_charged_exactly_once(p, ids)
     failures = sum(
-        1 for sim in (p.stack.alipay.server, p.stack.wechatpay.server, p.stack.stripe)
+        1 for sim in (p.stack.alipay, p.stack.wechatpay, p.stack.stripe)
         for _m, path, status in sim.request_log
         if not path.startswith("/_sim") and (status == 0 or status >= 500)
     )  # fmt: skip
@@ -258,7 +258,7 @@ def test_provider_down_opens_circuit_orders_wait_then_pay(start_pipeline, catalo
     monkeypatch.setenv("CIRCUIT_COOLDOWN_S", "3")
     catalog({"W": 20})
     p = start_pipeline()
-    p.stack.wechatpay.server.set_faults(error_rate=1.0)
+    p.stack.wechatpay.set_faults(error_rate=1.0)
     ids = [p.post_order(order_message("W", 1, provider="wechatpay")) for _ in range(5)]
 
     def circuit_opened() -> bool:
@@ -279,7 +279,7 @@ def test_provider_down_opens_circuit_orders_wait_then_pay(start_pipeline, catalo
     assert 0 <= wait["retry_after_s"] <= 3
     time.sleep(2)
     assert status_counts() == {"RESERVED": 5}  # waiting, not failed
-    p.stack.wechatpay.server.set_faults(error_rate=0.0)
+    p.stack.wechatpay.set_faults(error_rate=0.0)
     p.stack.auto_pay(100)
     wait_until(lambda: status_counts() == {"PAID": 5}, 120, 0.5)
     assert_charged_exactly_once(p, ids)

@@ -36,7 +36,7 @@ def running_sim(app_key: rsa.RSAPrivateKey) -> Iterator[AlipaySimulator]:
 
 @pytest.fixture
 def sim(running_sim: AlipaySimulator) -> AlipaySimulator:
-    running_sim.server.reset()  # faults, trades, refunds, notifications and options
+    running_sim.reset()  # faults, trades, refunds, notifications and options
     return running_sim
 
 

@@ -110,11 +110,11 @@ def test_non_cny_amount_is_refused_before_any_call(
         notify_url="http://127.0.0.1:9/notify",
         expires_at=datetime(2099, 1, 1, tzinfo=UTC),
     )
-    calls_before = len(sim.server.request_log)
+    calls_before = len(sim.request_log)
     with pytest.raises(ValidationError):
         provider.create(request)
     assert sim.ledger()["trades"] == {}
-    assert len(sim.server.request_log) == calls_before
+    assert len(sim.request_log) == calls_before
 
 
 def test_auto_pay_after_precreate(provider: AlipayProvider, sim: AlipaySimulator) -> None:
