@@ -41,30 +41,27 @@ class ValidationError(OrderflowError):
         self.reason = reason
 
 
-class ConflictError(OrderflowError):
+class _AboutAField(OrderflowError):
+    """An error about one input: ``field`` names it, ``reason`` says what is wrong with it (the
+    message when omitted)."""
+
+    def __init__(
+        self, message: str, *, field: str | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = message if reason is None else reason
+
+
+class ConflictError(_AboutAField):
     """The request contradicts what is stored: an idempotency key reused with a different body, a
-    taken SKU or waybill, an order past the stage the request needs. ``field`` names the input
-    field it is about (``external_id``, ``sku``, ``status``...), ``reason`` says what is wrong
-    with it (the message when omitted)."""
-
-    def __init__(
-        self, message: str, *, field: str | None = None, reason: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.field = field
-        self.reason = message if reason is None else reason
+    taken SKU or waybill, an order past the stage the request needs (``field``: ``external_id``,
+    ``sku``, ``status``...)."""
 
 
-class NotFound(OrderflowError):
-    """The referenced entity does not exist. ``field`` names the input field whose value matched
-    nothing (``order_id``, ``sku``...), ``reason`` says so (the message when omitted)."""
-
-    def __init__(
-        self, message: str, *, field: str | None = None, reason: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.field = field
-        self.reason = message if reason is None else reason
+class NotFound(_AboutAField):
+    """The referenced entity does not exist (``field``: the input whose value matched nothing,
+    ``order_id``, ``sku``...)."""
 
 
 class InvalidTransition(OrderflowError):
