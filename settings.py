@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         10.0, gt=0, description="First status query after create; doubles up to the max"
     )
     payment_query_max_s: float = Field(300.0, gt=0, description="Longest gap between queries")
+    payment_create_min_left_s: float = Field(
+        1.0,
+        ge=0,
+        description="A payment create with less left before the deadline expires the "
+        "order instead of calling the provider (late work never pages anyone)",
+    )
     reconcile_interval_s: float = Field(86400.0, gt=0, description="Beat period of reconcile")
     reconcile_sample: int = Field(50, ge=0, description="Final payments re-checked per reconcile")
     circuit_min_calls: int = Field(

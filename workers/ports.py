@@ -29,6 +29,7 @@ def payment_config() -> PaymentConfig:
         notify_base_url=s.public_base_url,
         create_redrive_s=s.create_redrive_s,
         first_query_s=s.payment_query_first_s,
+        create_min_left_s=s.payment_create_min_left_s,
     )
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 from services.payments.close import (
     cancel_order,
     close,
-    expire_order,
     finish_close,
     prepare_close,
 )
@@ -41,6 +40,7 @@ from services.payments.common import (
     PaymentConfig,
     ProviderCall,
     Providers,
+    expire_order,
     lock_payment,
     move_payment,
     provider_ref,

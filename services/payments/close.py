@@ -19,7 +19,7 @@ from domain.errors import (
 )
 from domain.orders import CANCELLABLE, OrderStatus
 from domain.payments import CAPTURED, PaymentStatus
-from models import Order, Shipment
+from models import Shipment
 from services.followup import Followup
 from services.order_state import lock_order, move_order
 from services.payments.common import (
@@ -28,6 +28,7 @@ from services.payments.common import (
     PaymentConfig,
     ProviderCall,
     Providers,
+    expire_order,
     lock_payment,
     move_payment,
     provider_ref,
@@ -90,14 +91,6 @@ def prepare_close(
         create = create_request(order, payment, order.payment_deadline or now, notify_base_url)
     request = ClosePayment(provider_ref(payment), f"close-{payment.out_trade_no}", create=create)
     return ProviderCall(order_id, payment.provider, request)
-
-
-def expire_order(session: Session, order: Order, *, now: datetime) -> None:
-    """Release the order's stock and move it to EXPIRED (order row locked by the caller)."""
-    release_reservations(session, [order.id], now=now, reason="payment deadline passed")
-    order.reason = "payment_timeout"
-    order.stage_deadline = None
-    move_order(session, order, OrderStatus.EXPIRED, reason="payment_timeout")
 
 
 def finish_close(

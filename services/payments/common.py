@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -16,8 +17,10 @@ from adapters.payments.base import (
 )
 from domain.orders import OrderStatus
 from domain.payments import PaymentStatus, payment_can_move
-from models import Payment
+from models import Order, Payment
 from services import timeline
+from services.order_state import move_order
+from services.stock import release_reservations
 
 AWAITING = (OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT)
 #: How long an in-flight close/create keeps the sweeper away from an order.
@@ -54,6 +57,10 @@ class PaymentConfig:
     create_redrive_s: int = 30
     #: The first status query after a create; later ones back off (see ``claim_due``).
     first_query_s: float = 5.0
+    #: A create with less than this left before the payment deadline is not sent: the order
+    #: expires instead (nobody can pay in that time, and WeChat Pay refuses a ``time_expire``
+    #: in the past, which would page an operator for work that was simply late).
+    create_min_left_s: float = 1.0
 
 
 _LOCK_PAYMENT = select(Payment).where(Payment.order_id == bindparam("order_id")).with_for_update()
@@ -78,3 +85,11 @@ def move_payment(session: Session, payment: Payment, target: PaymentStatus, **de
 
 def provider_ref(payment: Payment) -> PaymentRef:
     return PaymentRef(payment.out_trade_no, payment.provider_ref)
+
+
+def expire_order(session: Session, order: Order, *, now: datetime) -> None:
+    """Release the order's stock and move it to EXPIRED (order row locked by the caller)."""
+    release_reservations(session, [order.id], now=now, reason="payment deadline passed")
+    order.reason = "payment_timeout"
+    order.stage_deadline = None
+    move_order(session, order, OrderStatus.EXPIRED, reason="payment_timeout")

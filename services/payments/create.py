@@ -3,6 +3,7 @@ provider answered (created, settled on create, a replayed failure, a refusal).""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
@@ -28,22 +29,28 @@ from services import timeline
 from services.followup import Followup
 from services.order_state import lock_order, move_order
 from services.payments.common import (
+    LEASE_S,
     PaymentConfig,
     ProviderCall,
     Providers,
+    expire_order,
     lock_payment,
     move_payment,
 )
 from services.ports import Outcome, Ports
 from services.provider_calls import CircuitOpen
-from services.task_names import PAYMENTS_QUERY
+from services.task_names import PAYMENTS_EXPIRE, PAYMENTS_QUERY
 
 
 def create(order_id: str, providers: Providers, ports: Ports, config: PaymentConfig) -> Outcome:
     """Create the payment at the provider: RESERVED -> AWAITING_PAYMENT.
 
     Prepare (the payment row and its idempotency key, committed) -> the provider's ``create``
-    through the gate -> record. What each answer means:
+    through the gate -> record. Work that comes too late is not sent: with less than
+    ``create_min_left_s`` before the payment deadline (a backlog, a flash sale) the order
+    expires (stock released once, EXPIRED ``payment_timeout``), or, when an earlier attempt
+    may have reached the provider, the close runs first (``payments.expire``). What each
+    answer means:
 
     * created: instructions stored, the order awaits payment, the first query is scheduled;
     * circuit open: nothing happens now; the sweeper re-drives the order at its stage deadline;
@@ -53,10 +60,9 @@ def create(order_id: str, providers: Providers, ports: Ports, config: PaymentCon
       minted, then the error is raised for the task to retry, like every other transient one.
     """
     with ports.uow() as session:
-        plan = prepare_create(
-            session, order_id, now=ports.clock(), notify_base_url=config.notify_base_url,
-            redrive_s=config.create_redrive_s,
-        )  # fmt: skip
+        plan = prepare_create(session, order_id, now=ports.clock(), config=config)
+    if isinstance(plan, TooLate):
+        return Outcome.of("too_late", plan.followups)
     if plan is None:
         return Outcome("noop")
     request = plan.request
@@ -90,14 +96,24 @@ def _refused(order_id: str, error: ProviderRejected, ports: Ports) -> Outcome:
     return Outcome("rejected")
 
 
+@dataclass(frozen=True, slots=True)
+class TooLate:
+    """The create came too late to send (see :func:`create`); ``followups`` to publish."""
+
+    followups: list[Followup]
+
+
 def prepare_create(
-    session: Session, order_id: str, *, now: datetime, notify_base_url: str, redrive_s: int
-) -> ProviderCall | None:
-    """Store the payment (and its idempotency key) for a RESERVED order; None if not needed."""
+    session: Session, order_id: str, *, now: datetime, config: PaymentConfig
+) -> ProviderCall | TooLate | None:
+    """Store the payment (and its idempotency key) for a RESERVED order; None if not needed,
+    :class:`TooLate` if the payment deadline is (all but) past."""
     order = lock_order(session, order_id)
     if order.status != OrderStatus.RESERVED or order.payment_deadline is None:
         return None
     payment = lock_payment(session, order_id)
+    if order.payment_deadline - now < timedelta(seconds=config.create_min_left_s):
+        return TooLate(_too_late(session, order, payment, now=now))
     if payment is None:
         key = order.id.replace("-", "")  # 32 chars: fits every provider's merchant order number
         payment = Payment(
@@ -113,9 +129,22 @@ def prepare_create(
         )  # fmt: skip
     elif payment.status not in (PaymentStatus.CREATING, PaymentStatus.PENDING):
         return None
-    order.stage_deadline = now + timedelta(seconds=redrive_s)  # re-driven if this task dies
-    request = create_request(order, payment, order.payment_deadline, notify_base_url)
+    order.stage_deadline = now + timedelta(seconds=config.create_redrive_s)  # if this task dies
+    request = create_request(order, payment, order.payment_deadline, config.notify_base_url)
     return ProviderCall(order.id, payment.provider, request)
+
+
+def _too_late(
+    session: Session, order: Order, payment: Payment | None, *, now: datetime
+) -> list[Followup]:
+    """Nothing at the provider yet: expire here. A payment row means an earlier attempt may
+    have reached the provider (its answer lost): close that trade first, as expiry does."""
+    if payment is None:
+        expire_order(session, order, now=now)
+        return []
+    order.stage_deadline = now + timedelta(seconds=LEASE_S)  # the sweeper's re-drive, if lost
+    timeline.record(session, order.id, "payment", detail={"too_late": "close, then expire"})
+    return [Followup(PAYMENTS_EXPIRE, order.id)]
 
 
 def create_request(

@@ -70,16 +70,16 @@ def start_pipeline(pipeline_env, procs, db, api_key):
         payments_concurrency: int = 8,
         payments_pool: str = "threads",
         shipping: bool = False,
+        payments: bool = True,
     ) -> Pipeline:
-        """``shipping=False`` leaves PAID orders where they are (payment tests look at PAID)."""
+        """``shipping=False`` leaves PAID orders where they are (payment tests look at PAID);
+        ``payments=False`` starts no payments worker (a backlog builds up on its queue)."""
         get_settings.cache_clear()
         procs.api(port)
-        workers = [
-            procs.worker("orders", "orders,maintenance", concurrency=orders_concurrency),
-            procs.worker(
-                "payments", "payments", concurrency=payments_concurrency, pool=payments_pool
-            ),
-        ]
+        workers = [procs.worker("orders", "orders,maintenance", concurrency=orders_concurrency)]
+        if payments:
+            workers.append(procs.worker("payments", "payments", concurrency=payments_concurrency,
+                                        pool=payments_pool))  # fmt: skip
         if shipping:
             workers.append(procs.worker("shipping", "shipping,tracking", concurrency=8,
                                         pool="threads"))  # fmt: skip

@@ -20,6 +20,7 @@ from adapters.payments.base import PaymentCreated
 from models import Order, Shipment, TrackingEvent
 from services import callbacks, payments, shipping
 from services.order_state import lock_order, move_order
+from services.payments import PaymentConfig
 from services.reservation import reserve_order
 from services.unit_of_work import unit_of_work
 from tests.integration.callbacks_support import (
@@ -50,7 +51,7 @@ def test_every_status_change_reaches_the_receiver_signed(catalog, receiver):
 
     step("RESERVED", lambda s: reserve_order(s, oid, now=now(), payment_window_s=600))
     step("AWAITING_PAYMENT", lambda s: (
-        payments.prepare_create(s, oid, now=now(), notify_base_url="http://x", redrive_s=30),
+        payments.prepare_create(s, oid, now=now(), config=PaymentConfig("http://x")),
         payments.finish_create(s, oid, PaymentCreated("ref-1", {"qr_code": "https://qr/1"}),
                                now=now(), first_query_s=10),
     ))  # fmt: skip

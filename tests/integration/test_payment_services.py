@@ -187,3 +187,43 @@ def test_a_paid_order_whose_booking_started_cannot_be_cancelled(catalog):
         payments.cancel_order(s, oid, now=now(), actor="test", reason="too late")
     assert state(oid) == ("PAID", "PAID")
     assert stock_of("P") == (5, 2) and fake.refunds == {}
+
+
+def test_a_create_that_comes_after_the_deadline_expires_the_order_without_a_call(catalog):
+    """A backlog: the payment task runs after the payment deadline. Nothing is sent (WeChat Pay
+    would refuse the past time_expire and page an operator); the order expires, stock once."""
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid = reserved_order()
+    late = now() + timedelta(seconds=600)  # the 600 s payment window has passed
+    outcome = payments.create(oid, lambda name: fake, ports(late), CONFIG)
+    assert (outcome.result, outcome.followups) == ("too_late", ())
+    assert fake.trades == {}
+    assert state(oid) == ("EXPIRED", None)
+    with unit_of_work() as s:
+        assert s.get_one(Order, oid).reason == "payment_timeout"
+    assert stock_of("P") == (5, 0)
+    assert payments.create(oid, lambda name: fake, ports(late), CONFIG).result == "noop"
+    assert_stock_consistent()
+
+
+def test_a_late_create_after_an_attempt_that_may_have_reached_the_provider_closes_first(catalog):
+    """The first attempt's answer was lost (the trade may exist); the retry comes after the
+    deadline: it sends no create, and hands over to expiry, which closes that trade."""
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid = reserved_order()
+    fake.fail_next(after=True)  # the trade was created; the answer never arrived
+    with pytest.raises(ProviderUnavailable):
+        payments.create(oid, lambda name: fake, ports(), CONFIG)
+    late = now() + timedelta(seconds=600)
+    outcome = payments.create(oid, lambda name: fake, ports(late), CONFIG)
+    assert outcome.result == "too_late"
+    assert outcome.followups == (Followup("payments.expire", oid),)
+    assert len(fake.trades) == 1  # no second create
+    assert state(oid) == ("RESERVED", "CREATING")
+    assert close(fake, oid, late) == []  # what payments.expire runs
+    (trade,) = fake.trades.values()
+    assert trade.state is PaymentState.CLOSED
+    assert state(oid) == ("EXPIRED", "CLOSED") and stock_of("P") == (5, 0)
+    assert_stock_consistent()

@@ -24,7 +24,8 @@ from domain.money import Money
 from services import payments
 from services.followup import Followup
 from services.payments.common import PaymentConfig, ProviderCall
-from services.task_names import PAYMENTS_QUERY, SHIPPING_BOOK
+from services.payments.create import TooLate
+from services.task_names import PAYMENTS_EXPIRE, PAYMENTS_QUERY, SHIPPING_BOOK
 from tests.fakes import FakeGate, FakePaymentProvider, ManualClock
 from tests.unit.steps.support import Store, ports
 
@@ -79,6 +80,16 @@ def test_create_records_what_the_provider_created(fake, clock, store):
     created = store.args_of("finish_create")[1]
     assert created.provider_ref == fake.trades["T1"].provider_ref
     assert store.calls[1][2] == {"now": clock(), "first_query_s": 5}
+
+
+def test_a_create_too_late_to_send_calls_no_provider_and_publishes_what_it_was_told(
+    fake, clock, store
+):
+    store.answers["prepare_create"] = TooLate([Followup(PAYMENTS_EXPIRE, OID)])
+    outcome = _create(fake, clock)
+    assert outcome.result == "too_late"
+    assert outcome.followups == (Followup(PAYMENTS_EXPIRE, OID),)
+    assert fake.trades == {} and store.names() == ["prepare_create"]
 
 
 def test_create_with_nothing_to_do_calls_no_provider(fake, clock, store):
