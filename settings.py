@@ -90,6 +90,21 @@ class Settings(BaseSettings):
 
     # --- pipeline timing (seconds) ------------------------------------------------------------
     payment_window_s: int = Field(900, ge=1, description="Reservation lifetime / payment deadline")
+    intake_max_wait_s: float = Field(
+        300.0,
+        ge=0,
+        description="Back-pressure: refuse new orders (429) while the oldest "
+        "accepted order has waited this long to be reserved (0: no bound)",
+    )
+    intake_max_backlog: int = Field(
+        0,
+        ge=0,
+        description="Back-pressure: refuse new orders (429) while this many accepted "
+        "orders wait to be reserved (0: no bound)",
+    )
+    intake_retry_after_s: float = Field(
+        5.0, gt=0, description="The Retry-After a back-pressure refusal answers with"
+    )
     intake_redrive_s: int = Field(
         30, ge=1, description="A RECEIVED order untouched this long is re-driven by the sweeper"
     )

@@ -8,6 +8,7 @@ handlers on the app, so routes raise and never translate:
 * ``ValidationError``, FastAPI's ``RequestValidationError`` -> 422 ``validation_failed``
 * ``NotFound`` -> 404 ``not_found``
 * ``ConflictError``, ``InvalidTransition``, ``ReservationRefused`` -> 409 ``conflict``
+* ``Overloaded`` (intake back-pressure) -> 429 ``overloaded`` with ``Retry-After``
 * ``ProviderUnavailable`` -> 503 ``unavailable``; any other ``ProviderError`` -> 502
   ``provider_error``
 * any other ``OrderflowError`` (a bug: logged) -> 500 ``internal_error``
@@ -40,6 +41,7 @@ from domain.errors import (
     InvalidTransition,
     NotFound,
     OrderflowError,
+    Overloaded,
     ProviderError,
     ProviderUnavailable,
     ReservationRefused,
@@ -101,6 +103,7 @@ _STATUS: tuple[tuple[type[OrderflowError], int, str], ...] = (
     (ConflictError, 409, "conflict"),
     (InvalidTransition, 409, "conflict"),
     (ReservationRefused, 409, "conflict"),
+    (Overloaded, 429, "overloaded"),
     (ProviderUnavailable, 503, "unavailable"),
     (ProviderError, 502, "provider_error"),
 )
@@ -118,7 +121,10 @@ def domain_error_response(exc: OrderflowError) -> JSONResponse:
         details = [{"field": field, "reason": exc.reason}] if field else None
     elif isinstance(exc, InvalidTransition):
         details = [{"field": "status", "reason": str(exc)}]
-    return error_response(status, code, str(exc), details)
+    response = error_response(status, code, str(exc), details)
+    if isinstance(exc, Overloaded):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 async def _domain_error(_req: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,7 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -34,9 +35,11 @@ from pydantic import ValidationError as PydanticValidationError
 
 from api.auth import require_api_key
 from api.errors import error_response, error_responses
+from domain.errors import Overloaded
+from observability import metrics
 from producers.intake import accept
 from producers.schema import OrderMessage, field_errors, parse_message
-from services import payments, shipping
+from services import backpressure, payments, shipping
 from services.followup import Followup
 from services.intake import IntakeResult
 from services.payments import payment_view
@@ -80,7 +83,17 @@ def _publish(followups: list[Followup]) -> None:
 # --- intake ------------------------------------------------------------------------------------
 
 
-@router.post("", status_code=202, openapi_extra=_ORDER_BODY, responses=error_responses(400, 403))
+@lru_cache(maxsize=1)
+def intake_gate() -> backpressure.Gate:
+    """This process's back-pressure gate (``INTAKE_MAX_WAIT_S``, ``INTAKE_MAX_BACKLOG``)."""
+    s = get_settings()
+    limits = backpressure.Limits(s.intake_max_wait_s, s.intake_max_backlog, s.intake_retry_after_s)
+    return backpressure.Gate(limits, now=lambda: datetime.now(UTC))
+
+
+@router.post(
+    "", status_code=202, openapi_extra=_ORDER_BODY, responses=error_responses(400, 403, 429)
+)
 async def create_order(request: Request, source: Source) -> Any:
     raw = await request.body()
     try:
@@ -116,6 +129,11 @@ def _accept_and_publish(msg: OrderMessage) -> IntakeResult:
     the sweeper re-drives it at its stage deadline."""
     from workers.publish import enqueue  # the Celery app is only needed once we publish
 
+    try:
+        intake_gate().check()  # 429 with Retry-After while the accepted work is too far behind
+    except Overloaded:
+        metrics.intake_refused("http")
+        raise
     result = accept(msg, channel="http")
     if result.created:
         try:

@@ -8,6 +8,7 @@
     ├── NotFound                 an id that does not exist
     ├── InvalidTransition        a status change the transition table forbids
     ├── ReservationRefused       the order cannot be reserved (carries the reject reason)
+    ├── Overloaded               intake is too far behind: send again after ``retry_after_s``
     └── ProviderError            anything a provider adapter raises (adapters/errors.py)
         ├── ProviderUnavailable  network, timeout, 5xx, throttling: retryable
         ├── ProviderRejected     a business refusal: not retryable
@@ -81,6 +82,15 @@ class ReservationRefused(OrderflowError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class Overloaded(OrderflowError):
+    """Intake refuses new work for now (back-pressure); nothing was stored. The client sends
+    the same order again after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ProviderError(OrderflowError):

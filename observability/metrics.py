@@ -168,6 +168,11 @@ PROVIDER_CALLS = Counter(
     "Provider calls by outcome: ok, rejected, unavailable, error, circuit_open (not sent)",
     ["provider", "operation", "outcome"],
 )
+INTAKE_REFUSED = Counter(
+    "orderflow_intake_refused",
+    "Orders refused at intake by back-pressure (429): the accepted work is too far behind",
+    ["channel"],
+)
 ORDER_STAGE_SECONDS = Histogram(
     "orderflow_order_stage_seconds",
     "Time an order spent in from_status before moving to to_status",
@@ -201,6 +206,11 @@ def observe_transition(from_status: str, to_status: str, seconds_in_previous_sta
     ORDER_STAGE_SECONDS.labels(str(from_status), str(to_status)).observe(
         max(seconds_in_previous_stage, 0.0)  # clocks may disagree by a little
     )
+
+
+@_never_raise
+def intake_refused(channel: str) -> None:
+    INTAKE_REFUSED.labels(channel).inc()
 
 
 @_never_raise

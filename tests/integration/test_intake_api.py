@@ -249,3 +249,37 @@ def test_unknown_user_is_422_and_stores_nothing(client, api_key):
         {"field": "user_id", "reason": "no user with id 424242"}
     ]
     assert stored_rows() == (0, 0, 0)
+
+
+def test_back_pressure_refuses_with_retry_after_and_stores_nothing(
+    client, api_key, catalog, monkeypatch
+):
+    """Three accepted orders wait to be reserved (no worker runs here); with room for three,
+    the fourth is refused with 429 and Retry-After and changes nothing. Once the backlog is
+    reserved, the same order is accepted."""
+    from api.orders import intake_gate
+    from services.reservation import reserve_order
+    from settings import get_settings
+
+    monkeypatch.setenv("INTAKE_MAX_BACKLOG", "3")
+    monkeypatch.setenv("INTAKE_RETRY_AFTER_S", "7")
+    get_settings.cache_clear()
+    intake_gate.cache_clear()
+    catalog({"SKU-1": 10})
+    ids = [post(client, order_message(), api_key).json()["id"] for _ in range(3)]
+    assert len(set(ids)) == 3
+    before = stored_rows()
+    intake_gate().refresh_s = 0.0  # read the backlog on every request from here on
+    late = order_message()
+    r = post(client, late, api_key)
+    assert r.status_code == 429, r.text
+    assert r.headers["Retry-After"] == "7"
+    assert r.json()["error"] == "overloaded" and "3 accepted orders" in r.json()["message"]
+    assert stored_rows() == before  # nothing half-written, nothing lost
+    with unit_of_work() as s:
+        for oid in ids:
+            reserve_order(s, oid, now=datetime.now(UTC), payment_window_s=600)
+    r = post(client, late, api_key)
+    assert r.status_code == 202, r.text
+    intake_gate.cache_clear()
+    get_settings.cache_clear()
