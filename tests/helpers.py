@@ -1,10 +1,12 @@
-"""Database assertions shared by integration and end-to-end tests."""
+"""Database assertions and worker conditions shared by integration and end-to-end tests."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import func, select, text
@@ -13,6 +15,9 @@ from models import Order, Stock
 from services.queries import stock_drift
 from services.unit_of_work import unit_of_work
 from workers.embedded import pgserver_bin_dir
+
+if TYPE_CHECKING:
+    from workers.procs import Proc
 
 
 def status_counts() -> dict[str, int]:
@@ -80,6 +85,43 @@ def pipeline_state() -> dict[str, object]:
         "payments": dict(payments),
         "dead_letters": {f"{t} {e}": n for t, e, n in dead},
     }
+
+
+def celery_inspect(workers: Sequence[Proc], method: str) -> dict[str, list[dict[str, Any]]] | None:
+    """``celery inspect <method>`` (``active``, ``reserved``, ``scheduled``) on ``workers``
+    (started by :class:`workers.procs.ProcessGroup`, named ``<name>@<host>``): node -> its
+    tasks, as Celery reports them (``id``, ``name``, ``args``, ``time_start``, ...); None unless
+    every one of them answered."""
+    from celery.utils.nodenames import gethostname
+
+    from workers.app import app
+
+    nodes = [f"{w.name}@{gethostname()}" for w in workers]
+    inspect = app.control.inspect(destination=nodes, timeout=5.0)
+    replies = getattr(inspect, method)() or {}
+    return replies if set(nodes) <= set(replies) else None
+
+
+def workers_idle(workers: Sequence[Proc], queues: Iterable[str]) -> bool:
+    """Nothing left to run: no message ready in ``queues`` on the broker, and none of
+    ``workers`` holds a task, running, prefetched or waiting for its countdown.
+
+    A condition for ``wait_until`` before checking that something did *not* happen: every
+    message published so far has been taken and finished (acks late: a message leaves the
+    queue for a worker's reserved list, then its active one). The queues are read before and
+    after the workers, so a message moving from a queue to a worker in between is not missed.
+    """
+    from tests.broker import broker_url
+    from workers.broker import queue_depths
+
+    names = list(queues)
+    if any(queue_depths(broker_url(), names).values()):
+        return False
+    for method in ("active", "reserved", "scheduled"):
+        replies = celery_inspect(workers, method)
+        if replies is None or any(replies.values()):
+            return False
+    return not any(queue_depths(broker_url(), names).values())
 
 
 def _major(pg_dump: str) -> int:

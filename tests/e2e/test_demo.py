@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from settings import get_settings
+from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.configured]
 
@@ -48,17 +49,22 @@ def run_demo(tmp_path: Path, *args: str, timeout_s: float = 240) -> DemoRun:
         env=env, stdout=out, stderr=err, text=True, start_new_session=True,
     )  # fmt: skip
     seen: dict[int, psutil.Process] = {}
+
+    def finished() -> bool:
+        """Whether the demo exited; until then, note every descendant running now."""
+        try:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                seen.setdefault(child.pid, child)
+        except psutil.Error:
+            pass
+        return proc.poll() is not None
+
     try:
-        while proc.poll() is None:
-            if time.monotonic() - started > timeout_s:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail(f"demo still running after {timeout_s} s")
-            try:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    seen.setdefault(child.pid, child)
-            except psutil.Error:
-                pass
-            time.sleep(0.5)
+        try:
+            wait_until(finished, timeout_s - (time.monotonic() - started), 0.5)
+        except AssertionError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"demo still running after {timeout_s} s")
     finally:
         _drop_database(database)
     out.seek(0), err.seek(0)

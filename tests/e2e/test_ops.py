@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -135,6 +135,19 @@ def _answers(base: str) -> bool:
         return False
 
 
+def _up_running(log_dir: Path) -> bool:
+    """Every worker `up` starts logged that it is ready to consume, and beat that it started."""
+    from cli.ops import WORKERS
+
+    def logged(name: str, needle: bytes) -> bool:
+        path = log_dir / f"{name}.log"
+        return path.exists() and needle in path.read_bytes()
+
+    return all(logged(name, b" ready.") for name, *_ in WORKERS) and logged(
+        "beat", b"beat: Starting"
+    )
+
+
 def _stop_tree(proc: subprocess.Popen[str], children: list) -> None:
     """Kill `up` and everything it started, if a failed test left them running: orphaned
     workers and beat would go on consuming this session's queues and change its database."""
@@ -163,7 +176,9 @@ def test_up_starts_everything_and_stops_cleanly_on_sigint(db, tmp_path):
         wait_until(lambda: _answers(f"http://127.0.0.1:{flower_port}"), 90)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 7  # api, 4 workers (+ their pool children), beat, flower
-        time.sleep(3)
+        # Everything is running before Ctrl-C: every worker ready to consume, beat scheduling.
+        logs = tmp_path / "up-logs"
+        wait_until(lambda: _up_running(logs), 90, show=lambda: sorted(logs.glob("*.log")))
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=150)  # up to 10 s grace per process it stops
     finally:

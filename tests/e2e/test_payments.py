@@ -6,7 +6,8 @@ them, not our own tables.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -94,10 +95,25 @@ def test_eight_concurrent_duplicate_notifications_apply_once(start_pipeline, cat
     p.stack.stripe.webhook_copies = 8
     # One event per payment, so the deliveries are exactly its eight copies.
     p.stack.stripe.webhook_types = {"payment_intent.succeeded"}
+    sims = {"alipay": p.stack.alipay.notifier, "wechatpay": p.stack.wechatpay.notifier,
+            "stripe": p.stack.stripe.notifier}  # fmt: skip
     alipay_replies: list[bytes] = []  # Alipay stops retrying only on the exact body "success"
-    is_ack = p.stack.alipay.notifier._is_ack
-    monkeypatch.setattr(p.stack.alipay.notifier, "_is_ack",
-                        lambda r: alipay_replies.append(r.content) or is_ack(r))  # fmt: skip
+    # Each notifier's verdict on every answer: an unacknowledged copy is queued for a retry
+    # right then, an acknowledged one never comes back.
+    acks: dict[str, list[bool]] = {prov: [] for prov in sims}
+
+    def recording(prov: str, is_ack: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        def verdict(r: Any) -> bool:
+            if prov == "alipay":
+                alipay_replies.append(r.content)
+            ok = is_ack(r)
+            acks[prov].append(ok)
+            return ok
+
+        return verdict
+
+    for prov, notifier in sims.items():
+        monkeypatch.setattr(notifier, "_is_ack", recording(prov, notifier._is_ack))
     ids = {prov: p.post_order(order_message("D", 1, provider=prov)) for prov in PROVIDERS}
     for prov, oid in ids.items():
         wait_status(p, oid, "AWAITING_PAYMENT")
@@ -106,12 +122,12 @@ def test_eight_concurrent_duplicate_notifications_apply_once(start_pipeline, cat
         view = wait_status(p, oid, "PAID")
         assert timeline_kinds(view, "transition", "PAID") == 1
         assert timeline_kinds(view, "payment", "PAID") == 1
-    sims = {"alipay": p.stack.alipay.notifier, "wechatpay": p.stack.wechatpay.notifier,
-            "stripe": p.stack.stripe.notifier}  # fmt: skip
-    for notifier in sims.values():
-        wait_until(lambda n=notifier: n.pending() == 0 and len(n.deliveries) >= 8, 30)
-    time.sleep(1.0)  # past the first retry delay (0.2 s): an unacknowledged copy would be back
+    # Every copy answered and judged, so any retry is already queued (none if all were acked).
     for prov, notifier in sims.items():
+        wait_until(lambda n=notifier, a=acks[prov]: len(a) >= 8 and len(n.deliveries) >= 8, 30,
+                   show=lambda n=notifier: n.deliveries)  # fmt: skip
+    for prov, notifier in sims.items():
+        assert acks[prov] == [True] * 8, (prov, acks[prov], notifier.deliveries)
         assert notifier.pending() == 0, prov
         # Exactly the eight copies, each acknowledged on its first attempt (no retries).
         attempts = [attempt for _url, _status, attempt in notifier.deliveries]

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -25,7 +24,13 @@ from models import DeadLetter, Order
 from services.unit_of_work import unit_of_work
 from tests.broker import broker_is_redis, broker_url
 from tests.conftest import order_message, redis_client, wait_until
-from tests.helpers import assert_stock_consistent, reservations_per_order, status_counts, stock_of
+from tests.helpers import (
+    assert_stock_consistent,
+    reservations_per_order,
+    status_counts,
+    stock_of,
+    workers_idle,
+)
 from workers.broker import purge_task_queues, queue_depths
 
 pytestmark = pytest.mark.e2e
@@ -116,13 +121,14 @@ def test_producer_duplicates_make_one_order(procs, catalog):
     from producers.client import OrderProducer
 
     catalog({"A": 10})
-    start_worker(procs)
+    worker = start_worker(procs)
     msg = order_message("A", 1, external_id="same-one")
     with OrderProducer() as producer:
         for _ in range(20):
             producer.send(msg)
     wait_until(lambda: settled(1), 60)
-    time.sleep(1)  # let any straggling duplicate finish
+    # Every duplicate taken off the queue and finished: none can still make a second order.
+    wait_until(lambda: workers_idle([worker], ["orders"]), 60)
     assert status_counts() == {"RESERVED": 1}
     assert stock_of("A") == (10, 1)
 
@@ -133,8 +139,8 @@ def test_producer_same_message_from_eight_threads_makes_one_order(procs, catalog
     from producers.client import OrderProducer
 
     catalog({"A": 10})
-    start_worker(procs, concurrency=2)
-    start_worker(procs, name="w2", queues="orders", concurrency=2)
+    workers = [start_worker(procs, concurrency=2),
+               start_worker(procs, name="w2", queues="orders", concurrency=2)]  # fmt: skip
     msg = order_message("A", 1, external_id="same-from-eight")
     barrier = threading.Barrier(8)
     errors: list[BaseException] = []
@@ -156,7 +162,8 @@ def test_producer_same_message_from_eight_threads_makes_one_order(procs, catalog
     assert errors == []
     wait_until(lambda: queue_depths(broker_url(), ["orders"]) == {"orders": 0}, 60)
     wait_until(lambda: settled(1), 60)
-    time.sleep(1)  # let any straggling duplicate finish
+    # Every duplicate taken off the queue and finished: none can still reserve a second time.
+    wait_until(lambda: workers_idle(workers, ["orders"]), 60)
     assert status_counts() == {"RESERVED": 1}
     assert reservations_per_order() and max(reservations_per_order().values()) == 1
     assert stock_of("A") == (10, 1)
@@ -236,14 +243,22 @@ def test_sigkill_worker_mid_batch_loses_nothing(procs, catalog, api_key):
     procs.beat()
     ids = post_many(base, api_key, [order_message([("K1", 1), ("K2", 1)]) for _ in range(300)])
     # Kill the pool children while they work through the batch, twice.
-    killed = 0
+    killed: set[int] = set()
     for _ in range(2):
         wait_until(lambda: status_counts().get("RECEIVED", 0) < 300, 60, 0.05)
         for child in psutil.Process(worker.pid).children():
             os.kill(child.pid, signal.SIGKILL)
-            killed += 1
-        time.sleep(0.3)
-    assert killed >= 2
+            killed.add(child.pid)
+        left = status_counts().get("RECEIVED", 0)
+
+        def working_again(left: int = left) -> bool:
+            """The pool is replaced (two children none of which was killed) and they work
+            through the batch (fewer RECEIVED orders than right after the kill)."""
+            fresh = [c for c in psutil.Process(worker.pid).children() if c.pid not in killed]
+            return len(fresh) >= 2 and (status_counts().get("RECEIVED", 0) < left or left == 0)
+
+        wait_until(working_again, 60, 0.05)
+    assert len(killed) >= 2
     wait_until(lambda: settled(300), 180)
     per_order = reservations_per_order()
     assert set(per_order) <= set(ids)

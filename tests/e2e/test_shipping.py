@@ -3,12 +3,11 @@ pushes and polling, through to COMPLETED. Real workers; simulators over real HTT
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from services.task_names import TRACKING_POLL
 from tests.conftest import order_message, wait_until
-from tests.helpers import assert_stock_consistent, stock_of
+from tests.helpers import assert_stock_consistent, celery_inspect, stock_of
 
 pytestmark = pytest.mark.e2e
 
@@ -119,11 +118,16 @@ def test_duplicate_and_out_of_order_pushes_never_go_backwards(start_pipeline, ca
     waybill = p.get_order(oid)["shipment"]["waybill"]
 
     def all_delivered() -> bool:
-        rec = sim.ledger()["pushes"].get(waybill)
-        return bool(rec) and rec["log"][-1]["status"] == "shutdown" and rec["acked"] >= rec["sent"]
+        """The shutdown push went out and every copy scheduled so far was delivered and acked:
+        ``sent`` counts a copy when it is scheduled, the stale re-send of the last snapshot
+        (delivered after the shutdown push) included, and the delivery log has an attempt for
+        each."""
+        ledger = sim.ledger()
+        rec = ledger["pushes"].get(waybill)
+        return (bool(rec) and rec["log"][-1]["status"] == "shutdown"
+                and rec["acked"] >= rec["sent"]
+                and len(ledger["deliveries"]) >= rec["sent"])  # fmt: skip
 
-    wait_until(all_delivered, 30)
-    time.sleep(0.5)  # the stale re-send of the last snapshot goes out after the shutdown push
     wait_until(all_delivered, 30)
     rec = sim.ledger()["pushes"][waybill]
     assert all(entry["copies"] == 2 for entry in rec["log"])  # every push duplicated ...
@@ -198,9 +202,23 @@ def test_forged_push_is_rejected_and_changes_nothing(start_pipeline, catalog):
     wait_until(lambda: p.get_order(oid)["shipment"] is not None
                and p.get_order(oid)["shipment"]["waybill"], 60)  # fmt: skip
     waybill = p.get_order(oid)["shipment"]["waybill"]
-    p.stack.kuaidi100.set_push_options(delay_s=3600)  # no genuine push ...
-    p.stack.kuaidi100.quota = 0  # ... and no successful poll from here on
-    time.sleep(1)  # let an in-flight poll finish
+    sim = p.stack.kuaidi100
+    pushed = sim.ledger()["pushes"].get(waybill, {}).get("sent", 0)
+    sim.set_push_options(delay_s=3600)  # no genuine push ...
+    sim.quota = 0  # ... and no successful poll from here on
+    # What was already under way still lands: the polls running now (a poll that starts from
+    # here is refused) and the pushes sent before (each acked once the API applied it).
+    shipping = [w for w in p.procs.procs if w.name == "shipping"]
+    running = wait_until(lambda: celery_inspect(shipping, "active"), 30)
+    polls = {t["id"] for tasks in running.values() for t in tasks if t["name"] == TRACKING_POLL}
+
+    def under_way_done() -> bool:
+        now = celery_inspect(shipping, "active")
+        acked = sim.ledger()["pushes"].get(waybill, {}).get("acked", 0)
+        return (now is not None and acked >= pushed
+                and not polls & {t["id"] for tasks in now.values() for t in tasks})  # fmt: skip
+
+    wait_until(under_way_done, 30)
     before = p.get_order(oid)
     param = _json.dumps({"status": "shutdown", "message": "", "lastResult": {
         "message": "ok", "nu": waybill, "ischeck": "1", "com": "yuantong", "status": "200",

@@ -99,8 +99,9 @@ def test_10k_shipments_two_beats_never_double_poll_stay_in_quota_and_on_cadence(
     pipeline_env, procs, db, monkeypatch
 ):
     """10,000 active shipments; ``DUE`` of them fall due over one cadence, the rest an hour
-    later. Two beats claim concurrently for ``RUN_S`` (a cadence and a half, so the early ones
-    are due a second time). From the simulator's receipt times: no waybill queried twice within
+    later. Two beats claim concurrently until the simulator has seen every due shipment, and
+    again the early ones that are due a second time within ``RUN_S`` of the first due time (a
+    cadence and a half). From the simulator's receipt times: no waybill queried twice within
     the minimum interval, the busiest second never above rate + burst, every due shipment first
     queried within a tick (+ slack) of its due time and again within its cadence (+ a tick and
     slack), and none of the not-yet-due ones queried at all."""
@@ -118,7 +119,17 @@ def test_10k_shipments_two_beats_never_double_poll_stay_in_quota_and_on_cadence(
     due = spread_due(prefix, due_n=due_n, window_s=CADENCE_S, lead_s=lead_s)
     t0 = min(due.values())
     end = t0 + run_s
-    time.sleep(max(0.0, end - time.time()))
+    # Due a second time within the run: their second query is judged (``late_again``).
+    again = {w for w, at in due.items() if at + CADENCE_S + TICK_S + slack_s < end}
+
+    def missing() -> dict[str, int]:
+        """Due waybills not yet queried as often as the run needs: once, twice for ``again``."""
+        queries = sim.ledger()["queries"]
+        return {w: n for w in due if (n := queries.get(w, {}).get("count", 0))
+                < (2 if w in again else 1)}  # fmt: skip
+
+    wait_until(lambda: not missing(), end - time.time() + 60, 1.0,
+               show=lambda: dict(itertools.islice(missing().items(), 10)))  # fmt: skip
     for proc in procs.procs:
         assert proc.alive(), proc.log_tail()
         if proc.name.startswith("beat-"):  # both beats really ran the scheduler
@@ -143,12 +154,13 @@ def test_10k_shipments_two_beats_never_double_poll_stay_in_quota_and_on_cadence(
         # Due again one cadence after the first poll, before the run ended: queried again.
         if stamps and stamps[0] + CADENCE_S + TICK_S + slack_s < stopped and len(stamps) < 2:
             late_again.append((waybill, None))
-    steady = [t for t in ledger["query_times"] if t0 <= t <= end]
+    ran_s = stopped - t0
+    steady = [t for t in ledger["query_times"] if t0 <= t <= stopped]
     lags.sort()
     print(
         f"\n[tracking fleet] 10,000 shipments, {due_n} due over {CADENCE_S:.0f} s, 2 beats "
         f"(tick {TICK_S:g} s), 1 worker x 8 threads, bucket {RATE:g}/s burst {BURST}: "
-        f"{polls} polls in {run_s:.0f} s = {len(steady) / run_s:.1f} polls/s "
+        f"{polls} polls in {ran_s:.0f} s = {len(steady) / ran_s:.1f} polls/s "
         f"(busiest second {busiest_second(ledger['query_times'])}); first-poll lag "
         f"mean {sum(lags) / len(lags):.2f} s, p99 {lags[int(len(lags) * 0.99)]:.2f} s, "
         f"max {lags[-1]:.2f} s"
@@ -165,12 +177,14 @@ def test_10k_shipments_two_beats_never_double_poll_stay_in_quota_and_on_cadence(
 def test_provider_down_backs_off_then_recovers_without_a_burst(
     pipeline_env, procs, db, monkeypatch
 ):
-    """200 shipments due while Kuaidi100 answers every query "502 server busy". Failed polls
-    back off (``next_poll_at`` pushed out, ``poll_failures`` counted), the circuit opens and the
-    poll tasks hand their shipments back instead of querying. When the provider is back, the
+    """200 shipments due while Kuaidi100 answers every query "502 server busy", until the
+    pollers have tried at least once per shipment and the circuit has opened, let a probe
+    through after its cool-down and opened again. Failed polls back off (``next_poll_at``
+    pushed out, ``poll_failures`` counted), the circuit opens and the poll tasks hand their
+    shipments back instead of querying. When the provider is back, the
     backlog is worked off at the bucket's pace: no second ever sees more than rate + burst
     queries, and every shipment ends refreshed with its failures reset."""
-    n, outage_s = 200, 12.0
+    n = 200
     # Below what the worker can do, so the bucket, not the CPU, paces the recovery; above what
     # the shipments need once refreshed (n / CADENCE_S), so the backlog drains.
     rate, burst = 15.0, 5
@@ -186,11 +200,26 @@ def test_provider_down_backs_off_then_recovers_without_a_burst(
     sim.set_faults(business_error="502")
     start_tracking(procs, beats=1)
     spread_due(prefix, due_n=n, window_s=2.0, lead_s=1.0)
-    opened = False
-    deadline = time.monotonic() + outage_s
-    while time.monotonic() < deadline:
-        opened = opened or bool(redis_client().exists("circuit:kuaidi100:open"))
-        time.sleep(0.1)
+    outage_from = time.monotonic()
+    seen = {"opened": False}
+
+    def outage_played_out() -> dict[str, int] | None:
+        """Poll attempts (queries made, and skipped while open) and circuit openings on the
+        timelines, once there were at least ``n`` attempts (without the circuit as many queries:
+        enough for hammering to show) and two openings (the second after a failed probe)."""
+        seen["opened"] = seen["opened"] or bool(redis_client().exists("circuit:kuaidi100:open"))
+        with get_engine().connect() as conn:
+            tries, opens = conn.execute(
+                text("""SELECT count(*), count(*) FILTER (WHERE detail->>'circuit' = 'opened')
+                        FROM order_events WHERE kind IN ('provider_call', 'provider_wait')
+                        AND detail->>'provider' = 'kuaidi100'"""),
+            ).one()  # fmt: skip
+        counts = {"tries": tries, "opens": opens}
+        return counts if tries >= n and opens >= 2 else None
+
+    outage = wait_until(outage_played_out, 120, 0.1)
+    opened = seen["opened"]
+    outage_s = time.monotonic() - outage_from
     with get_engine().connect() as conn:
         failed, pushed_out = conn.execute(
             text("""SELECT count(*) FILTER (WHERE poll_failures >= 1),
@@ -225,8 +254,9 @@ def test_provider_down_backs_off_then_recovers_without_a_burst(
     ledger = sim.ledger()
     after = [t for t in ledger["query_times"] if t >= recovered_at]
     print(
-        f"\n[tracking outage] {n} shipments due during a {outage_s:g} s outage: "
-        f"{len(down)} failed queries, {failed} shipments backing off, circuit opened: {opened}; "
+        f"\n[tracking outage] {n} shipments due during a {outage_s:.1f} s outage: "
+        f"{len(down)} failed queries of {outage['tries']} tries, {failed} shipments backing off, "
+        f"circuit opened: {opened} ({outage['opens']} times); "
         f"after recovery {len(after)} queries, busiest second {busiest_second(after)} "
         f"(bucket {rate:g}/s + burst {burst}), {len(after) / (after[-1] - after[0]):.1f} "
         "polls/s"

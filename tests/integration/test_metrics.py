@@ -24,7 +24,7 @@ from producers.client import OrderProducer
 from services import timeline
 from services.unit_of_work import unit_of_work
 from settings import PROJECT_ROOT, get_settings
-from tests.conftest import order_message, redis_client
+from tests.conftest import order_message, redis_client, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -366,7 +366,6 @@ def test_worker_host_exporter_serves_event_series_without_the_api(tmp_path: Path
     recorded in the shared directory is scraped there; state series are not (the API exports
     them once); SIGTERM stops it with exit 0; without the directory it refuses in one line."""
     import signal
-    import time
 
     import requests
 
@@ -385,13 +384,16 @@ def test_worker_host_exporter_serves_event_series_without_the_api(tmp_path: Path
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        text = ""
-        for _ in range(100):
+
+        def scrape() -> list[str] | None:
+            """The exporter's answer (in a list: an empty page is an answer too), once it
+            listens."""
             try:
-                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-                break
+                return [requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text]
             except requests.ConnectionError:
-                time.sleep(0.1)
+                return None
+
+        [text] = wait_until(scrape, 10, 0.1, show=lambda: f"exporter exit code {exporter.poll()}")
         samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
         retries = [s for s in samples if s.name == "orderflow_task_retries_total"]
         assert [(s.labels["task"], s.labels["error"], s.value) for s in retries] == [

@@ -26,11 +26,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 PROVIDERS = ("alipay", "wechatpay", "stripe")
 
 
-def _kill_tree(pid: int) -> None:
+def _kill_tree(pid: int) -> list[psutil.Process]:
+    """SIGKILL the process and its descendants; returns them."""
     proc = psutil.Process(pid)
-    for p in [*proc.children(recursive=True), proc]:
+    tree = [*proc.children(recursive=True), proc]
+    for p in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGKILL)
+    return tree
+
+
+def _gone(proc: psutil.Process) -> bool:
+    """Exited (a zombie nobody reaped yet counts: it runs nothing and holds nothing)."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def post_concurrently(p, messages: list[dict], threads: int = 8) -> list[str]:
@@ -99,11 +110,12 @@ def test_all_workers_killed_at_once_mid_payment(start_pipeline, catalog, figures
     workers = [w for w in p.procs.procs if w.name in ("orders", "payments")]
     fig.injected("every worker process and pool child SIGKILLed at once mid-payment",
                  paid_at_kill=status_counts().get("PAID", 0))  # fmt: skip
-    for w in workers:  # every worker process and pool child, at the same instant
-        _kill_tree(w.pid)
+    killed = [p for w in workers for p in _kill_tree(w.pid)]  # all at the same instant
     for w in workers:
         w.popen.wait(timeout=10)
-    time.sleep(1)
+    # Every killed process is gone (pool children too, which nobody waits for) before the
+    # new workers start: nothing of the old ones runs beside them.
+    wait_until(lambda: all(_gone(p) for p in killed), 30, 0.05)
     restarted = [
         p.procs.worker("orders2", "orders,maintenance", concurrency=2),
         p.procs.worker("payments2", "payments", concurrency=8, pool="threads"),
@@ -130,9 +142,12 @@ def _start_redis(sock: str) -> subprocess.Popen[bytes]:
          "--save", "", "--appendonly", "no", "--daemonize", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while not os.path.exists(sock) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: os.path.exists(sock), 10, 0.05)
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
     return proc
 
 
@@ -155,10 +170,12 @@ def test_redis_killed_during_a_burst_loses_no_accepted_order(
         wait_worker_ready(procs.worker("w", "orders,maintenance", concurrency=2))
         procs.beat()
         accepted: list[str] = []
+        sent_at: list[float] = []  # when each accepted order was sent
         session = requests.Session()
 
         def post(i: int) -> None:
             msg = order_message(f"B{i % 5}", 1, external_id=f"burst-{i}")
+            sent = time.monotonic()
             try:
                 r = session.post(f"http://127.0.0.1:{port}/v1/orders", json=msg,
                                  headers={"X-API-Key": api_key}, timeout=30)  # fmt: skip
@@ -166,16 +183,22 @@ def test_redis_killed_during_a_burst_loses_no_accepted_order(
                 return  # not accepted: the client would retry; nothing to account for
             if r.status_code in (200, 202):
                 accepted.append(r.json()["id"])
+                sent_at.append(sent)
 
         fig = figures()
         with ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(post, i) for i in range(n)]
             wait_until(lambda: len(accepted) >= n * 3 // 10, 120, 0.05)
             redis_proc.send_signal(signal.SIGKILL)  # mid-burst, every queued message gone
-            fig.injected("Redis (no persistence) SIGKILLed mid-burst, restarted empty after 1 s",
+            fig.injected("Redis (no persistence) SIGKILLed mid-burst, restarted empty once the "
+                         "API had accepted an order sent while it was down",
                          accepted_at_kill=len(accepted))  # fmt: skip
             redis_proc.wait(timeout=10)
-            time.sleep(1.0)
+            down_since = time.monotonic()
+            # Down until an order sent after the kill was accepted (its publish failed: the
+            # sweeper's job), or every client is done.
+            wait_until(lambda: any(t > down_since for t in sent_at)
+                       or all(f.done() for f in futures), 120, 0.05)  # fmt: skip
             if os.path.exists(sock):
                 os.unlink(sock)
             redis_proc = _start_redis(sock)  # back, empty

@@ -5,11 +5,12 @@ notifications for a reason that has nothing to do with the API).
 ``python -m tests.security.flood SPEC.json RESULT.json``
 
 SPEC: ``{"base_url", "threads", "min_per_thread", "max_seconds", "stop_file",
-"requests": [{"provider", "path", "body_b64", "headers"}]}``. Each thread cycles through the
-requests (starting at its own offset) until it has sent ``min_per_thread`` and ``stop_file``
-exists, or ``max_seconds`` passed. RESULT: wall-clock ``started_at`` / ``finished_at``, ``sent``,
-``statuses`` (``"provider status"`` -> count; status 0 = no response), ``errors`` (first few) and
-``latency_ms`` percentiles.
+"requests": [{"provider", "path", "body_b64", "headers"}]}`` and optionally ``"ready_file"``,
+created once every thread has finished a request (the flood is at full speed). Each thread cycles
+through the requests (starting at its own offset) until it has sent ``min_per_thread`` and
+``stop_file`` exists, or ``max_seconds`` passed. RESULT: wall-clock ``started_at`` /
+``finished_at``, ``sent``, ``statuses`` (``"provider status"`` -> count; status 0 = no response),
+``errors`` (first few) and ``latency_ms`` percentiles.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         for r in spec["requests"]
     ]
     stop_file = Path(spec["stop_file"])
+    ready_file = Path(spec["ready_file"]) if spec.get("ready_file") else None
+    answered: set[int] = set()  # threads that have finished a request
     deadline = time.monotonic() + float(spec["max_seconds"])
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
@@ -65,6 +68,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             times.append((time.perf_counter() - start) * 1000)
             local[f"{provider} {status}"] += 1
             sent += 1
+            if sent == 1 and ready_file is not None:
+                with lock:
+                    answered.add(index)
+                    if len(answered) == spec["threads"]:
+                        ready_file.touch()
         with lock:
             statuses.update(local)
             latencies.extend(times)

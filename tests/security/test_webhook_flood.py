@@ -221,13 +221,16 @@ def latencies(made: dict[str, float], order_ids: list[str]) -> list[float]:
 
 
 def start_flood(procs: Any, tmp_path: Path, base_url: str, spec: list[dict[str, Any]]) -> Any:
+    """Start the attacker; returns once every one of its threads has finished a request."""
     spec_path, result = tmp_path / "flood-spec.json", tmp_path / "flood-result.json"
-    stop = tmp_path / "flood-stop"
+    stop, ready = tmp_path / "flood-stop", tmp_path / "flood-ready"
     spec_path.write_text(json.dumps({
         "base_url": base_url, "threads": THREADS, "min_per_thread": PER_THREAD,
-        "max_seconds": 240, "stop_file": str(stop), "requests": spec}))  # fmt: skip
+        "max_seconds": 240, "stop_file": str(stop), "ready_file": str(ready),
+        "requests": spec}))  # fmt: skip
     proc = procs.start("flood", [sys.executable, "-m", "tests.security.flood", str(spec_path),
                                  str(result)])  # fmt: skip
+    wait_until(lambda: ready.exists() or not proc.alive(), 60, 0.05, show=proc.log_tail)
     return proc, stop, result
 
 
@@ -255,8 +258,8 @@ def test_forged_flood_is_refused_changes_nothing_and_does_not_slow_valid_payment
     before_quiet = {o: lasting_state(p, o) for o in quiet}
     salt = p.stack.env["KUAIDI100_CALLBACK_SALT"]
     spec = forgeries(p.stack, salt, ids)
+    # The flood is at full speed (every attacker thread at work) before the first buyer pays.
     flood, stop, result_path = start_flood(procs, tmp_path, p.base_url, spec)
-    time.sleep(2)  # the flood is at full speed before the first buyer pays
     assert flood.alive(), flood.log_tail()
 
     flooded_s = latencies(pay(p, providers, flooded), flooded)

@@ -176,10 +176,10 @@ def test_dev_profile_simulators_hand_their_settings_to_orderflow(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     import requests
 
+    from tests.conftest import wait_until
     from workers.procs import free_port_block
 
     env_file = tmp_path / "simulators.env"
@@ -190,9 +190,7 @@ def test_dev_profile_simulators_hand_their_settings_to_orderflow(tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not env_file.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
+        wait_until(lambda: env_file.exists() or proc.poll() is not None, 60, 0.1)
         assert env_file.exists(), proc.stdout.read() if proc.poll() is not None else "timeout"
         assert oct(env_file.stat().st_mode & 0o777) == "0o600"
         for n in range(1, 6):

@@ -4,7 +4,6 @@ throttle and quota) and the classification of transport faults and business erro
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from adapters.logistics.kuaidi100 import (
 )
 from adapters.logistics.warehouse import WarehouseBookingConfig, WarehouseBookingService
 from simulators.kuaidi100 import Kuaidi100Simulator
+from tests.conftest import wait_until
 from tests.integration.adapters.kuaidi100.support import DAY, HOUR, S, provider_for
 
 # -- query ------------------------------------------------------------------------------------
@@ -68,10 +68,12 @@ def test_query_on_a_running_clock(
     provider = provider_for(fast, keys)
     fast.register_waybill("zhongtong", "ZT2000000002")
     statuses: list[S] = []
-    deadline = time.monotonic() + 5
-    while S.DELIVERED not in statuses and time.monotonic() < deadline:
+
+    def delivered() -> bool:
         statuses.append(provider.query("zhongtong", "ZT2000000002").status)
-        time.sleep(0.05)
+        return statuses[-1] is S.DELIVERED
+
+    wait_until(delivered, 5, 0.05, show=lambda: statuses)
     assert statuses[-1] is S.DELIVERED
     assert S.IN_TRANSIT in statuses
     assert fast.ledger()["queries"]["ZT2000000002"]["count"] == len(statuses)

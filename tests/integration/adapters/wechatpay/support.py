@@ -4,7 +4,6 @@ webhook receiver, provider construction and request builders."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from adapters.payments.wechatpay import WeChatPayConfig, WeChatPayProvider
 from domain.money import Money
 from simulators.harness import Request, Response, SimulatorServer
 from simulators.wechatpay import WeChatPaySimulator
+from tests.conftest import wait_until
 
 MCHID = "1900000001"
 APPID = "wxd678efh567hg6787"
@@ -66,13 +66,15 @@ class Receiver:
             return Response(self.replies.pop(0) if self.replies else 204)
 
     def wait_for(self, count: int, timeout_s: float = 60.0) -> list[tuple[Headers, bytes]]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def arrived() -> list[tuple[Headers, bytes]] | None:
             with self._lock:
-                if len(self.received) >= count:
-                    return list(self.received)
-            time.sleep(0.02)
-        raise AssertionError(f"expected {count} deliveries, got {len(self.received)}")
+                return list(self.received) if len(self.received) >= count else None
+
+        def shown() -> str:
+            return f"expected {count} deliveries, got {len(self.received)}"
+
+        received: list[tuple[Headers, bytes]] = wait_until(arrived, timeout_s, 0.02, show=shown)
+        return received
 
     def clear(self) -> None:
         with self._lock:
