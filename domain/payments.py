@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import enum
 
+from domain.orders import OrderStatus, can_transition
+
 
 class PaymentStatus(enum.StrEnum):
     CREATING = "CREATING"
@@ -64,3 +66,30 @@ REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
 
 def refund_can_move(current: RefundStatus | str, target: RefundStatus | str) -> bool:
     return RefundStatus(target) in REFUND_TRANSITIONS[RefundStatus(current)]
+
+
+class AfterCapture(enum.StrEnum):
+    """What a payment captured at the provider does to its order (:func:`after_capture`)."""
+
+    PAY = "pay"  # the order awaited payment: PAID, and the shipping stage starts
+    REFUND = "refund"  # the order is over (expired, cancelled): the money goes back in full
+    ATTENTION = "attention"  # amount or currency differ: NEEDS_ATTENTION, a person looks
+    NOTE = "note"  # they differ, but the order is past where it could be flagged: timeline only
+    NOTHING = "nothing"  # already paid or further (a duplicate)
+
+
+_AWAITING = frozenset({OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT})
+
+
+def after_capture(order_status: OrderStatus | str, *, amount_matches: bool) -> AfterCapture:
+    """The rule for a newly captured payment, by the order's status. A wrong amount is never
+    applied as paid, whatever the status: money that does not match the order needs a person."""
+    status = OrderStatus(order_status)
+    if not amount_matches:
+        attention = can_transition(status, OrderStatus.NEEDS_ATTENTION)
+        return AfterCapture.ATTENTION if attention else AfterCapture.NOTE
+    if status in _AWAITING:
+        return AfterCapture.PAY
+    if status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
+        return AfterCapture.REFUND
+    return AfterCapture.NOTHING

@@ -16,14 +16,13 @@ from adapters.payments.base import (
     TradeStatus,
 )
 from domain.money import Money
-from domain.orders import OrderStatus, can_transition
-from domain.payments import CAPTURED, PaymentStatus, RefundStatus
+from domain.orders import OrderStatus
+from domain.payments import CAPTURED, AfterCapture, PaymentStatus, RefundStatus, after_capture
 from models import Order, Payment, ProcessedNotification, Refund
 from services import timeline
 from services.followup import Followup
 from services.order_state import lock_order, move_order
 from services.payments.common import (
-    AWAITING,
     REFUND_REDRIVE_S,
     SHIP_BY_S,
     ProviderCall,
@@ -76,21 +75,23 @@ def _after_paid(
     session: Session, order: Order, payment: Payment, status: TradeStatus, *, now: datetime
 ) -> list[Followup]:
     expected = Money(payment.amount, payment.currency)
-    if status.amount is not None and status.amount != expected:
+    matches = status.amount is None or status.amount == expected
+    action = after_capture(order.status, amount_matches=matches)
+    if action in (AfterCapture.ATTENTION, AfterCapture.NOTE):
         order.reason = "amount_mismatch"
         detail = {"expected": str(expected), "paid": str(status.amount)}
-        if can_transition(OrderStatus(order.status), OrderStatus.NEEDS_ATTENTION):
+        if action is AfterCapture.ATTENTION:
             order.stage_deadline = None
             move_order(session, order, OrderStatus.NEEDS_ATTENTION, **detail)
         else:
             timeline.record(session, order.id, "attention", detail=detail)
         return []
-    if order.status in AWAITING:
+    if action is AfterCapture.PAY:
         # The shipping stage must start by this deadline, or the sweeper re-drives the booking.
         order.stage_deadline = now + timedelta(seconds=SHIP_BY_S)
         move_order(session, order, OrderStatus.PAID, provider=payment.provider)
         return [Followup(SHIPPING_BOOK, order.id)]
-    if order.status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
+    if action is AfterCapture.REFUND:
         refund_no = f"late-{payment.out_trade_no}"
         followup = request_refund(
             session, order, payment, amount=None, refund_no=refund_no,

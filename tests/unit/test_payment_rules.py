@@ -84,3 +84,23 @@ def test_one_key_rotation_sequence_for_stored_and_walked_keys():
     assert key_number(base, f"{base}-r7") == 7  # a key stored before the sequence was shared
     # The adapter walks exactly the sequence the service stores along.
     assert stripe._key_sequence(base)[:4] == keys
+
+
+@pytest.mark.parametrize(
+    ("order_status", "matches", "action"),
+    [
+        ("RESERVED", True, "pay"),  # paid before the create's answer was recorded
+        ("AWAITING_PAYMENT", True, "pay"),
+        ("EXPIRED", True, "refund"),  # paid after the deadline: the money goes back
+        ("CANCELLED", True, "refund"),
+        ("PAID", True, "nothing"),  # a duplicate
+        ("SHIPPED", True, "nothing"),
+        ("AWAITING_PAYMENT", False, "attention"),  # never applied as paid
+        ("EXPIRED", False, "note"),  # over, and past where it could be flagged
+        ("COMPLETED", False, "note"),
+    ],
+)
+def test_what_a_captured_payment_does_to_its_order(order_status, matches, action):
+    from domain.payments import after_capture
+
+    assert after_capture(order_status, amount_matches=matches) == action
