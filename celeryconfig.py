@@ -66,8 +66,9 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 # Publishing waits for the broker to accept the message (and retries briefly on errors).
 task_publish_retry = True
 task_publish_retry_policy = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5}
-# Flower and the CLI read task events.
-worker_send_task_events = True
+# Task events cost about half of a small task's CPU and only a monitor reads them: off until
+# Flower (or `celery events`) asks, and off again when it stops asking (workers/task_events.py).
+worker_send_task_events = False
 task_send_sent_event = False
 
 task_default_queue = "orders"

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(5.0, gt=0, description="Beat period of the stage sweeper")
     sweep_batch: int = Field(500, ge=1, description="Rows claimed per sweeper run")
     task_max_retries: int = Field(5, ge=0)
+    task_events_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="Workers send task events this long after a monitor (Flower) "
+        "last asked for them; off otherwise (workers/task_events.py)",
+    )
     task_soft_time_limit_s: int = 30
     task_time_limit_s: int = 60
     visibility_timeout_s: int = Field(

@@ -3,8 +3,12 @@ letters.
 
 A message whose task keeps killing its worker process (a poison message: acks-late plus
 reject-on-worker-lost would redeliver it forever) is stopped at :data:`MAX_DELIVERIES`: each
-delivery is counted in Redis under the task id and retry number before the body runs, and the
-next delivery past the limit becomes a dead letter instead of running again.
+redelivery (the broker's ``redelivered`` flag: Redis's restore and RabbitMQ's requeue set it) is
+counted in Redis under the task id and retry number before the body runs, and the next delivery
+past the limit becomes a dead letter instead of running again. A first delivery costs no Redis
+round trip (the common case); a message the broker gave back unrun (a worker's warm shutdown)
+counts as delivered, so such a message may be stopped one crash early: a dead letter can be
+replayed, a crash loop cannot be stopped any other way.
 
 A task body calls one service inside a unit of work. Any exception goes through
 :meth:`OrderflowTask.retry_or_fail`: retryable ones (``retryable = True`` on our error tree,
@@ -98,8 +102,11 @@ class OrderflowTask(Task):  # type: ignore[misc]
         return result
 
     def _delivery_key(self) -> str | None:
+        """The redelivery counter's key, or None for a first delivery (nothing to count)."""
         request = self.request
         if request.called_directly or not request.id:
+            return None
+        if not (request.delivery_info or {}).get("redelivered"):
             return None
         return f"deliveries:{request.id}:{request.retries}"
 
@@ -195,14 +202,15 @@ class PoisonMessage(Exception):
 
 
 def _count_delivery(key: str) -> int:
-    """INCR the delivery count (with a TTL); on a Redis failure assume a first delivery."""
+    """Count a redelivery (INCR with a TTL, one round trip) and return the deliveries so far,
+    the first one included; on a Redis failure assume a second delivery."""
     try:
-        pipe = redis_client().pipeline()
+        pipe = redis_client().pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, _DELIVERY_TTL_S)
-        return int(pipe.execute()[0])
+        return 1 + int(pipe.execute()[0])
     except redis.exceptions.RedisError:
-        return 1  # fail open: losing the poison guard is better than stopping all work
+        return 2  # fail open: losing the poison guard is better than stopping all work
 
 
 def _forget_delivery(key: str) -> None:

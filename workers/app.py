@@ -18,3 +18,6 @@ app = Celery(
 app.config_from_object("celeryconfig")
 
 from workers import signals  # noqa: E402,F401  (registers the worker signal handlers)
+from workers.task_events import TaskEventsLease  # noqa: E402  (and its control commands)
+
+app.steps["consumer"].add(TaskEventsLease)

@@ -5,13 +5,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from models.db import dispose_engine
 from observability.metrics import process_exited
 from workers.broker import declare_task_queues, is_amqp
 
 log = logging.getLogger(__name__)
+
+
+#: Celery's per-task "Received task" and "Task ... succeeded" lines: two log records per task
+#: (about a sixth of a small task's CPU, docs/performance.md). Failures and retries are still
+#: logged at WARNING and above; `-l DEBUG` brings the lines back.
+_PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+@after_setup_logger.connect
+def _quiet_per_task_lines(logger: logging.Logger, loglevel: int, **_: Any) -> None:
+    if loglevel > logging.DEBUG:
+        for name in _PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @worker_init.connect
