@@ -22,13 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.orm import Session
 
 from cli.common import console
 from models.db import scratch_database
+from producers.http import intake_session
 from settings import exported_env, get_settings
 from simulators.stack import ProviderStack
 
@@ -158,8 +158,7 @@ class _Customers:
     def __init__(self, stack: ProviderStack, base_url: str, key: str) -> None:
         self.stack = stack
         self.base_url = base_url
-        self.http = requests.Session()
-        self.http.headers["X-API-Key"] = key
+        self.http = intake_session(key)  # waits out a 429 (back-pressure) and resends
         self.handled: set[str] = set()
         self.too_late = 0
 
