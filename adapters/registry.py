@@ -14,6 +14,7 @@ from typing import TypeVar
 import requests
 
 from adapters.errors import ProviderRejected
+from adapters.http import provider_session
 from adapters.logistics.base import BookingService, TrackingProvider
 from adapters.logistics.kuaidi100 import (
     Kuaidi100Config,
@@ -46,11 +47,7 @@ def _read(path: Path | None, name: str, provider: str) -> bytes:
 
 
 def _session() -> requests.Session:
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+    return provider_session()
 
 
 def _alipay(s: Settings) -> PaymentProvider:

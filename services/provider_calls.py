@@ -4,16 +4,22 @@ A service's provider step runs prepare (transaction) -> :meth:`Gate.call` (no tr
 DESIGN.md §3.5) -> record (new transaction). The gate is a port too: services receive it, the
 task layer builds the real one (:func:`gate_for`, breakers shared through Redis) and unit tests
 pass :class:`tests.fakes.FakeGate`.
+
+:meth:`Gate.call_noted` is the same call for a step that records its result anyway: the call's
+timeline row is written in the record transaction (:meth:`CallNote.recorded`) instead of one
+of its own, one transaction less per provider call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import redis
+from sqlalchemy.orm import Session
 
 from adapters.circuit import CircuitBreaker, breaker_for
 from adapters.payments.base import REPLAYED_FAILURE
@@ -38,6 +44,40 @@ class ProviderGate(Protocol):
         request: Any = None,
     ) -> T: ...  # fmt: skip
 
+    def call_noted(
+        self, provider: str, operation: str, order_id: str, fn: Callable[[], T], *,
+        request: Any = None,
+    ) -> tuple[T, CallNote]: ...  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CallNote:
+    """One call's ``provider_call`` timeline row, not yet written."""
+
+    order_id: str
+    detail: dict[str, Any]
+
+    def write(self, session: Session) -> None:
+        timeline.record(session, self.order_id, "provider_call", detail=self.detail)
+
+    def write_alone(self, uow: UnitOfWork) -> None:
+        """Write the row in a transaction of its own (best effort: the call happened whether
+        or not the row lands)."""
+        with contextlib.suppress(Exception), uow() as session:
+            self.write(session)
+
+    @contextlib.contextmanager
+    def recorded(self, uow: UnitOfWork) -> Iterator[Session]:
+        """``uow()`` with the row written in it. If the block fails the row is written alone,
+        so a call that was made is on the timeline whatever its recording did."""
+        try:
+            with uow() as session:
+                self.write(session)
+                yield session
+        except BaseException:
+            self.write_alone(uow)
+            raise
+
 
 class Gate:
     """The real gate: one :class:`CircuitBreaker` per provider name, calls on the timeline."""
@@ -60,13 +100,24 @@ class Gate:
         transient failure is counted toward the circuit (except a replayed stored failure) and
         re-raised for the task to retry; a business rejection counts as the provider being up.
         """
+        result, note = self.call_noted(provider, operation, order_id, fn, request=request)
+        note.write_alone(self.uow)
+        return result
+
+    def call_noted(
+        self, provider: str, operation: str, order_id: str, fn: Callable[[], T], *,
+        request: Any = None,
+    ) -> tuple[T, CallNote]:  # fmt: skip
+        """:meth:`call`, but a successful call's timeline row is returned, for the caller to
+        write in its record transaction (:meth:`CallNote.recorded`). Failures and skipped
+        calls are on the timeline at once, as with :meth:`call`."""
         cb = self.breaker(provider)
         if not cb.allow():
             retry_after_s = round(cb.retry_after_s(), 1)
             metrics.observe_provider_call(provider, operation, "circuit_open")
             self._record_wait(order_id, provider, operation, retry_after_s)
             raise CircuitOpen(provider, f"circuit open for {retry_after_s:.1f}s")
-        record = _CallRecord(order_id, provider, operation, request, self.uow)
+        record = _CallRecord(order_id, provider, operation, request)
         try:
             result = fn()
         except ProviderUnavailable as exc:
@@ -74,18 +125,17 @@ class Gate:
             # key: it says nothing about the provider's health now, so the circuit does not
             # count it. Counted, one such order re-opened a half-open circuit every cool-down.
             opened = exc.code != REPLAYED_FAILURE and cb.record_failure()
-            record.done("unavailable", error=str(exc), opened=opened)
+            record.done("unavailable", error=str(exc), opened=opened).write_alone(self.uow)
             raise
         except ProviderRejected as exc:
             cb.record_success()
-            record.done("rejected", error=f"{exc.code}: {exc}")
+            record.done("rejected", error=f"{exc.code}: {exc}").write_alone(self.uow)
             raise
         except Exception as exc:
-            record.done("error", error=repr(exc))
+            record.done("error", error=repr(exc)).write_alone(self.uow)
             raise
         cb.record_success()
-        record.done("ok", response=result)
-        return result
+        return result, record.done("ok", response=result)
 
     def _record_wait(
         self, order_id: str, provider: str, operation: str, retry_after_s: float
@@ -104,18 +154,16 @@ def gate_for(client: redis.Redis) -> Gate:
 
 
 class _CallRecord:
-    """Times one provider call, then records it in the metrics and on the order's timeline."""
+    """Times one provider call, then records it in the metrics and notes its timeline row."""
 
-    def __init__(
-        self, order_id: str, provider: str, operation: str, request: Any, uow: UnitOfWork
-    ) -> None:
+    def __init__(self, order_id: str, provider: str, operation: str, request: Any) -> None:
         self.order_id, self.provider, self.operation = order_id, provider, operation
-        self.request, self.uow = request, uow
+        self.request = request
         self.started = time.perf_counter()
 
     def done(
         self, outcome: str, *, response: Any = None, error: str | None = None, opened: bool = False
-    ) -> None:
+    ) -> CallNote:
         seconds = time.perf_counter() - self.started
         metrics.observe_provider_call(self.provider, self.operation, outcome, seconds)
         detail: dict[str, Any] = {
@@ -129,6 +177,4 @@ class _CallRecord:
             detail["response"] = redact(response)
         if opened:
             detail["circuit"] = "opened"
-        # The timeline is best effort here: the call happened whether or not this row lands.
-        with contextlib.suppress(Exception), self.uow() as session:
-            timeline.record(session, self.order_id, "provider_call", detail=detail)
+        return CallNote(self.order_id, detail)

@@ -9,7 +9,8 @@ failed subscription never holds the order back).
 
 Same shape as the payment stage: :func:`book` and :func:`subscribe` each run prepare (lock,
 store the booking key, commit) → call the provider through the gate with no transaction open →
-finish in a new transaction that re-checks the status.
+finish in a new transaction that re-checks the status (and also holds the call's timeline row,
+:meth:`~services.provider_calls.Gate.call_noted`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def book(order_id: str, service: BookingService, ports: Ports, config: ShippingC
         return Outcome("noop")
     request = plan.request
     try:
-        booked = ports.gate.call(
+        booked, note = ports.gate.call_noted(
             "warehouse", "book", order_id, lambda: service.book(request), request=request
         )
     except CircuitOpen:
@@ -78,7 +79,7 @@ def book(order_id: str, service: BookingService, ports: Ports, config: ShippingC
         with ports.uow() as session:
             fail_booking(session, order_id, exc.code or str(exc))
         return Outcome("rejected")
-    with ports.uow() as session:
+    with note.recorded(ports.uow) as session:  # the call's timeline row in the same commit
         followups = ship(
             session, order_id, booked, now=ports.clock(), actor="warehouse",
             first_poll_s=config.first_poll_s,
@@ -100,13 +101,13 @@ def subscribe(
     url = config.push_url
     sent = {"carrier": carrier, "waybill": waybill, "phone": phone, "callback": url}
     try:
-        newly = ports.gate.call(
+        newly, note = ports.gate.call_noted(
             "kuaidi100", "subscribe", order_id,
             lambda: provider.subscribe(carrier, waybill, url, phone), request=sent,
         )  # fmt: skip
     except CircuitOpen:
         return Outcome("circuit_open")
-    with ports.uow() as session:
+    with note.recorded(ports.uow) as session:
         mark_subscribed(session, shipment_id, newly=newly)
     return Outcome("subscribed" if newly else "already")
 

@@ -119,20 +119,22 @@ class OrderflowTask(Task):  # type: ignore[misc]
             raise self.retry(exc=exc, countdown=self._countdown(backoff_s(self.request.retries)))
         raise exc
 
-    def hand_off(self, exc: BaseException, task_name: str, order_id: str) -> None:
-        """Continue a transient failure in ``task_name`` (which takes ``order_id`` and retries on
-        its own) instead of retrying this task: published with this task's first backoff, noted
-        on the order's timeline as a retry. A failed publish is logged, not raised: the order
-        keeps its stage deadline, so the sweeper re-drives it."""
-        log.warning("task %s handing %s to %s after %r", self.name, order_id, task_name, exc)
+    def hand_off(
+        self, exc: BaseException, task_name: str, arg: str | int, *, order_id: str | None = None
+    ) -> None:
+        """Continue a transient failure in ``task_name`` (which takes ``arg``, the order id
+        unless ``order_id`` names the order, and retries on its own) instead of retrying this
+        task: published with this task's first backoff, noted on the order's timeline as a
+        retry. A failed publish is logged, not raised: the order keeps its stage deadline, so
+        the sweeper re-drives it."""
+        order = order_id if order_id is not None else str(arg)
+        log.warning("task %s handing %s to %s after %r", self.name, arg, task_name, exc)
         metrics.task_retried(self.name, exc)
-        self._timeline_retry(exc, order_id)
+        self._timeline_retry(exc, order)
         try:
-            self.app.send_task(task_name, args=[order_id], countdown=self._countdown(backoff_s(0)))
+            self.app.send_task(task_name, args=[arg], countdown=self._countdown(backoff_s(0)))
         except Exception:
-            log.exception(
-                "could not publish %s for %s; the sweeper re-drives it", task_name, order_id
-            )
+            log.exception("could not publish %s for %s; the sweeper re-drives it", task_name, arg)
 
     def _countdown(self, seconds: float) -> float:
         return broker_countdown(seconds, self.app.conf.broker_url or "")

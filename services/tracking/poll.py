@@ -24,7 +24,7 @@ from adapters.logistics.base import TrackingProvider, TrackingResult
 from domain.errors import ProviderError
 from domain.tracking import Cadence, PollChunk, pace, plan_chunks
 from services.ports import Ports
-from services.provider_calls import CircuitOpen
+from services.provider_calls import CallNote, CircuitOpen
 from services.tracking.schedule import (
     PollTarget,
     abandon_poll,
@@ -171,16 +171,20 @@ def _poll_one(
 
     result: TrackingResult | None = None
     error: str | None = None
+    note: CallNote | None = None
     try:
-        result = ports.gate.call("kuaidi100", "query", target.order_id, query, request=target)
+        result, note = ports.gate.call_noted(
+            "kuaidi100", "query", target.order_id, query, request=target
+        )
     except CircuitOpen:
         with ports.uow() as session:  # no query went out: the take is undone
             abandon_poll(session, target.shipment_id, started, now=ports.clock(),
                          retry_in_s=config.retry_after_circuit_s)  # fmt: skip
         return 0
     except ProviderError as exc:
-        error = str(exc)[:200]
-    with ports.uow() as session:
+        error = str(exc)[:200]  # the failed call is on the timeline already
+    # An answered query's timeline row is written in the transaction that records it.
+    with ports.uow() if note is None else note.recorded(ports.uow) as session:
         record_poll(
             session, target.shipment_id, now=ports.clock(), result=result, failed=result is None,
             cadence=config.cadence, has_push=target.has_push, error=error,

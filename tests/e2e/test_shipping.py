@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.task_names import TRACKING_POLL
+from services.task_names import SHIPPING_BOOK, SHIPPING_SUBSCRIBE, TRACKING_POLL
 from tests.conftest import order_message, wait_until
 from tests.helpers import assert_stock_consistent, celery_inspect, stock_of
 
@@ -33,6 +33,34 @@ def test_paid_order_is_booked_shipped_and_subscribed(start_pipeline, catalog):
     assert len(bookings) == 1  # one parcel, whatever the retries
     wait_until(lambda: shipment["waybill"] in p.stack.kuaidi100.ledger()["subscriptions"], 30)
     wait_until(lambda: p.get_order(oid)["shipment"]["subscribed"], 30)
+    # Booked and subscribed in the one shipping.book task: no shipping.subscribe message ran.
+    totals = _task_totals(p)
+    assert totals.get(SHIPPING_BOOK, 0) >= 1 and SHIPPING_SUBSCRIBE not in totals, totals
+
+
+def _task_totals(p) -> dict[str, int]:
+    """Tasks the shipping worker has received, by name (``celery inspect stats``)."""
+    shipping = [w for w in p.procs.procs if w.name == "shipping"]
+    stats = wait_until(lambda: celery_inspect(shipping, "stats"), 30)
+    totals: dict[str, int] = {}
+    for node in stats.values():
+        for name, count in node.get("total", {}).items():
+            totals[name] = totals.get(name, 0) + count
+    return totals
+
+
+def test_a_failed_subscription_is_handed_to_the_subscribe_task(start_pipeline, catalog):
+    catalog({"H": 10})
+    p = start_pipeline(shipping=True)
+    p.stack.kuaidi100.set_faults(error_rate=1.0)  # every Kuaidi100 call answers "busy"
+    oid = paid_order(p, "H", 1)
+    wait_until(lambda: any(e["kind"] == "task_retry"
+                           for e in p.get_order(oid)["timeline"]), 60)  # fmt: skip
+    assert p.get_order(oid)["status"] == "SHIPPED"  # the booking stands
+    p.stack.kuaidi100.set_faults(error_rate=0.0)
+    wait_until(lambda: p.get_order(oid)["shipment"]["subscribed"], 60)
+    assert _task_totals(p).get(SHIPPING_SUBSCRIBE, 0) >= 1
+    assert len(p.stack.warehouse.ledger()["bookings"]) == 1  # the booking was not retried
 
 
 def test_manual_waybill_registration(start_pipeline, catalog, monkeypatch):

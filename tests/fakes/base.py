@@ -50,6 +50,23 @@ class FakeGate:
         self.calls.append((provider, operation, order_id))
         return fn()
 
+    def call_noted(
+        self, provider: str, operation: str, order_id: str, fn: Callable[[], R], *,
+        request: Any = None,
+    ) -> tuple[R, Any]:  # fmt: skip
+        """:meth:`call`, with a note that writes nothing (the fakes keep no timeline)."""
+        return self.call(provider, operation, order_id, fn, request=request), _NullNote()
+
+
+class _NullNote:
+    """The fake gate's :class:`services.provider_calls.CallNote`: a plain unit of work."""
+
+    def write_alone(self, uow: Any) -> None:
+        return None
+
+    def recorded(self, uow: Any) -> Any:
+        return uow()
+
 
 class FakeSender:
     """A callback receiver that answers from a script: each POST takes the next of
