@@ -105,11 +105,23 @@ class Settings(BaseSettings):
     intake_retry_after_s: float = Field(
         5.0, gt=0, description="The Retry-After a back-pressure refusal answers with"
     )
+    intake_batch_max: int = Field(
+        64,
+        ge=1,
+        description="Most orders one HTTP intake group commit stores (one "
+        "transaction, one publish); 1 turns group commit off",
+    )
     intake_redrive_s: int = Field(
         30, ge=1, description="A RECEIVED order untouched this long is re-driven by the sweeper"
     )
     sweep_interval_s: float = Field(5.0, gt=0, description="Beat period of the stage sweeper")
     sweep_batch: int = Field(500, ge=1, description="Rows claimed per sweeper run")
+    reserve_batch_max: int = Field(
+        50,
+        ge=1,
+        description="Most order ids one orders.reserve_batch message carries (one "
+        "transaction, a savepoint per order)",
+    )
     task_max_retries: int = Field(5, ge=0)
     task_events_lease_s: float = Field(
         30.0,

@@ -3,9 +3,14 @@
 * ``POST /v1/orders`` stores the order (committed) before it answers: 202 for a new order, 200
   for a repeat of the same ``(source, external_id)`` and body, 409 for the same key with a
   different body, 400 for a body that is not JSON, 422 naming the field, 403 for a key bound to
-  another source. The ``orders.process`` task is published after the commit; if the broker is
-  down the request still succeeds and the sweeper publishes it later (the order has a stage
-  deadline). The body is read raw, because a request signature covers its exact bytes, so its
+  another source. Concurrent requests of one process are stored by a group commit
+  (:mod:`api.group_commit`, :func:`services.intake.accept_orders`): one transaction for the
+  batch, then one ``orders.reserve_batch`` message carrying the new orders' ids (one per
+  ``RESERVE_BATCH_MAX``); each request still gets its own answer, and a 503 (database
+  unreachable) is answered to every request of the batch that could not commit. If the broker
+  is down the requests still succeed and the sweeper publishes later (every order has a stage
+  deadline). The body
+  is read raw, because a request signature covers its exact bytes, so its
   schema (:class:`~producers.schema.OrderMessage`) is declared to OpenAPI by hand
   (:func:`order_message_schemas`).
 * ``GET /v1/orders/{order_id}``: the order with lines, timeline, payment and shipment.
@@ -35,9 +40,10 @@ from pydantic import ValidationError as PydanticValidationError
 
 from api.auth import require_api_key
 from api.errors import error_response, error_responses
+from api.group_commit import GroupCommit
 from domain.errors import Overloaded
 from observability import metrics
-from producers.intake import accept
+from producers.intake import accept_many
 from producers.schema import OrderMessage, field_errors, parse_message
 from services import backpressure, payments, shipping
 from services.followup import Followup
@@ -45,7 +51,6 @@ from services.intake import IntakeResult
 from services.payments import payment_view
 from services.queries import ensure_order_source, order_view
 from services.shipping import shipment_view
-from services.task_names import ORDERS_PROCESS
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 
@@ -118,31 +123,52 @@ async def create_order(request: Request, source: Source) -> Any:
             "this API key may not submit orders for that source",
             [{"field": "source", "reason": f"key is bound to source {source!r}"}],
         )
-    result = await run_in_threadpool(_accept_and_publish, msg)
+    await _check_gate()
+    result = await intake_batcher().submit(msg)
     body = {"id": result.order_id, "status": result.status, "created": result.created}
     return JSONResponse(body, status_code=202 if result.created else 200)
 
 
-def _accept_and_publish(msg: OrderMessage) -> IntakeResult:
-    """Store the order (committed), then publish ``orders.process`` for a new one: both in one
-    trip to the thread pool. A publish failure is logged, not raised: the order is stored and
-    the sweeper re-drives it at its stage deadline."""
-    from workers.publish import enqueue  # the Celery app is only needed once we publish
-
+async def _check_gate() -> None:
+    """429 with Retry-After while the accepted work is too far behind. The gate answers from
+    memory between readings; only a reading (a query) goes to the thread pool."""
+    gate = intake_gate()
     try:
-        intake_gate().check()  # 429 with Retry-After while the accepted work is too far behind
+        if gate.due():
+            await run_in_threadpool(gate.check)
+        else:
+            gate.check()
     except Overloaded:
         metrics.intake_refused("http")
         raise
-    result = accept(msg, channel="http")
-    if result.created:
-        try:
-            enqueue(ORDERS_PROCESS, result.order_id)
-        except Exception:  # noqa: BLE001 - any broker failure is handled the same way
-            log.warning(
-                "could not publish orders.process for %s; the sweeper will", result.order_id
-            )
-    return result
+
+
+@lru_cache(maxsize=1)
+def intake_batcher() -> GroupCommit[OrderMessage, IntakeResult]:
+    """This process's intake group commit (at most ``INTAKE_BATCH_MAX`` orders per flush)."""
+    return GroupCommit(
+        _store_and_publish, max_batch=get_settings().intake_batch_max, max_flushes=_FLUSHES
+    )
+
+
+#: Group commits in flight per API process: enough that the latency of one (its round trips,
+#: its publish) does not hold up every request behind it, few enough to fit the pool.
+_FLUSHES = 4
+
+
+def _store_and_publish(msgs: list[OrderMessage]) -> list[IntakeResult | Exception]:
+    """One flush of the group commit, in the thread pool: store the orders in one transaction
+    (committed), then publish one ``orders.reserve_batch`` for the new ones (the reservation
+    stage takes them together). A publish failure is logged by ``enqueue_reservations``, not
+    raised: the orders are stored and the sweeper re-drives them at their stage deadline."""
+    from workers.publish import enqueue_reservations  # the Celery app only once we publish
+
+    results = accept_many(msgs, channel="http")
+    metrics.intake_batch(len(msgs))
+    created = [r.order_id for r in results if isinstance(r, IntakeResult) and r.created]
+    if created:
+        enqueue_reservations(created)
+    return results
 
 
 @router.get("/{order_id}")

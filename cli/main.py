@@ -14,7 +14,6 @@ from cli.common import command, console, fail, print_json
 from cli.dlq import dlq_app
 from cli.orders import orders_app
 from cli.payments import payments_app, shipments_app
-from services.task_names import ORDERS_PROCESS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="orderflow operations")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
@@ -59,9 +58,9 @@ def intake(
     report = import_jsonl(file)
     unqueued = 0
     if report.created_ids and not no_enqueue:
-        from workers.publish import enqueue_many
+        from workers.publish import enqueue_reservations
 
-        queued = enqueue_many((ORDERS_PROCESS, oid) for oid in report.created_ids)
+        queued = enqueue_reservations(report.created_ids)  # RESERVE_BATCH_MAX ids a message
         if queued < len(report.created_ids):
             # Stored is safe: each order's stage deadline makes the sweeper publish it later.
             unqueued = len(report.created_ids) - queued

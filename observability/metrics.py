@@ -10,6 +10,8 @@ Two kinds of series, named ``orderflow_*``:
 - ``orderflow_provider_calls_total{provider,operation,outcome}``: ``ok``, ``rejected`` (a
   business "no": the provider is up), ``unavailable``, ``error`` (an exception the adapter did
   not classify: a bug), ``circuit_open`` (no request went out)
+- ``orderflow_intake_batch_size`` (histogram): orders per committed HTTP intake group commit
+  (:mod:`api.group_commit`); ``_count`` is the number of intake transactions
 - ``orderflow_order_stage_seconds{from_status,to_status}`` (histogram): time an order spent in
   ``from_status`` (read by :func:`services.timeline.record` in the transition's INSERT)
 
@@ -173,6 +175,11 @@ INTAKE_REFUSED = Counter(
     "Orders refused at intake by back-pressure (429): the accepted work is too far behind",
     ["channel"],
 )
+INTAKE_BATCH_SIZE = Histogram(
+    "orderflow_intake_batch_size",
+    "Orders stored by one HTTP intake group commit (one transaction, one publish)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 ORDER_STAGE_SECONDS = Histogram(
     "orderflow_order_stage_seconds",
     "Time an order spent in from_status before moving to to_status",
@@ -211,6 +218,11 @@ def observe_transition(from_status: str, to_status: str, seconds_in_previous_sta
 @_never_raise
 def intake_refused(channel: str) -> None:
     INTAKE_REFUSED.labels(channel).inc()
+
+
+@_never_raise
+def intake_batch(orders: int) -> None:
+    INTAKE_BATCH_SIZE.observe(orders)
 
 
 @_never_raise

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from producers.schema import OrderMessage, parse_message
-from services.intake import IntakeResult, NewOrder, accept_order
+from services.intake import IntakeResult, NewOrder, accept_order, accept_orders
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 
@@ -31,6 +32,20 @@ def accept(msg: OrderMessage, *, channel: str) -> IntakeResult:
         return accept_order(
             session,
             to_new_order(msg),
+            now=datetime.now(UTC),
+            redrive_after_s=get_settings().intake_redrive_s,
+            channel=channel,
+        )
+
+
+def accept_many(msgs: Sequence[OrderMessage], *, channel: str) -> list[IntakeResult | Exception]:
+    """Store the orders in one transaction, a savepoint each (committed when this returns):
+    per message its result or the error it alone raised (:func:`services.intake.accept_orders`).
+    Raises when the transaction as a whole fails (the database unreachable)."""
+    with unit_of_work() as session:
+        return accept_orders(
+            session,
+            [to_new_order(msg) for msg in msgs],
             now=datetime.now(UTC),
             redrive_after_s=get_settings().intake_redrive_s,
             channel=channel,

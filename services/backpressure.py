@@ -87,6 +87,12 @@ class Gate:
         self._read_at = -math.inf
         self._refusal: Overloaded | None = None
 
+    def due(self) -> bool:
+        """Whether :meth:`check` would read the backlog now (a query) rather than a cached
+        answer; the async route runs only such a check off the event loop."""
+        bounded = bool(self.limits.max_wait_s or self.limits.max_backlog)
+        return bounded and self.clock() - self._read_at >= self.refresh_s
+
     def check(self) -> None:
         if not (self.limits.max_wait_s or self.limits.max_backlog):
             return

@@ -4,7 +4,8 @@
 batches, so two beats (or two sweepers) running at once split the work instead of doing it
 twice, and a sweep never waits on a row a worker is busy with. For each claimed order:
 
-* RECEIVED — the reservation task was lost: re-enqueue ``orders.process``;
+* RECEIVED — the reservation task was lost: re-drive it in ``orders.reserve_batch`` chunks
+  (:attr:`SweepResult.reserve`: many orders per message, not one ``orders.process`` each);
 * RESERVED / AWAITING_PAYMENT past the payment deadline — expire: with no payment at the
   provider the stock is released here, in the batch; otherwise ``payments.expire`` closes the
   trade first (a trade found paid is treated as paid);
@@ -37,7 +38,13 @@ from models import DeadLetter, Order, Payment
 from services import timeline
 from services.followup import Followup
 from services.payments import expire_order
-from services.task_names import ORDERS_PROCESS, PAYMENTS_CREATE, PAYMENTS_EXPIRE, SHIPPING_BOOK
+from services.task_names import (
+    ORDERS_PROCESS,
+    ORDERS_RESERVE_BATCH,
+    PAYMENTS_CREATE,
+    PAYMENTS_EXPIRE,
+    SHIPPING_BOOK,
+)
 
 #: Redis key the sweep task stamps (Unix time) on every run; ``orderflow doctor`` reads it to
 #: tell whether beat and the maintenance worker are alive.
@@ -54,6 +61,7 @@ SWEPT = (
 @dataclass
 class SweepResult:
     followups: list[Followup] = field(default_factory=list)
+    reserve: list[str] = field(default_factory=list)  # RECEIVED: for enqueue_reservations
     expired: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # follow-up task waiting in dead letters
 
@@ -102,11 +110,15 @@ def sweep(
             continue
         timeline.record(
             session, order.id, "redrive", from_status=order.status, to_status=order.status,
-            detail={"task": task, "attempt": order.stage_attempts + 1}, actor="sweeper",
+            detail={"task": ORDERS_RESERVE_BATCH if task == ORDERS_PROCESS else task,
+                    "attempt": order.stage_attempts + 1}, actor="sweeper",
         )  # fmt: skip
         order.stage_attempts += 1
         order.stage_deadline = now + timedelta(seconds=redrive_after_s)
-        result.followups.append(Followup(task, order.id))
+        if task == ORDERS_PROCESS:  # batched: one message per RESERVE_BATCH_MAX orders
+            result.reserve.append(order.id)
+        else:
+            result.followups.append(Followup(task, order.id))
     return result
 
 
@@ -128,7 +140,9 @@ def redrive_for(
     status: str, payment_deadline: datetime | None, *, now: datetime, has_payment: bool
 ) -> str:
     """The task that moves an overdue order on (see the module docstring), or
-    :data:`EXPIRE_NOW`. Pure: the sweep claims the orders, this decides."""
+    :data:`EXPIRE_NOW`. Pure: the sweep claims the orders, this decides. For a RECEIVED order
+    it is ``orders.process``, the task whose dead letter holds the order (a failing batch hands
+    its orders to it); :func:`sweep` sends those in ``orders.reserve_batch`` chunks."""
     if status == OrderStatus.RECEIVED:
         return ORDERS_PROCESS
     if status == OrderStatus.PAID:

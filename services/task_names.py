@@ -10,6 +10,7 @@ from __future__ import annotations
 
 ORDERS_INTAKE = "orders.intake"
 ORDERS_PROCESS = "orders.process"
+ORDERS_RESERVE_BATCH = "orders.reserve_batch"  # a list of order ids: one transaction
 
 PAYMENTS_CREATE = "payments.create"
 PAYMENTS_QUERY = "payments.query"

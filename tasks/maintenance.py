@@ -13,7 +13,7 @@ from settings import get_settings
 from tasks.base import OrderflowTask
 from workers.app import app
 from workers.connections import redis_client
-from workers.publish import enqueue_followups
+from workers.publish import enqueue_followups, enqueue_reservations
 
 #: Set by every sweep; `orderflow doctor` reads its age to tell whether beat is alive.
 
@@ -31,4 +31,5 @@ def sweep(self: OrderflowTask) -> int:
     except Exception as exc:
         self.retry_or_fail(exc)
     redis_client().set(HEARTBEAT_KEY, time.time())
-    return enqueue_followups(result.followups) + len(result.expired)
+    sent = enqueue_reservations(result.reserve) + enqueue_followups(result.followups)
+    return sent + len(result.expired)

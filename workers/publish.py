@@ -4,13 +4,15 @@ the worker imports tasks/). Always called after the transaction that justified i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kombu.exceptions
 
 from services.dead_letters import Replay
 from services.followup import Followup
+from services.task_names import ORDERS_RESERVE_BATCH
+from settings import get_settings
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,9 @@ def enqueue_followups(followups: Iterable[Followup]) -> int:
     return enqueue_many((f.task, f.arg) for f in followups)
 
 
-def enqueue_many(items: Iterable[tuple[str, str | int]]) -> int:
-    """Publish ``(task_name, order_id)`` pairs over one producer connection; returns the count.
+def enqueue_many(items: Iterable[tuple[str, Any]]) -> int:
+    """Publish ``(task_name, argument)`` pairs (an order id, a shipment id, a list of order ids)
+    over one producer connection; returns how many went out.
 
     A failure part-way is logged, not raised: the rows' stage deadlines were already moved
     forward, so the sweeper re-publishes anything that did not get out.
@@ -44,8 +47,8 @@ def enqueue_many(items: Iterable[tuple[str, str | int]]) -> int:
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
-            for task_name, order_id in items:
-                app.send_task(task_name, args=[order_id], producer=producer)
+            for task_name, arg in items:
+                app.send_task(task_name, args=[arg], producer=producer)
                 sent += 1
     except _BROKER_DOWN as exc:  # expected now and then: one line, no traceback
         log.error(
@@ -55,3 +58,16 @@ def enqueue_many(items: Iterable[tuple[str, str | int]]) -> int:
     except Exception:
         log.exception("publishing stopped after %d tasks; the sweeper will retry", sent)
     return sent
+
+
+def enqueue_reservations(order_ids: Sequence[str]) -> int:
+    """Publish ``orders.reserve_batch`` messages of at most ``RESERVE_BATCH_MAX`` ids each, in
+    the order given, over one producer connection; returns how many ids went out.
+
+    A failure part-way is logged, not raised (as :func:`enqueue_many`): the orders keep their
+    stage deadlines, so the sweeper re-publishes what did not get out.
+    """
+    size = get_settings().reserve_batch_max
+    chunks = [list(order_ids[i : i + size]) for i in range(0, len(order_ids), size)]
+    sent = enqueue_many((ORDERS_RESERVE_BATCH, chunk) for chunk in chunks)
+    return sum(len(chunk) for chunk in chunks[:sent])

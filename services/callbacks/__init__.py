@@ -72,6 +72,7 @@ from services.callbacks.outbox import (
     OrderFields,
     OrderSnapshot,
     record_status_change,
+    record_status_changes,
 )
 from services.callbacks.rules import (
     DELIVERED,
@@ -132,6 +133,7 @@ __all__ = [
     "list_endpoints",
     "record_attempt",
     "record_status_change",
+    "record_status_changes",
     "register_endpoint",
     "release",
     "resend",

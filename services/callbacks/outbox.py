@@ -4,10 +4,11 @@ that changes the order (a transactional outbox), so a change is announced iff it
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Row, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from domain.orders import OrderStatus
@@ -60,22 +61,36 @@ def record_status_change(
     shipment lookups the event needs, and one INSERT. A paused endpoint still gets its rows
     (as PAUSED), delivered once it is resumed.
     """
-    endpoint = (
-        session.connection().execute(_ACTIVE_ENDPOINT, {"source": order.source}).one_or_none()
-    )
-    if endpoint is None:
-        return
-    session.execute(
-        insert(CallbackDelivery).values(
-            event_id=uuid.uuid4(),
-            endpoint_id=endpoint.id,
-            order_id=order.id,
-            event_type=EVENT_TYPE,
-            payload=_payload(session, order, previous, target),
-            status=PENDING if endpoint.paused_at is None else PAUSED,
-            next_attempt_at=func.now(),
+    record_status_changes(session, [order], previous, target)
+
+
+def record_status_changes(
+    session: Session, orders: Sequence[OrderFields], previous: str | None, target: str
+) -> None:
+    """:func:`record_status_change` for many orders making the same move (a batch), with one
+    endpoint lookup per source instead of one per order."""
+    endpoints: dict[str, Row[Any] | None] = {}
+    for order in orders:
+        if order.source not in endpoints:
+            endpoints[order.source] = (
+                session.connection()
+                .execute(_ACTIVE_ENDPOINT, {"source": order.source})
+                .one_or_none()
+            )
+        endpoint = endpoints[order.source]
+        if endpoint is None:
+            continue
+        session.execute(
+            insert(CallbackDelivery).values(
+                event_id=uuid.uuid4(),
+                endpoint_id=endpoint.id,
+                order_id=order.id,
+                event_type=EVENT_TYPE,
+                payload=_payload(session, order, previous, target),
+                status=PENDING if endpoint.paused_at is None else PAUSED,
+                next_attempt_at=func.now(),
+            )
         )
-    )
 
 
 def _payload(

@@ -1,9 +1,11 @@
 """Late work never pages anyone: a real backlog on the payments queue, worked off after the
 orders' payment deadlines passed.
 
-The orders are reserved by the real orders worker while no payments worker runs, so their
-``payments.create`` tasks wait on the broker until every payment deadline is over; the sweeper
-is slowed down so that it cannot expire them first. Then a payments worker starts and works the
+The orders are reserved by the real orders worker while no payments worker runs. That orders
+worker holds no WeChat Pay credentials (a deployment may keep them on the payments workers
+only), so instead of creating the payments in-line it publishes their ``payments.create``
+tasks, which wait on the broker until every payment deadline is over; the sweeper is slowed
+down so that it cannot expire them first. Then a payments worker starts and works the
 backlog off. WeChat Pay refuses a ``time_expire`` in the past (``PARAM_ERROR``): sent anyway,
 each order would end in NEEDS_ATTENTION and page an operator. None may; each expires, with its
 stock released once and no call to the provider.
@@ -11,6 +13,7 @@ stock released once and no call to the provider.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 from sqlalchemy import text
@@ -47,7 +50,13 @@ def test_a_payment_backlog_past_its_deadlines_expires_and_pages_no_one(
     monkeypatch.setenv("PAYMENT_WINDOW_S", "3")
     monkeypatch.setenv("SWEEP_INTERVAL_S", "3600")  # the sweeper must not get there first
     catalog({"B": ORDERS * 2})
+    wechat = {k: v for k, v in os.environ.items() if k.startswith("WECHATPAY_")}
+    assert wechat  # the simulators' settings, exported by pipeline_env
+    for key in wechat:  # the API and the orders worker start without them
+        monkeypatch.delenv(key)
     p = start_pipeline(payments=False)
+    for key, value in wechat.items():  # the payments worker has them
+        monkeypatch.setenv(key, value)
     ids = [p.post_order(order_message("B", 1, provider="wechatpay")) for _ in range(ORDERS)]
     wait_until(lambda: _statuses(ids) == {"RESERVED": ORDERS}, timeout_s=60)
     wait_until(lambda: _deadlines_passed(ids), timeout_s=30)

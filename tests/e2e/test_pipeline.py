@@ -219,13 +219,15 @@ def test_redis_flushed_after_500_accepted_all_recovered(procs, catalog, api_key)
     ids = post_many(base, api_key, [order_message(random.choice(["R1", "R2"]), 1)
                                    for _ in range(500)])  # fmt: skip
     assert len(set(ids)) == 500
-    assert queue_depths(broker_url(), ["orders"]) == {"orders": 500}  # the published messages ...
+    # The published messages (group commit: each carries a batch of ids, orders.reserve_batch) ...
+    published = queue_depths(broker_url(), ["orders"])["orders"]
+    assert 0 < published <= 500
     if broker_is_redis():
         client = redis_client()
         client.flushdb()  # ... are gone
         client.close()
     else:
-        assert purge_task_queues(broker_url()) == 500  # ... are gone
+        assert purge_task_queues(broker_url()) == published  # ... are gone
     start_worker(procs)
     procs.beat()
     wait_until(lambda: settled(500), 180)

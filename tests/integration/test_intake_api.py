@@ -1,11 +1,15 @@
 """POST /v1/orders against real PostgreSQL: bad input gets a clear error and stores nothing;
-repeats are idempotent; the same key with a different body is a 409."""
+repeats are idempotent; the same key with a different body is a 409. Concurrent requests share
+a group commit (one transaction, one publish) and still each get their own answer."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import requests
@@ -14,7 +18,7 @@ from sqlalchemy import func, select
 
 from models import Order, OrderEvent, OrderLine
 from services.unit_of_work import unit_of_work
-from tests.conftest import order_message
+from tests.conftest import order_message, wait_until
 
 
 def stored_rows() -> tuple[int, int, int]:
@@ -283,3 +287,139 @@ def test_back_pressure_refuses_with_retry_after_and_stores_nothing(
     assert r.status_code == 202, r.text
     intake_gate.cache_clear()
     get_settings.cache_clear()
+
+
+# --- group commit ------------------------------------------------------------------------------
+
+
+def batch_sizes() -> tuple[float, float]:
+    """This process's ``orderflow_intake_batch_size`` (count, sum): intake transactions and
+    the orders they stored."""
+    from prometheus_client import REGISTRY
+
+    from observability import metrics  # noqa: F401 - registers the series
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(f"orderflow_intake_batch_size_{name}") or 0.0
+
+    return sample("count"), sample("sum")
+
+
+def in_one_batch(client, key: str, bodies: Sequence[Any], monkeypatch) -> list[Any]:
+    """Post ``bodies`` so that one flush stores them all, and return their responses.
+
+    With one flush at a time, a first order's flush is held open while the others arrive one by
+    one (each waited for in the queue, so their order is known), then released: the others
+    queue behind it and the next flush takes them together. The first order is stored as usual
+    (202)."""
+    from api.orders import intake_batcher
+
+    batcher = intake_batcher()
+    flush, entered, release = batcher.flush, threading.Event(), threading.Event()
+
+    def held_flush(msgs):
+        if not entered.is_set():
+            entered.set()
+            release.wait(60)
+        return flush(msgs)
+
+    monkeypatch.setattr(batcher, "flush", held_flush)
+    monkeypatch.setattr(batcher, "max_flushes", 1)  # the others queue behind the held one
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        first = pool.submit(post, client, order_message(), key)
+        wait_until(entered.is_set, 30, 0.01)
+        pending = []
+        for i, body in enumerate(bodies, 1):
+            pending.append(pool.submit(post, client, body, key))
+            wait_until(lambda i=i: batcher.queued == i, 30, 0.01)
+        release.set()
+        assert first.result().status_code == 202, first.result().text
+        return [f.result() for f in pending]
+
+
+def test_concurrent_requests_share_one_transaction(client, api_key, monkeypatch):
+    """Ten requests arriving while a flush runs are stored by the next one: 11 orders in two
+    transactions, each request answered with its own order."""
+    count, total = batch_sizes()
+    responses = in_one_batch(client, api_key, [order_message() for _ in range(10)], monkeypatch)
+    assert [r.status_code for r in responses] == [202] * 10
+    assert len({r.json()["id"] for r in responses}) == 10
+    assert stored_rows() == (11, 11, 11)
+    after = batch_sizes()
+    assert (after[0] - count, after[1] - total) == (2, 11)  # batches of 1 and 10
+
+
+def test_one_bad_order_in_a_batch_fails_alone(client, api_key, monkeypatch):
+    """An unknown user (422) and a key reused with another body (409) are refused in their
+    own savepoints; the good orders beside them in the same transaction are stored."""
+    taken = order_message(external_id="taken")
+    assert post(client, taken, api_key).status_code == 202
+    unknown_user = {**order_message(), "user_id": 424242}
+    changed = order_message(external_id="taken", quantity=5)
+    good = [order_message(), order_message()]
+    count, _ = batch_sizes()
+    r = in_one_batch(client, api_key, [good[0], unknown_user, changed, good[1]], monkeypatch)
+    assert [x.status_code for x in r] == [202, 422, 409, 202], [x.text for x in r]
+    assert r[1].json()["details"] == [{"field": "user_id", "reason": "no user with id 424242"}]
+    assert r[2].json()["details"][0]["field"] == "external_id"
+    assert batch_sizes()[0] - count == 2
+    with unit_of_work() as s:
+        stored = set(s.scalars(select(Order.external_id)).all())
+    assert stored >= {"taken", good[0]["external_id"], good[1]["external_id"]}
+    assert unknown_user["external_id"] not in stored
+    assert stored_rows() == (4, 4, 4)  # taken, the held first order and the two good ones
+
+
+def test_the_same_key_twice_in_one_batch_behaves_as_in_a_row(client, api_key, monkeypatch):
+    """Within one transaction the first of a key is created, a repeat with the same body is a
+    200 with the same id, and the same key with another body is a 409."""
+    body = order_message(external_id="twice")
+    other = order_message(external_id="twice", quantity=3)
+    r = in_one_batch(client, api_key, [body, body, other, order_message()], monkeypatch)
+    assert [x.status_code for x in r] == [202, 200, 409, 202], [x.text for x in r]
+    assert r[0].json()["id"] == r[1].json()["id"] and r[1].json()["created"] is False
+    assert stored_rows() == (3, 3, 3)
+
+
+def test_a_publish_failure_leaves_the_batch_stored(client, api_key, monkeypatch):
+    """The broker refuses every publish: the orders are committed before it is tried, so each
+    request still gets its 202 and each order waits RECEIVED with a stage deadline, for the
+    sweeper to re-drive."""
+    import kombu.exceptions
+
+    from workers.publish import app
+
+    def broker_down(*_a, **_kw):
+        raise kombu.exceptions.OperationalError("Error 111 connecting to broker")
+
+    monkeypatch.setattr(app, "send_task", broker_down)
+    r = in_one_batch(client, api_key, [order_message() for _ in range(3)], monkeypatch)
+    assert [x.status_code for x in r] == [202] * 3
+    with unit_of_work() as s:
+        rows = s.execute(select(Order.status, Order.stage_deadline)).all()
+    assert len(rows) == 4
+    assert all(status == "RECEIVED" and deadline is not None for status, deadline in rows)
+
+
+def test_a_batch_whose_transaction_fails_answers_503_to_each_request(client, api_key, monkeypatch):
+    """The database goes away under the flush: every request of that batch gets the 503 the
+    one-request path gives (with Retry-After), nothing is stored, and the next batch works."""
+    from sqlalchemy.exc import OperationalError
+
+    import api.orders
+
+    accept_many = api.orders.accept_many
+    calls = []
+
+    def lost_connection(msgs, **kw):
+        calls.append(len(msgs))
+        if len(calls) == 2:  # the batch behind the held first order
+            raise OperationalError("INSERT", {}, ConnectionError("server closed the connection"))
+        return accept_many(msgs, **kw)
+
+    monkeypatch.setattr(api.orders, "accept_many", lost_connection)
+    r = in_one_batch(client, api_key, [order_message() for _ in range(3)], monkeypatch)
+    assert [x.status_code for x in r] == [503] * 3
+    assert all(x.headers["Retry-After"] == "1" and x.json()["error"] == "unavailable" for x in r)
+    assert stored_rows() == (1, 1, 1)  # only the first order, from the batch before
+    assert post(client, order_message(), api_key).status_code == 202

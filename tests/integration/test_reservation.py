@@ -151,10 +151,11 @@ def test_stalled_orders_are_redriven_and_leased(catalog):
         assert sweep(s, now=now(), redrive_after_s=30, limit=10).followups == []
     later = now() + timedelta(minutes=5)
     with unit_of_work() as s:
-        got = sweep(s, now=later, redrive_after_s=30, limit=10).followups
-    assert [(f.task, f.arg) for f in got] == [("orders.process", oid)]
+        got = sweep(s, now=later, redrive_after_s=30, limit=10)
+    # RECEIVED orders go out in orders.reserve_batch chunks, not one followup each
+    assert (got.reserve, got.followups) == ([oid], [])
     with unit_of_work() as s:  # deadline moved forward: not claimed again right away
-        assert sweep(s, now=later, redrive_after_s=30, limit=10).followups == []
+        assert sweep(s, now=later, redrive_after_s=30, limit=10).reserve == []
 
 
 def test_reserved_order_without_payment_is_redriven_to_payment_stage(catalog):
@@ -189,14 +190,14 @@ def test_a_dead_lettered_task_is_held_not_resent_until_an_operator_acts(catalog)
     later = now() + timedelta(minutes=5)
     with unit_of_work() as s:
         held = sweep(s, now=later, redrive_after_s=30, limit=10)
-    assert held.followups == [] and held.held == [oid]
+    assert held.followups == [] and held.reserve == [] and held.held == [oid]
     with unit_of_work() as s:  # the lease moved on: not claimed again on the next tick
         assert sweep(s, now=later, redrive_after_s=30, limit=10).held == []
     with unit_of_work() as s:
         dead_letters.discard(s, dl_id, now=later, actor="test")
     with unit_of_work() as s:
         got = sweep(s, now=later + timedelta(minutes=1), redrive_after_s=30, limit=10)
-    assert [(f.task, f.arg) for f in got.followups] == [("orders.process", oid)]
+    assert got.reserve == [oid]
 
 
 def test_a_dead_lettered_payment_create_still_expires_at_the_deadline(catalog):
