@@ -104,17 +104,75 @@ class CpuUse:
         )
 
 
+@dataclass(frozen=True)
+class ProcCpu:
+    """One process in one CpuMeter sample: its part of the stack, its parent, its own CPU
+    seconds (user + system) and the CPU seconds of the children it has reaped (``cutime +
+    cstime``: what its exited children used, the whole lifetime of each)."""
+
+    part: str
+    ppid: int
+    own: float
+    reaped: float = 0.0
+
+
+#: A sampled process: (pid, create time), so a reused pid is another process.
+ProcKey = tuple[int, float]
+
+
+def cpu_used(
+    before: Mapping[ProcKey, ProcCpu], after: Mapping[ProcKey, ProcCpu], *, reapers: set[int]
+) -> dict[str, float]:
+    """CPU seconds per part between two samples, processes that exited meanwhile included.
+
+    1. A process in both samples counts ``after.own - before.own``; one born in between counts
+       all of ``after.own``.
+    2. A process in ``reapers`` (a pid whose reaped children are counted: the postmaster, a
+       prefork parent, uvicorn's supervisor) also counts the growth of ``reaped``, in its own
+       part: the children that exited and were reaped in between, born before or after the
+       first sample.
+    3. A process of the first sample that is gone from the second and whose parent is a reaper
+       present in both samples was counted by rule 2 with its whole lifetime: its CPU before
+       the first sample (``before.own``) is taken off again.
+    A gone process whose parent is no reaper (e.g. the bench process's own children) counts
+    nothing after the first sample: stop the meter before stopping those.
+    """
+    used: dict[str, float] = {}
+
+    def add(part: str, seconds: float) -> None:
+        used[part] = used.get(part, 0.0) + seconds
+
+    after_pids = {pid for pid, _ in after}
+    before_pids = {pid for pid, _ in before}
+    for key, now in after.items():
+        earlier = before.get(key)
+        add(now.part, max(0.0, now.own - (earlier.own if earlier else 0.0)))
+        if key[0] in reapers:
+            add(now.part, max(0.0, now.reaped - (earlier.reaped if earlier else 0.0)))
+    for key, gone in before.items():
+        parent_stayed = gone.ppid in after_pids and gone.ppid in before_pids
+        if key not in after and gone.ppid in reapers and parent_stayed:
+            parent = next(p for k, p in after.items() if k[0] == gone.ppid)
+            add(parent.part, -gone.own)
+    return {part: max(0.0, seconds) for part, seconds in used.items()}
+
+
 class CpuMeter:
     """Samples the CPU time of every process of the stack on this machine: those of a
     :class:`~workers.procs.ProcessGroup` (children included: prefork and uvicorn workers) by
     their name, PostgreSQL and Redis server processes, and this process (the load generator and
-    the in-process simulators). A process that exits between the samples is not counted, so
-    stop the meter before stopping the processes."""
+    the in-process simulators).
+
+    Processes that exit during the interval are counted through their parent (:func:`cpu_used`):
+    PostgreSQL backends come and go as connection pools churn, prefork children are replaced,
+    and once reaped their CPU shows only in the parent's ``children_user/children_system``.
+    This process's own children (the group's processes) are not counted that way: stop the
+    meter before stopping them."""
 
     def __init__(self, group: ProcessGroup, labels: Mapping[str, str] | None = None) -> None:
         self.group = group
         self.labels = dict(labels or {})
-        self._before: dict[tuple[int, float], tuple[str, float]] = {}
+        self._before: dict[ProcKey, ProcCpu] = {}
         self._started = 0.0
 
     def start(self) -> None:
@@ -124,11 +182,8 @@ class CpuMeter:
     def stop(self) -> CpuUse:
         after = self._sample()
         wall = time.monotonic() - self._started
-        used: dict[str, float] = {}
-        for key, (part, seconds) in after.items():
-            earlier = self._before.get(key, (part, 0.0))[1]
-            used[part] = used.get(part, 0.0) + max(0.0, seconds - earlier)
-        return CpuUse(used, wall)
+        reapers = {pid for pid, _ in after if pid != os.getpid()}
+        return CpuUse(cpu_used(self._before, after, reapers=reapers), wall)
 
     def _ours(self) -> dict[int, str]:
         ours: dict[int, str] = {os.getpid(): "bench (load + simulators)"}
@@ -142,17 +197,19 @@ class CpuMeter:
                     ours[child.pid] = label
         return ours
 
-    def _sample(self) -> dict[tuple[int, float], tuple[str, float]]:
+    def _sample(self) -> dict[ProcKey, ProcCpu]:
         ours = self._ours()
-        sample: dict[tuple[int, float], tuple[str, float]] = {}
-        for p in psutil.process_iter(["name", "create_time", "cpu_times"]):
+        sample: dict[ProcKey, ProcCpu] = {}
+        for p in psutil.process_iter(["name", "create_time", "cpu_times", "ppid"]):
             name = p.info["name"] or ""
             part = ours.get(p.pid) or (
                 "postgres" if name.startswith("postgres")
                 else "redis" if name.startswith("redis-server") else None
             )  # fmt: skip
-            times = p.info["cpu_times"]
-            if part is None or times is None:
+            t = p.info["cpu_times"]
+            if part is None or t is None:
                 continue
-            sample[(p.pid, p.info["create_time"])] = (part, times.user + times.system)
+            sample[(p.pid, p.info["create_time"])] = ProcCpu(
+                part, p.info["ppid"] or 0, t.user + t.system, t.children_user + t.children_system
+            )
         return sample

@@ -77,3 +77,25 @@ def simulators(port: int) -> Iterator[ProviderStack]:
     finally:
         stack.stop()
         shutil.rmtree(key_dir, ignore_errors=True)
+
+
+#: The settings of beat's cadence and the sweeper's re-drive delays: what ``production_env``
+#: pins to their production defaults (the test suite and ``orderflow demo`` shorten them).
+CADENCE_SETTINGS = (
+    "sweep_interval_s",
+    "payment_poll_interval_s",
+    "tracking_interval_s",
+    "callback_dispatch_interval_s",
+    "intake_redrive_s",
+    "create_redrive_s",
+    "shipping_redrive_s",
+    "tracking_time_scale",
+)
+
+
+def production_env(names: tuple[str, ...] = CADENCE_SETTINGS) -> dict[str, str]:
+    """``NAME=default`` for each settings field in ``names``: exported, it pins the processes
+    started next to the production default, whatever the calling environment set."""
+    from settings import Settings
+
+    return {name.upper(): str(Settings.model_fields[name].default) for name in names}

@@ -7,6 +7,16 @@ by pid; every loop is bounded in count and time. Prints one table and writes ben
 
 The broker should not be shared with another orderflow run meanwhile: the bench purges the
 pipeline's queues before and after it runs (its orders leave payment tasks behind).
+
+Cadence: the journey, flash-sale and maintenance phases run beat and the sweeper at their
+production defaults (``bench.environment.production_env``: sweep and payment poll every 5 s,
+tracking tick 10 s, callbacks 2 s, re-drives after 30/20/60 s), whatever the calling
+environment sets. The journey needs no beat tick to progress: the Alipay simulator notifies
+each payment at once and the Kuaidi100 simulator pushes every subscribed waybill's trace, so
+polls and sweeps are only its safety net (a quick run: all 300 DELIVERED via push). The
+tracking phase keeps its own tick (bench/tracking.py). ``flashsale`` (bench/flashsale.py)
+raises CREATE_REDRIVE_S past the phase, which runs no payments worker; ``maintenance``
+(bench/maintenance.py) meters ticks of each beat job with 10,000 open orders.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from bench.common import Figure, git_revision
 from bench.environment import (
     HOT_SKU,
     SPREAD_SKUS,
+    production_env,
     purge_queues,
     redis_conn,
     seed_catalog,
@@ -43,18 +54,13 @@ if TYPE_CHECKING:
 
 RESULTS = PROJECT_ROOT / "bench" / "results.json"
 #: Every phase, in the order they run.
-PHASES = ("raw", "chains", "intake", "reserved", "paid", "journey", "tracking")
+PHASES = (
+    "raw", "chains", "intake", "reserved", "paid", "journey", "tracking", "flashsale",
+    "maintenance",
+)  # fmt: skip
 NEEDS_CATALOG = frozenset({"raw", "intake", "reserved", "paid", "journey"})
 NEEDS_API = frozenset({"intake", "reserved", "paid", "journey"})
 NEEDS_SIMULATORS = NEEDS_API | {"tracking"}
-#: Beat periods of the journey run, as ``orderflow demo`` sets them (seconds).
-JOURNEY_ENV = {
-    "SWEEP_INTERVAL_S": "1",
-    "PAYMENT_POLL_INTERVAL_S": "1",
-    "INTAKE_REDRIVE_S": "10",
-    "CREATE_REDRIVE_S": "10",
-    "TRACKING_INTERVAL_S": "0.5",
-}
 console = Console()
 
 
@@ -240,15 +246,15 @@ class Bench:
         started = time.monotonic()
         r = run_journey(
             group, base, key, source="bench-journey", skus=SPREAD_SKUS, orders=n,
-            env=JOURNEY_ENV, timeout_s=150,
+            env=production_env(), timeout_s=150,
         )  # fmt: skip
         via = delivered_via("bench-journey")
         calls = provider_calls("bench-journey")
         cfg = (
             f"{r.orders} alipay orders; orders+maintenance prefork 2, payments threads 8, "
-            "shipping+tracking threads 8, beat (sweep and payment poll 1 s, tracking tick "
-            "0.5 s); simulator pays at once; 34 h parcel trace at time scale 36000 (3.4 s), "
-            "pushes to the API + polls within the default Kuaidi100 quota "
+            "shipping+tracking threads 8, beat at production cadence (sweep and payment poll "
+            "5 s, tracking tick 10 s); simulator pays at once; 34 h parcel trace at time scale "
+            "36000 (3.4 s), pushes to the API + polls within the default Kuaidi100 quota "
             f"({get_settings().tracking_rate_per_s:g}/s); DELIVERED via {via}; "
             f"provider calls {calls}; ceiling = raw Celery+PG 4-hop chain"
             f"{self.unmeasured('celery+pg')}; final {r.counts}; {_cpu(r)}; "
@@ -293,6 +299,29 @@ class Bench:
         for label, value in zip(("mean", "p99", "max"), r.lag(), strict=True):
             self.add(f"tracking scheduler lag {label}", "s", value, cfg.tick_s, lag_cfg)
 
+    def flashsale(self, group: ProcessGroup, key: str) -> None:
+        """20,000 orders from 64 clients over 100 SKUs (10 hot), stock for half: accepted/s,
+        429s, drain time, p99 intake -> RESERVED; raises if 5xx, lost, oversold or
+        NEEDS_ATTENTION is not zero (bench/flashsale.py)."""
+        from bench.flashsale import FlashConfig, figures, run_flash_sale
+
+        cfg = FlashConfig.quick() if self.quick else FlashConfig()
+        started = time.monotonic()
+        r = run_flash_sale(group, key, cfg)
+        for row in figures(r, cfg, self.ceil.get("intake")):
+            self.add(*row[:4], row[4] + f"; phase {time.monotonic() - started:.0f} s")
+        bad = {name: n for name, n in r.failures.items() if n}
+        if bad or not r.drained:
+            raise FlashSaleFailed(f"flash sale: {bad or 'did not drain'}; {r.oversold[:5]}")
+
+    def maintenance(self, group: ProcessGroup) -> None:
+        """CPU ms of one tick of each beat job with 10,000 open orders (bench/maintenance.py)."""
+        from bench.maintenance import figures, tick_costs
+
+        orders, ticks = 10_000, 25 if self.quick else 100
+        for row in figures(tick_costs(group, orders=orders, ticks=ticks), orders):
+            self.add(*row)
+
     def stages(self, source: str, n: int) -> None:
         """Per-stage latency p50/p99 of one run's orders, from the timeline."""
         from bench.pipeline import stage_latencies
@@ -329,6 +358,10 @@ class Bench:
                 self.celery_chains(group)
             if self.phases & NEEDS_SIMULATORS:
                 self.pipeline_phases(group, key)
+            if "flashsale" in self.phases:
+                self.flashsale(group, key)
+            if "maintenance" in self.phases:
+                self.maintenance(group)
         finally:
             group.stop_all()
             purge_queues()
@@ -353,6 +386,10 @@ class Bench:
                 self.journey(group, base, key)
             if "tracking" in self.phases:
                 self.tracking(group, stack)
+
+
+class FlashSaleFailed(RuntimeError):
+    """The flash sale saw a 5xx, lost or oversold an order, or left one NEEDS_ATTENTION."""
 
 
 def _cpu(r: StageResult) -> str:
