@@ -95,6 +95,7 @@ def status_counts(source: str) -> dict[str, int]:
 
 
 PAID_OR_LATER = frozenset({"PAID", "SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"})
+RESERVED_OR_LATER = frozenset({"RESERVED", "AWAITING_PAYMENT"}) | PAID_OR_LATER
 CLOSED = frozenset({"REJECTED", "EXPIRED", "CANCELLED", "NEEDS_ATTENTION"})
 
 
