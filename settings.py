@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         10.0, gt=0, description="First status query after create; doubles up to the max"
     )
     payment_query_max_s: float = Field(300.0, gt=0, description="Longest gap between queries")
+    payment_create_inline: bool = Field(
+        True,
+        description="The reserving task creates each payment itself after its commit; false: "
+        "it publishes payments.create for the payments workers (credentials kept there only)",
+    )
     payment_create_min_left_s: float = Field(
         1.0,
         ge=0,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -106,6 +106,7 @@ class WorkerSpec:
     queues: str
     concurrency: int
     pool: str = "prefork"
+    env: Mapping[str, str] = field(default_factory=dict)  # on top of the group's
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def to_stage(
     names = {f"{source}-{i}": f"worker {w.queues} {w.pool} {w.concurrency}"
              for i, w in enumerate(workers)}  # fmt: skip
     procs = [
-        group.worker(f"{source}-{i}", w.queues, concurrency=w.concurrency, pool=w.pool)
+        group.worker(f"{source}-{i}", w.queues, concurrency=w.concurrency, pool=w.pool, env=w.env)
         for i, w in enumerate(workers)
     ]
     meter = CpuMeter(group, names)

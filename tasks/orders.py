@@ -160,8 +160,9 @@ def _create_payments(task: OrderflowTask, reserved: list[ReserveOutcome]) -> Non
     """The payment stage in-line, after the reservation's commit: ``payments.create``'s step
     for each order (up to :data:`_CREATE_THREADS` at once, each in its own transaction, as on
     the payments worker's threads), the follow-ups published at the end. A failing order is
-    handed to ``payments.create``. Published to it as plain hops (as before fusion) are: orders
-    whose provider this worker has no configuration for (credentials may live on the payments
+    handed to ``payments.create``. Published to it as plain hops (as before fusion) are: every
+    order when ``PAYMENT_CREATE_INLINE`` is off, orders whose provider this worker has no
+    configuration for (credentials may live on the payments
     workers only; the step would take "not configured" for a refusal and the order would need
     attention), and, past half the soft time limit, those not started, so that slow providers
     cannot push the task into its limit."""
@@ -170,8 +171,10 @@ def _create_payments(task: OrderflowTask, reserved: list[ReserveOutcome]) -> Non
     step_ports, config = ports(), payment_config()
     budget_end = time.monotonic() + get_settings().task_soft_time_limit_s / 2
 
+    inline = get_settings().payment_create_inline
+
     def create(order: ReserveOutcome) -> list[Followup]:
-        if time.monotonic() > budget_end or not _configured(order.provider):
+        if not inline or time.monotonic() > budget_end or not _configured(order.provider):
             return [Followup(PAYMENTS_CREATE, order.order_id)]
         try:
             return list(payments.create(order.order_id, payment_provider, step_ports, config)

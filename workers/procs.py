@@ -123,6 +123,7 @@ class ProcessGroup:
         concurrency: int = 2,
         pool: str = "prefork",
         app: str = "workers.app",
+        env: Mapping[str, str] | None = None,
     ) -> Proc:
         return self.start(
             name,
@@ -131,6 +132,7 @@ class ProcessGroup:
                 "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", f"{name}@%h",
                 "--without-gossip", "--without-mingle", "-l", "INFO",
             ],
+            env=env,
         )  # fmt: skip
 
     def beat(self, name: str = "beat") -> Proc:
