@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import psutil
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy import make_url
 
 from settings import PROJECT_ROOT, get_settings
@@ -213,3 +215,17 @@ class CpuMeter:
                 part, p.info["ppid"] or 0, t.user + t.system, t.children_user + t.children_system
             )
         return sample
+
+
+def print_table(figures: list[Figure], console: Console) -> None:
+    """The run's figures as one table on ``console``."""
+    table = Table("figure", "unit", "value", "ceiling", "ratio", title="orderflow bench")
+    for f in figures:
+        table.add_row(
+            f.figure,
+            f.unit,
+            f"{f.value:,.1f}",
+            "" if f.ceiling is None else f"{f.ceiling:,.1f}",
+            "" if f.ratio is None else f"{f.ratio:.0%}",
+        )
+    console.print(table)

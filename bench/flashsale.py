@@ -370,3 +370,14 @@ def figures(r: FlashResult, cfg: FlashConfig, intake_ceiling: float | None) -> l
     rows.append(("flash sale transport errors, resent", "count", float(load.transport_errors),
                  None, "the client resent the same order; not a failure: " + cfg_s))  # fmt: skip
     return rows
+
+
+class FlashSaleFailed(RuntimeError):
+    """The flash sale saw a 5xx, lost or oversold an order, or left one NEEDS_ATTENTION."""
+
+
+def ensure_clean(r: FlashResult) -> None:
+    """Raise :class:`FlashSaleFailed` unless every must-be-zero count is zero and it drained."""
+    bad = {name: n for name, n in r.failures.items() if n}
+    if bad or not r.drained:
+        raise FlashSaleFailed(f"flash sale: {bad or 'did not drain'}; {r.oversold[:5]}")

@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 
-from bench.common import Figure, git_revision
+from bench.common import Figure, git_revision, print_table
 from bench.environment import (
     HOT_SKU,
     SPREAD_SKUS,
@@ -309,16 +308,14 @@ class Bench:
         """20,000 orders from 64 clients over 100 SKUs (10 hot), stock for half: accepted/s,
         429s, drain time, p99 intake -> RESERVED; raises if 5xx, lost, oversold or
         NEEDS_ATTENTION is not zero (bench/flashsale.py)."""
-        from bench.flashsale import FlashConfig, figures, run_flash_sale
+        from bench.flashsale import FlashConfig, ensure_clean, figures, run_flash_sale
 
         cfg = FlashConfig.quick() if self.quick else FlashConfig()
         started = time.monotonic()
         r = run_flash_sale(group, key, cfg)
         for row in figures(r, cfg, self.ceil.get("intake")):
             self.add(*row[:4], row[4] + f"; phase {time.monotonic() - started:.0f} s")
-        bad = {name: n for name, n in r.failures.items() if n}
-        if bad or not r.drained:
-            raise FlashSaleFailed(f"flash sale: {bad or 'did not drain'}; {r.oversold[:5]}")
+        ensure_clean(r)
 
     def maintenance(self, group: ProcessGroup) -> None:
         """CPU ms of one tick of each beat job with 10,000 open orders (bench/maintenance.py)."""
@@ -394,26 +391,9 @@ class Bench:
                 self.tracking(group, stack)
 
 
-class FlashSaleFailed(RuntimeError):
-    """The flash sale saw a 5xx, lost or oversold an order, or left one NEEDS_ATTENTION."""
-
-
 def _cpu(r: StageResult) -> str:
     """Where the CPU of a pipeline run went, per order (what limits it on this machine)."""
     return r.cpu.describe(r.orders) if r.cpu else "CPU not sampled"
-
-
-def print_table(figures: list[Figure]) -> None:
-    table = Table("figure", "unit", "value", "ceiling", "ratio", title="orderflow bench")
-    for f in figures:
-        table.add_row(
-            f.figure,
-            f.unit,
-            f"{f.value:,.1f}",
-            "" if f.ceiling is None else f"{f.ceiling:,.1f}",
-            "" if f.ratio is None else f"{f.ratio:.0%}",
-        )
-    console.print(table)
 
 
 def parse_phases(value: str) -> frozenset[str]:
@@ -453,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
             bench.run()
     finally:
         if bench.figures:
-            print_table(bench.figures)
+            print_table(bench.figures, console)
             args.output.write_text(json.dumps([f.as_dict() for f in bench.figures], indent=2))
             console.log(f"wrote {args.output} in {time.monotonic() - started:.0f} s total")
 

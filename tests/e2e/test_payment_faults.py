@@ -72,6 +72,9 @@ def test_sigkill_payments_worker_mid_payment(start_pipeline, catalog, monkeypatc
     no order is lost and none is charged twice (the simulators' ledgers judge)."""
     from workers.procs import wait_worker_ready
 
+    # The payments workers create (not the reserving task in-line): the worker killed here
+    # must be the one with creates in flight.
+    monkeypatch.setenv("PAYMENT_CREATE_INLINE", "false")
     catalog({"S": 500})
     p = start_pipeline(payments_concurrency=8)
     # 1 s per provider call: creates back up behind reservations, so the kill lands on creates

@@ -58,39 +58,47 @@ def _redrives() -> int:
                    .scalar_one())  # fmt: skip
 
 
-def test_crash_between_commit_and_publish(
-    pipeline_env, procs, catalog, api_key, monkeypatch, figures
-):
+def _start(procs, port: int, stack, *, orders_app: str = "workers.app") -> None:
+    """The crash app's API (2 processes) on ``port``, an orders worker (``orders_app``), a
+    payments worker and beat; the simulator pays 200 ms after each create."""
     from workers.procs import wait_http, wait_worker_ready
 
-    n = size(40, 100)
-    port, stack = pipeline_env
-    monkeypatch.setenv("CRASH_BEFORE_PUBLISH", "orders.reserve_batch,payments.create")
-    monkeypatch.setenv("CRASH_LIMIT", str(n))
-    monkeypatch.setenv("INTAKE_BATCH_MAX", "1")  # one order per commit: the crash is per order
-    catalog({"C": 2 * n})
     api = procs.start("api", [
         sys.executable, "-m", "uvicorn", "--factory", "tests.reliability.crash_points:api",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--log-level", "warning",
     ])  # fmt: skip
     wait_http(f"http://127.0.0.1:{port}/healthz", api)
     workers = [
-        procs.worker("orders", "orders,maintenance", concurrency=2,
-                     app="tests.reliability.crash_points"),
+        procs.worker("orders", "orders,maintenance", concurrency=2, app=orders_app),
         procs.worker("payments", "payments", concurrency=8, pool="threads"),
-    ]  # fmt: skip
+    ]
     for w in workers:
         wait_worker_ready(w)
     procs.beat()
     stack.auto_pay(200)
+
+
+def _post_all(base: str, api_key: str, n: int, seed: int, clients: int) -> list[str]:
+    rng = random.Random(seed)
+    messages = [order_message("C", 1, provider=rng.choice(PROVIDERS)) for _ in range(n)]
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda m: _post_until_acknowledged(base, api_key, m), messages))
+
+
+def test_crash_between_commit_and_publish(
+    pipeline_env, procs, catalog, api_key, monkeypatch, figures
+):
+    n = size(40, 100)
+    port, stack = pipeline_env
+    monkeypatch.setenv("CRASH_BEFORE_PUBLISH", "orders.reserve_batch,payments.create")
+    monkeypatch.setenv("CRASH_LIMIT", str(n))
+    monkeypatch.setenv("INTAKE_BATCH_MAX", "1")  # one order per commit: the crash is per order
+    catalog({"C": 2 * n})
+    _start(procs, port, stack, orders_app="tests.reliability.crash_points")
     fig = figures()
     fig.injected(f"os._exit after commit, before publish: API on {n} orders "
                  f"(orders.reserve_batch), worker on {n} (payments.create)")  # fmt: skip
-    rng = random.Random(17)
-    base = f"http://127.0.0.1:{port}"
-    messages = [order_message("C", 1, provider=rng.choice(PROVIDERS)) for _ in range(n)]
-    with ThreadPoolExecutor(4) as pool:
-        ids = list(pool.map(lambda m: _post_until_acknowledged(base, api_key, m), messages))
+    ids = _post_all(f"http://127.0.0.1:{port}", api_key, n, seed=17, clients=4)
     wait_until(lambda: status_counts() == {"PAID": n}, 300, 0.5, show=pipeline_state)
     verdict = check(ids, stack)
     crashes = {t: int(redis_client().get(f"crashpoint:{t}:count") or 0)
@@ -110,35 +118,17 @@ def test_crash_between_group_commit_and_publish(
     two or more new orders dies before publishing them (three times). The clients resend and
     get 200 (stored, nothing published): every order of the crashed batches reaches PAID
     through the sweeper, none lost, none charged or reserved twice."""
-    from workers.procs import wait_http, wait_worker_ready
-
     n = size(64, 300)
     crashes = 3
     port, stack = pipeline_env
     monkeypatch.setenv("CRASH_GROUP_PUBLISH", "2")
     monkeypatch.setenv("CRASH_LIMIT", str(crashes))
     catalog({"C": 2 * n})
-    api = procs.start("api", [
-        sys.executable, "-m", "uvicorn", "--factory", "tests.reliability.crash_points:api",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--log-level", "warning",
-    ])  # fmt: skip
-    wait_http(f"http://127.0.0.1:{port}/healthz", api)
-    workers = [
-        procs.worker("orders", "orders,maintenance", concurrency=2),
-        procs.worker("payments", "payments", concurrency=8, pool="threads"),
-    ]
-    for w in workers:
-        wait_worker_ready(w)
-    procs.beat()
-    stack.auto_pay(200)
+    _start(procs, port, stack)
     fig = figures()
     fig.injected(f"os._exit after a group commit of >= 2 orders, before its publish: "
                  f"API, {crashes} batches")  # fmt: skip
-    rng = random.Random(23)
-    base = f"http://127.0.0.1:{port}"
-    messages = [order_message("C", 1, provider=rng.choice(PROVIDERS)) for _ in range(n)]
-    with ThreadPoolExecutor(16) as pool:
-        ids = list(pool.map(lambda m: _post_until_acknowledged(base, api_key, m), messages))
+    ids = _post_all(f"http://127.0.0.1:{port}", api_key, n, seed=23, clients=16)
     wait_until(lambda: status_counts() == {"PAID": n}, 300, 0.5, show=pipeline_state)
     verdict = check(ids, stack)
     crashed = {o.decode() for o in redis_client().smembers("crashpoint:group:orders")}

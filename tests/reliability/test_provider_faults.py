@@ -58,6 +58,9 @@ def test_provider_hangs_longer_than_the_visibility_timeout(
     monkeypatch.setenv("VISIBILITY_TIMEOUT_S", "4")
     monkeypatch.setenv("PROVIDER_READ_TIMEOUT_S", "20")  # the client waits out the hang
     monkeypatch.setenv("CREATE_REDRIVE_S", "120")  # so only Redis' redelivery duplicates work
+    # payments.create messages, which Redis hands out again while their call hangs. (In-line, a
+    # redelivered orders.reserve_batch finds its orders RESERVED and creates nothing.)
+    monkeypatch.setenv("PAYMENT_CREATE_INLINE", "false")
     catalog({"H": n})
     p = start_pipeline(payments_concurrency=16)
     p.stack.auto_pay(100)
