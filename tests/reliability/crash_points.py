@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,13 +65,19 @@ app.send_task = _send_task_or_crash  # type: ignore[method-assign]
 _enqueue_reservations = workers.publish.enqueue_reservations
 
 
+#: Held from the count to the exit: two flushes of one process at this point at once would
+#: otherwise both count a crash while only the first lives to record its orders.
+_GROUP_CRASH = threading.Lock()
+
+
 def _enqueue_reservations_or_crash(order_ids: Sequence[str]) -> int:
     at_least = int(os.environ.get("CRASH_GROUP_PUBLISH", "0"))
     if at_least and len(order_ids) >= at_least:
-        r = redis_client()
-        if int(r.incr("crashpoint:group:count")) <= int(os.environ.get("CRASH_LIMIT", "0")):
-            r.sadd("crashpoint:group:orders", *[str(order_id) for order_id in order_ids])
-            os._exit(1)
+        with _GROUP_CRASH:
+            r = redis_client()
+            if int(r.incr("crashpoint:group:count")) <= int(os.environ.get("CRASH_LIMIT", "0")):
+                r.sadd("crashpoint:group:orders", *[str(order_id) for order_id in order_ids])
+                os._exit(1)
     return _enqueue_reservations(order_ids)
 
 

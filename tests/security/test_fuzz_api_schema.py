@@ -284,6 +284,9 @@ def _failure(label: str, exc: BaseException) -> str:
     return f"{label}:\n" + "".join(traceback.format_exception(exc))[-4000:]
 
 
+# Every operation in both modes: at full size (250 examples each) this takes longer than the
+# suite's default 300 s timeout.
+@pytest.mark.timeout(2400 if FULL else 300)
 def test_every_operation_no_5xx_conforms_and_refusals_write_nothing(schemas):
     """Every operation, positive then negative. Failures are collected over all operations
     (each one already shrunk by Hypothesis) and reported together."""
