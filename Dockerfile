@@ -1,5 +1,7 @@
 # One image for every orderflow process; docker-compose.yml picks the command.
-FROM python:3.11-slim
+# Python 3.11.16 on Debian bookworm, pinned by the digest of its multi-arch index as published in
+# docker-library/repo-info (repos/python/remote/3.11-slim-bookworm.md at bc9bbb47fc70).
+FROM python:3.11-slim-bookworm@sha256:fe556eaffd0d96abd8685b83bb8a69addd0dc730fa193669a7df0d49ddcfac02
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY requirements.lock pyproject.toml ./

@@ -17,7 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from settings_files import FileValues
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -28,11 +30,37 @@ EXTRA_ENV_FILE = os.environ.get("ORDERFLOW_ENV_FILE")
 
 
 class Settings(BaseSettings):
+    """Every field comes from the variable of its name in upper case, in the environment or a
+    ``.env`` file (the environment wins).
+
+    ``<NAME>_FILE`` instead gives any setting's value in a file (Docker secrets mount them at
+    ``/run/secrets/<name>``): the file's UTF-8 text with trailing CR/LF removed, e.g.
+    ``ADMIN_API_KEY_FILE=/run/secrets/admin_api_key`` or ``DATABASE_URL_FILE`` (a URL that
+    carries the password). ``NAME`` and ``NAME_FILE`` both set (in the environment or an env
+    file) is an error naming both; an unreadable file is an error naming the variable and the
+    path, never the content; an empty ``NAME_FILE`` counts as unset. Settings whose own name
+    ends in ``_file`` (``ALIPAY_APP_PRIVATE_KEY_FILE``: a path) keep that meaning.
+    """
+
     model_config = SettingsConfigDict(
         env_file=(".env", EXTRA_ENV_FILE) if EXTRA_ENV_FILE else ".env",
         extra="ignore",
         frozen=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Conflicts are errors, so the files' place in the order only matters against init
+        # arguments (tests), which win.
+        files = FileValues(settings_cls, dotenv_settings, env_settings)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
 
     # --- servers ------------------------------------------------------------------------------
     database_url: str | None = Field(None, description="PostgreSQL URL; unset = embedded pgserver")
@@ -49,6 +77,20 @@ class Settings(BaseSettings):
         description="Directory where every process writes its metrics, merged by the API's "
         "/metrics; unset = in-memory per process (`up`/`demo` and the tests use STATE_DIR/metrics)",
     )
+    # Who may read the API's /metrics (api/metrics_access.py); the two combine.
+    metrics_token: SecretStr | None = Field(
+        None, description="GET /metrics answers 401 without `Authorization: Bearer <token>`"
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port, on a listener of its own (METRICS_BIND), and "
+        "404 on the public app; unset = /metrics on the API's port",
+    )
+    metrics_bind: str = Field(
+        "127.0.0.1", description="Address of the METRICS_PORT listener (compose: 0.0.0.0)"
+    )
 
     # --- API ----------------------------------------------------------------------------------
     api_keys: SecretStr = Field(
@@ -64,7 +106,7 @@ class Settings(BaseSettings):
     )
     key_encryption_key: SecretStr | None = Field(
         None,
-        description="Fernet key(s), comma-separated, newest first: encrypt signing secrets at rest",
+        description="Fernet key(s), comma-separated, newest first: encrypt stored secrets",
     )
     api_key_cache_ttl_s: float = Field(
         5.0, ge=0, le=60, description="In-process cache of API-key lookups; revocation lag"
@@ -81,6 +123,22 @@ class Settings(BaseSettings):
         10, ge=1, description="Failed logins per account and per address before 429"
     )
     login_window_s: int = Field(60, ge=1, description="Sliding window of the login rate limit")
+    # The ops console's sessions and logins (see services/console_sessions.py, api/console_auth.py).
+    console_idle_timeout_s: int = Field(
+        1800, ge=60, description="A console session unused this long ends"
+    )
+    console_session_max_s: int = Field(
+        8 * 3600, ge=300, description="A console session ends this long after login, used or not"
+    )
+    console_login_max_failures: int = Field(
+        5, ge=1, description="Failed console logins per name and per address in the window"
+    )
+    console_login_global_max_failures: int = Field(
+        50, ge=1, description="Failed console logins in the window, all names and addresses"
+    )
+    console_login_window_s: int = Field(
+        300, ge=1, description="Sliding window of the console login limits"
+    )
     register_max_per_address: int = Field(
         20, ge=1, description="Valid POST /v1/users (201 or 409) per client address before 429"
     )
@@ -250,6 +308,21 @@ class Settings(BaseSettings):
     callback_max_attempts: int = Field(
         20, ge=1, description="Attempts before a callback is FAILED (resend revives it)"
     )
+    outbound_allowed_networks: str | None = Field(
+        None,
+        description="Comma-separated CIDRs that URLs set by an admin or upstream (callback "
+        "endpoints) may reach although inside (loopback, private, link-local, metadata...), "
+        "e.g. 127.0.0.0/8,::1/128 for local receivers; unset = none (adapters/outbound.py)",
+    )
+
+    @field_validator("outbound_allowed_networks")
+    @classmethod
+    def _outbound_networks_parse(cls, value: str | None) -> str | None:
+        # A typo must stop the process at start, not silently widen or narrow the allow-list.
+        from domain.netaddr import parse_networks
+
+        parse_networks(value or "")
+        return value
 
     stripe_api_base: str = "https://api.stripe.com"
     stripe_secret_key: SecretStr | None = None

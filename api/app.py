@@ -17,21 +17,28 @@ from fastapi import FastAPI
 from api.callbacks import router as callbacks_router
 from api.catalog import router as catalog_router
 from api.console import router as console_router
+from api.console_admin import router as console_admin_router
+from api.console_auth import router as console_auth_router
+from api.disconnects import QuietDisconnects
 from api.errors import COMMON_ERRORS, install_error_handlers
 from api.limits import BodySizeLimit, RejectNulCharacters
+from api.metrics_access import install_metrics, metrics_lifespan
 from api.orders import order_message_schemas
 from api.orders import router as orders_router
 from api.payments import router as payments_router
 from api.shipping import router as shipping_router
 from api.users import router as users_router
-from observability.metrics import metrics_response
 from settings import get_settings
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="orderflow", version="0.1.0", responses=COMMON_ERRORS)
+    app = FastAPI(
+        title="orderflow", version="0.1.0", responses=COMMON_ERRORS, lifespan=metrics_lifespan
+    )
     app.add_middleware(RejectNulCharacters)  # inner: reads bodies BodySizeLimit has capped
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
+    # Outermost: it must see the server's own messages, and catch what any layer raises.
+    app.add_middleware(QuietDisconnects)
     install_error_handlers(app)
 
     # The intake route first: FastAPI tries routes in order, and matching each one costs CPU
@@ -43,9 +50,11 @@ def create_app() -> FastAPI:
     app.include_router(users_router)
     app.include_router(catalog_router)
     app.include_router(callbacks_router)
+    app.include_router(console_auth_router)
     app.include_router(console_router)
+    app.include_router(console_admin_router)
 
-    app.add_api_route("/metrics", metrics_response, include_in_schema=False)
+    install_metrics(app, get_settings())  # METRICS_TOKEN, METRICS_PORT: api.metrics_access
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

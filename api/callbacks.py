@@ -2,7 +2,8 @@
 
 * ``PUT /v1/admin/callbacks/{source}`` ``{"url", "secret"?}`` registers or replaces the source's
   endpoint -> 200. Without ``secret`` one is generated and returned in this response only; a
-  given secret is never echoed back.
+  given secret is never echoed back. Secrets are stored encrypted: without ``KEY_ENCRYPTION_KEY``
+  the request is refused (422 naming it).
 * ``GET /v1/admin/callbacks`` lists endpoints with their health (never secrets).
 * ``POST /v1/admin/callbacks/{source}/resume`` un-pauses an endpoint -> ``{"released": n}``.
 * ``POST /v1/admin/callbacks/resend`` ``{"event_id"}`` or ``{"order_id"}`` queues events again
@@ -25,6 +26,8 @@ from sqlalchemy.orm import Session
 from api.catalog import Admin
 from api.errors import error_responses, run_in_unit_of_work
 from services import callbacks
+from services.secrets_at_rest import cipher_from_setting
+from settings import get_settings
 
 router = APIRouter(prefix="/v1/admin/callbacks", responses=error_responses(401, 404))
 T = TypeVar("T")
@@ -55,7 +58,8 @@ def register(source: str, body: EndpointIn, _actor: Admin) -> Any:
     secret = body.secret or SecretStr(secrets.token_urlsafe(32))
 
     def put(session: Session) -> dict[str, Any]:
-        endpoint = callbacks.register_endpoint(session, source, body.url, secret)
+        cipher = cipher_from_setting(get_settings().key_encryption_key)  # unset: a 422 naming it
+        endpoint = callbacks.register_endpoint(session, source, body.url, secret, cipher=cipher)
         view: dict[str, Any] = {"id": endpoint.id, "source": endpoint.source, "url": endpoint.url,
                                 "paused": endpoint.paused_at is not None}  # fmt: skip
         if generated:

@@ -1,8 +1,8 @@
 """``orderflow callbacks``: status-callback endpoints and the delivery log.
 
 * ``register SOURCE URL [--secret S | --secret-stdin]`` creates or replaces the source's
-  endpoint. Without a secret one is generated and printed once (it is stored, but never shown
-  again: re-register to rotate it).
+  endpoint. Without a secret one is generated and printed once (it is stored, encrypted under
+  ``KEY_ENCRYPTION_KEY``, which must be set, but never shown again: re-register to rotate it).
 * ``list`` endpoints (no secrets), ``deliveries [--order ID] [--status S] [--source S]``,
   ``resend EVENT_ID | --order ID`` (same event id again), ``resume SOURCE``.
 
@@ -45,15 +45,18 @@ def register(
 ) -> None:
     """Register (or replace) the callback endpoint of SOURCE."""
     from services import callbacks
+    from services.secrets_at_rest import cipher_from_setting
     from services.unit_of_work import unit_of_work
+    from settings import get_settings
 
     if secret is not None and secret_stdin:
         raise fail("secret: give --secret or --secret-stdin, not both")
     generated = secret is None and not secret_stdin
     value = sys.stdin.readline().strip() if secret_stdin else secret
     shared = SecretStr(value if value is not None else secrets.token_urlsafe(32))
+    cipher = cipher_from_setting(get_settings().key_encryption_key)  # unset: refused, named
     with unit_of_work() as session:
-        endpoint = callbacks.register_endpoint(session, source, url, shared)
+        endpoint = callbacks.register_endpoint(session, source, url, shared, cipher=cipher)
         endpoint_id, paused = endpoint.id, endpoint.paused_at is not None
     console.print(f"callback endpoint {endpoint_id} for {source}: {url}")
     if generated:

@@ -12,6 +12,8 @@ from cli.callbacks import callbacks_app
 from cli.catalog import catalog_app, stock_admin_app, users_app
 from cli.common import command, console, fail, print_json
 from cli.dlq import dlq_app
+from cli.keys import keys_app
+from cli.operators import operators_app
 from cli.orders import orders_app
 from cli.payments import payments_app, shipments_app
 
@@ -30,6 +32,8 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(users_app, name="users")
 app.add_typer(callbacks_app, name="callbacks")
 app.add_typer(apikeys_app, name="apikeys")
+app.add_typer(keys_app, name="keys")
+app.add_typer(operators_app, name="operators")
 # receive / adjust / move / repair join `stock report` in the one `stock` group.
 stock_app.registered_commands += stock_admin_app.registered_commands
 

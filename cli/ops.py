@@ -83,7 +83,8 @@ def _serve(api_port: int, flower_port: int, stop: threading.Event) -> None:
         for w in workers:
             wait_worker_ready(w)
         console.print(f"API      http://127.0.0.1:{api_port}  (logs in {group.log_dir})")
-        console.print(f"Console  http://127.0.0.1:{api_port}/console  (log in with ADMIN_API_KEY)")
+        console.print(f"Console  http://127.0.0.1:{api_port}/console  "
+                      "(ADMIN_API_KEY, or `orderflow operators create`)")  # fmt: skip
         console.print(f"Flower   http://127.0.0.1:{flower_port}  (basic auth)")
         console.print("running; Ctrl-C stops everything")
         while not stop.is_set():

@@ -5,6 +5,7 @@ from models.base import Base
 from models.callbacks import CallbackDelivery, CallbackEndpoint
 from models.catalog import Product, ProductPrice, Stock, StockMovement
 from models.logistics import Shipment, TrackingEvent
+from models.operators import ConsoleAudit, Operator
 from models.ops import DeadLetter, ProcessedNotification
 from models.orders import Order, OrderEvent, OrderLine, Reservation
 from models.payments import Payment, Refund
@@ -15,7 +16,9 @@ __all__ = [
     "Base",
     "CallbackDelivery",
     "CallbackEndpoint",
+    "ConsoleAudit",
     "DeadLetter",
+    "Operator",
     "Order",
     "OrderEvent",
     "OrderLine",

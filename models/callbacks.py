@@ -22,20 +22,33 @@ from models.base import Base, CreatedAt, Timestamp, UpdatedAt
 class CallbackEndpoint(Base):
     """Where a source wants its orders' status changes, and the endpoint's health.
 
-    ``secret`` is the shared HMAC-SHA256 key. It is stored in clear because signing needs it;
-    treat it like a password: never log it, never print it after registration, never put it in
-    an API response. ``paused_at`` is set after ``consecutive_failures`` reached the pause
-    threshold; nothing is attempted until an operator resumes the endpoint. ``retry_after``
-    gates the whole endpoint after a failure (one probe per backoff period, not one per
-    pending delivery), so a dead receiver costs little.
+    ``secret`` is the shared HMAC-SHA256 key. Signing needs it back, so it cannot be hashed: it
+    is stored encrypted, and ``secret_format`` says how (``services.secrets_at_rest``):
+
+    * ``fernet``: a Fernet token under ``KEY_ENCRYPTION_KEY`` (what registration writes);
+    * ``clear``: the secret itself, in rows written before migration 0009 (the column's server
+      default, so a row inserted by code that predates it is marked correctly too). They keep
+      working; ``orderflow keys reencrypt`` encrypts them.
+
+    Treat it like a password even encrypted: never log it, never print it after registration,
+    never put it (or its token) in an API response.
+
+    ``paused_at`` is set after ``consecutive_failures`` reached the pause threshold; nothing is
+    attempted until an operator resumes the endpoint. ``retry_after`` gates the whole endpoint
+    after a failure (one probe per backoff period, not one per pending delivery), so a dead
+    receiver costs little.
     """
 
     __tablename__ = "callback_endpoints"
+    __table_args__ = (
+        CheckConstraint("secret_format IN ('clear', 'fernet')", name="secret_format_known"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     source: Mapped[str] = mapped_column(String(64), unique=True)
     url: Mapped[str] = mapped_column(String(2000))
-    secret: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(Text)  # a Fernet token of up to 200 characters is longer
+    secret_format: Mapped[str] = mapped_column(String(8), server_default=text("'clear'"))
     active: Mapped[bool] = mapped_column(server_default=text("true"))
     paused_at: Mapped[Timestamp | None]
     retry_after: Mapped[Timestamp | None]

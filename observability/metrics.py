@@ -330,11 +330,11 @@ def render(directory: Path | None = None) -> bytes:
 
 
 def metrics_response() -> Response:
-    """The ``GET /metrics`` endpoint; mount it with
-    ``app.add_api_route("/metrics", metrics_response, include_in_schema=False)``.
+    """The ``GET /metrics`` endpoint's answer.
 
     Sync on purpose: it blocks on PostgreSQL and Redis, so FastAPI runs it in the thread pool.
-    Unauthenticated like ``/healthz``: expose the API's port to the monitoring network only.
+    Open by itself: :mod:`api.metrics_access` mounts it behind ``METRICS_TOKEN`` or moves it
+    to its own listener (``METRICS_PORT``).
     (starlette, not fastapi, is imported here: workers import this module too.)
     """
     return Response(render(), media_type=CONTENT_TYPE_LATEST)

@@ -147,14 +147,17 @@ def parse_api_key(presented: str) -> tuple[str, str] | None:
 
 
 class SecretCipher:
-    """Fernet encryption of signing secrets at rest. The first key encrypts; every key decrypts,
-    so a new key can be put first and old rows re-encrypted at leisure."""
+    """Fernet encryption of secrets at rest (signing secrets here, callback secrets in
+    :mod:`services.secrets_at_rest`). The first key encrypts; every key decrypts, so a new key
+    can be put first and old rows re-encrypted at leisure (``orderflow keys reencrypt``)."""
 
     def __init__(self, keys: Sequence[str]) -> None:
         if not keys:
             raise ValueError("KEY_ENCRYPTION_KEY: no key given")
         try:
-            self._fernet = MultiFernet([Fernet(k.strip().encode()) for k in keys])
+            fernets = [Fernet(k.strip().encode()) for k in keys]
+            self._first = fernets[0]
+            self._fernet = MultiFernet(fernets)
         except (ValueError, TypeError):
             raise ValueError(
                 "KEY_ENCRYPTION_KEY: each key must be 32 url-safe base64-encoded bytes "
@@ -172,12 +175,28 @@ class SecretCipher:
         return self._fernet.encrypt(plaintext.encode()).decode()
 
     def decrypt(self, token: str) -> str:
+        plaintext = self.decrypt_or_none(token)
+        if plaintext is None:
+            raise AuthUnavailable(
+                SIGNATURE_HEADER, "the key's signing secret cannot be decrypted (server setup)"
+            )
+        return plaintext
+
+    def decrypt_or_none(self, token: str) -> str | None:
+        """The plaintext of ``token``, or None when no key decrypts it (a key missing from the
+        setting, or not a Fernet token at all)."""
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
-            raise AuthUnavailable(
-                SIGNATURE_HEADER, "the key's signing secret cannot be decrypted (server setup)"
-            ) from None
+            return None
+
+    def is_current(self, token: str) -> bool:
+        """Whether ``token`` is encrypted under the first key (re-encrypting it changes nothing)."""
+        try:
+            self._first.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
 
 
 # --- keys in the database -----------------------------------------------------------------------

@@ -4,8 +4,10 @@ server's clock, taken atomically by one script.
 Contracts:
 
 * **Rate limit** (:class:`LoginLimiter`): at most ``max_failures`` failed logins per account
-  *and* per client address in any ``window_s``; the next attempt raises :class:`LoginThrottled`
-  without checking the password, even a correct one.
+  *and* per client address in any ``window_s``, and with ``global_max_failures`` at most that
+  many across every account and address; the next attempt raises :class:`LoginThrottled`
+  without checking the password, even a correct one. Users' logins (namespace ``login``) and
+  the console's (namespace ``console``) are two limiters of this one class.
 * **Registration limit** (:class:`RegistrationLimiter`): at most ``max_attempts``
   registrations that pass validation per client address in any ``window_s``; the next raises
   :class:`RegistrationThrottled` before anything is hashed or stored.
@@ -53,17 +55,17 @@ class RegistrationThrottled(RateLimited):
 # A sliding-window log per key: a sorted set of attempts scored by the Redis server's clock in
 # ms (never a client's: clocks of API processes drift). One script prunes, checks every key and
 # takes a slot in all of them atomically, so concurrent attempts can never exceed the limit.
-# KEYS: the logs to check; ARGV: limit, window ms, member naming this attempt.
+# KEYS: the logs to check; ARGV: window ms, member naming this attempt, then one limit per key.
 # Returns 0 when the slot was taken, else the ms until the oldest attempt ages out.
 _ACQUIRE = """
 if redis.replicate_commands then redis.replicate_commands() end
-local limit, window, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local window, member = tonumber(ARGV[1]), ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local wait = 0
-for _, key in ipairs(KEYS) do
+for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  if redis.call('ZCARD', key) >= limit then
+  if redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then
     local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     wait = math.max(wait, tonumber(oldest[2]) + window - now)
   end
@@ -88,10 +90,13 @@ def _address_bucket(address: str) -> str:
     return str(ip)
 
 
-def _take_slot(script: Script, keys: list[str], limit: int, window_s: int) -> tuple[str, int]:
-    """Take a slot in every log of ``keys``: ``(member, 0)``, or ``("", seconds to wait)``."""
+def _take_slot(
+    script: Script, keys: list[str], limits: list[int], window_s: int
+) -> tuple[str, int]:
+    """Take a slot in every log of ``keys`` (``limits[i]`` for ``keys[i]``): ``(member, 0)``,
+    or ``("", seconds to wait)``."""
     member = secrets.token_hex(8)
-    wait_ms = int(script(keys=keys, args=[limit, window_s * 1000, member]))
+    wait_ms = int(script(keys=keys, args=[window_s * 1000, member, *limits]))
     if wait_ms > 0:
         return "", max(1, -(-wait_ms // 1000))
     return member, 0
@@ -100,7 +105,7 @@ def _take_slot(script: Script, keys: list[str], limit: int, window_s: int) -> tu
 @dataclass(frozen=True, slots=True)
 class LoginLimiter:
     """At most ``max_failures`` failed logins per account and per client address in any
-    ``window_s`` seconds (sliding window). State lives in Redis under ``login:fail:*``.
+    ``window_s`` seconds (sliding window). State lives in Redis under ``<namespace>:fail:*``.
 
     Every attempt first takes a slot (:meth:`acquire`); a successful login gives it back
     (:meth:`release`), so only failures stay counted. Refused attempts take no slot, so the
@@ -110,24 +115,35 @@ class LoginLimiter:
     client: redis.Redis
     max_failures: int = 10
     window_s: int = 60
+    #: Failures across every account and address per window (None: no global limit). It
+    #: bounds a guessing run spread over many addresses and names.
+    global_max_failures: int | None = None
+    namespace: str = "login"
     _script: Script = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_failures < 1 or self.window_s < 1:
             raise ValueError("max_failures and window_s must be at least 1")
+        if self.global_max_failures is not None and self.global_max_failures < 1:
+            raise ValueError("global_max_failures must be at least 1")
         object.__setattr__(self, "_script", self.client.register_script(_ACQUIRE))
 
-    @staticmethod
-    def keys(email: str, address: str) -> list[str]:
+    def keys(self, email: str, address: str) -> list[str]:
         # The account key is a hash: raw addresses need not sit in Redis. Unknown emails are
         # limited like known ones, or a 429 would reveal which accounts exist.
         account = hashlib.sha256(email.encode()).hexdigest()[:32]
-        return [f"login:fail:account:{account}", f"login:fail:addr:{_address_bucket(address)}"]
+        ns = self.namespace
+        keys = [f"{ns}:fail:account:{account}", f"{ns}:fail:addr:{_address_bucket(address)}"]
+        return keys + ([f"{ns}:fail:global"] if self.global_max_failures is not None else [])
+
+    def _limits(self) -> list[int]:
+        per_key = [self.max_failures, self.max_failures]
+        return per_key + ([self.global_max_failures] if self.global_max_failures else [])
 
     def acquire(self, email: str, address: str) -> str:
         """Take a slot for one attempt and return its id, or raise :class:`LoginThrottled`."""
         keys = self.keys(email, address)
-        member, wait_s = _take_slot(self._script, keys, self.max_failures, self.window_s)
+        member, wait_s = _take_slot(self._script, keys, self._limits(), self.window_s)
         if wait_s:
             raise LoginThrottled(wait_s)
         return member
@@ -162,6 +178,7 @@ class RegistrationLimiter:
 
     def acquire(self, address: str) -> None:
         """Count one registration, or raise :class:`RegistrationThrottled`."""
-        _, wait_s = _take_slot(self._script, self.keys(address), self.max_attempts, self.window_s)
+        keys = self.keys(address)
+        _, wait_s = _take_slot(self._script, keys, [self.max_attempts], self.window_s)
         if wait_s:
             raise RegistrationThrottled(wait_s)

@@ -13,6 +13,7 @@ import logging
 
 from services import callbacks
 from services.ports import utcnow
+from services.secrets_at_rest import cipher_from_setting
 from services.task_names import CALLBACKS_DELIVER, MAINTENANCE_DISPATCH_CALLBACKS
 from services.unit_of_work import unit_of_work
 from settings import get_settings
@@ -28,9 +29,11 @@ def deliver(self: OrderflowTask, delivery_ids: list[int]) -> dict[str, int]:
     """POST a chunk of callbacks (one endpoint); the receiver's failures are recorded, not
     raised. Only our own faults (database unreachable) are retried."""
     ids = [int(i) for i in delivery_ids]
+    s = get_settings()
     try:
+        cipher = cipher_from_setting(s.key_encryption_key)  # decrypts endpoint secrets
         return callbacks.deliver(ids, callback_sender(), ports(), policy=callback_policy(),
-                                 budget_s=get_settings().callback_task_budget_s)  # fmt: skip
+                                 budget_s=s.callback_task_budget_s, cipher=cipher)  # fmt: skip
     except Exception as exc:
         self.retry_or_fail(exc)
 

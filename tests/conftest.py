@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, make_url, text
 
 from settings import get_settings
@@ -36,6 +37,9 @@ TEST_ENV = {
     "TRACKING_INTERVAL_S": "0.3",
     "INTAKE_REDRIVE_S": "3",
     "TASK_MAX_RETRIES": "3",
+    # The tests' callback receivers listen on loopback, which production refuses (the default
+    # is empty); tests/security/test_ssrf.py and the rebinding test use the closed policy.
+    "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
 }
 
 
@@ -51,12 +55,13 @@ def _redis_test_url(url: str) -> str:
 @pytest.fixture(scope="session")
 def services() -> Iterator[dict[str, str]]:
     """Database and Redis for the session; yields the URLs (also exported to os.environ)."""
-    saved = {
-        k: os.environ.get(k)
-        for k in [*TEST_ENV, "DATABASE_URL", "REDIS_URL", "API_KEYS", "PROMETHEUS_MULTIPROC_DIR"]
-    }
+    exported = ["DATABASE_URL", "REDIS_URL", "API_KEYS", "KEY_ENCRYPTION_KEY"]
+    saved = {k: os.environ.get(k) for k in [*TEST_ENV, *exported, "PROMETHEUS_MULTIPROC_DIR"]}
     os.environ.update(TEST_ENV)
     os.environ["API_KEYS"] = f"test-{secrets.token_hex(8)},shop-a:shopkey-{secrets.token_hex(8)}"
+    # Callback secrets are stored encrypted: a key made for this session (never one committed to
+    # the repository), inherited by every process the tests start.
+    os.environ["KEY_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
     get_settings.cache_clear()
     from observability.metrics import prepare_multiproc_dir
     from workers.embedded import embedded_services

@@ -6,6 +6,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from adapters.callbacks import HttpSender
+from adapters.outbound import OutboundPolicy
 from adapters.ratelimit import TokenBucket
 from domain.tracking import Cadence
 from services.callbacks.rules import RetryPolicy
@@ -83,6 +84,13 @@ def callback_policy() -> RetryPolicy:
     )
 
 
+@lru_cache(maxsize=1)
 def callback_sender() -> HttpSender:
+    """One sender per process, so its session's keep-alive connections outlive a task (the
+    threads of a callbacks worker share it: requests' pools are thread-safe). Inside
+    addresses only as ``OUTBOUND_ALLOWED_NETWORKS`` allows."""
     s = get_settings()
-    return HttpSender(timeout=(s.callback_connect_timeout_s, s.callback_read_timeout_s))
+    return HttpSender(
+        timeout=(s.callback_connect_timeout_s, s.callback_read_timeout_s),
+        policy=OutboundPolicy.from_setting(s.outbound_allowed_networks),
+    )

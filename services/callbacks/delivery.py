@@ -7,13 +7,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from pydantic import SecretStr
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from domain.errors import NotFound
 from models import CallbackDelivery, CallbackEndpoint
 from models.callbacks import CallbackAttempt
+from services.api_keys import SecretCipher
 from services.callbacks.rules import (
     DELIVERED,
     EVENT_ID_HEADER,
@@ -26,6 +26,7 @@ from services.callbacks.rules import (
     RetryPolicy,
 )
 from services.callbacks.signing import event_body, sign
+from services.secrets_at_rest import open_callback_secret
 
 _DEFAULT_POLICY = RetryPolicy()  # frozen: safe to share as a default
 
@@ -123,10 +124,15 @@ class DeliveryRequest:
 
 
 def delivery_request(
-    session: Session, delivery_id: int, *, now: datetime
+    session: Session, delivery_id: int, *, now: datetime, cipher: SecretCipher | None = None
 ) -> DeliveryRequest | None:
     """The signed request for a claimed delivery, or None if it should not be sent any more
-    (already delivered by a duplicate task, paused, or its endpoint deactivated)."""
+    (already delivered by a duplicate task, paused, or its endpoint deactivated).
+
+    The endpoint's secret is decrypted with ``cipher`` (a legacy ``clear`` row needs none);
+    one that cannot be decrypted raises ``SecretUnavailable``: our setup's fault, so nothing
+    is recorded against the receiver, and the delivery waits out its lease and is claimed
+    again (once the key is back, it goes out)."""
     row = session.execute(
         select(CallbackDelivery, CallbackEndpoint)
         .join(CallbackEndpoint, CallbackEndpoint.id == CallbackDelivery.endpoint_id)
@@ -144,7 +150,7 @@ def delivery_request(
         "User-Agent": "orderflow-callbacks/1",
         EVENT_ID_HEADER: str(delivery.event_id),
         TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: sign(SecretStr(endpoint.secret), timestamp, body),
+        SIGNATURE_HEADER: sign(open_callback_secret(endpoint, cipher), timestamp, body),
     }
     return DeliveryRequest(delivery.id, endpoint.id, endpoint.url, body, headers)
 

@@ -11,9 +11,12 @@ from pydantic import SecretStr
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from adapters.outbound import DestinationRefused, check_destination
 from domain.errors import NotFound, ValidationError
 from models import CallbackDelivery, CallbackEndpoint
+from services.api_keys import SecretCipher
 from services.callbacks.rules import MAX_URL_LEN, MIN_SECRET_LEN, PAUSED, PENDING
+from services.secrets_at_rest import FERNET, seal_callback_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +40,13 @@ def check_source(source: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """http(s) with a host; no credentials (they would end up in logs) and no fragment."""
+    """http(s) with a host; no credentials (they would end up in logs) and no fragment; and a
+    host that cannot reach inside (``adapters.outbound.check_destination``: no loopback,
+    private, link-local, metadata... address, in any spelling or behind any name it resolves
+    to, unless ``OUTBOUND_ALLOWED_NETWORKS`` allows it; a name that does not resolve is refused).
+
+    Resolving is a blocking DNS lookup: call it before taking any lock. Deliveries check the
+    connected address again (the name may resolve elsewhere by then)."""
     url = url.strip()
     if len(url) > MAX_URL_LEN:
         raise ValidationError("url", f"at most {MAX_URL_LEN} characters")
@@ -54,6 +63,10 @@ def check_url(url: str) -> str:
         raise ValidationError("url", "must not contain credentials; the HMAC secret signs it")
     if parts.fragment:
         raise ValidationError("url", "must not contain a #fragment")
+    try:
+        check_destination(url)
+    except DestinationRefused as exc:
+        raise ValidationError("url", str(exc)) from None
     return url
 
 
@@ -67,21 +80,30 @@ def check_secret(secret: SecretStr) -> SecretStr:
 
 
 def register_endpoint(
-    session: Session, source: str, url: str, secret: SecretStr
+    session: Session,
+    source: str,
+    url: str,
+    secret: SecretStr,
+    *,
+    cipher: SecretCipher | None = None,
 ) -> CallbackEndpoint:
     """Create the source's endpoint, or replace its URL and secret (and re-activate it).
 
-    Re-registering keeps a paused endpoint paused: resuming is a separate, explicit step.
+    The secret is stored encrypted with ``cipher`` (``KEY_ENCRYPTION_KEY``), never in clear:
+    without one, ``ValidationError("KEY_ENCRYPTION_KEY", ...)`` (after the inputs are checked,
+    so a bad input is named first). Re-registering keeps a paused endpoint paused: resuming is a
+    separate, explicit step.
     """
     source, url, secret = check_source(source), check_url(url), check_secret(secret)
+    stored = seal_callback_secret(secret, cipher)
     endpoint = session.scalar(
         select(CallbackEndpoint).where(CallbackEndpoint.source == source).with_for_update()
     )
     if endpoint is None:
-        endpoint = CallbackEndpoint(source=source, url=url, secret=secret.get_secret_value())
+        endpoint = CallbackEndpoint(source=source, url=url, secret=stored, secret_format=FERNET)
         session.add(endpoint)
     else:
-        endpoint.url, endpoint.secret = url, secret.get_secret_value()
+        endpoint.url, endpoint.secret, endpoint.secret_format = url, stored, FERNET
         endpoint.active = True
     session.flush()
     return endpoint

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 
 from adapters.callbacks import CallbackSender
+from services.api_keys import SecretCipher
 from services.callbacks.delivery import delivery_request, record_attempt, release
 from services.callbacks.rules import RetryPolicy
 from services.ports import Ports
@@ -20,6 +21,7 @@ def deliver(
     *,
     policy: RetryPolicy,
     budget_s: float,
+    cipher: SecretCipher | None = None,
 ) -> dict[str, int]:
     """For each delivery: build the signed request (short transaction), POST it through
     ``sender`` with no transaction open, record the outcome (new transaction). Returns counts
@@ -28,7 +30,9 @@ def deliver(
     After the first failure the rest of the chunk is released untried (due again, no attempt
     counted: the endpoint is now gated), and so is what is left once ``budget_s`` has passed,
     so a slow receiver holds one worker thread for seconds, not minutes. The receiver's
-    faults are recorded, never raised; only our own (the database) reach the task.
+    faults are recorded, never raised; only our own reach the task: the database, or an
+    endpoint secret ``cipher`` (``KEY_ENCRYPTION_KEY``) cannot decrypt (``SecretUnavailable``,
+    not retryable: the task fails loudly, and the chunk's rows wait out their lease untried).
     """
     started = ports.clock()
     outcomes: Counter[str] = Counter()
@@ -37,7 +41,7 @@ def deliver(
             outcomes["released"] += _release(delivery_ids[index:], ports)
             break
         with ports.uow() as session:
-            request = delivery_request(session, delivery_id, now=ports.clock())
+            request = delivery_request(session, delivery_id, now=ports.clock(), cipher=cipher)
         if request is None:
             outcomes["skipped"] += 1
             continue

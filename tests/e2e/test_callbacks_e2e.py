@@ -19,6 +19,7 @@ from tests.conftest import order_message, wait_until
 from tests.integration.callbacks_support import (  # noqa: F401 - receiver is a fixture
     SECRET,
     Received,
+    cipher,
     receiver,
     verified,
 )
@@ -67,8 +68,10 @@ def test_every_status_change_is_delivered_signed_and_retried(
     monkeypatch.setenv("CALLBACK_BACKOFF_CAP_S", "4")
     catalog({"C": 10, "GONE": 0})
     with unit_of_work() as s:
-        callbacks.register_endpoint(s, "web", receiver.url + "/web", SecretStr(SECRET))
-        callbacks.register_endpoint(s, "flaky", receiver.url + "/flaky", SecretStr(SECRET))
+        for source in ("web", "flaky"):  # secrets stored encrypted: the worker decrypts them
+            callbacks.register_endpoint(
+                s, source, f"{receiver.url}/{source}", SecretStr(SECRET), cipher=cipher()
+            )
     receiver.fail_first["/flaky"] = 2
     p = start_pipeline(shipping=True)
     wait_worker_ready(p.procs.worker("callbacks", "callbacks", concurrency=4, pool="threads"))

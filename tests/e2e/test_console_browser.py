@@ -134,12 +134,12 @@ def test_console_in_chromium(browser, console_api, tmp_path):
 
     # Not logged in: the pipeline sends the browser to the login page.
     browser.get(f"{base}/console/pipeline")
-    wait.until(ec.presence_of_element_located((By.ID, "admin_key")))
+    wait.until(ec.presence_of_element_located((By.ID, "password")))
     assert "/console/login" in browser.current_url
-    browser.find_element(By.ID, "admin_key").send_keys("not-the-key")
+    browser.find_element(By.ID, "password").send_keys("not-the-key")
     browser.find_element(By.ID, "login").click()
     wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "main"), "not the admin key"))
-    browser.find_element(By.ID, "admin_key").send_keys(key)
+    browser.find_element(By.ID, "password").send_keys(key)
     browser.find_element(By.ID, "login").click()
 
     # Pipeline: funnel, throughput, oldest waiting; the live part refreshes itself.
@@ -186,7 +186,7 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     browser.save_screenshot(str(shots / "attention-after-replay.png"))
     assert _dead_letter_status(dl_id) == "REPLAYED"
     actors = _console_actors(order_id)
-    assert len(actors) == 1 and actors[0].startswith("console:") and key not in actors[0]
+    assert len(actors) == 1 and actors[0].startswith("admin-key:") and key not in actors[0]
 
     # The replay is on the order's timeline with who did it.
     browser.get(f"{base}/console/orders/{order_id}")

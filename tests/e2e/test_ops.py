@@ -198,10 +198,13 @@ def test_orders_show_prints_the_timeline_of_a_real_order(start_pipeline, catalog
     from services import callbacks
     from services.unit_of_work import unit_of_work
     from tests.conftest import order_message
+    from tests.integration.callbacks_support import cipher
 
     catalog({"T": 5})
     with unit_of_work() as s:  # nobody listens there: the deliveries stay PENDING
-        callbacks.register_endpoint(s, "web", "http://127.0.0.1:9/hook", SecretStr("s" * 20))
+        callbacks.register_endpoint(
+            s, "web", "http://127.0.0.1:9/hook", SecretStr("s" * 20), cipher=cipher()
+        )
     p = start_pipeline(shipping=True)
     p.stack.set_faults(error_rate=1.0)  # the first create fails: the task retries
 

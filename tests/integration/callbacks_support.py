@@ -26,11 +26,15 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from adapters.callbacks import HttpSender
+from adapters.outbound import configured_policy
 from models import CallbackDelivery, CallbackEndpoint
 from producers.intake import accept_message
 from services import callbacks
+from services.api_keys import SecretCipher
 from services.ports import Clock, Ports, utcnow
+from services.secrets_at_rest import cipher_from_setting
 from services.unit_of_work import unit_of_work
+from settings import get_settings
 from tests.conftest import order_message
 from tests.fakes import FakeGate
 
@@ -122,9 +126,16 @@ def receiver() -> Iterator[Receiver]:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+def cipher() -> SecretCipher:
+    """The cipher of the session's ``KEY_ENCRYPTION_KEY`` (generated in tests/conftest.py)."""
+    found = cipher_from_setting(get_settings().key_encryption_key)
+    assert found is not None, "KEY_ENCRYPTION_KEY is unset"
+    return found
+
+
 def register(source: str, url: str, secret: str = SECRET) -> int:
     with unit_of_work() as s:
-        return callbacks.register_endpoint(s, source, url, SecretStr(secret)).id
+        return callbacks.register_endpoint(s, source, url, SecretStr(secret), cipher=cipher()).id
 
 
 def deliver_chunk(
@@ -136,10 +147,19 @@ def deliver_chunk(
     clock: Clock = utcnow,
 ) -> dict[str, int]:
     """One ``callbacks.deliver`` task body, in this thread: the real sender, on ``clock``
-    (a callback POST is not a provider call: the gate is a pass-through)."""
-    sender = HttpSender(timeout=timeout)
+    (a callback POST is not a provider call: the gate is a pass-through), reaching inside
+    only as the settings' ``OUTBOUND_ALLOWED_NETWORKS`` allows (loopback in the tests:
+    ``tests/conftest.py``)."""
+    sender = HttpSender(timeout=timeout, policy=configured_policy())
     ports = Ports(gate=FakeGate(), clock=clock)
-    return callbacks.deliver(chunk, sender, ports, policy=policy, budget_s=budget_s)
+    return callbacks.deliver(
+        chunk,
+        sender,
+        ports,
+        policy=policy,
+        budget_s=budget_s,
+        cipher=cipher_from_setting(get_settings().key_encryption_key),
+    )
 
 
 def run_deliveries(*, clock: Clock = utcnow, **kwargs: Any) -> int:

@@ -76,6 +76,8 @@ def _seeds(t: Target) -> list[tuple[str, str, dict[str, str], dict[str, Any] | N
                                                    "delta": -1, "reason": "r"}),
         ("POST", "/v1/admin/stock/move", admin, {"sku": "SKU-1", "from_warehouse": "main",
                                                  "to_warehouse": "b", "quantity": 1}),
+        # A loopback URL registers only because the tests allow-list loopback
+        # (OUTBOUND_ALLOWED_NETWORKS in tests/conftest.py): the seed must be valid.
         ("PUT", "/v1/admin/callbacks/web", admin, {"url": "http://127.0.0.1:9/hook",
                                                    "secret": "s" * 24}),
         ("POST", "/v1/admin/callbacks/resend", admin, {"order_id": o}),
