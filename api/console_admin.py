@@ -1,7 +1,12 @@
-"""The console's audit trail (``/console/audit``, every role) and operator accounts
-(``/console/operators``, admins: list, create, disable). The same services as
-``orderflow operators``; every change is an audit row naming the admin who made it, in the
-change's own transaction. Disabling an account ends its console sessions at once.
+"""The console's audit trail (``/console/audit``, every role) and the admins' pages: operator
+accounts (``/console/operators``: list, create, disable), intake API keys (``/console/keys``:
+list, revoke) and callback endpoints (``/console/callbacks``: list, pause, resume).
+
+The same services as ``orderflow operators|apikeys|callbacks``; every change is an audit row
+naming the admin who made it, in the change's own transaction. Disabling an account ends its
+console sessions at once. A page never shows a secret, a hash or a ciphertext; what has a secret
+to hand over once (creating or rotating a key, registering an endpoint) stays with the CLI and
+the admin API. Other roles get 403 (a refused POST is audited as ``denied``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from api import console_auth as auth
 from api.console_auth import Clock, Store
 from domain.errors import ConflictError, NotFound, ValidationError
 from domain.operators import Permission, Role, allowed
-from services import operators
+from services import api_keys, callbacks, operators
 from services.console_sessions import ConsoleSession, SessionStore
 from services.unit_of_work import unit_of_work
 
@@ -47,15 +52,26 @@ async def audit(
     return auth.page(request, "console/audit.html", context)
 
 
+async def _admin(
+    request: Request, store: SessionStore, now: float
+) -> tuple[ConsoleSession | None, Response | None]:
+    """For an admin page (GET): the session when its role may manage, else the answer to send
+    (to the login page, or 403)."""
+    session = await auth.current(request, store, now)
+    if session is None:
+        return None, auth.to_login(request)
+    if not allowed(session.role, Permission.MANAGE):
+        return None, Response(f"forbidden: the {session.role.label} role cannot do this", 403)
+    return session, None
+
+
 @router.get("/operators")
 async def operator_list(
     request: Request, store: Store, now: Clock, done: str = "", error: str = ""
 ) -> Response:
-    session = await auth.current(request, store, now)
+    session, refusal = await _admin(request, store, now)
     if session is None:
-        return auth.to_login(request)
-    if not allowed(session.role, Permission.MANAGE):
-        return Response(f"forbidden: the {session.role.label} role cannot do this", 403)
+        return refusal or Response(status_code=403)
 
     def read() -> list[operators.OperatorView]:
         with unit_of_work() as s:
@@ -66,9 +82,9 @@ async def operator_list(
     return auth.page(request, "console/operators.html", context)
 
 
-def _back(*, done: str = "", error: str = "") -> RedirectResponse:
+def _back(*, done: str = "", error: str = "", to: str = "operators") -> RedirectResponse:
     query = f"done={quote(done)}" if done else f"error={quote(error)}"
-    return RedirectResponse(f"/console/operators?{query}", status_code=303)
+    return RedirectResponse(f"/console/{to}?{query}", status_code=303)
 
 
 def _create(session: ConsoleSession, form: dict[str, str], address: str) -> str:
@@ -115,3 +131,94 @@ async def operator_disable(request: Request, store: Store, now: Clock, name: str
         return _back(error=str(exc))
     log.info("console: %s by %s", done, session.actor)
     return _back(done=done)
+
+
+# --- intake API keys ----------------------------------------------------------------------------
+
+
+@router.get("/keys")
+async def key_list(
+    request: Request, store: Store, now: Clock, done: str = "", error: str = ""
+) -> Response:
+    session, refusal = await _admin(request, store, now)
+    if session is None:
+        return refusal or Response(status_code=403)
+
+    def read() -> list[api_keys.KeyInfo]:
+        with unit_of_work() as s:
+            return api_keys.list_keys(s)
+
+    context = {"s": session, "nav": "keys", "keys": await run_in_threadpool(read),
+               "at": datetime.now(UTC), "done": done, "error": error}  # fmt: skip
+    return auth.page(request, "console/keys.html", context)
+
+
+def _revoke(session: ConsoleSession, key_id: str, address: str) -> str:
+    with unit_of_work() as s:
+        info, changed = api_keys.revoke_key(s, key_id, now=datetime.now(UTC))
+        detail = {"source": info.source, "changed": changed}
+        operators.audit(s, actor=session.actor, action="apikey_revoke", target=info.key_id,
+                        address=address, detail=detail)  # fmt: skip
+    return f"{info.key_id} ({info.source}) " + ("revoked" if changed else "was already revoked")
+
+
+@router.post("/keys/{key_id}/revoke")
+async def key_revoke(request: Request, store: Store, now: Clock, key_id: str) -> Response:
+    session, refusal = await auth.acting(request, store, now, Permission.MANAGE)
+    if session is None:
+        return refusal or Response(status_code=403)
+    try:
+        done = await run_in_threadpool(_revoke, session, key_id, auth.client_address(request))
+    except NotFound as exc:
+        return _back(error=str(exc), to="keys")
+    log.info("console: %s by %s", done, session.actor)
+    return _back(done=done, to="keys")
+
+
+# --- callback endpoints -------------------------------------------------------------------------
+
+
+@router.get("/callbacks")
+async def callback_list(
+    request: Request, store: Store, now: Clock, done: str = "", error: str = ""
+) -> Response:
+    session, refusal = await _admin(request, store, now)
+    if session is None:
+        return refusal or Response(status_code=403)
+
+    def read() -> list[callbacks.EndpointView]:
+        with unit_of_work() as s:
+            return callbacks.list_endpoints(s)
+
+    context = {"s": session, "nav": "callbacks", "endpoints": await run_in_threadpool(read),
+               "done": done, "error": error}  # fmt: skip
+    return auth.page(request, "console/callbacks.html", context)
+
+
+def _pause_or_resume(session: ConsoleSession, source: str, action: str, address: str) -> str:
+    with unit_of_work() as s:
+        change = callbacks.pause if action == "pause" else callbacks.resume
+        count = change(s, source, now=datetime.now(UTC))
+        operators.audit(s, actor=session.actor, action=f"callback_{action}", target=source,
+                        address=address, detail={"deliveries": count})  # fmt: skip
+    if action == "pause":
+        return f"{source} paused: {count} pending deliveries held"
+    return f"{source} resumed: {count} held deliveries due now"
+
+
+@router.post("/callbacks/{source}/{action}")
+async def callback_pause_resume(
+    request: Request, store: Store, now: Clock, source: str, action: str
+) -> Response:
+    if action not in ("pause", "resume"):
+        return Response("unknown action", status_code=404)
+    session, refusal = await auth.acting(request, store, now, Permission.MANAGE)
+    if session is None:
+        return refusal or Response(status_code=403)
+    address = auth.client_address(request)
+    try:
+        done = await run_in_threadpool(_pause_or_resume, session, source, action, address)
+    except (NotFound, ValidationError) as exc:
+        return _back(error=str(exc), to="callbacks")
+    log.info("console: %s by %s", done, session.actor)
+    return _back(done=done, to="callbacks")

@@ -59,6 +59,7 @@ from services.callbacks.endpoints import (
     check_source,
     check_url,
     list_endpoints,
+    pause,
     register_endpoint,
     resume,
 )
@@ -131,6 +132,7 @@ __all__ = [
     "event_body",
     "list_deliveries",
     "list_endpoints",
+    "pause",
     "record_attempt",
     "record_status_change",
     "record_status_changes",

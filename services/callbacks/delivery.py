@@ -14,12 +14,12 @@ from domain.errors import NotFound
 from models import CallbackDelivery, CallbackEndpoint
 from models.callbacks import CallbackAttempt
 from services.api_keys import SecretCipher
+from services.callbacks.endpoints import hold
 from services.callbacks.rules import (
     DELIVERED,
     EVENT_ID_HEADER,
     FAILED,
     MAX_ERROR_LEN,
-    PAUSED,
     PENDING,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -208,19 +208,8 @@ def record_attempt(
     else:
         delivery.next_attempt_at = now + timedelta(seconds=then.retry_in_s)
     if then.pause_endpoint and endpoint.paused_at is None:
-        _pause(session, endpoint, now=now)
+        hold(session, endpoint, now=now)
     return delivery.status
-
-
-def _pause(session: Session, endpoint: CallbackEndpoint, *, now: datetime) -> None:
-    endpoint.paused_at = now
-    session.flush()  # the delivery's own changes first, so the UPDATE below sees them
-    session.execute(
-        update(CallbackDelivery)
-        .where(CallbackDelivery.endpoint_id == endpoint.id, CallbackDelivery.status == PENDING)
-        .values(status=PAUSED),
-        execution_options={"synchronize_session": "fetch"},
-    )
 
 
 def release(session: Session, delivery_ids: list[int], *, now: datetime) -> None:

@@ -136,6 +136,28 @@ def _endpoint_by_source(session: Session, source: str) -> CallbackEndpoint:
     return endpoint
 
 
+def hold(session: Session, endpoint: CallbackEndpoint, *, now: datetime) -> int:
+    """Mark the endpoint paused and its PENDING deliveries PAUSED; returns how many were held.
+    Used by the delivery's pause threshold and by :func:`pause`."""
+    endpoint.paused_at = now
+    session.flush()  # the caller's own changes first, so the UPDATE below sees them
+    result = session.execute(
+        update(CallbackDelivery)
+        .where(CallbackDelivery.endpoint_id == endpoint.id, CallbackDelivery.status == PENDING)
+        .values(status=PAUSED),
+        execution_options={"synchronize_session": "fetch"},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def pause(session: Session, source: str, *, now: datetime) -> int:
+    """Pause the source's endpoint by hand (the receiver is down for maintenance): nothing is
+    attempted until :func:`resume`. Returns how many deliveries were held; pausing a paused
+    endpoint changes nothing and returns 0."""
+    endpoint = _endpoint_by_source(session, check_source(source))
+    return 0 if endpoint.paused_at is not None else hold(session, endpoint, now=now)
+
+
 def resume(session: Session, source: str, *, now: datetime) -> int:
     """Un-pause the source's endpoint; its PAUSED deliveries are due now. Returns their count."""
     endpoint = _endpoint_by_source(session, check_source(source))
