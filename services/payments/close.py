@@ -35,7 +35,7 @@ from services.payments.common import (
 )
 from services.payments.confirm import apply_status
 from services.payments.create import create_request
-from services.payments.refunds import request_refund
+from services.payments.refunds import refundable, request_refund
 from services.ports import Outcome, Ports
 from services.provider_calls import CircuitOpen
 from services.stock import release_reservations
@@ -154,6 +154,8 @@ def cancel_order(
     if payment is None:
         return []
     if payment.status in CAPTURED:
+        if refundable(session, payment) <= 0:
+            return []  # refunded in full already (or on its way): nothing more to send back
         followup = request_refund(
             session, order, payment, amount=None, refund_no=f"cancel-{payment.out_trade_no}",
             reason=reason, actor=actor, now=now,

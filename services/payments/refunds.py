@@ -37,6 +37,17 @@ from services.provider_calls import CircuitOpen
 from services.task_names import PAYMENTS_REFUND
 
 
+def refundable(session: Session, payment: Payment) -> int:
+    """What is left to refund: the amount paid less every refund not FAILED (requested ones
+    included: they are on their way)."""
+    committed = session.scalar(
+        select(func.coalesce(func.sum(Refund.amount), 0)).where(
+            Refund.payment_id == payment.id, Refund.status != RefundStatus.FAILED
+        )
+    )
+    return payment.amount - int(committed or 0)
+
+
 def request_refund(
     session: Session,
     order: Order,
@@ -62,12 +73,7 @@ def request_refund(
         return Followup(PAYMENTS_REFUND, existing.id) if existing.status == "REQUESTED" else None
     if payment.status not in CAPTURED:
         raise ValidationError("order", f"payment is {payment.status}; nothing to refund")
-    committed = session.scalar(
-        select(func.coalesce(func.sum(Refund.amount), 0)).where(
-            Refund.payment_id == payment.id, Refund.status != RefundStatus.FAILED
-        )
-    )
-    remaining = payment.amount - int(committed or 0)
+    remaining = refundable(session, payment)
     amount = remaining if amount is None else amount
     if amount <= 0 or amount > remaining:
         raise ValidationError("amount", f"must be between 1 and the refundable {remaining}")

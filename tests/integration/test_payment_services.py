@@ -167,6 +167,33 @@ def test_paid_between_cancel_and_close_is_refunded_exactly_once(catalog):
     assert_stock_consistent()
 
 
+def test_cancelling_a_paid_order_refunded_in_full_already_sends_no_second_refund(catalog):
+    """An operator refunded the whole payment, then cancels: the cancel releases the stock and
+    asks for nothing more (before, it asked for a refund of 0 and was refused: amount)."""
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid = reserved_order()
+    create(fake, oid)
+    (trade_no,) = fake.trades
+    fake.pay(trade_no)
+    (paid_note,) = fake.outbox
+    deliver(fake, paid_note)
+    assert state(oid) == ("PAID", "PAID")
+    with unit_of_work() as s:
+        first = payments.refund_for_order(s, oid, amount=None, refund_no="ops-1", reason="asked",
+                                          actor="test", now=now())  # fmt: skip
+    assert first is not None
+    with unit_of_work() as s:
+        followups = payments.cancel_order(s, oid, now=now(), actor="test", reason="asked")
+    assert followups == []
+    assert state(oid)[0] == "CANCELLED" and stock_of("P") == (5, 0)
+    with unit_of_work() as s:
+        assert [r.refund_no for r in s.scalars(select(Refund).where(Refund.order_id == oid))] == [
+            "ops-1"
+        ]
+    assert_stock_consistent()
+
+
 def test_a_paid_order_whose_booking_started_cannot_be_cancelled(catalog):
     """Once the shipping stage stored its booking intent (before calling the warehouse), a
     cancel is refused with a conflict and changes nothing: the parcel may already be booked."""
