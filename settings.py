@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from settings_files import FileValues
+from settings_up_env import UpEnvValues
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     file) is an error naming both; an unreadable file is an error naming the variable and the
     path, never the content; an empty ``NAME_FILE`` counts as unset. Settings whose own name
     ends in ``_file`` (``ALIPAY_APP_PRIVATE_KEY_FILE``: a path) keep that meaning.
+
+    While an ``orderflow up`` runs on this ``STATE_DIR``, the settings it generated
+    (``<STATE_DIR>/up.env``) come after the environment and before ``.env``: a command in
+    another shell reaches the simulators and servers that ``up`` started (settings_up_env.py).
     """
 
     model_config = SettingsConfigDict(
@@ -60,7 +65,10 @@ class Settings(BaseSettings):
         # Conflicts are errors, so the files' place in the order only matters against init
         # arguments (tests), which win.
         files = FileValues(settings_cls, dotenv_settings, env_settings)
-        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
+        # What a running `orderflow up` generated (STATE_DIR/up.env): below the environment,
+        # above .env, as up's own children see it (settings_up_env.py).
+        up = UpEnvValues(settings_cls, init_settings, dotenv_settings, env_settings)
+        return init_settings, files, env_settings, up, dotenv_settings, file_secret_settings
 
     # --- servers ------------------------------------------------------------------------------
     database_url: str | None = Field(None, description="PostgreSQL URL; unset = embedded pgserver")

@@ -1,105 +1,21 @@
-"""``orderflow up`` (everything locally, stopped cleanly on Ctrl-C) and ``orderflow doctor``
-(one line per check, non-zero exit when any fails)."""
+"""``orderflow doctor`` (one line per check, non-zero exit when any fails); ``orderflow up``
+lives in :mod:`cli.up`."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import requests
 from amqp.exceptions import PreconditionFailed
 
 from cli.common import console
+from cli.up import WORKERS, run_up
 from settings import get_settings
-from simulators.stack import ProviderStack
+from settings_up_env import read_up_env, up_env_path
 
-# One worker per queue: DB-bound orders work on prefork, network-bound stages on threads.
-WORKERS = (
-    ("worker-orders", "orders", 2, "prefork"),
-    ("worker-payments", "payments", 8, "threads"),
-    ("worker-shipping", "shipping,tracking", 8, "threads"),
-    ("worker-maintenance", "maintenance", 1, "prefork"),
-    ("worker-callbacks", "callbacks", 8, "threads"),
-)
-
-
-def run_up(*, api_port: int, flower_port: int, simulators: bool) -> None:
-    """Start the API, a worker per queue, beat, Flower (basic auth) and, optionally, the
-    provider simulators; block until Ctrl-C / SIGTERM; stop everything by pid.
-
-    Raises :class:`RuntimeError` (the CLI exits 1 with it) when a process it started dies on
-    its own, after stopping all the others.
-    """
-    from workers.embedded import embedded_services
-
-    stop = threading.Event()
-    # Explicit handlers: a process started with SIGINT ignored (nohup, a background job of a
-    # script) would otherwise never see Ctrl-C, and Python installs no KeyboardInterrupt then.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with embedded_services():
-        stack = _start_simulators(api_port) if simulators else None
-        try:
-            _serve(api_port, flower_port, stop)
-        finally:
-            if stack is not None:
-                stack.stop()
-
-
-def _start_simulators(api_port: int) -> ProviderStack:
-    key_dir = Path(tempfile.mkdtemp(prefix="orderflow-up-keys-"))
-    stack = ProviderStack.start(f"http://127.0.0.1:{api_port}", key_dir)
-    os.environ.update(stack.env)
-    get_settings.cache_clear()
-    console.print("provider simulators started (keys generated for this run)")
-    return stack
-
-
-def _serve(api_port: int, flower_port: int, stop: threading.Event) -> None:
-    from models.migrate import upgrade
-    from observability.metrics import prepare_multiproc_dir
-    from workers.procs import ProcessGroup, wait_worker_ready
-
-    upgrade()
-    prepare_multiproc_dir()  # workers' metrics reach the API's /metrics through this directory
-    s = get_settings()
-    auth = s.flower_basic_auth.get_secret_value() if s.flower_basic_auth else None
-    if auth is None:
-        auth = f"admin:{secrets.token_urlsafe(12)}"
-        console.print(f"Flower credentials for this run: [bold]{auth}[/] (set FLOWER_BASIC_AUTH)")
-    group = ProcessGroup(log_dir=s.state_dir / "up-logs")
-    try:
-        group.api(api_port)
-        workers = [group.worker(n, q, concurrency=c, pool=p) for n, q, c, p in WORKERS]
-        group.beat()
-        group.flower(flower_port, auth)
-        for w in workers:
-            wait_worker_ready(w)
-        console.print(f"API      http://127.0.0.1:{api_port}  (logs in {group.log_dir})")
-        console.print(f"Console  http://127.0.0.1:{api_port}/console  "
-                      "(ADMIN_API_KEY, or `orderflow operators create`)")  # fmt: skip
-        console.print(f"Flower   http://127.0.0.1:{flower_port}  (basic auth)")
-        console.print("running; Ctrl-C stops everything")
-        while not stop.is_set():
-            dead = [p.name for p in group.procs if not p.alive()]
-            if dead:  # a half-running stack only looks healthy: stop it all and exit 1
-                raise RuntimeError(
-                    f"stopped unexpectedly: {', '.join(dead)} (logs in {group.log_dir}); "
-                    "everything else was stopped"
-                )
-            stop.wait(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        group.stop_all()
-        console.print("stopped API, workers, beat and Flower")
+__all__ = ["WORKERS", "run_doctor", "run_up"]
 
 
 @dataclass(frozen=True)
@@ -209,8 +125,10 @@ def _providers() -> str:
         "warehouse": s.warehouse_booking_url if s.warehouse_api_key else None,
     }
     configured = {k: v for k, v in targets.items() if v}
+    up = read_up_env(up_env_path(s.state_dir))
+    source = f" (settings of `orderflow up` pid {up.pid}, {up.path})" if up else ""
     if not configured:
-        return "none configured"
+        return "none configured" + source
     down = []
     for name, url in configured.items():
         try:
@@ -219,7 +137,7 @@ def _providers() -> str:
             down.append(f"{name} ({type(exc).__name__})")
     if down:
         raise RuntimeError("unreachable: " + ", ".join(down))
-    return "reachable: " + ", ".join(configured)
+    return "reachable: " + ", ".join(configured) + source
 
 
 def run_doctor() -> bool:

@@ -41,9 +41,10 @@ be known *before* the first metric is created, i.e. at the import of this module
 exports it to ``os.environ`` (prometheus_client reads its path from there) and switches the
 value class to multiprocess. :func:`prepare_multiproc_dir` is for the process that owns a run
 (``orderflow up``/``demo``, the test session), before it starts the others: it picks the
-setting or ``<state_dir>/metrics``, empties it and exports it to the children. A process
-started without the setting (a unit test, a one-off CLI command) keeps its metrics in memory,
-where they do no harm; the API then serves only its own. Files of exited processes are kept on
+setting or ``<state_dir>/metrics``, empties it and exports it to the children (Flower, though,
+keeps its own series out of it: :func:`keep_in_memory`). A process started without the
+setting (a unit test, a one-off CLI command) keeps its metrics in memory, where they do no
+harm; the API then serves only its own. Files of exited processes are kept on
 purpose: their counts are part of the totals. Only event series are multiprocess; there are no
 live gauges, so :func:`process_exited` is bookkeeping for the future.
 
@@ -148,6 +149,21 @@ def _enable_multiprocess() -> None:
 
 
 _enable_multiprocess()
+
+
+def keep_in_memory() -> None:
+    """From now on this process keeps the metrics it creates in memory, whatever
+    ``PROMETHEUS_MULTIPROC_DIR`` says, and its children do not inherit the directory.
+
+    For Flower (:mod:`workers.flower`): its ``flower_*`` series are its own, served on its own
+    ``/metrics``; written into the shared directory they would be merged into the API's
+    ``/metrics`` and outlive Flower there. Call it before the process creates its first metric
+    (``prometheus_client`` picks a metric's value class when the metric, or a label set of it,
+    is created).
+    """
+    os.environ.pop(MULTIPROC_ENV, None)
+    values.ValueClass = values.MutexValue
+
 
 # -- event series (multiprocess when PROMETHEUS_MULTIPROC_DIR is set) ---------------------------
 

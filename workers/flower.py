@@ -13,6 +13,9 @@ Contract:
   command line (``ps`` shows every process's argv to every user). The launcher refuses to start
   without them, and refuses ``--basic-auth`` / ``--auth`` on the command line.
 - Every other argument is passed to ``celery -A workers.app flower`` unchanged.
+- Flower's own ``flower_*`` series stay in its memory, on its ``/metrics`` only, even when
+  ``PROMETHEUS_MULTIPROC_DIR`` is set (it is, for every app service of docker-compose): the
+  API's ``/metrics`` merges that directory and must carry orderflow's series alone.
 - ``python -m workers.flower healthcheck [--port N] [--host H]`` exits 0 when Flower answers
   ``GET /healthcheck`` with 200 given the credentials, 1 otherwise (the container health check).
 """
@@ -104,6 +107,11 @@ def run(argv: Sequence[str]) -> int:
         return 2
     # Flower reads FLOWER_* itself; the value may have come from .env rather than the environment.
     os.environ[AUTH_ENV] = secret.get_secret_value()
+    # Before Flower creates its metrics: its flower_* series stay on its own /metrics, out of
+    # the directory the API's /metrics merges (they would be served there, and go stale).
+    from observability.metrics import keep_in_memory
+
+    keep_in_memory()
 
     import flower.command
     from celery.bin.celery import main as celery_main

@@ -14,8 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,31 @@ def _is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def listen_error(port: int, host: str = "127.0.0.1") -> OSError | None:
+    """Why a server could not listen on ``host:port`` now (``errno.EADDRINUSE``: another one
+    listens there, on that address or on all of them), None when it could. Binds as uvicorn
+    and tornado do, with SO_REUSEADDR: a port merely in TIME_WAIT after an earlier run is
+    free for them too."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            s.listen(1)
+        except OSError as exc:
+            return exc
+        return None
+
+
+class ProcessDied(RuntimeError):
+    """A process of a run exited while it should have been running; ``proc`` tells which."""
+
+    def __init__(self, proc: Proc, when: str) -> None:
+        self.proc = proc
+        code = proc.popen.poll()
+        where = f"; its log: {proc.log_path}" if proc.log_path else ""
+        super().__init__(f"{proc.name} exited {when} (exit code {code}){where}")
 
 
 @dataclass
@@ -145,9 +171,10 @@ class ProcessGroup:
             ],
         )  # fmt: skip
 
-    def api(self, port: int, name: str = "api", *, workers: int = 1) -> Proc:
+    def api(self, port: int, name: str = "api", *, workers: int = 1, wait: bool = True) -> Proc:
         """uvicorn on 127.0.0.1:``port`` with ``workers`` processes (one supervisor above them
-        when more than one: stopping the Proc stops them all)."""
+        when more than one: stopping the Proc stops them all); returns once ``/healthz``
+        answers, or at once with ``wait=False``."""
         proc = self.start(
             name,
             [
@@ -155,17 +182,21 @@ class ProcessGroup:
                 "--port", str(port), "--log-level", "warning", "--workers", str(workers),
             ],
         )  # fmt: skip
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        if wait:
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         return proc
 
-    def flower(self, port: int, basic_auth: str, name: str = "flower") -> Proc:
+    def flower(
+        self, port: int, basic_auth: str, name: str = "flower", *, wait: bool = True
+    ) -> Proc:
         """Flower on 127.0.0.1:``port`` through :mod:`workers.flower` (every page, API, /metrics
         and /healthcheck behind basic auth); ``basic_auth`` is ``user:password`` and travels in
-        the environment. Returns once the port answers."""
+        the environment. Returns once the port answers, or at once with ``wait=False``."""
         from workers.flower import AUTH_ENV, flower_argv
 
         proc = self.start(name, flower_argv(port), env={AUTH_ENV: basic_auth})
-        wait_http(f"http://127.0.0.1:{port}/healthcheck", proc, timeout_s=90.0)
+        if wait:
+            wait_http(f"http://127.0.0.1:{port}/healthcheck", proc, timeout_s=90.0)
         return proc
 
     def stop_all(self) -> None:
@@ -186,6 +217,42 @@ def wait_http(url: str, proc: Proc | None = None, timeout_s: float = 30.0) -> No
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def wait_all_ready(
+    procs: Sequence[Proc],
+    checks: Mapping[str, Callable[[], bool]],
+    *,
+    stop: threading.Event,
+    timeout_s: float,
+    poll_s: float = 0.2,
+) -> bool:
+    """Poll every check of ``checks`` (what -> True once ready) until all have passed.
+
+    Returns True then, False as soon as ``stop`` is set (Ctrl-C during start-up). Raises
+    :class:`ProcessDied` for the first of ``procs`` that exits meanwhile (a process that dies
+    before a check passes would otherwise only show as a timeout), :class:`TimeoutError`
+    naming the checks still failing after ``timeout_s``. A check may block for its own short
+    timeout; an exception raised by a check counts as "not yet".
+    """
+    pending = dict(checks)
+    deadline = time.monotonic() + timeout_s
+    while True:  # liveness is checked once more after the last check passed
+        dead = next((p for p in procs if not p.alive()), None)
+        if dead is not None:
+            raise ProcessDied(dead, "during start-up")
+        if stop.is_set():
+            return False
+        if not pending:
+            return True
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready within {timeout_s:.0f} s: {', '.join(pending)}")
+        for what, check in list(pending.items()):
+            with contextlib.suppress(Exception):
+                if check():
+                    del pending[what]
+        if pending:
+            stop.wait(poll_s)
 
 
 def wait_worker_ready(proc: Proc, timeout_s: float = 60.0) -> None:
