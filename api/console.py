@@ -2,10 +2,13 @@
 
 Pages: ``/console/pipeline`` (funnel per status, refreshed every few seconds from
 ``/console/pipeline/live``; transitions of the last hour; the oldest order waiting in each
-stage), ``/console/orders/{id}`` and ``/console/search?q=`` (order id, external id or waybill),
-``/console/attention`` (NEEDS_ATTENTION orders, open dead letters, open circuits, stale
-tracking, each with its CLI action), ``/console/stock`` (counters per SKU and warehouse with the
-drift check, paginated).
+stage; below, the last 24 hours as charts: transitions per hour, time in each stage, rejections
+by reason), ``/console/orders/{id}`` and ``/console/search?q=`` (order id, external id or
+waybill), ``/console/attention`` (NEEDS_ATTENTION orders, open dead letters, open circuits,
+stale tracking, callback endpoints' health, each with its CLI action; after a replay, what the
+replayed task did since), ``/console/stock`` (counters per SKU and warehouse with the drift
+check, paginated). The order list (``/console/orders``), the charts' cache and the templates'
+filters (money, statuses by meaning, durations): :mod:`api.console_pages`.
 
 Authentication, sessions, roles and the audit trail: :mod:`api.console_auth`. Pages need any
 role; actions (dead letter replay / discard, payments reconcile) need the operator role, carry the
@@ -30,6 +33,7 @@ from sqlalchemy.orm import Session
 from adapters.registry import payment_provider
 from api import console_auth as auth
 from api.console_auth import Clock, Store
+from api.console_pages import pipeline_charts
 from domain.errors import NotFound, ValidationError
 from domain.operators import Permission
 from services import console as queries
@@ -92,7 +96,9 @@ async def pipeline(request: Request, store: Store, now: Clock) -> Response:
     if session is None:
         return auth.to_login(request)
     data = await run_in_threadpool(_read, _pipeline_data)
-    return auth.page(request, "console/pipeline.html", {"s": session, "nav": "pipeline", **data})
+    charts = await run_in_threadpool(pipeline_charts)  # not redrawn by the live refresh
+    context = {"s": session, "nav": "pipeline", **data, **charts}
+    return auth.page(request, "console/pipeline.html", context)
 
 
 @router.get("/pipeline/live")
@@ -150,8 +156,11 @@ def _circuits() -> tuple[list[dict[str, Any]], str | None]:
 
 @router.get("/attention")
 async def attention(
-    request: Request, store: Store, now: Clock, done: str = "", error: str = ""
-) -> Response:
+    request: Request, store: Store, now: Clock, done: str = "", error: str = "",
+    replayed: str = "",
+) -> Response:  # fmt: skip
+    """``replayed``: the id of the dead letter just replayed here, whose outcome so far heads
+    the page."""
     session = await auth.current(request, store, now)
     if session is None:
         return auth.to_login(request)
@@ -159,10 +168,14 @@ async def attention(
     data = await run_in_threadpool(
         _read, lambda s: queries.attention(s, now=_now(), stale_after_s=stale_after)
     )
+    replay = None
+    if replayed.isdigit() and len(replayed) < 19:
+        dl_id = int(replayed)
+        replay = await run_in_threadpool(_read, lambda s: queries.replay_outcome(s, dl_id))
     circuits, circuit_error = await run_in_threadpool(_circuits)
     context = {
         "s": session, "nav": "attention", "a": data, "circuits": circuits,
-        "circuit_error": circuit_error, "done": done, "error": error,
+        "circuit_error": circuit_error, "done": done, "error": error, "replay": replay,
     }  # fmt: skip
     return auth.page(request, "console/attention.html", context)
 
@@ -196,15 +209,20 @@ async def stock(
 # --- actions ---------------------------------------------------------------------------------
 
 
-def _back(path: str, *, done: str = "", error: str = "") -> RedirectResponse:
+def _back(path: str, *, done: str = "", error: str = "", extra: str = "") -> RedirectResponse:
     query = f"done={quote(done)}" if done else f"error={quote(error)}"
-    return RedirectResponse(f"{path}?{query}", status_code=303)
+    return RedirectResponse(f"{path}?{query}{extra}", status_code=303)
 
 
-def _resolve_dead_letter(dl_id: int, action: str, actor: str, address: str) -> None:
+class _NotPublished(Exception):
+    """The replay was recorded but its task could not be published (the broker is down)."""
+
+
+def _resolve_dead_letter(dl_id: int, action: str, actor: str, address: str) -> tuple[str, bool]:
     """``orderflow dlq replay|discard``: the same service call, plus the console's timeline row
     and audit row in its transaction; a replayed task is published after the commit, as the CLI
-    does."""
+    does. Returns the dead letter's task name and whether it names an order; raises
+    :class:`_NotPublished` when the commit happened and the publish failed."""
     from services import dead_letters
     from workers.publish import enqueue_replay
 
@@ -223,7 +241,12 @@ def _resolve_dead_letter(dl_id: int, action: str, actor: str, address: str) -> N
             address=address, detail={"order_id": dl.order_id if dl is not None else None},
         )  # fmt: skip
     if replay is not None:
-        enqueue_replay(replay)
+        try:
+            enqueue_replay(replay)
+        except Exception as exc:
+            log.exception("dead letter %s marked replayed; publishing %s failed", dl_id, replay)
+            raise _NotPublished(f"{replay.task_name}: {type(exc).__name__}") from exc
+    return (dl.task_name, bool(dl.order_id)) if dl is not None else ("?", False)
 
 
 @router.post("/actions/dead-letters/{dl_id}/{action}")
@@ -237,7 +260,14 @@ async def dead_letter_action(
         return Response("unknown action", status_code=404)
     try:
         address = auth.client_address(request)
-        await run_in_threadpool(_resolve_dead_letter, dl_id, action, session.actor, address)
+        task, has_order = await run_in_threadpool(
+            _resolve_dead_letter, dl_id, action, session.actor, address
+        )
+    except _NotPublished as exc:  # the truth: recorded as replayed, but nothing will run
+        await _audit_failure(request, session.actor, "dlq_replay", f"dead_letter:{dl_id}", exc)
+        error = (f"dead letter {dl_id}: marked replayed, but its task was not published ({exc}); "
+                 "it will not run until it is published again")  # fmt: skip
+        return _back("/console/attention", error=error, extra=f"&replayed={dl_id}")
     except (NotFound, ValidationError) as exc:
         await _audit_failure(request, session.actor, f"dlq_{action}", f"dead_letter:{dl_id}", exc)
         return _back("/console/attention", error=str(exc))
@@ -246,7 +276,17 @@ async def dead_letter_action(
         await _audit_failure(request, session.actor, f"dlq_{action}", f"dead_letter:{dl_id}", exc)
         return _back("/console/attention", error=f"{action} failed: {type(exc).__name__}")
     log.info("console: %s dead letter %s by %s", action, dl_id, session.actor)
-    return _back("/console/attention", done=f"dead letter {dl_id}: {action} done")
+    if action == "discard":
+        return _back("/console/attention", done=f"dead letter {dl_id}: discarded (task {task})")
+    return _back("/console/attention", done=_published(dl_id, task, has_order=has_order),
+                 extra=f"&replayed={dl_id}")  # fmt: skip
+
+
+def _published(dl_id: int, task: str, *, has_order: bool) -> str:
+    """The flash after a replay. Published is all that is known then (the task has not run):
+    the page it leads to shows what the task did since, as it happens."""
+    watch = "watch the order's timeline" if has_order else "it names no order"
+    return f"dead letter {dl_id}: replay published (task {task}); {watch}"
 
 
 async def _audit_failure(

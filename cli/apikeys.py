@@ -3,7 +3,7 @@
 * ``create --source S [--expires-in-days N] [--require-signature]`` prints the key, and the
   signing secret when ``KEY_ENCRYPTION_KEY`` is set, once on stdout. Neither is stored in clear
   nor logged: keep them now or rotate later.
-* ``list [--source S]`` shows ids, sources, states and dates (never a secret or a hash).
+* ``list [--source S] [--json]`` shows ids, sources, states and dates (never a secret or a hash).
 * ``revoke KEY_ID``: refused from then on (within ``API_KEY_CACHE_TTL_S`` in running APIs).
 * ``rotate KEY_ID [--grace-hours H] [--expires-in-days N]``: a new key for the same source;
   the old one keeps working for the grace period (default 24 h), then expires.
@@ -20,9 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
-from cli.common import command, console, fail
+from cli.common import Column, command, console, fail, json_option, print_listing, when
 
 if TYPE_CHECKING:
     from services.api_keys import IssuedKey, SecretCipher
@@ -87,23 +86,36 @@ def create(
     _print_issued(issued)
 
 
+KEY_COLUMNS = (
+    Column("key id", "key_id", ident=True), Column("source", "source"), Column("state", "state"),
+    Column("created", "created_at"), Column("expires", "expires_at"),
+    Column("revoked", "revoked_at"), Column("replaced by", "replaced_by", ident=True),
+    Column("signing", lambda k: "required" if k["signing_required"] else (
+        "can sign" if k["can_sign"] else "")),
+)  # fmt: skip
+
+
 @apikeys_app.command("list")
 @command
-def list_keys(source: str | None = typer.Option(None, help="Only this source's keys")) -> None:
+def list_keys(
+    source: str | None = typer.Option(None, help="Only this source's keys"),
+    as_json: bool = json_option(),
+) -> None:
     """Keys with their state (never a secret)."""
     from services import api_keys
     from services.unit_of_work import unit_of_work
 
     now = datetime.now(UTC)
-    table = Table("key id", "source", "state", "created", "expires", "revoked", "replaced by",
-                  "signing")  # fmt: skip
     with unit_of_work() as session:
         keys = api_keys.list_keys(session, source=source)
-    for k in keys:
-        signing = "required" if k.signing_required else ("can sign" if k.can_sign else "")
-        table.add_row(k.key_id, k.source, k.state(now), _when(k.created_at), _when(k.expires_at),
-                      _when(k.revoked_at), k.replaced_by or "", signing)  # fmt: skip
-    console.print(table)
+    rows = [
+        {"key_id": k.key_id, "source": k.source, "state": k.state(now),
+         "created_at": when(k.created_at), "expires_at": when(k.expires_at),
+         "revoked_at": when(k.revoked_at), "replaced_by": k.replaced_by,
+         "signing_required": k.signing_required, "can_sign": k.can_sign}
+        for k in keys
+    ]  # fmt: skip
+    print_listing(rows, KEY_COLUMNS, as_json=as_json, empty="no API keys")
 
 
 @apikeys_app.command("revoke")

@@ -3,8 +3,9 @@
 * ``register SOURCE URL [--secret S | --secret-stdin]`` creates or replaces the source's
   endpoint. Without a secret one is generated and printed once (it is stored, encrypted under
   ``KEY_ENCRYPTION_KEY``, which must be set, but never shown again: re-register to rotate it).
-* ``list`` endpoints (no secrets), ``deliveries [--order ID] [--status S] [--source S]``,
-  ``resend EVENT_ID | --order ID`` (same event id again), ``resume SOURCE``.
+* ``list`` endpoints (no secrets), ``deliveries [--order ID] [--status S] [--source S]``
+  (both with ``--json``), ``resend EVENT_ID | --order ID`` (same event id again),
+  ``resume SOURCE``.
 
 Run standalone as ``python -m cli.callbacks ...``.
 """
@@ -14,23 +15,15 @@ from __future__ import annotations
 import secrets
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Any
 
 import typer
 from pydantic import SecretStr
-from rich.table import Table
 from rich.text import Text
 
-from cli.common import command, console, fail
-
-if TYPE_CHECKING:
-    from services.callbacks import AttemptView
+from cli.common import Column, command, console, fail, json_option, print_listing, when
 
 callbacks_app = typer.Typer(no_args_is_help=True, help="Status callbacks to upstream systems")
-
-
-def _when(value: datetime | None) -> str:
-    return value.isoformat(timespec="seconds") if value else ""
 
 
 @callbacks_app.command("register")
@@ -66,61 +59,82 @@ def register(
         console.print(f"[yellow]endpoint is paused[/]: `orderflow callbacks resume {source}`")
 
 
+ENDPOINT_COLUMNS = (
+    Column("id", "id", ident=True), Column("source", "source"), Column("url", "url"),
+    Column("active", lambda e: "yes" if e["active"] else "no"), Column("paused", "paused_at"),
+    Column("failures", "consecutive_failures"), Column("pending", "pending"),
+)  # fmt: skip
+
+
 @callbacks_app.command("list")
 @command
-def list_endpoints() -> None:
+def list_endpoints(as_json: bool = json_option()) -> None:
     """Registered endpoints with their health (never their secrets)."""
     from services import callbacks
     from services.unit_of_work import unit_of_work
 
-    table = Table("id", "source", "url", "active", "paused", "failures", "pending")
     with unit_of_work() as session:
-        for e in callbacks.list_endpoints(session):
-            table.add_row(
-                str(e.id), e.source, e.url, "yes" if e.active else "no", _when(e.paused_at),
-                str(e.consecutive_failures), str(e.pending),
-            )  # fmt: skip
-    console.print(table)
+        rows = [
+            {"id": e.id, "source": e.source, "url": e.url, "active": e.active,
+             "paused_at": when(e.paused_at), "consecutive_failures": e.consecutive_failures,
+             "pending": e.pending}
+            for e in callbacks.list_endpoints(session)
+        ]  # fmt: skip
+    print_listing(rows, ENDPOINT_COLUMNS, as_json=as_json, empty="no callback endpoints")
+
+
+DELIVERY_COLUMNS = (
+    Column("id", "id", ident=True), Column("event id", "event_id", ident=True),
+    Column("source", "source"), Column("order", "order_id", ident=True),
+    Column("order status", "order_status"), Column("status", "status"),
+    Column("attempts", "attempts"),
+    Column("attempt log (time, code or error, duration)", lambda d: _attempt_log(d["log"])),
+    Column("next attempt", "next_attempt_at"), Column("delivered", "delivered_at"),
+)  # fmt: skip
 
 
 @callbacks_app.command("deliveries")
 @command
 def deliveries(
     order: str | None = typer.Option(None, help="Only this order's events"),
-    status: str | None = typer.Option(None, help="PENDING, DELIVERED, FAILED or PAUSED"),
+    status: str | None = typer.Option(None, help="PENDING, DELIVERED, FAILED or PAUSED (any case)"),
     source: str | None = typer.Option(None, help="Only this source's endpoint"),
     limit: int = typer.Option(100, min=1, max=10_000),
+    as_json: bool = json_option(),
 ) -> None:
     """The delivery log, newest first, with each delivery's attempts (the last five)."""
     from services import callbacks
     from services.unit_of_work import unit_of_work
 
-    table = Table("id", "event id", "source", "order", "order status", "status", "attempts",
-                  "attempt log (time, code or error, duration)", "next attempt", "delivered",
-                  show_lines=True)  # fmt: skip
     with unit_of_work() as session:
-        rows = callbacks.list_deliveries(
-            session, order_id=order, status=status, source=source, limit=limit
-        )
-    for d in rows:
-        table.add_row(
-            str(d.id), d.event_id, d.source, d.order_id, d.order_status, d.status,
-            str(d.attempts), Text(_attempt_log(d.attempt_log)),
-            _when(d.next_attempt_at), _when(d.delivered_at),
+        found = callbacks.list_deliveries(
+            session, order_id=order, status=status and status.strip().upper(), source=source,
+            limit=limit,
         )  # fmt: skip
-    console.print(table)
+    rows = [
+        {"id": d.id, "event_id": str(d.event_id), "source": d.source, "order_id": d.order_id,
+         "order_status": d.order_status, "status": d.status, "attempts": d.attempts,
+         "last_status_code": d.last_status_code, "last_error": d.last_error,
+         "next_attempt_at": when(d.next_attempt_at), "created_at": when(d.created_at),
+         "delivered_at": when(d.delivered_at),
+         "log": [{"at": when(a.at), "ok": a.ok, "status_code": a.status_code, "error": a.error,
+                  "duration_ms": a.duration_ms} for a in d.attempt_log]}
+        for d in found
+    ]  # fmt: skip
+    print_listing(rows, DELIVERY_COLUMNS, as_json=as_json, empty="no deliveries",
+                  show_lines=True)  # fmt: skip
 
 
-def _attempt_log(attempts: tuple[AttemptView, ...], last: int = 5) -> str:
+def _attempt_log(attempts: list[dict[str, Any]], last: int = 5) -> Text:
     lines = [
-        f"{a.at:%H:%M:%S} {a.status_code or '-'} "
-        f"{'ok' if a.ok else a.error or 'failed'}"
-        + (f" {a.duration_ms} ms" if a.duration_ms is not None else "")
+        f"{datetime.fromisoformat(a['at']):%H:%M:%S} {a['status_code'] or '-'} "
+        f"{'ok' if a['ok'] else a['error'] or 'failed'}"
+        + (f" {a['duration_ms']} ms" if a["duration_ms"] is not None else "")
         for a in attempts[-last:]
     ]
     if len(attempts) > last:
         lines.insert(0, f"(+{len(attempts) - last} earlier)")
-    return "\n".join(lines)
+    return Text("\n".join(lines))
 
 
 @callbacks_app.command("resend")

@@ -34,7 +34,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli.common import command, console, err_console, fail
+from cli.common import Column, command, console, err_console, fail, json_option, print_listing
 
 if TYPE_CHECKING:
     from services.stock_admin import RepairProposal
@@ -133,23 +133,33 @@ def products_delete(sku: str) -> None:
         console.print(f"deactivated {sku} (orders or the stock ledger refer to it)")
 
 
+PRODUCT_COLUMNS = (
+    Column("sku", "sku", ident=True), Column("name", "name"),
+    Column("price", lambda p: str(p["price"]["display"])),
+    Column("active", lambda p: "yes" if p["active"] else "no"),
+)  # fmt: skip
+
+
 @products_app.command("list")
 @command
 def products_list(
     active: bool | None = typer.Option(None, "--active/--inactive", help="Only these"),
     limit: int = typer.Option(1000, min=1, max=100_000),
+    as_json: bool = json_option(),
 ) -> None:
     """Products sorted by SKU."""
-    from domain.money import Money
+    from domain.money import money_json
     from services import catalog_admin
     from services.unit_of_work import unit_of_work
 
-    table = Table("sku", "name", "price", "active")
     with unit_of_work() as session:
-        for p in catalog_admin.list_products(session, active=active, limit=limit):
-            money = Money(p["price_amount"], p["currency"])
-            table.add_row(p["sku"], p["name"], str(money), "yes" if p["active"] else "no")
-    console.print(table)
+        found = catalog_admin.list_products(session, active=active, limit=limit)
+    rows = [
+        {"sku": p["sku"], "name": p["name"], "price": money_json(p["price_amount"], p["currency"]),
+         "active": p["active"], "created_at": p["created_at"], "updated_at": p["updated_at"]}
+        for p in found
+    ]  # fmt: skip
+    print_listing(rows, PRODUCT_COLUMNS, as_json=as_json, empty="no products")
 
 
 @products_app.command("prices")

@@ -5,29 +5,35 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import typer
-from rich.table import Table
 
-from cli.common import command, console, fail, print_json
+from cli.common import Column, command, console, fail, json_option, print_json, print_listing, when
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: tasks that failed for good")
 
 
+DEAD_LETTER_COLUMNS = (
+    Column("id", "id", ident=True), Column("task", "task"),
+    Column("order", "order_id", ident=True),
+    Column("error", lambda d: f"{d['error_class'].rsplit('.', 1)[-1]}: {d['error'][:80]}"),
+    Column("attempts", "attempts"), Column("at", "created_at"),
+)  # fmt: skip
+
+
 @dlq_app.command("list")
 @command
-def dlq_list(limit: int = typer.Option(100, min=1)) -> None:
-    """Open dead letters."""
+def dlq_list(limit: int = typer.Option(100, min=1), as_json: bool = json_option()) -> None:
+    """Open dead letters, oldest first (the table cuts errors at 80 characters; --json does not)."""
     from services import dead_letters
     from services.unit_of_work import unit_of_work
 
-    table = Table("id", "task", "order", "error", "attempts", "at")
     with unit_of_work() as session:
-        for dl in dead_letters.list_open(session, limit):
-            table.add_row(
-                str(dl.id), dl.task_name, dl.order_id or "",
-                f"{dl.error_class.rsplit('.', 1)[-1]}: {dl.error_message[:80]}",
-                str(dl.attempts), dl.created_at.isoformat(timespec="seconds"),
-            )  # fmt: skip
-    console.print(table)
+        rows = [
+            {"id": dl.id, "task": dl.task_name, "task_id": dl.task_id, "queue": dl.queue,
+             "order_id": dl.order_id, "error_class": dl.error_class, "error": dl.error_message,
+             "attempts": dl.attempts, "created_at": when(dl.created_at)}
+            for dl in dead_letters.list_open(session, limit)
+        ]  # fmt: skip
+    print_listing(rows, DEAD_LETTER_COLUMNS, as_json=as_json, empty="no dead letters")
 
 
 @dlq_app.command("show")

@@ -52,7 +52,9 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision")) -
 @command
 def intake(
     file: Path = typer.Argument(..., help="JSONL file, one order message per line"),
-    no_enqueue: bool = typer.Option(False, help="Store only; the sweeper will process them"),
+    no_enqueue: bool = typer.Option(
+        False, "--no-enqueue", help="Store only; the sweeper will process them"
+    ),  # one flag: a bare bool option named no_* would also grow a --no-no-enqueue
 ) -> None:
     """Import orders from a JSONL file; bad lines are reported with their line numbers."""
     from cli.intake import import_jsonl

@@ -2,7 +2,7 @@
 
 * ``create NAME --role viewer|operator|admin``: the password is asked twice without echo, or
   read from stdin with ``--password-stdin`` (scripts); it must meet the users' password policy.
-* ``list``: names, roles and states (never a hash).
+* ``list [--json]``: names, roles and states (never a hash).
 * ``disable NAME``: the account can no longer log in and its console sessions end now.
 
 Each change is an audit row (``/console/audit``) with actor ``cli:<OS user>``.
@@ -15,9 +15,8 @@ import sys
 from datetime import UTC, datetime
 
 import typer
-from rich.table import Table
 
-from cli.common import command, console, fail
+from cli.common import Column, command, console, fail, json_option, print_listing, when
 
 operators_app = typer.Typer(no_args_is_help=True, help="Console operator accounts")
 
@@ -62,23 +61,33 @@ def create(
                   highlight=False)  # fmt: skip
 
 
+def _minute(iso: str | None) -> str:
+    return iso[:16].replace("T", " ") if iso else ""
+
+
+OPERATOR_COLUMNS = (
+    Column("name", "name", ident=True), Column("role", "role"),
+    Column("created", lambda o: _minute(o["created_at"])),
+    Column("state", lambda o: f"{o['state']} {_minute(o['disabled_at'])}".strip()),
+)  # fmt: skip
+
+
 @operators_app.command("list")
 @command
-def list_operators() -> None:
+def list_operators(as_json: bool = json_option()) -> None:
     """Accounts with their role and state."""
     from services import operators
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        rows = operators.list_all(session)
-    if not rows:
-        console.print("no operators yet: `orderflow operators create NAME --role admin`")
-        return
-    table = Table("name", "role", "created", "state")
-    for op in rows:
-        state = f"disabled {op.disabled_at:%Y-%m-%d %H:%M}" if op.disabled_at else "active"
-        table.add_row(op.name, op.role.label, f"{op.created_at:%Y-%m-%d %H:%M}", state)
-    console.print(table)
+        rows = [
+            {"name": op.name, "role": op.role.label,
+             "state": "disabled" if op.disabled_at else "active",
+             "created_at": when(op.created_at), "disabled_at": when(op.disabled_at)}
+            for op in operators.list_all(session)
+        ]  # fmt: skip
+    empty = "no operators yet: `orderflow operators create NAME --role admin`"
+    print_listing(rows, OPERATOR_COLUMNS, as_json=as_json, empty=empty)
 
 
 @operators_app.command("disable")

@@ -1,4 +1,8 @@
-"""``orderflow orders``: show an order's whole story, list orders, cancel one."""
+"""``orderflow orders``: show an order's whole story, list orders, cancel one.
+
+``show`` takes whatever the operator has at hand: the order id, a unique prefix of it, the
+upstream's external id or a waybill number (services.queries.match_orders).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import command, console, fail, print_json
+from cli.common import Column, command, console, fail, json_option, print_json, print_listing, when
+from domain.money import money_json
 
 orders_app = typer.Typer(no_args_is_help=True, help="Inspect orders")
 
@@ -19,16 +24,19 @@ orders_app = typer.Typer(no_args_is_help=True, help="Inspect orders")
 @orders_app.command("show")
 @command
 def orders_show(
-    order_id: str,
+    order: str = typer.Argument(
+        ..., help="Order id, a unique prefix of it (4+ characters), external id or waybill"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole view as JSON (scripts)"),
 ) -> None:
     """An order's timeline: transitions, task attempts (worker, retries), provider calls with
     redacted bodies, notifications, and the status callbacks sent for it."""
-    from services.queries import order_timeline
+    from services.queries import order_timeline, resolve_order
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        view = order_timeline(session, order_id)
+        view = order_timeline(session, resolve_order(session, order))
+    view["total"] = money_json(view["total_amount"], view["currency"])
     if as_json:
         print_json(view)
     else:
@@ -45,7 +53,7 @@ def print_order(view: dict[str, Any]) -> None:
     lines = ", ".join(f"{ln['sku']} x{ln['quantity']}" for ln in view["lines"])
     console.print(
         Text(f"source {view['source']} / {view['external_id']}   "
-             f"{view['total_amount']} {view['currency']} via {view['payment_provider']}   "
+             f"{view['total']['display']} via {view['payment_provider']}   "
              f"created {view['created_at']}\nlines: {lines}")
     )  # fmt: skip
     table = Table("time", "kind", "transition", "task (worker, retries)", "detail",
@@ -96,19 +104,19 @@ def _detail_text(kind: str, d: dict[str, Any], actor: str | None) -> str:
     return "\n".join(parts)
 
 
+CALLBACK_COLUMNS = (
+    Column("event id", "event_id", ident=True), Column("order status", "order_status"),
+    Column("delivery", "status"), Column("attempts", "attempts"),
+    Column("last code", "last_status_code"),
+    Column("last error", lambda c: Text(c["last_error"] or "")),
+    Column("delivered", lambda c: _clock(c["delivered_at"]) if c["delivered_at"] else ""),
+)  # fmt: skip
+
+
 def _print_callbacks(rows: list[dict[str, Any]], source: str) -> None:
-    if not rows:
-        console.print(f"no status callbacks (source {source!r} has no endpoint)", highlight=False)
-        return
-    table = Table("event id", "order status", "delivery", "attempts", "last code", "last error",
-                  "delivered", title=f"status callbacks to {source}")  # fmt: skip
-    for c in rows:
-        table.add_row(
-            c["event_id"], c["order_status"], c["status"], str(c["attempts"]),
-            str(c["last_status_code"] or ""), Text(c["last_error"] or ""),
-            _clock(c["delivered_at"]) if c["delivered_at"] else "",
-        )  # fmt: skip
-    console.print(table)
+    empty = f"no status callbacks (source {source!r} has no endpoint)"
+    print_listing(rows, CALLBACK_COLUMNS, as_json=False, empty=empty,
+                  title=f"status callbacks to {source}")  # fmt: skip
 
 
 AGE_RE = r"^(\d+)([smhd])$"
@@ -124,13 +132,22 @@ def _parse_age(text: str) -> int:
     return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+ORDER_COLUMNS = (
+    Column("id", "id", ident=True), Column("source", "source"),
+    Column("external id", "external_id", ident=True), Column("status", "status"),
+    Column("reason", "reason"), Column("provider", "payment_provider"),
+    Column("total", lambda o: str(o["total"]["display"])), Column("created", "created_at"),
+)  # fmt: skip
+
+
 @orders_app.command("list")
 @command
 def orders_list(
-    status: str | None = typer.Option(None, help="Only this status"),
+    status: str | None = typer.Option(None, help="Only this status (any case), e.g. rejected"),
     provider: str | None = typer.Option(None, help="Only this payment provider"),
     older_than: str | None = typer.Option(None, help="Only orders older than this, e.g. 2h"),
     limit: int = typer.Option(50, min=1, max=10_000),
+    as_json: bool = json_option(),
 ) -> None:
     """The newest orders, filtered by status, payment provider and age."""
     from datetime import timedelta
@@ -140,6 +157,7 @@ def orders_list(
     from services import queries
     from services.unit_of_work import unit_of_work
 
+    status = status.strip().upper() if status is not None else None
     if status is not None and status not in OrderStatus.__members__:
         raise fail(f"status: unknown status {status!r}; one of {', '.join(OrderStatus)}")
     if provider is not None and provider not in PAYMENT_PROVIDERS:
@@ -149,17 +167,19 @@ def orders_list(
     before = None
     if older_than:
         before = datetime.now(UTC) - timedelta(seconds=_parse_age(older_than))
-    table = Table("id", "source", "external id", "status", "reason", "provider", "total", "created")
     with unit_of_work() as session:
         found = queries.list_orders(
             session, status=status, provider=provider, created_before=before, limit=limit
         )
-        for o in found:
-            table.add_row(
-                o.id, o.source, o.external_id, o.status, o.reason or "", o.payment_provider,
-                f"{o.total_amount} {o.currency}", o.created_at.isoformat(timespec="seconds"),
-            )  # fmt: skip
-    console.print(table)
+        rows = [
+            {"id": o.id, "source": o.source, "external_id": o.external_id, "status": o.status,
+             "reason": o.reason, "payment_provider": o.payment_provider,
+             "total": money_json(o.total_amount, o.currency), "created_at": when(o.created_at)}
+            for o in found
+        ]  # fmt: skip
+    filtered = status or provider or older_than
+    empty = "no orders match these filters" if filtered else "no orders"
+    print_listing(rows, ORDER_COLUMNS, as_json=as_json, empty=empty)
 
 
 @orders_app.command("cancel")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import typer
-from rich.table import Table
 
-from cli.common import command, console
+from cli.common import Column, command, console, print_listing
 from settings import get_settings
 
 payments_app = typer.Typer(no_args_is_help=True, help="Payments, refunds and reconciliation")
@@ -36,6 +35,13 @@ def payments_refund(
     console.print(f"refund {refund_no} for {order_id} requested")
 
 
+FINDING_COLUMNS = (
+    Column("order", "order_id", ident=True), Column("provider", "provider"),
+    Column("out_trade_no", "out_trade_no", ident=True), Column("ours", "ours"),
+    Column("provider says", "theirs"), Column("action", "action"),
+)  # fmt: skip
+
+
 @payments_app.command("reconcile")
 @command
 def payments_reconcile(
@@ -49,11 +55,13 @@ def payments_reconcile(
 
     report = reconcile.reconcile(payment_provider, ports(), sample=sample)
     enqueue_followups(report.followups)
-    table = Table("order", "provider", "out_trade_no", "ours", "provider says", "action")
-    for f in report.findings:
-        table.add_row(f.order_id, f.provider, f.out_trade_no, f.ours, f.theirs, f.action)
-    if report.findings:
-        console.print(table)
+    rows = [
+        {"order_id": f.order_id, "provider": f.provider, "out_trade_no": f.out_trade_no,
+         "ours": f.ours, "theirs": f.theirs, "action": f.action}
+        for f in report.findings
+    ]  # fmt: skip
+    if rows:
+        print_listing(rows, FINDING_COLUMNS, as_json=False, empty="")
     console.print(
         f"checked {report.checked}, fixed {len(report.fixed)}, unresolved {len(report.unresolved)}"
     )

@@ -65,7 +65,7 @@ class Money:
 
     def to_major_str(self) -> str:
         """The decimal string in major units, e.g. ``Money(1234, "CNY") -> "12.34"``."""
-        return format(Decimal(self.amount).scaleb(-self.exponent), f".{self.exponent}f")
+        return _major(self.amount, self.exponent)
 
     @classmethod
     def from_major_str(cls, text: str, currency: str) -> Money:
@@ -86,4 +86,44 @@ class Money:
         return cls(0, currency)
 
     def __str__(self) -> str:
-        return f"{self.to_major_str()} {self.currency}"
+        return format_money(self.amount, self.currency)
+
+
+def _major(amount_minor: int, exponent: int) -> str:
+    # Integer arithmetic only: exact for any size (Decimal would round past 28 digits).
+    if exponent == 0:
+        return str(amount_minor)
+    sign = "-" if amount_minor < 0 else ""
+    whole, fraction = divmod(abs(amount_minor), 10**exponent)
+    return f"{sign}{whole}.{fraction:0{exponent}d}"
+
+
+def format_money(amount_minor: int, currency: str) -> str:
+    """The one way orderflow shows an amount to a person: major units with the currency's
+    exponent, then the code. ``format_money(6900, "CNY") == "69.00 CNY"``,
+    ``format_money(500, "JPY") == "500 JPY"``, ``format_money(-5, "USD") == "-0.05 USD"``.
+
+    No thousands separators, so the figure can be pasted into a refund or a provider's portal as
+    is. Every CLI table uses it, and it is pure so the console can register it as a Jinja filter
+    (``{{ order.total_amount | money(order.currency) }}``). A currency outside
+    :data:`CURRENCY_EXPONENTS` (none can be stored, but a display must not fail on one) is shown
+    in minor units and says so: ``"6900 XYZ (minor units)"``. Raises :class:`MoneyError` when
+    ``amount_minor`` is not an ``int``: a float or a string here is a bug upstream, not money.
+    """
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
+        raise MoneyError(f"amount must be integer minor units, got {amount_minor!r}")
+    exponent = CURRENCY_EXPONENTS.get(currency)
+    if exponent is None:
+        return f"{amount_minor} {currency} (minor units)"
+    return f"{_major(amount_minor, exponent)} {currency}"
+
+
+def money_json(amount_minor: int, currency: str) -> dict[str, int | str]:
+    """Money in machine-readable output (``--json``): the exact integer, the currency and the
+    :func:`format_money` text, e.g. ``{"amount_minor": 6900, "currency": "CNY",
+    "display": "69.00 CNY"}``. Scripts compute with ``amount_minor``, never with ``display``."""
+    return {
+        "amount_minor": amount_minor,
+        "currency": currency,
+        "display": format_money(amount_minor, currency),
+    }

@@ -35,6 +35,15 @@ class Order(Base):
         Index("ix_orders_status_deadline", "status", "stage_deadline"),
         Index("ix_orders_created_at", "created_at"),
         Index("ix_orders_external_id", "external_id"),  # console search (migration 0006)
+        # The console's order list, newest first per filter (migration 0011).
+        Index("ix_orders_status_created_at", "status", "created_at"),
+        Index("ix_orders_source_created_at", "source", "created_at"),
+        Index("ix_orders_payment_provider_created_at", "payment_provider", "created_at"),
+        Index(
+            "ix_orders_reason_created_at",
+            "created_at",
+            postgresql_where=text("reason IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

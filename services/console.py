@@ -6,6 +6,8 @@ Nothing here writes except :func:`record_action` (the console's own timeline row
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from adapters.circuit import breaker_for
 from domain.orders import FINAL_STATUSES, OrderStatus
-from models import DeadLetter, Order, OrderEvent, Shipment, Stock, StockMovement
-from services import dead_letters, stock_admin, timeline, tracking
+from models import CallbackDelivery, DeadLetter, Order, OrderEvent, Stock, StockMovement
+from services import callbacks, dead_letters, stock_admin, timeline, tracking
+from services.queries import find_order as find_order  # re-export: the search box's lookup
 from services.queries import order_view, status_counts
 
 #: Statuses in pipeline order (the funnel's rows).
@@ -73,20 +76,8 @@ def oldest_waiting(session: Session, *, now: datetime) -> list[dict[str, Any]]:
 
 # --- order -----------------------------------------------------------------------------------
 
-
-def find_order(session: Session, query: str) -> str | None:
-    """The order id for an order id, an external id or a waybill number (in that order)."""
-    q = query.strip()
-    if not q or len(q) > 128:
-        return None
-    if len(q) <= 36 and session.get(Order, q) is not None:
-        return q
-    by_external = session.scalar(select(Order.id).where(Order.external_id == q).limit(1))
-    if by_external is not None:
-        return by_external
-    if len(q) > 64:
-        return None
-    return session.scalar(select(Shipment.order_id).where(Shipment.waybill == q).limit(1))
+# find_order (id, unique id prefix, external id or waybill) lives in services.queries, beside
+# match_orders, which `orderflow orders show` shares with it.
 
 
 def order_page(session: Session, order_id: str) -> dict[str, Any]:
@@ -95,15 +86,44 @@ def order_page(session: Session, order_id: str) -> dict[str, Any]:
     from services.shipping import shipment_view
 
     view = order_view(session, order_id)
+    for event in view["timeline"]:
+        event["task_label"] = task_label(event["detail"])
     view["payment"] = payment_view(session, order_id)
-    view["shipment"] = shipment_view(session, order_id)
+    view["shipment"] = shipment = shipment_view(session, order_id)
+    if shipment is not None:  # a shipment's trouble is the order's reason (tracking, booking)
+        attention = view["status"] == OrderStatus.NEEDS_ATTENTION
+        shipment["reason"] = view["reason"] if attention else None
     view["dead_letters"] = [
         _dead_letter_row(dl)
         for dl in session.scalars(
             select(DeadLetter).where(DeadLetter.order_id == order_id).order_by(DeadLetter.id)
         )
     ]
+    for row in view["dead_letters"]:
+        if row["status"] == "REPLAYED":
+            row["outcome"] = replay_outcome(session, row["id"])
     return view
+
+
+def task_label(detail: dict[str, Any] | None) -> str:
+    """The task behind a timeline row, as shown in the timeline's task column: ``"orders.process
+    on w1@host (retries 2)"`` from the running task's context that :mod:`services.timeline`
+    adds (``{"name", "worker", "retries"}``), a bare task name where a row names one (a dead
+    letter's), ``""`` when the row was not written by a task."""
+    task = (detail or {}).get("task")
+    label = _task_name(detail)
+    if not isinstance(task, dict):
+        return label
+    if task.get("worker"):
+        label += f" on {task['worker']}"
+    return label + (f" (retries {task['retries']})" if task.get("retries") is not None else "")
+
+
+def _task_name(detail: dict[str, Any] | None) -> str:
+    task = (detail or {}).get("task")
+    if isinstance(task, dict):  # "task" is the key of rows written before the context had "name"
+        return str(task.get("name") or task.get("task") or "?")
+    return task if isinstance(task, str) else ""
 
 
 # --- attention -------------------------------------------------------------------------------
@@ -116,6 +136,7 @@ class Attention:
     dead_letters: list[dict[str, Any]]
     dead_letters_total: int
     stale: list[dict[str, Any]]
+    endpoints: list[dict[str, Any]]
 
 
 def attention(
@@ -124,23 +145,144 @@ def attention(
     """What needs a person: NEEDS_ATTENTION orders, open dead letters, stale tracking."""
     status = OrderStatus.NEEDS_ATTENTION.value
     rows = session.execute(
-        select(Order.id, Order.reason, Order.updated_at, Order.payment_provider)
+        select(Order.id, Order.external_id, Order.reason, Order.updated_at, Order.payment_provider)
         .where(Order.status == status)
         .order_by(Order.updated_at)
         .limit(limit)
     )
     orders = [
-        {"id": i, "reason": r or "", "since": u, "provider": p} for i, r, u, p in rows
-    ]  # fmt: skip
+        {"id": i, "external_id": x, "reason": r or "", "since": u, "provider": p}
+        for i, x, r, u, p in rows
+    ]
     total = session.scalar(select(func.count()).where(Order.status == status)) or 0
     stale = tracking.stale_shipments(session, now=now, stale_after_s=stale_after_s, limit=limit)
+    letters = [_dead_letter_row(dl) for dl in dead_letters.list_open(session, limit)]
+    shipments = [{"shipment_id": s, "order_id": o, "last_event_at": at} for s, o, at in stale]
+    _add_external_ids(session, letters + shipments)
     return Attention(
         orders=orders,
         orders_total=int(total),
-        dead_letters=[_dead_letter_row(dl) for dl in dead_letters.list_open(session, limit)],
+        dead_letters=letters,
         dead_letters_total=dead_letters.count_open(session),
-        stale=[{"shipment_id": s, "order_id": o, "last_event_at": at} for s, o, at in stale],
+        stale=shipments,
+        endpoints=endpoint_health(session),
     )
+
+
+def _add_external_ids(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Each row's ``external_id``: of its ``order_id``'s order (one primary-key lookup for all)."""
+    ids = {r["order_id"] for r in rows if r.get("order_id")}
+    found: dict[str, str] = {}
+    if ids:
+        pairs = session.execute(select(Order.id, Order.external_id).where(Order.id.in_(ids)))
+        found = {order_id: external_id for order_id, external_id in pairs}
+    for row in rows:
+        row["external_id"] = found.get(row.get("order_id") or "")
+
+
+def endpoint_health(session: Session) -> list[dict[str, Any]]:
+    """Each callback endpoint (``services.callbacks.list_endpoints``) with its state (inactive,
+    paused, failing: consecutive failures since its last success, or ok) and the age of its
+    oldest undelivered (pending or held) delivery, by the database's clock; None when none
+    waits. ``ix_callback_deliveries_endpoint_id_status`` finds the undelivered rows."""
+    waiting = CallbackDelivery.status.in_([callbacks.PENDING, callbacks.PAUSED])
+    oldest = dict(
+        session.execute(
+            select(CallbackDelivery.endpoint_id, func.min(CallbackDelivery.created_at))
+            .where(waiting)
+            .group_by(CallbackDelivery.endpoint_id)
+        )
+        .tuples()
+        .all()
+    )
+    now = session.scalar(select(func.now()))
+    result = []
+    for e in callbacks.list_endpoints(session):
+        state = ("inactive" if not e.active else "paused" if e.paused_at is not None
+                 else "failing" if e.consecutive_failures else "ok")  # fmt: skip
+        since = oldest.get(e.id)
+        result.append({
+            "source": e.source, "state": state, "paused_at": e.paused_at,
+            "consecutive_failures": e.consecutive_failures, "pending": e.pending,
+            "oldest_pending_s": (now - since).total_seconds() if since and now else None,
+        })  # fmt: skip
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What became of a replayed dead letter's task, as far as the database tells: ``again``, a
+    newer dead letter of the same task for the same order; ``moved``, the order's latest
+    transition since the replay (from, to, at); ``ran``, the latest timeline row the task wrote
+    since (kind, at). All None: nothing recorded yet (still queued, running, or it changed
+    nothing)."""
+
+    dead_letter_id: int
+    task: str
+    status: str
+    order_id: str | None
+    order_status: str | None
+    again: dict[str, Any] | None = None
+    moved: tuple[str, str, datetime] | None = None
+    ran: tuple[str, datetime] | None = None
+
+
+def replay_outcome(session: Session, dl_id: int, *, scan: int = 500) -> ReplayOutcome | None:
+    """The outcome of dead letter ``dl_id``'s replay (None for an unknown id). "Since the replay"
+    is after the order's ``dlq_replayed`` row for it (by row id, not by clock); at most
+    ``scan`` later rows of the order's timeline are read (``ix_order_events_order_id_id``)."""
+    dl = session.get(DeadLetter, dl_id)
+    if dl is None:
+        return None
+    order = session.get(Order, dl.order_id) if dl.order_id else None
+    outcome = ReplayOutcome(dl.id, dl.task_name, dl.status, dl.order_id,
+                            order.status if order is not None else None)  # fmt: skip
+    if order is None or dl.status != "REPLAYED":
+        return outcome
+    mark = session.scalar(
+        select(OrderEvent.id)
+        .where(
+            OrderEvent.order_id == order.id,
+            OrderEvent.kind == "dlq_replayed",
+            OrderEvent.detail["dead_letter_id"].as_integer() == dl_id,
+        )
+        .order_by(OrderEvent.id.desc())
+        .limit(1)
+    )
+    if mark is None:
+        return outcome
+    later = session.scalars(
+        select(OrderEvent)
+        .where(OrderEvent.order_id == order.id, OrderEvent.id > mark)
+        .order_by(OrderEvent.id)
+        .limit(scan)
+    ).all()
+    return _since_replay(session, outcome, later)
+
+
+def _since_replay(
+    session: Session, outcome: ReplayOutcome, later: Sequence[OrderEvent]
+) -> ReplayOutcome:
+    moved = ran = None
+    letters = []
+    for e in later:
+        detail = e.detail or {}
+        if e.kind == "transition":
+            moved = (e.from_status or "", e.to_status or "", e.created_at)
+        if e.kind == "dead_letter" and isinstance(detail.get("dead_letter_id"), int):
+            letters.append(detail["dead_letter_id"])
+        elif isinstance(detail.get("task"), dict) and _task_name(detail) == outcome.task:
+            ran = (e.kind, e.created_at)  # written by the task as it ran (its context)
+    again = None
+    if letters:
+        again = session.scalar(
+            select(DeadLetter)
+            .where(DeadLetter.id.in_(letters), DeadLetter.task_name == outcome.task)
+            .order_by(DeadLetter.id.desc())
+            .limit(1)
+        )
+    found = {"id": again.id, "status": again.status} if again is not None else None
+    return dataclasses.replace(outcome, again=found, moved=moved, ran=ran)
 
 
 def open_circuits(client: redis.Redis, providers: list[str]) -> list[dict[str, Any]]:

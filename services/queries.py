@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Subquery, func, select
 from sqlalchemy.orm import Session
 
-from domain.errors import NotFound
-from models import Order, OrderEvent, Stock, StockMovement
+from domain.errors import NotFound, ValidationError
+from models import Order, OrderEvent, Shipment, Stock, StockMovement
+
+#: Shortest id prefix that is looked up (as git abbreviates: shorter ones name too many orders).
+MIN_ID_PREFIX = 4
+#: How many candidates an ambiguous query reports.
+MAX_CANDIDATES = 10
+# Order ids are str(uuid4()): lower-case hex and dashes, 36 characters.
+_ID_CHARS = re.compile(r"[0-9a-f-]+")
+_ID_LENGTH = 36
 
 
 def ensure_order_source(session: Session, order_id: str, source: str) -> None:
@@ -21,6 +31,77 @@ def ensure_order_source(session: Session, order_id: str, source: str) -> None:
     owner = session.scalar(select(Order.source).where(Order.id == order_id))
     if owner != source:
         raise NotFound(f"order {order_id} not found", field="order_id")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMatch:
+    """The orders an operator's query names. ``ids`` is empty (nothing), one id, or up to
+    :data:`MAX_CANDIDATES` candidates (``more``: there are others); ``by`` is the key that
+    matched: ``id``, ``external_id``, ``waybill``, ``id_prefix`` or ``""``."""
+
+    query: str
+    ids: tuple[str, ...] = ()
+    by: str = ""
+    more: bool = False
+
+
+def match_orders(session: Session, query: str) -> OrderMatch:
+    """What ``query`` names, trying each key in turn and stopping at the first that matches:
+
+    1. an order id (any case: ids are lower-case uuids);
+    2. an external id, in any source (two sources may share one: then both are candidates);
+    3. a waybill number (the same number at two carriers: both orders are candidates);
+    4. a prefix of an order id, of :data:`MIN_ID_PREFIX` to 35 id characters.
+
+    Exact keys come before prefixes, so an external id that happens to look like an id prefix
+    still finds its own order. Each step is an indexed lookup with a LIMIT (the prefix uses the
+    primary key under the C collation; under another collation it scans ``orders``). A blank or
+    over-long query (over 128 characters, the longest external id) matches nothing.
+    """
+    q = query.strip()
+    if not q or len(q) > 128:
+        return OrderMatch(query)
+    lowered = q.lower()
+    if len(q) <= _ID_LENGTH and session.get(Order, lowered) is not None:
+        return OrderMatch(q, (lowered,), "id")
+    steps = [("external_id", select(Order.id).where(Order.external_id == q))]
+    if len(q) <= 64:
+        waybill = select(Shipment.order_id).where(Shipment.waybill == q).distinct()
+        steps.append(("waybill", waybill))
+    if MIN_ID_PREFIX <= len(q) < _ID_LENGTH and _ID_CHARS.fullmatch(lowered):
+        prefix = Order.id.startswith(lowered, autoescape=True)
+        steps.append(("id_prefix", select(Order.id).where(prefix)))
+    for by, stmt in steps:
+        ordered = stmt.order_by(stmt.selected_columns[0]).limit(MAX_CANDIDATES + 1)
+        found = list(session.scalars(ordered))
+        if found:
+            return OrderMatch(q, tuple(found[:MAX_CANDIDATES]), by, len(found) > MAX_CANDIDATES)
+    return OrderMatch(q)
+
+
+def find_order(session: Session, query: str) -> str | None:
+    """The id of the one order ``query`` names (see :func:`match_orders`); None when it names
+    none or several (the ops console's search box)."""
+    match = match_orders(session, query)
+    return match.ids[0] if len(match.ids) == 1 else None
+
+
+def resolve_order(session: Session, query: str) -> str:
+    """The id of the one order ``query`` names (see :func:`match_orders`), for commands that
+    take an order. Raises :class:`NotFound` ``order Q not found`` when it names none, and
+    :class:`ValidationError` on ``order`` listing the candidates when it names several."""
+    match = match_orders(session, query)
+    if not match.ids:
+        raise NotFound(f"order {query} not found", field="order_id")
+    if len(match.ids) > 1:
+        count = f"more than {MAX_CANDIDATES}" if match.more else str(len(match.ids))
+        listed = ", ".join(match.ids) + (", …" if match.more else "")
+        if match.by == "id_prefix":
+            what, hint = "orders", "give more of the id"
+        else:
+            what, hint = f"orders by {match.by.replace('_', ' ')}", "give the order id"
+        raise ValidationError("order", f"{query!r} matches {count} {what}: {listed}; {hint}")
+    return match.ids[0]
 
 
 def order_view(session: Session, order_id: str) -> dict[str, Any]:

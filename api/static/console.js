@@ -1,5 +1,30 @@
-// orderflow ops console: confirm before actions, refresh the live pipeline. No dependencies.
+// orderflow ops console: confirm before actions, refresh the live pipeline, copy ids. No dependencies.
 "use strict";
+// A [data-copy] button puts its value on the clipboard (or, where the page is not https or
+// localhost and the clipboard is off limits, selects the id beside it for Ctrl+C).
+document.addEventListener("click", function (event) {
+  var button = event.target.closest && event.target.closest("[data-copy]");
+  if (!button) return;
+  var value = button.getAttribute("data-copy");
+  function done(text) {
+    button.textContent = text;
+    window.setTimeout(function () { button.textContent = "copy"; }, 1500);
+  }
+  function select() {
+    var code = button.parentNode.querySelector("code");
+    if (!code) return;
+    var range = document.createRange();
+    range.selectNodeContents(code);
+    window.getSelection().removeAllRanges();
+    window.getSelection().addRange(range);
+    done("selected");
+  }
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(value).then(function () { done("copied"); }, select);
+  } else {
+    select();
+  }
+});
 document.addEventListener("submit", function (event) {
   var form = event.target;
   var question = form.getAttribute && form.getAttribute("data-confirm");

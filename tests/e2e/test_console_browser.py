@@ -1,12 +1,14 @@
 """The ops console in a real browser: Debian's Chromium (headless, driven by selenium through
 chromedriver) against the API running as a uvicorn process. It logs in with the admin key, watches
-the pipeline refresh itself, finds an order by external id, replays a dead letter (accepting the
-confirm dialog) and checks the page and the database; a screenshot of each page is written to the
-test's tmp_path, and with ORDERFLOW_UPDATE_SCREENSHOT=1 the pipeline's is copied to docs/console.png
-for the README.
+the pipeline refresh itself (and its 24-hour charts drawn), lists the orders needing attention
+through the order list's filter and pages, finds an order by external id, replays a dead letter
+(accepting the confirm dialog) and checks the page and the database; a screenshot of each page
+is written to the test's tmp_path, and with ORDERFLOW_UPDATE_SCREENSHOT=1 the pipeline's is
+copied to docs/console.png for the README.
 
-Needs ``apt-get install -y chromium chromium-driver`` (CI installs them). Without them the test
-is skipped, unless ``ORDERFLOW_REQUIRE_BROWSER=1`` (set by CI) makes that a failure.
+Needs ``apt-get install -y chromium chromium-driver fonts-noto-cjk`` (CI installs them).
+Without them the test is skipped, unless ``ORDERFLOW_REQUIRE_BROWSER=1`` (set by CI) makes
+that a failure.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,15 +53,26 @@ WHERE o.status NOT IN ('RECEIVED', 'REJECTED') OR t.n = 0;
 """
 
 
+def _has_chinese_font() -> bool:
+    """fontconfig knows a font covering Chinese: without one, carrier text renders as boxes."""
+    try:
+        found = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(found.stdout.strip())
+
+
 def _require_chromium() -> None:
     """Skip (with the reason) when Chromium or chromedriver is missing; fail instead when
     ``ORDERFLOW_REQUIRE_BROWSER=1`` (CI installs both, so a missing one there is a broken CI)."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if not _has_chinese_font():
+        missing.append("a font for Chinese (fonts-noto-cjk)")
     if not missing:
         return
     reason = (
         f"the console browser test needs Debian's Chromium: {', '.join(missing)} not found. "
-        "Install it with: apt-get install -y chromium chromium-driver"
+        "Install it with: apt-get install -y chromium chromium-driver fonts-noto-cjk"
     )
     if os.environ.get("ORDERFLOW_REQUIRE_BROWSER") == "1":
         pytest.fail(f"{reason} (ORDERFLOW_REQUIRE_BROWSER=1)", pytrace=False)
@@ -149,6 +163,13 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     assert "COMPLETED" in funnel and "1400 orders" in browser.find_element(By.ID, "live").text
     assert "AWAITING_PAYMENT" in browser.find_element(By.ID, "throughput").text
     assert "ord-" in browser.find_element(By.ID, "oldest").text
+    # The last 24 hours as inline SVG (drawn under the CSP: no inline script or style).
+    chart = browser.find_element(By.ID, "chart-throughput")
+    assert len(chart.find_elements(By.TAG_NAME, "rect")) == 24
+    assert chart.size["width"] > 600 and chart.size["height"] > 100
+    latency = browser.find_element(By.ID, "stage-latency").text
+    assert "AWAITING_PAYMENT" in latency and "20 s" in latency  # the seed's 20 s per stage
+    assert _csp_refusals(browser) == []
     before = browser.find_element(By.ID, "updated").text
     WebDriverWait(browser, 15).until(lambda d: d.find_element(By.ID, "updated").text != before)
     browser.save_screenshot(str(shots / "pipeline.png"))
@@ -157,6 +178,28 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     cookie = browser.get_cookie("orderflow_console")
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert key not in cookie["value"]
+
+    # Orders: the nav link, a filter typed in lower case, statuses coloured, keyset pages.
+    browser.find_element(By.ID, "nav-orders").click()
+    wait.until(ec.presence_of_element_located((By.ID, "order-filter")))
+    browser.find_element(By.NAME, "status").send_keys("needs_attention")
+    browser.find_element(By.ID, "filter-orders").click()
+    wait.until(ec.presence_of_element_located((By.ID, "orders")))
+    needing = sum(1 for g in range(1, 1401) if g % 18 == 17)
+    total = browser.find_element(By.ID, "orders-total").text
+    assert total.startswith(f"{needing} orders matching the filter"), total
+    rows = browser.find_elements(By.CSS_SELECTOR, "#orders tr")[1:]
+    assert len(rows) == 50 and all("NEEDS_ATTENTION" in r.text for r in rows)
+    assert rows[0].find_element(By.CSS_SELECTOR, ".status").get_attribute("class") == (
+        "status tone-bad")  # fmt: skip
+    assert "tracking_exception" in rows[0].text and "129.00 CNY" in rows[0].text
+    copy = rows[0].find_element(By.CSS_SELECTOR, "button.copy")
+    copy.click()
+    WebDriverWait(browser, 5).until(lambda d: copy.text in ("copied", "selected"))
+    browser.save_screenshot(str(shots / "orders.png"))
+    browser.find_element(By.ID, "older").click()
+    wait.until(ec.presence_of_element_located((By.ID, "newer")))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#orders tr")[1:]) == needing - 50
 
     # Order page through the search box (external id).
     search = browser.find_element(By.NAME, "q")
@@ -181,7 +224,9 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     assert f"Replay dead letter {dl_id}" in alert.text
     alert.accept()
     wait.until(ec.presence_of_element_located((By.ID, "flash")))
-    assert f"dead letter {dl_id}: replay done" in browser.find_element(By.ID, "flash").text
+    flash = browser.find_element(By.ID, "flash").text
+    assert f"dead letter {dl_id}: replay published (task shipping.book)" in flash
+    assert browser.find_element(By.ID, "replay-order").text == order_id
     assert not browser.find_elements(By.ID, f"dl-{dl_id}")
     browser.save_screenshot(str(shots / "attention-after-replay.png"))
     assert _dead_letter_status(dl_id) == "REPLAYED"
@@ -198,6 +243,16 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     wait.until(ec.presence_of_element_located((By.ID, "stock")))
     browser.save_screenshot(str(shots / "stock.png"))
     assert {p.name for p in shots.iterdir()} >= {"pipeline.png", "order.png", "attention.png"}
+
+
+def _csp_refusals(browser) -> list[str]:
+    """The browser console's Content-Security-Policy refusals (none: the charts are plain SVG
+    elements, styled from console.css)."""
+    try:
+        logs = browser.get_log("browser")
+    except Exception:  # a driver without the log endpoint
+        return []
+    return [e["message"] for e in logs if "Content Security Policy" in e.get("message", "")]
 
 
 def _dead_letter_status(dl_id: int) -> str:
