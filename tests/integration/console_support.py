@@ -3,7 +3,6 @@ pipeline leaves them, a replay through the console, and pieces of a page."""
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from sqlalchemy import text
@@ -12,12 +11,7 @@ from producers.intake import accept_message
 from services import dead_letters
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
+from tests.console_helpers import csrf_of
 
 
 def new_order(external_id: str | None = None, sku: str = "SKU-1") -> str:

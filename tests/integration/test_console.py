@@ -25,6 +25,7 @@ from producers.intake import accept_message
 from services import dead_letters, timeline
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, redis_client
+from tests.console_helpers import csrf_of
 
 PAGES = ["/console/pipeline", "/console/pipeline/live", "/console/attention", "/console/stock",
          "/console/search?q=x", "/console/orders/some-id"]  # fmt: skip
@@ -57,12 +58,6 @@ def client(anon, admin_key):
     r = anon.post("/console/login", data={"password": admin_key, "next": "/console/pipeline"})
     assert r.status_code == 303 and r.headers["location"] == "/console/pipeline"
     return anon
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
 
 
 def new_order(external_id: str | None = None, sku: str = "SKU-1") -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +44,7 @@ from services.reservation import reserve_order
 from services.shipping import ShippingConfig
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, redis_client
+from tests.console_helpers import csrf_of
 from tests.fakes import FakeGate, FakePaymentProvider
 from tests.fakes.logistics import FakeBookingService
 from tests.helpers import assert_stock_consistent, stock_of
@@ -74,12 +74,6 @@ def app(db):
     app.dependency_overrides[admin_api_key_setting] = lambda: SecretStr(key)
     app.dependency_overrides[console_clock] = Clock()
     return app
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
 
 
 def log_in(app, name: str, role: Role) -> tuple[TestClient, str]:

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tests.conftest import order_message
+from tests.console_helpers import admin_key, app, clock  # noqa: F401 (the console tests' fixtures)
 from tests.e2e.conftest import pipeline_env, start_pipeline
 from tests.security.fuzz_api_support import ADMIN_KEY, SKUS, Target
 

@@ -7,78 +7,24 @@ ciphertext. Before these pages existed every request here answered 404.
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
 from datetime import UTC, datetime
 
 import pytest
-from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from api.catalog import admin_api_key_setting
-from api.console_auth import console_clock
 from domain.operators import Role
 from models import ApiKey, CallbackDelivery, CallbackEndpoint, ConsoleAudit
-from services import api_keys, callbacks, operators
+from services import api_keys, callbacks
 from services.api_keys import IssuedKey
 from services.secrets_at_rest import cipher_from_setting
 from services.unit_of_work import unit_of_work
 from settings import get_settings
+from tests.console_helpers import client_for, log_in, make_operator
 
-PASSWORD = "Correct-Horse-42"
 HOOK_URL = "http://127.0.0.1:9/hook"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def admin_key() -> str:
-    return f"adm-{secrets.token_urlsafe(24)}"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app(db, admin_key, clock):
-    from api.app import create_app
-
-    app = create_app()
-    app.dependency_overrides[admin_api_key_setting] = lambda: SecretStr(admin_key)
-    app.dependency_overrides[console_clock] = clock
-    return app
-
-
-def client_for(app) -> TestClient:
-    return TestClient(app, follow_redirects=False)
-
-
-def make_operator(name: str, role: Role) -> None:
-    with unit_of_work() as s:
-        operators.create(s, name, PASSWORD, role)
-
-
-def log_in(c: TestClient, name: str, password: str = PASSWORD) -> str:
-    """Log in and return the CSRF token of the new session."""
-    r = c.post("/console/login", data={"name": name, "password": password})
-    assert r.status_code == 303, r.text
-    return csrf_of(c.get("/console/attention").text)
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
 
 
 def audit_rows() -> list[tuple[str, str, str, str | None]]:
