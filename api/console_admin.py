@@ -12,6 +12,7 @@ the admin API. Other roles get 403 (a refused POST is audited as ``denied``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +20,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
 
 from api import console_auth as auth
 from api.console_auth import Clock, Store
@@ -65,21 +67,35 @@ async def _admin(
     return session, None
 
 
-@router.get("/operators")
-async def operator_list(
-    request: Request, store: Store, now: Clock, done: str = "", error: str = ""
+async def _admin_page(
+    request: Request,
+    store: SessionStore,
+    now: float,
+    nav: str,
+    read: Callable[[Session], list[Any]],
+    **context: Any,
 ) -> Response:
+    """An admin's list page: ``console/<nav>.html`` with ``rows`` from ``read``."""
     session, refusal = await _admin(request, store, now)
     if session is None:
         return refusal or Response(status_code=403)
 
-    def read() -> list[operators.OperatorView]:
+    def rows() -> list[Any]:
         with unit_of_work() as s:
-            return operators.list_all(s)
+            return read(s)
 
-    context = {"s": session, "nav": "operators", "operators": await run_in_threadpool(read),
-               "roles": [r.label for r in Role], "done": done, "error": error}  # fmt: skip
-    return auth.page(request, "console/operators.html", context)
+    context = {"s": session, "nav": nav, "rows": await run_in_threadpool(rows), **context}
+    return auth.page(request, f"console/{nav}.html", context)
+
+
+@router.get("/operators")
+async def operator_list(
+    request: Request, store: Store, now: Clock, done: str = "", error: str = ""
+) -> Response:
+    return await _admin_page(
+        request, store, now, "operators", operators.list_all,
+        roles=[r.label for r in Role], done=done, error=error,
+    )  # fmt: skip
 
 
 def _back(*, done: str = "", error: str = "", to: str = "operators") -> RedirectResponse:
@@ -140,17 +156,10 @@ async def operator_disable(request: Request, store: Store, now: Clock, name: str
 async def key_list(
     request: Request, store: Store, now: Clock, done: str = "", error: str = ""
 ) -> Response:
-    session, refusal = await _admin(request, store, now)
-    if session is None:
-        return refusal or Response(status_code=403)
-
-    def read() -> list[api_keys.KeyInfo]:
-        with unit_of_work() as s:
-            return api_keys.list_keys(s)
-
-    context = {"s": session, "nav": "keys", "keys": await run_in_threadpool(read),
-               "at": datetime.now(UTC), "done": done, "error": error}  # fmt: skip
-    return auth.page(request, "console/keys.html", context)
+    return await _admin_page(
+        request, store, now, "keys", api_keys.list_keys,
+        at=datetime.now(UTC), done=done, error=error,
+    )  # fmt: skip
 
 
 def _revoke(session: ConsoleSession, key_id: str, address: str) -> str:
@@ -182,17 +191,9 @@ async def key_revoke(request: Request, store: Store, now: Clock, key_id: str) ->
 async def callback_list(
     request: Request, store: Store, now: Clock, done: str = "", error: str = ""
 ) -> Response:
-    session, refusal = await _admin(request, store, now)
-    if session is None:
-        return refusal or Response(status_code=403)
-
-    def read() -> list[callbacks.EndpointView]:
-        with unit_of_work() as s:
-            return callbacks.list_endpoints(s)
-
-    context = {"s": session, "nav": "callbacks", "endpoints": await run_in_threadpool(read),
-               "done": done, "error": error}  # fmt: skip
-    return auth.page(request, "console/callbacks.html", context)
+    return await _admin_page(
+        request, store, now, "callbacks", callbacks.list_endpoints, done=done, error=error
+    )
 
 
 def _pause_or_resume(session: ConsoleSession, source: str, action: str, address: str) -> str:

@@ -21,11 +21,11 @@ from api.catalog import admin_api_key_setting
 from api.console_auth import COOKIE, fingerprint
 from api.console_pages import forget_charts
 from models import DeadLetter, Order, OrderEvent
-from producers.intake import accept_message
-from services import dead_letters, timeline
+from services import timeline
 from services.unit_of_work import unit_of_work
-from tests.conftest import order_message, redis_client
+from tests.conftest import redis_client
 from tests.console_helpers import csrf_of
+from tests.integration.console_support import dead_letter, new_order
 
 PAGES = ["/console/pipeline", "/console/pipeline/live", "/console/attention", "/console/stock",
          "/console/search?q=x", "/console/orders/some-id"]  # fmt: skip
@@ -58,18 +58,6 @@ def client(anon, admin_key):
     r = anon.post("/console/login", data={"password": admin_key, "next": "/console/pipeline"})
     assert r.status_code == 303 and r.headers["location"] == "/console/pipeline"
     return anon
-
-
-def new_order(external_id: str | None = None, sku: str = "SKU-1") -> str:
-    return accept_message(order_message(sku, external_id=external_id), channel="test").order_id
-
-
-def dead_letter(order_id: str | None, task: str = "payments.create") -> int:
-    with unit_of_work() as s:
-        return dead_letters.record(
-            s, task_name=task, task_id="t-1", args=[order_id] if order_id else [], kwargs={},
-            queue="payments", error=RuntimeError("provider down"), attempts=4, order_id=order_id,
-        )  # fmt: skip
 
 
 def set_status(order_id: str, status: str, reason: str | None = None) -> None:
