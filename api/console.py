@@ -242,9 +242,9 @@ def _resolve_dead_letter(dl_id: int, action: str, actor: str, address: str) -> t
         )  # fmt: skip
     if replay is not None:
         try:
-            enqueue_replay(replay)
-        except Exception as exc:
-            log.exception("dead letter %s marked replayed; publishing %s failed", dl_id, replay)
+            enqueue_replay(replay, actor=actor)
+        except Exception as exc:  # enqueue_replay put the dead letter back to OPEN
+            log.exception("dead letter %s: publishing %s failed; open again", dl_id, replay)
             raise _NotPublished(f"{replay.task_name}: {type(exc).__name__}") from exc
     return (dl.task_name, bool(dl.order_id)) if dl is not None else ("?", False)
 
@@ -263,10 +263,10 @@ async def dead_letter_action(
         task, has_order = await run_in_threadpool(
             _resolve_dead_letter, dl_id, action, session.actor, address
         )
-    except _NotPublished as exc:  # the truth: recorded as replayed, but nothing will run
+    except _NotPublished as exc:  # nothing will run: the dead letter is OPEN again
         await _audit_failure(request, session.actor, "dlq_replay", f"dead_letter:{dl_id}", exc)
-        error = (f"dead letter {dl_id}: marked replayed, but its task was not published ({exc}); "
-                 "it will not run until it is published again")  # fmt: skip
+        error = (f"dead letter {dl_id}: its task was not published ({exc}); "
+                 "the dead letter is open again, replay it when the broker is back")  # fmt: skip
         return _back("/console/attention", error=error, extra=f"&replayed={dl_id}")
     except (NotFound, ValidationError) as exc:
         await _audit_failure(request, session.actor, f"dlq_{action}", f"dead_letter:{dl_id}", exc)

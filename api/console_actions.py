@@ -161,8 +161,8 @@ def _bulk(flt: DeadLetterFilter, action: str, actor: str, address: str) -> tuple
             with unit_of_work() as s:
                 batch = bulk.resolve_batch(s, flt, action, now=now, actor=actor, limit=limit)
             done += len(batch.ids)  # committed: counted even if a publish below fails
-            for replay in batch.replays:
-                enqueue_replay(replay)
+            for replay in batch.replays:  # a failed publish reopens its dead letter
+                enqueue_replay(replay, actor=actor)
             if len(batch.ids) < limit:
                 break
     except Exception as exc:

@@ -68,7 +68,7 @@ def dlq_replay(dead_letter_id: int) -> None:
 
     with unit_of_work() as session:
         replay = dead_letters.replay(session, dead_letter_id, now=datetime.now(UTC), actor="cli")
-    enqueue_replay(replay)
+    enqueue_replay(replay, actor="cli")  # raises after reopening the dead letter if not published
     console.print(f"replayed dead letter {dead_letter_id} ({replay.task_name})")
 
 

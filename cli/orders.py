@@ -1,7 +1,8 @@
 """``orderflow orders``: show an order's whole story, list orders, cancel one.
 
-``show`` takes whatever the operator has at hand: the order id, a unique prefix of it, the
-upstream's external id or a waybill number (services.queries.match_orders).
+``show`` and ``cancel`` (and ``payments refund``, ``shipments register``) take whatever the
+operator has at hand: the order id, a unique prefix of it, the upstream's external id or a
+waybill number (services.queries.match_orders).
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from rich.text import Text
 from cli.common import Column, command, console, fail, json_option, print_json, print_listing, when
 from domain.money import money_json
 
+#: Every command that takes an order takes what ``orders show`` takes.
+ORDER_QUERY_HELP = "Order id, a unique prefix of it (4+ characters), external id or waybill"
+
 orders_app = typer.Typer(no_args_is_help=True, help="Inspect orders")
 
 
 @orders_app.command("show")
 @command
 def orders_show(
-    order: str = typer.Argument(
-        ..., help="Order id, a unique prefix of it (4+ characters), external id or waybill"
-    ),
+    order: str = typer.Argument(..., help=ORDER_QUERY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the whole view as JSON (scripts)"),
 ) -> None:
     """An order's timeline: transitions, task attempts (worker, retries), provider calls with
@@ -185,15 +187,17 @@ def orders_list(
 @orders_app.command("cancel")
 @command
 def orders_cancel(
-    order_id: str,
+    order: str = typer.Argument(..., help=ORDER_QUERY_HELP),
     reason: str = typer.Option("cancelled by operator", help="Recorded on the timeline"),
 ) -> None:
     """Cancel an order before it ships: stock released, payment closed or refunded."""
     from services import payments
+    from services.queries import resolve_order
     from services.unit_of_work import unit_of_work
     from workers.publish import enqueue_followups
 
     with unit_of_work() as session:
+        order_id = resolve_order(session, order)
         followups = payments.cancel_order(
             session, order_id, now=datetime.now(UTC), actor="cli", reason=reason
         )

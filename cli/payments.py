@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import typer
 
 from cli.common import Column, command, console, print_listing
+from cli.orders import ORDER_QUERY_HELP
 from settings import get_settings
 
 payments_app = typer.Typer(no_args_is_help=True, help="Payments, refunds and reconciliation")
@@ -16,17 +17,19 @@ shipments_app = typer.Typer(no_args_is_help=True, help="Shipments and tracking")
 @payments_app.command("refund")
 @command
 def payments_refund(
-    order_id: str,
+    order: str = typer.Argument(..., help=ORDER_QUERY_HELP),
     refund_no: str = typer.Option(..., help="Your refund number; the same number refunds once"),
     amount: int | None = typer.Option(None, min=1, help="Minor units; default: all remaining"),
     reason: str = typer.Option("refund by operator"),
 ) -> None:
     """Refund part or all of an order's payment (idempotent by refund number)."""
     from services import payments
+    from services.queries import resolve_order
     from services.unit_of_work import unit_of_work
     from workers.publish import enqueue_followups
 
     with unit_of_work() as session:
+        order_id = resolve_order(session, order)
         followup = payments.refund_for_order(
             session, order_id, amount=amount, refund_no=refund_no, reason=reason, actor="cli",
             now=datetime.now(UTC),
@@ -72,16 +75,18 @@ def payments_reconcile(
 @shipments_app.command("register")
 @command
 def shipments_register(
-    order_id: str,
+    order: str = typer.Argument(..., help=ORDER_QUERY_HELP),
     carrier: str = typer.Option(..., help="Kuaidi100 carrier code, e.g. yuantong"),
     waybill: str = typer.Option(..., help="The parcel's waybill number"),
 ) -> None:
     """Register the waybill the warehouse printed for a PAID order: the order ships."""
     from services import shipping
+    from services.queries import resolve_order
     from services.unit_of_work import unit_of_work
     from workers.publish import enqueue_followups
 
     with unit_of_work() as session:
+        order_id = resolve_order(session, order)
         followups = shipping.register_waybill(
             session, order_id, carrier, waybill, now=datetime.now(UTC), actor="cli",
             first_poll_s=get_settings().tracking_first_poll_s,

@@ -23,6 +23,7 @@ class Replay:
     args: Sequence[Any]
     kwargs: Mapping[str, Any]
     queue: str | None
+    dead_letter_id: int | None = None
 
 
 def record(
@@ -107,7 +108,27 @@ def _resolve(session: Session, dl_id: int, status: str, *, now: datetime, actor:
 def replay(session: Session, dl_id: int, *, now: datetime, actor: str) -> Replay:
     """Mark the dead letter replayed and return the task to enqueue after commit."""
     dl = _resolve(session, dl_id, "REPLAYED", now=now, actor=actor)
-    return Replay(dl.task_name, dl.args, dl.kwargs, dl.queue)
+    return Replay(dl.task_name, dl.args, dl.kwargs, dl.queue, dl_id)
+
+
+def reopen_unpublished(session: Session, dl_id: int, *, error: str, actor: str) -> bool:
+    """The replay committed but its task never reached the broker: the dead letter is OPEN
+    again (compare-and-set from REPLAYED, so a concurrent resolution wins) and the order's
+    timeline says why. Returns whether it was reopened."""
+    reopened = session.execute(
+        update(DeadLetter)
+        .where(DeadLetter.id == dl_id, DeadLetter.status == "REPLAYED")
+        .values(status="OPEN", resolved_at=None)
+        .returning(DeadLetter.order_id)
+    ).first()
+    if reopened is None:
+        return False
+    if reopened.order_id:
+        timeline.record(
+            session, reopened.order_id, "dlq_replay_unpublished",
+            detail={"dead_letter_id": dl_id, "error": error[:200]}, actor=actor,
+        )  # fmt: skip
+    return True
 
 
 def discard(session: Session, dl_id: int, *, now: datetime, actor: str) -> None:

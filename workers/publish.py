@@ -9,9 +9,10 @@ from typing import Any
 
 import kombu.exceptions
 
-from services.dead_letters import Replay
+from services.dead_letters import Replay, reopen_unpublished
 from services.followup import Followup
 from services.task_names import ORDERS_RESERVE_BATCH
+from services.unit_of_work import unit_of_work
 from settings import get_settings
 from workers.app import app
 
@@ -26,10 +27,27 @@ def enqueue(task_name: str, *args: Any, **options: Any) -> None:
     app.send_task(task_name, args=list(args), **options)
 
 
-def enqueue_replay(replay: Replay) -> None:
-    """Publish a replayed dead letter's task (after the replay's commit), on its own queue."""
+def enqueue_replay(replay: Replay, *, actor: str = "system") -> None:
+    """Publish a replayed dead letter's task (after the replay's commit), on its own queue.
+
+    When the publish fails the dead letter is put back to OPEN (see
+    :func:`services.dead_letters.reopen_unpublished`), so it is neither lost nor shown as
+    replayed, and the error is raised to the caller."""
     options = {"queue": replay.queue} if replay.queue else {}
-    enqueue(replay.task_name, *replay.args, **options)
+    try:
+        enqueue(replay.task_name, *replay.args, **options)
+    except Exception as exc:
+        if replay.dead_letter_id is not None:
+            _reopen(replay.dead_letter_id, f"{type(exc).__name__}: {exc}", actor)
+        raise
+
+
+def _reopen(dl_id: int, error: str, actor: str) -> None:
+    try:
+        with unit_of_work() as session:
+            reopen_unpublished(session, dl_id, error=error, actor=actor)
+    except Exception:  # the database too: the replay stays marked, and the log says so
+        log.exception("dead letter %s: replay not published and not reopened", dl_id)
 
 
 def enqueue_followups(followups: Iterable[Followup]) -> int:

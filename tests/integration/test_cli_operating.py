@@ -117,6 +117,32 @@ def test_console_search_shares_the_lookup(db):
         assert console.find_order(s, "fd4") is None
 
 
+def test_commands_that_act_on_an_order_take_what_show_takes(db):
+    insert_order(A, "ux-00397")
+    insert_order(B, "ux-00398", status="PAID")
+    insert_order(C, "ux-00399")
+    ambiguous = cli("orders", "cancel", "fd46")
+    assert ambiguous.returncode == 1 and "'fd46' matches 2 orders" in ambiguous.stderr
+    missing = cli("payments", "refund", "ux-99999", "--refund-no", "r-1")
+    assert missing.returncode == 1 and missing.stderr == "error: order ux-99999 not found\n"
+    assert _statuses() == {A: "RECEIVED", B: "PAID", C: "RECEIVED"}  # refused: nothing moved
+    cancelled = cli("orders", "cancel", "ux-00397")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"cancelled {A}" in cancelled.stdout
+    shipped = cli("shipments", "register", "FD46AA", "--carrier", "yuantong",
+                  "--waybill", "YT9000000002", columns=200)  # fmt: skip
+    assert shipped.returncode == 0, shipped.stderr
+    assert f"order {B} shipped as yuantong YT9000000002" in shipped.stdout
+    unpaid = cli("payments", "refund", "0b9e1c2d", "--refund-no", "r-2")  # C has no payment
+    assert unpaid.returncode == 1 and "order has no payment" in unpaid.stderr
+    assert _statuses() == {A: "CANCELLED", B: "SHIPPED", C: "RECEIVED"}
+
+
+def _statuses() -> dict[str, str]:
+    with unit_of_work() as s:
+        return dict(s.execute(text("SELECT id, status FROM orders")).tuples().all())
+
+
 # --- orders list ------------------------------------------------------------------------------
 
 

@@ -15,11 +15,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql
 
 from api.catalog import admin_api_key_setting
 from api.console_pages import forget_charts
+from models import DeadLetter, OrderEvent
 from services import console_charts as charts
 from services import timeline
 from services.console_orders import Cursor, OrderFilter, page_statement
@@ -179,19 +180,27 @@ def test_replay_outcome_of_an_unknown_or_foreign_dead_letter(client):
     assert "the task names no order" in page
 
 
-def test_a_replay_whose_publish_fails_says_so(client, monkeypatch):
+def test_a_replay_whose_publish_fails_says_so_and_opens_the_dead_letter_again(client, monkeypatch):
     import kombu.exceptions
 
-    def broker_down(replay):
+    def broker_down(*args, **options):
         raise kombu.exceptions.OperationalError("connection refused")
 
-    monkeypatch.setattr("workers.publish.enqueue_replay", broker_down)
     oid = add_order(status="RESERVED")
     dl_id = dead_letter(oid)
-    page = client.get(replay(client, dl_id)).text
-    assert (f"dead letter {dl_id}: marked replayed, but its task was not published "
-            "(payments.create: OperationalError)") in page  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr("workers.publish.enqueue", broker_down)
+        page = client.get(replay(client, dl_id)).text
+    assert (f"dead letter {dl_id}: its task was not published (payments.create: "
+            "OperationalError); the dead letter is open again") in page  # fmt: skip
     assert "replay published" not in page and 'id="replay-order"' in page
+    with unit_of_work() as s:
+        dl = s.get(DeadLetter, dl_id)
+        assert (dl.status, dl.resolved_at) == ("OPEN", None)
+        kinds = s.scalars(select(OrderEvent.kind).where(OrderEvent.order_id == oid)).all()
+    assert "dlq_replay_unpublished" in kinds
+    # The broker is back: the same dead letter replays.
+    assert "replay published" in client.get(replay(client, dl_id)).text
 
 
 def test_discard_says_what_it_did(client):
