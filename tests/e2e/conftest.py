@@ -1,4 +1,5 @@
-"""The running pipeline for payment tests: simulators, API, workers per queue and beat."""
+"""The running pipeline for payment tests: simulators, API, workers per queue and beat; and the
+console browser tests' fixtures (``browser``, ``console_api``: tests/e2e/browser_support.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import requests
 
 from settings import get_settings
+from tests.e2e.browser_support import browser, console_api  # noqa: F401 - fixtures
 
 
 @dataclass
