@@ -4,22 +4,27 @@ Webhooks verify before they read (``parse_notification`` raises :class:`Signatur
 forgery, answered with 400 and nothing changed), apply the notification once in one transaction
 (deduplicated on the provider's event id), publish follow-ups after the commit, and answer the
 way each provider expects (Alipay ``success``, WeChat 204, Stripe 200).
+
+Dispute notifications (Stripe ``charge.dispute.*``, kind ``DISPUTE``) go to
+:func:`services.payments.disputes.apply_dispute_notification` instead, which deduplicates the same
+way; everything else goes to :func:`services.payments.apply_notification`.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from adapters.payments.base import Notification, NotificationKind
 from adapters.registry import PAYMENT_PROVIDERS, payment_provider
 from api.errors import not_found
 from domain.errors import ProviderError, SignatureInvalid
 from services import payments
 from services.followup import Followup
+from services.payments.disputes import apply_dispute_notification
 from services.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -33,9 +38,12 @@ def _publish(followups: list[Followup]) -> None:
         enqueue_followups(followups)
 
 
-def _apply(provider: str, note: Any) -> list[Followup]:
+def _apply(provider: str, note: Notification) -> list[Followup]:
     with unit_of_work() as session:
-        return payments.apply_notification(session, provider, note, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        if note.kind is NotificationKind.DISPUTE:
+            return apply_dispute_notification(session, provider, note, now=now)
+        return payments.apply_notification(session, provider, note, now=now)
 
 
 @router.post("/webhooks/{provider}", include_in_schema=False)

@@ -38,6 +38,24 @@ def payments_refund(
     console.print(f"refund {refund_no} for {order_id} requested")
 
 
+@payments_app.command("acknowledge")
+@command
+def payments_acknowledge(
+    order: str = typer.Argument(..., help=ORDER_QUERY_HELP),
+    note: str = typer.Option(..., help="What was done; recorded on the timeline"),
+) -> None:
+    """Clear a payment flagged on the Attention page (a wrong amount paid on an order that
+    was over, refunded in full) once someone has looked at it."""
+    from services import payments
+    from services.queries import resolve_order
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        order_id = resolve_order(session, order)
+        flagged = payments.acknowledge(session, order_id, actor="cli", note=note)
+    console.print(f"acknowledged {order_id}: {flagged}")
+
+
 FINDING_COLUMNS = (
     Column("order", "order_id", ident=True), Column("provider", "provider"),
     Column("out_trade_no", "out_trade_no", ident=True), Column("ours", "ours"),

@@ -74,6 +74,9 @@ class AfterCapture(enum.StrEnum):
     PAY = "pay"  # the order awaited payment: PAID, and the shipping stage starts
     REFUND = "refund"  # the order is over (expired, cancelled): the money goes back in full
     ATTENTION = "attention"  # amount or currency differ: NEEDS_ATTENTION, a person looks
+    # Amount or currency differ and the order is over (expired, cancelled): what was paid goes
+    # back in full and the payment is marked for a person (the order cannot move any more).
+    REFUND_FLAGGED = "refund_flagged"
     NOTE = "note"  # they differ, but the order is past where it could be flagged: timeline only
     NOTHING = "nothing"  # already paid or further (a duplicate)
 
@@ -83,9 +86,13 @@ _AWAITING = frozenset({OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT})
 
 def after_capture(order_status: OrderStatus | str, *, amount_matches: bool) -> AfterCapture:
     """The rule for a newly captured payment, by the order's status. A wrong amount is never
-    applied as paid, whatever the status: money that does not match the order needs a person."""
+    applied as paid, whatever the status: money that does not match the order needs a person.
+    Money paid on an order that is over goes back whatever its amount: a wrong amount is
+    refunded as paid and flagged too, never only written down."""
     status = OrderStatus(order_status)
     if not amount_matches:
+        if status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
+            return AfterCapture.REFUND_FLAGGED
         attention = can_transition(status, OrderStatus.NEEDS_ATTENTION)
         return AfterCapture.ATTENTION if attention else AfterCapture.NOTE
     if status in _AWAITING:

@@ -4,6 +4,7 @@ from models.api_keys import ApiKey
 from models.base import Base
 from models.callbacks import CallbackDelivery, CallbackEndpoint
 from models.catalog import Product, ProductPrice, Stock, StockMovement
+from models.disputes import Dispute
 from models.logistics import Shipment, TrackingEvent
 from models.operators import ConsoleAudit, Operator
 from models.ops import DeadLetter, ProcessedNotification
@@ -18,6 +19,7 @@ __all__ = [
     "CallbackEndpoint",
     "ConsoleAudit",
     "DeadLetter",
+    "Dispute",
     "Operator",
     "Order",
     "OrderEvent",

@@ -24,6 +24,18 @@ class Payment(Base):
         CheckConstraint("amount > 0", name="amount_positive"),
         UniqueConstraint("provider", "out_trade_no", name="uq_payments_provider_out_trade_no"),
         Index("ix_payments_next_query_at", "next_query_at"),
+        # A dispute names its payment by the provider's reference (Stripe pi_…): the webhook
+        # finds it through this index (migration 0012).
+        Index(
+            "ix_payments_provider_provider_ref",
+            "provider",
+            "provider_ref",
+            postgresql_where=text("provider_ref IS NOT NULL"),
+        ),
+        # The Attention page's flagged payments (migration 0013).
+        Index(
+            "ix_payments_attention", "updated_at", postgresql_where=text("attention IS NOT NULL")
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -41,6 +53,12 @@ class Payment(Base):
     provider_ref: Mapped[str | None] = mapped_column(String(128))
     instructions: Mapped[dict[str, Any] | None]
     paid_at: Mapped[Timestamp | None]
+    # What the provider captured (NULL before a capture); may differ from amount/currency.
+    captured_amount: Mapped[int | None] = mapped_column(BigInteger)
+    captured_currency: Mapped[str | None] = mapped_column(String(3))
+    # Why a person should look at this payment (its order cannot move any more); cleared when
+    # acknowledged.
+    attention: Mapped[str | None] = mapped_column(String(300))
     next_query_at: Mapped[Timestamp | None]
     query_attempts: Mapped[int] = mapped_column(server_default=text("0"))
     created_at: Mapped[CreatedAt]

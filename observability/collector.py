@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, select, text
 from adapters.circuit import CircuitBreaker, CircuitState
 from domain.orders import FINAL_STATUSES, OrderStatus
 from domain.tracking import FINAL as SHIPMENT_FINAL
-from models import DeadLetter, Order, Shipment
+from models import DeadLetter, Dispute, Order, Shipment
 from models.db import get_engine
 from settings import Settings, get_settings
 
@@ -38,6 +38,10 @@ PROVIDERS = ("alipay", "wechatpay", "stripe", "kuaidi100", "warehouse")
 DEADLINE_STATUSES = tuple(
     s for s in OrderStatus if s not in FINAL_STATUSES and s != OrderStatus.NEEDS_ATTENTION
 )
+
+#: Dispute statuses that wait for the shop's evidence, and how early a deadline counts as soon.
+RESPONSE_STATUSES = ("needs_response", "warning_needs_response")
+RESPONSE_DUE_SOON = timedelta(hours=72)
 
 _SCRAPE_STATEMENT_TIMEOUT_MS = 2000
 _REDIS_TIMEOUT_S = 1.0
@@ -126,6 +130,7 @@ class PipelineCollector(Collector):
                 *self._overdue(conn),
                 self._dead_letters(conn),
                 *self._shipments(conn),
+                *self._disputes(conn),
             ]
 
     def _orders(self, conn: Connection) -> list[Metric]:
@@ -173,6 +178,30 @@ class PipelineCollector(Collector):
         family = _gauge("orderflow_dead_letters_open", "Dead letters not replayed or discarded")
         family.add_metric([], int(count))
         return family
+
+    def _disputes(self, conn: Connection) -> list[Metric]:
+        open_count, due_soon = conn.execute(
+            select(
+                func.count(),
+                func.count().filter(
+                    Dispute.status.in_(RESPONSE_STATUSES),
+                    Dispute.evidence_due_by < func.now() + RESPONSE_DUE_SOON,
+                ),
+            ).where(Dispute.outcome.is_(None))
+        ).one()
+        families: list[Metric] = []
+        for name, doc, value in (
+            ("orderflow_disputes_open", "Disputes not closed yet", open_count),
+            (
+                "orderflow_disputes_response_due_soon",
+                "Open disputes still needing evidence whose deadline is within 72 h or passed",
+                due_soon,
+            ),
+        ):
+            family = _gauge(name, doc)
+            family.add_metric([], int(value or 0))
+            families.append(family)
+        return families
 
     def _shipments(self, conn: Connection) -> list[Metric]:
         quiet_since = func.coalesce(Shipment.last_event_at, Shipment.created_at)

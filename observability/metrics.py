@@ -25,6 +25,9 @@ so counts come from it rather than from counters that a restart would lose):
 - ``orderflow_dead_letters_open``: dead letters not yet replayed or discarded
 - ``orderflow_shipments_active``, ``orderflow_shipments_stale`` (active, quiet longer than
   ``tracking_stale_after_s``), ``orderflow_shipments_oldest_update_age_seconds``
+- ``orderflow_disputes_open`` (disputes without an outcome) and
+  ``orderflow_disputes_response_due_soon`` (those still needing evidence, due within 72 h or past
+  due; the console's Attention page lists them)
 - ``orderflow_queue_depth{queue}``: messages waiting in each Celery queue (Redis or RabbitMQ)
 - ``orderflow_circuit_open{provider}``: 1 while the provider's circuit breaker is open
 - ``orderflow_scrape_error{backend}`` (1 if reading postgres/redis/broker failed) and

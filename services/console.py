@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from adapters.circuit import breaker_for
 from domain.orders import FINAL_STATUSES, OrderStatus
-from models import CallbackDelivery, DeadLetter, Order, OrderEvent, Stock, StockMovement
+from models import CallbackDelivery, DeadLetter, Order, OrderEvent, Payment, Stock, StockMovement
 from services import callbacks, dead_letters, stock_admin, timeline, tracking
 from services.queries import find_order as find_order  # re-export: the search box's lookup
 from services.queries import order_view, status_counts
@@ -137,6 +137,7 @@ class Attention:
     dead_letters_total: int
     stale: list[dict[str, Any]]
     endpoints: list[dict[str, Any]]
+    payments: list[dict[str, Any]] = field(default_factory=list)
 
 
 def attention(
@@ -166,7 +167,26 @@ def attention(
         dead_letters_total=dead_letters.count_open(session),
         stale=shipments,
         endpoints=endpoint_health(session),
+        payments=flagged_payments(session, limit=limit),
     )
+
+
+def flagged_payments(session: Session, *, limit: int = 100) -> list[dict[str, Any]]:
+    """Payments flagged for a person whose order can no longer move (a wrong amount paid after
+    the order was over: refunded, then flagged), oldest first, until acknowledged
+    (``orderflow payments acknowledge``)."""
+    rows = session.execute(
+        select(Payment.order_id, Payment.provider, Payment.attention, Payment.updated_at,
+               Order.status)
+        .join(Order, Order.id == Payment.order_id)
+        .where(Payment.attention.is_not(None))
+        .order_by(Payment.updated_at)
+        .limit(limit)
+    )  # fmt: skip
+    return [
+        {"order_id": o, "provider": p, "attention": a, "since": u, "status": st}
+        for o, p, a, u, st in rows
+    ]
 
 
 def _add_external_ids(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -30,12 +30,13 @@ Wire behaviour
 Webhooks
 --------
 Events (``payment_intent.created|succeeded|payment_failed|canceled``, ``charge.succeeded``,
-``charge.refunded``, ``charge.refund.updated``) are JSON ``event`` objects POSTed to
-``webhook_url`` with ``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``, retried by
-:class:`simulators.harness.Notifier` until the receiver answers 2xx. Options (attributes, also
-settable through ``POST /_sim/config``): ``webhook_url``, ``webhook_copies`` (duplicates),
-``webhook_delay_s``, ``webhook_stale_by_s`` (sign with a timestamp that many seconds in the past),
-``webhook_types`` (``None`` = all), and :meth:`StripeSimulator.hold_webhooks` /
+``charge.refunded``, ``charge.refund.updated``, ``charge.dispute.created|updated|closed|
+funds_withdrawn|funds_reinstated`` — disputes in :mod:`simulators.stripe_disputes`) are JSON
+``event`` objects POSTed to ``webhook_url`` with ``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of
+"t.body">``, retried by :class:`simulators.harness.Notifier` until the receiver answers 2xx. Options
+(attributes, also settable through ``POST /_sim/config``): ``webhook_url``, ``webhook_copies``
+(duplicates), ``webhook_delay_s``, ``webhook_stale_by_s`` (sign with a timestamp that many seconds
+in the past), ``webhook_types`` (``None`` = all), and :meth:`StripeSimulator.hold_webhooks` /
 :meth:`StripeSimulator.release_webhooks` (``order="reverse"|"shuffle"``) for out-of-order delivery.
 The signature timestamp is fixed when the event is queued; retries resend the same header.
 Events emitted while ``webhook_url`` is ``None`` are kept in the ledger but never delivered.
@@ -43,7 +44,8 @@ Events emitted while ``webhook_url`` is ``None`` are kept in the ledger but neve
 Control: :meth:`StripeSimulator.pay`, :meth:`StripeSimulator.fail_payment`,
 :meth:`StripeSimulator.settle_refund`, ``auto_pay_after_ms``, ``refunds_start_pending``,
 ``execution_delay_ms`` (hold requests inside endpoint execution, to provoke the 409); HTTP:
-``POST /_sim/pay``, ``/_sim/fail_payment``, ``/_sim/settle_refund``, ``/_sim/config``,
+``POST /_sim/pay``, ``/_sim/fail_payment``, ``/_sim/settle_refund``, ``/_sim/dispute``,
+``/_sim/config``,
 ``/_sim/release_webhooks`` plus the harness's ``/_sim/ledger``, ``/_sim/faults``, ``/_sim/reset``.
 
 Run standalone: ``python -m simulators.stripe --port 12111`` with ``STRIPE_SECRET_KEY`` and
@@ -72,6 +74,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from simulators.harness import Notifier, Request, Response, SimulatorServer, serve_forever
+from simulators.stripe_disputes import DisputeDesk
 
 API_VERSION = "2024-06-20"
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -228,6 +231,7 @@ class StripeSimulator(SimulatorServer):
         self.minimum_amount = 1
         self._state = threading.RLock()
         self._clear_state()
+        self.disputes = DisputeDesk(self._state, self._find_pi, lambda: self.charges, self._emit)
         self._held: list[tuple[bytes, dict[str, str]]] | None = None
         self._timers: list[threading.Timer] = []
         self.notifier = Notifier(lambda r: 200 <= r.status_code < 300, retry_delays=retry_delays)
@@ -240,6 +244,7 @@ class StripeSimulator(SimulatorServer):
         self.route("POST", "/_sim/settle_refund", self._sim_settle_refund)
         self.route("POST", "/_sim/config", self._sim_config)
         self.route("POST", "/_sim/release_webhooks", self._sim_release)
+        self.route("POST", "/_sim/dispute", self._sim_dispute)
 
     def _clear_state(self) -> None:
         with self._state:
@@ -256,6 +261,7 @@ class StripeSimulator(SimulatorServer):
         self._timers.clear()
         self._held = None
         self._clear_state()
+        self.disputes.reset()
 
     def stop(self) -> None:
         for timer in self._timers:
@@ -271,6 +277,7 @@ class StripeSimulator(SimulatorServer):
                     "payment_intents": list(self.payment_intents.values()),
                     "charges": list(self.charges.values()),
                     "refunds": list(self.refunds.values()),
+                    "disputes": list(self.disputes.disputes.values()),
                     "events": self.events,
                     "idempotency_keys": sorted(self._idempotency),
                 }
@@ -717,13 +724,18 @@ class StripeSimulator(SimulatorServer):
         digest = hmac.new(self.webhook_secret.encode(), f"{t}.".encode() + body, hashlib.sha256)
         return f"t={t},v1={digest.hexdigest()}"
 
-    def _emit(self, event_type: str, obj: dict[str, Any]) -> None:
+    def _emit(
+        self, event_type: str, obj: dict[str, Any], previous: dict[str, Any] | None = None
+    ) -> None:
+        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        if previous is not None:
+            data["previous_attributes"] = copy.deepcopy(previous)
         event = {
             "id": _new_id("evt_"),
             "object": "event",
             "api_version": API_VERSION,
             "created": int(time.time()),
-            "data": {"object": copy.deepcopy(obj)},
+            "data": data,
             "livemode": False,
             "pending_webhooks": 1,
             "request": {"id": None, "idempotency_key": None},
@@ -821,6 +833,9 @@ class StripeSimulator(SimulatorServer):
                 self, key, set(value) if key == "webhook_types" and value is not None else value
             )
         return Response.json({k: _jsonable(getattr(self, k)) for k in self._CONFIG})
+
+    def _sim_dispute(self, req: Request) -> Response:
+        return self._control(req, self.disputes.act)
 
     def _sim_release(self, req: Request) -> Response:
         order = (req.json() or {}).get("order", "fifo")

@@ -30,6 +30,7 @@ __all__ = [
     "ClosePayment",
     "CloseResult",
     "CreatePayment",
+    "DisputeEvent",
     "Notification",
     "NotificationKind",
     "NotificationReply",
@@ -101,6 +102,7 @@ class RefundState(enum.StrEnum):
 class NotificationKind(enum.StrEnum):
     PAYMENT = "PAYMENT"
     REFUND = "REFUND"
+    DISPUTE = "DISPUTE"  # a buyer disputes a captured payment (Stripe charge.dispute.*)
     OTHER = "OTHER"  # verified, but not an event orderflow acts on (e.g. payment_intent.created)
 
 
@@ -187,6 +189,29 @@ class RefundResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DisputeEvent:
+    """A dispute as a verified notification carried it (amounts in minor units).
+
+    ``status`` is the provider's own (Stripe: ``warning_needs_response``, ``warning_under_review``,
+    ``warning_closed``, ``needs_response``, ``under_review``, ``won``, ``lost``);
+    ``funds_withdrawn``/``funds_reinstated`` add up the balance transactions the dispute carries
+    (without fees); ``event_at`` is when the provider created the event, for ordering.
+    """
+
+    dispute_id: str  # Stripe dp_…
+    provider_ref: str | None  # the payment's provider reference (Stripe pi_…)
+    charge_ref: str | None  # Stripe ch_…
+    amount: Money
+    reason: str
+    status: str
+    evidence_due_by: datetime | None
+    has_evidence: bool
+    funds_withdrawn: int
+    funds_reinstated: int
+    event_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """A verified, parsed provider notification."""
 
@@ -195,6 +220,7 @@ class Notification:
     out_trade_no: str | None
     status: TradeStatus | None = None  # for PAYMENT
     refund: RefundResult | None = None  # for REFUND
+    dispute: DisputeEvent | None = None  # for DISPUTE
     raw_type: str = ""  # e.g. trade_status_sync, TRANSACTION.SUCCESS, payment_intent.succeeded
 
 

@@ -36,6 +36,8 @@ Contracts beyond :class:`adapters.payments.base.PaymentProvider`:
   refund is the newest in the charge's embedded ``refunds`` list; API versions that no longer embed
   it give ``refund_no=""`` with the charge's refunded total — query the refund for its details.
   When the charge is fully refunded, ``status`` is also set (``REFUNDED``).
+  ``charge.dispute.created|updated|closed|funds_withdrawn|funds_reinstated`` → ``DISPUTE`` with
+  ``out_trade_no=None`` and the dispute in ``dispute`` (:mod:`adapters.payments.stripe_disputes`).
 * Errors are classified once, in :func:`classify_error`.
 """
 
@@ -73,6 +75,7 @@ from adapters.payments.base import (
     TradeStatus,
     rotated_key,
 )
+from adapters.payments.stripe_disputes import DISPUTE_EVENTS, dispute_notification
 from domain.money import Money, MoneyError
 
 __all__ = ["StripeConfig", "StripeProvider", "classify_error", "encode_form", "verify_signature"]
@@ -480,6 +483,8 @@ def _notification(event: Json) -> Notification:
         )
     if event_type == "charge.refunded":
         return _charge_refunded(event_id, event_type, obj)
+    if event_type in DISPUTE_EVENTS:
+        return dispute_notification(event_id, event_type, event, obj)
     if event_type == "charge.refund.updated":
         refund = _refund_result(obj, _metadata(obj, "refund_no") or "")
         return Notification(

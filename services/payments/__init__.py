@@ -19,12 +19,14 @@ Locks are always taken order first, then payment, then refund, so concurrent web
 expiries and cancels serialize on the order row and never deadlock.
 
 The package, by use case: :mod:`.create`, :mod:`.confirm` (notifications and polling),
-:mod:`.close` (expiry and cancel), :mod:`.refunds`, :mod:`.view`, and :mod:`.common`. Callers use
+:mod:`.close` (expiry and cancel), :mod:`.refunds`, :mod:`.attention` (flagged payments),
+:mod:`.view`, and :mod:`.common`. Callers use
 ``from services import payments`` and the names below.
 """
 
 from __future__ import annotations
 
+from services.payments.attention import acknowledge
 from services.payments.close import (
     cancel_order,
     close,
@@ -81,6 +83,7 @@ __all__ = [
     "PaymentConfig",
     "ProviderCall",
     "Providers",
+    "acknowledge",
     "apply_notification",
     "apply_status",
     "cancel_order",

@@ -9,15 +9,17 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from adapters.payments.base import (
     PaymentProvider,
     PaymentRef,
 )
+from domain.money import Money
 from domain.orders import OrderStatus
 from domain.payments import PaymentStatus, payment_can_move
-from models import Order, Payment
+from models import Order, Payment, ProcessedNotification
 from services import timeline
 from services.order_state import move_order
 from services.stock import release_reservations
@@ -81,6 +83,27 @@ def move_payment(session: Session, payment: Payment, target: PaymentStatus, **de
         detail=detail or None,
     )  # fmt: skip
     return True
+
+
+def first_delivery(session: Session, provider: str, event_id: str) -> bool:
+    """Record a verified notification's event id; False when it was recorded before (a repeat
+    delivery, to be acknowledged and ignored). In the caller's transaction, so a rollback
+    forgets it and the provider's retry is applied."""
+    inserted = session.execute(
+        pg_insert(ProcessedNotification)
+        .values(provider=provider, event_id=event_id[:128])
+        .on_conflict_do_nothing(constraint="uq_processed_notifications_event")
+        .returning(ProcessedNotification.id)
+    ).scalar_one_or_none()
+    return inserted is not None
+
+
+def captured_money(payment: Payment) -> Money:
+    """What the provider captured: refunds are bounded by it and sent against it. The order's
+    amount until a capture is recorded (and for payments captured before migration 0013)."""
+    if payment.captured_amount is None:
+        return Money(payment.amount, payment.currency)
+    return Money(payment.captured_amount, payment.captured_currency or payment.currency)
 
 
 def provider_ref(payment: Payment) -> PaymentRef:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from adapters.payments.base import (
@@ -15,10 +14,10 @@ from adapters.payments.base import (
     PaymentState,
     TradeStatus,
 )
-from domain.money import Money
+from domain.money import Money, format_money
 from domain.orders import OrderStatus
 from domain.payments import CAPTURED, AfterCapture, PaymentStatus, RefundStatus, after_capture
-from models import Order, Payment, ProcessedNotification, Refund
+from models import Order, Payment, Refund
 from services import timeline
 from services.followup import Followup
 from services.order_state import lock_order, move_order
@@ -27,6 +26,7 @@ from services.payments.common import (
     SHIP_BY_S,
     ProviderCall,
     Providers,
+    first_delivery,
     lock_payment,
     move_payment,
     provider_ref,
@@ -75,8 +75,12 @@ def _after_paid(
     session: Session, order: Order, payment: Payment, status: TradeStatus, *, now: datetime
 ) -> list[Followup]:
     expected = Money(payment.amount, payment.currency)
-    matches = status.amount is None or status.amount == expected
+    captured = status.amount or expected  # a provider that reports no amount took the asked one
+    payment.captured_amount, payment.captured_currency = captured.amount, captured.currency
+    matches = captured == expected
     action = after_capture(order.status, amount_matches=matches)
+    if action is AfterCapture.REFUND_FLAGGED:
+        return _refund_flagged(session, order, payment, expected, captured, now=now)
     if action in (AfterCapture.ATTENTION, AfterCapture.NOTE):
         order.reason = "amount_mismatch"
         detail = {"expected": str(expected), "paid": str(status.amount)}
@@ -101,17 +105,44 @@ def _after_paid(
     return []
 
 
+def _refund_flagged(
+    session: Session,
+    order: Order,
+    payment: Payment,
+    expected: Money,
+    captured: Money,
+    *,
+    now: datetime,
+) -> list[Followup]:
+    """A wrong amount paid on an order that is over: all of it goes back (bounded by and sent
+    against what was captured), and the payment is flagged for the Attention page, since the
+    order itself can no longer move."""
+    status = order.status.lower()
+    payment.attention = (
+        f"{_shown(captured)} paid after the order was {status} "
+        f"(it asked {_shown(expected)}); refunded in full"
+    )[:300]
+    timeline.record(
+        session, order.id, "attention",
+        detail={"expected": str(expected), "paid": str(captured), "action": "refund"},
+    )  # fmt: skip
+    followup = request_refund(
+        session, order, payment, amount=None, refund_no=f"late-{payment.out_trade_no}",
+        reason=f"paid {_shown(captured)} after the order was {status}", actor="system",
+        now=now,
+    )  # fmt: skip
+    return [followup] if followup else []
+
+
+def _shown(money: Money) -> str:
+    return format_money(money.amount, money.currency)
+
+
 def apply_notification(
     session: Session, provider: str, note: Notification, *, now: datetime
 ) -> list[Followup]:
     """Apply a verified notification once (deduplicated on the provider's event id)."""
-    first = session.execute(
-        pg_insert(ProcessedNotification)
-        .values(provider=provider, event_id=note.event_id[:128])
-        .on_conflict_do_nothing(constraint="uq_processed_notifications_event")
-        .returning(ProcessedNotification.id)
-    ).scalar_one_or_none()
-    if first is None or note.out_trade_no is None:
+    if not first_delivery(session, provider, note.event_id) or note.out_trade_no is None:
         return []  # a repeat delivery (already applied), or nothing we act on
     order_id = session.scalar(
         select(Payment.order_id).where(

@@ -28,6 +28,7 @@ from services.payments.common import (
     REFUND_REDRIVE_S,
     ProviderCall,
     Providers,
+    captured_money,
     lock_payment,
     move_payment,
     provider_ref,
@@ -38,14 +39,15 @@ from services.task_names import PAYMENTS_REFUND
 
 
 def refundable(session: Session, payment: Payment) -> int:
-    """What is left to refund: the amount paid less every refund not FAILED (requested ones
-    included: they are on their way)."""
+    """What is left to refund: the amount captured (:func:`captured_money`, which may differ
+    from the order's) less every refund not FAILED (requested ones included: they are on
+    their way)."""
     committed = session.scalar(
         select(func.coalesce(func.sum(Refund.amount), 0)).where(
             Refund.payment_id == payment.id, Refund.status != RefundStatus.FAILED
         )
     )
-    return payment.amount - int(committed or 0)
+    return captured_money(payment).amount - int(committed or 0)
 
 
 def request_refund(
@@ -79,7 +81,8 @@ def request_refund(
         raise ValidationError("amount", f"must be between 1 and the refundable {remaining}")
     refund = Refund(
         payment_id=payment.id, order_id=order.id, refund_no=refund_no, amount=amount,
-        currency=payment.currency, status=RefundStatus.REQUESTED, reason=reason[:200],
+        currency=captured_money(payment).currency, status=RefundStatus.REQUESTED,
+        reason=reason[:200],
         actor=actor, next_query_at=now + timedelta(seconds=REFUND_REDRIVE_S),
     )  # fmt: skip
     session.add(refund)
@@ -143,7 +146,7 @@ def prepare_refund(session: Session, refund_id: int) -> ProviderCall | None:
     assert payment is not None
     request = RefundRequest(
         ref=provider_ref(payment), refund_no=refund.refund_no,
-        amount=Money(refund.amount, refund.currency), total=Money(payment.amount, payment.currency),
+        amount=Money(refund.amount, refund.currency), total=captured_money(payment),
         reason=refund.reason or "refund",
     )  # fmt: skip
     pending = refund.status == RefundStatus.PENDING
@@ -186,7 +189,7 @@ def record_refund(
     )  # fmt: skip
     if target == RefundStatus.SUCCEEDED:
         payment.refunded_amount += refund.amount
-        full = payment.refunded_amount >= payment.amount
+        full = payment.refunded_amount >= captured_money(payment).amount
         move_payment(
             session, payment,
             PaymentStatus.REFUNDED if full else PaymentStatus.PARTIALLY_REFUNDED,

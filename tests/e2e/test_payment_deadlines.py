@@ -136,9 +136,12 @@ def test_expiry_finds_the_trade_paid_and_treats_it_as_paid(start_pipeline, catal
     assert_stock_consistent()
 
 
-def test_payment_after_cancel_is_refunded_exactly_once(start_pipeline, catalog):
+@pytest.mark.parametrize(("paid", "minor"), [(None, 2000), ("0.01", 1)], ids=["asked", "wrong"])
+def test_payment_after_cancel_is_refunded_exactly_once(start_pipeline, catalog, paid, minor):
     """The buyer pays a trade the cancel already closed (the app still showed the QR code); the
-    notification arrives three times. The payment is refunded once: one refund at Alipay."""
+    notification arrives three times. The payment is refunded once: one refund at Alipay, of
+    what was paid. A wrong amount (0.01 of 20.00 CNY) goes back as paid too, and the payment is
+    flagged for a person (before, it was only written on the timeline and kept)."""
     catalog({"L": 5}, price=1000)
     p = start_pipeline()
     p.stack.alipay.configure(qr_survives_close=True, honour_time_expire=False, notify_copies=3)
@@ -146,14 +149,18 @@ def test_payment_after_cancel_is_refunded_exactly_once(start_pipeline, catalog):
     wait_until(lambda: p.get_order(oid)["status"] == "AWAITING_PAYMENT", 60)
     assert p.post(f"/v1/orders/{oid}/cancel", {"reason": "too slow"}).status_code == 202
     wait_until(lambda: p.get_order(oid)["payment"]["status"] == "CLOSED", 60)
-    p.stack.pay("alipay", trade(oid))  # the late payment
+    p.stack.alipay.pay(trade(oid), amount=paid)  # the late payment
     wait_until(lambda: p.get_order(oid)["payment"]["status"] == "REFUNDED", 60, 0.5)
     wait_until(lambda: p.stack.alipay.notifier.pending() == 0, 30)
     [refund] = refund_rows(p, "alipay", trade(oid))
-    assert refund["amount"] == "20.00"
+    assert refund["amount"] == f"{minor // 100}.{minor % 100:02d}"
     assert p.stack.charges()[("alipay", trade(oid))] == 1
     view = p.get_order(oid)
     assert view["status"] == "CANCELLED"
-    assert [(r["amount"], r["status"]) for r in view["payment"]["refunds"]] == [(2000, "SUCCEEDED")]
+    payment = view["payment"]
+    assert [(r["amount"], r["status"]) for r in payment["refunds"]] == [(minor, "SUCCEEDED")]
+    assert (payment["captured_amount"], payment["refundable"]) == (minor, 0)
+    wrong = "0.01 CNY paid after the order was cancelled (it asked 20.00 CNY); refunded in full"
+    assert payment["attention"] == (wrong if paid else None)
     assert stock_of("L") == (5, 0) and releases(oid) == 1
     assert_stock_consistent()

@@ -138,6 +138,24 @@ def test_commands_that_act_on_an_order_take_what_show_takes(db):
     assert _statuses() == {A: "CANCELLED", B: "SHIPPED", C: "RECEIVED"}
 
 
+def test_payments_acknowledge_clears_a_flag_found_by_external_id(db):
+    insert_order(A, "ux-00397", status="CANCELLED")
+    with unit_of_work() as s:
+        s.execute(
+            text("INSERT INTO payments (order_id, provider, out_trade_no, idempotency_key, amount, "
+                 "currency, status, captured_amount, captured_currency, attention) VALUES (:o, "
+                 "'alipay', 'T1', 'k1', 6900, 'CNY', 'REFUNDED', 1, 'CNY', 'wrong amount')"),
+            {"o": A},
+        )  # fmt: skip
+    blank = cli("payments", "acknowledge", "ux-00397", "--note", " ")
+    assert blank.returncode == 1 and "note:" in blank.stderr
+    done = cli("payments", "acknowledge", "ux-00397", "--note", "told the buyer", columns=200)
+    assert done.returncode == 0, done.stderr
+    assert f"acknowledged {A}: wrong amount" in done.stdout
+    again = cli("payments", "acknowledge", "ux-00397", "--note", "again")
+    assert again.returncode == 1 and "has no payment waiting for a person" in again.stderr
+
+
 def _statuses() -> dict[str, str]:
     with unit_of_work() as s:
         return dict(s.execute(text("SELECT id, status FROM orders")).tuples().all())

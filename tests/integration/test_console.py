@@ -25,7 +25,7 @@ from services import timeline
 from services.unit_of_work import unit_of_work
 from tests.conftest import redis_client
 from tests.console_helpers import csrf_of
-from tests.integration.console_support import dead_letter, new_order
+from tests.integration.console_support import dead_letter, new_order, section
 
 PAGES = ["/console/pipeline", "/console/pipeline/live", "/console/attention", "/console/stock",
          "/console/search?q=x", "/console/orders/some-id"]  # fmt: skip
@@ -234,6 +234,26 @@ def test_attention_lists_orders_dead_letters_circuits_and_stale(client):
     assert 'id="circuits"' in html and "<td>stripe</td>" in html
     assert 'id="stale"' in html and oid in html
     assert 'data-confirm="Replay dead letter' in html and 'id="reconcile"' in html
+
+
+def test_attention_lists_a_flagged_payment_and_the_order_shows_what_was_captured(client):
+    oid = new_order()
+    set_status(oid, "CANCELLED", "cancelled")
+    flag = "0.01 CNY paid after the order was cancelled (it asked 20.00 CNY); refunded in full"
+    with unit_of_work() as s:
+        s.execute(text(
+            "INSERT INTO payments (order_id, provider, out_trade_no, idempotency_key, amount, "
+            "currency, status, captured_amount, captured_currency, attention) VALUES (:o, "
+            "'alipay', 'T-1', 'k-1', 2000, 'CNY', 'REFUNDED', 1, 'CNY', :flag)"
+        ), {"o": oid, "flag": flag})  # fmt: skip
+    html = client.get("/console/attention").text
+    row = section(html, "flagged-payments")
+    assert oid in row and flag in row and "CANCELLED" in row
+    page = client.get(f"/console/orders/{oid}").text
+    assert 'id="captured" class="tone-bad">0.01 CNY<' in page and flag in page
+    with unit_of_work() as s:
+        s.execute(text("UPDATE payments SET attention = NULL"))
+    assert 'id="no-flagged-payments"' in client.get("/console/attention").text
 
 
 def test_replay_and_discard_go_through_the_dead_letter_service(client, admin_key):

@@ -96,8 +96,9 @@ def test_one_key_rotation_sequence_for_stored_and_walked_keys():
         ("PAID", True, "nothing"),  # a duplicate
         ("SHIPPED", True, "nothing"),
         ("AWAITING_PAYMENT", False, "attention"),  # never applied as paid
-        ("EXPIRED", False, "note"),  # over, and past where it could be flagged
-        ("COMPLETED", False, "note"),
+        ("EXPIRED", False, "refund_flagged"),  # over: the money goes back, and a person is told
+        ("CANCELLED", False, "refund_flagged"),
+        ("COMPLETED", False, "note"),  # paid long ago: this capture cannot be a new one
     ],
 )
 def test_what_a_captured_payment_does_to_its_order(order_status, matches, action):
