@@ -15,6 +15,8 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,19 @@ def waiting(browser, timeout_s: float = WAIT_S):
     return WebDriverWait(browser, timeout_s)
 
 
+@contextmanager
+def new_page(browser) -> Iterator[None]:
+    """Wrap a click or submit that loads another page: waits until the page it leaves is gone.
+    Without it an element looked up right after the click may be the old page's (the new one
+    has not replaced it yet) and go stale a moment later."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    yield
+    waiting(browser).until(ec.staleness_of(page))
+
+
 def log_in(browser, url: str, key: str) -> str:
     """Open ``url`` (the console sends the browser to its login page), log in with the admin
     key and return the session's actor (``admin-key:<fingerprint>``) as the header shows it."""
@@ -112,7 +127,8 @@ def log_in(browser, url: str, key: str) -> str:
     browser.get(url)
     wait = waiting(browser)
     wait.until(ec.presence_of_element_located((By.ID, "password"))).send_keys(key)
-    browser.find_element(By.ID, "login").click()
+    with new_page(browser):
+        browser.find_element(By.ID, "login").click()
     who = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "header .who"))).text
     actor, _, role = who.partition(" ")
     assert actor.startswith("admin-key:") and key not in actor and role == "(admin)", who

@@ -21,7 +21,7 @@ from models import DeadLetter
 from services import dead_letters
 from services.unit_of_work import unit_of_work
 from tests.e2e import browser_support
-from tests.e2e.browser_support import csp_refusals, screenshot
+from tests.e2e.browser_support import csp_refusals, flash_after, new_page, screenshot
 from tests.integration.test_console_actions import console_actions
 
 # A pipeline worth looking at: 1,400 orders over the last two hours, each with its transitions.
@@ -72,10 +72,12 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     wait.until(ec.presence_of_element_located((By.ID, "password")))
     assert "/console/login" in browser.current_url
     browser.find_element(By.ID, "password").send_keys("not-the-key")
-    browser.find_element(By.ID, "login").click()
+    with new_page(browser):
+        browser.find_element(By.ID, "login").click()
     wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "main"), "not the admin key"))
     browser.find_element(By.ID, "password").send_keys(key)
-    browser.find_element(By.ID, "login").click()
+    with new_page(browser):
+        browser.find_element(By.ID, "login").click()
 
     # Pipeline: funnel, throughput, oldest waiting; the live part refreshes itself.
     wait.until(ec.presence_of_element_located((By.ID, "funnel")))
@@ -99,10 +101,12 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     assert key not in cookie["value"]
 
     # Orders: the nav link, a filter typed in lower case, statuses coloured, keyset pages.
-    browser.find_element(By.ID, "nav-orders").click()
+    with new_page(browser):
+        browser.find_element(By.ID, "nav-orders").click()
     wait.until(ec.presence_of_element_located((By.ID, "order-filter")))
     browser.find_element(By.NAME, "status").send_keys("needs_attention")
-    browser.find_element(By.ID, "filter-orders").click()
+    with new_page(browser):
+        browser.find_element(By.ID, "filter-orders").click()
     wait.until(ec.presence_of_element_located((By.ID, "orders")))
     needing = sum(1 for g in range(1, 1401) if g % 18 == 17)
     total = browser.find_element(By.ID, "orders-total").text
@@ -116,14 +120,16 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     copy.click()
     WebDriverWait(browser, 5).until(lambda d: copy.text in ("copied", "selected"))
     screenshot(browser, shots, "orders.png")
-    browser.find_element(By.ID, "older").click()
+    with new_page(browser):
+        browser.find_element(By.ID, "older").click()
     wait.until(ec.presence_of_element_located((By.ID, "newer")))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#orders tr")[1:]) == needing - 50
 
     # Order page through the search box (external id).
     search = browser.find_element(By.NAME, "q")
     search.send_keys("shop-17")
-    search.submit()
+    with new_page(browser):
+        search.submit()
     wait.until(ec.presence_of_element_located((By.ID, "timeline")))
     assert browser.find_element(By.ID, "order-id").text == order_id
     assert browser.find_element(By.ID, "order-status").text == "NEEDS_ATTENTION"
@@ -138,12 +144,12 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     browser.find_element(By.ID, f"replay-{dl_id}").click()
     wait.until(ec.alert_is_present()).dismiss()
     assert _dead_letter_status(dl_id) == "OPEN"
-    browser.find_element(By.ID, f"replay-{dl_id}").click()
+    button = browser.find_element(By.ID, f"replay-{dl_id}")
+    button.click()
     alert = wait.until(ec.alert_is_present())
     assert f"Replay dead letter {dl_id}" in alert.text
     alert.accept()
-    wait.until(ec.presence_of_element_located((By.ID, "flash")))
-    flash = browser.find_element(By.ID, "flash").text
+    flash = flash_after(browser, button)
     assert f"dead letter {dl_id}: replay published (task shipping.book)" in flash
     assert browser.find_element(By.ID, "replay-order").text == order_id
     assert not browser.find_elements(By.ID, f"dl-{dl_id}")

@@ -36,7 +36,14 @@ from services.shipping import ShippingConfig
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tests.conftest import order_message
-from tests.e2e.browser_support import answer_confirm, flash_after, log_in, screenshot, waiting
+from tests.e2e.browser_support import (
+    answer_confirm,
+    flash_after,
+    log_in,
+    new_page,
+    screenshot,
+    waiting,
+)
 from tests.fakes import FakePaymentProvider
 from tests.fakes.logistics import FakeBookingService
 from tests.helpers import stock_of
@@ -234,7 +241,8 @@ def test_bulk_dead_letters_endpoint_health_and_admin_pages(browser, console_api,
     # Dead letters by filter: the preview, a dismissed confirm, then the replay.
     form = _by_id(browser, "bulk-filter")
     form.find_element(By.NAME, "task").send_keys("tracking.poll")
-    form.find_element(By.ID, "bulk-preview").click()
+    with new_page(browser):
+        form.find_element(By.ID, "bulk-preview").click()
     assert _by_id(browser, "bulk-count").text == "3"
     assert "task tracking.poll" in browser.find_element(By.ID, "bulk-match").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#bulk-sample tr")) == 1 + 3
@@ -381,7 +389,8 @@ def test_order_tracking_in_chinese(browser, console_api, catalog, tmp_path):
     # Found by its waybill through the search box.
     search = browser.find_element(By.CSS_SELECTOR, "header form.search input[name=q]")
     search.send_keys(waybill)
-    search.submit()
+    with new_page(browser):
+        search.submit()
     assert _by_id(browser, "order-id").text == order_id
     assert browser.find_element(By.ID, "order-status").text == "COMPLETED"
     shipment = _by_id(browser, "shipment")
