@@ -7,6 +7,7 @@ from services.task_names import (
     MAINTENANCE_POLL_PAYMENTS,
     MAINTENANCE_RECONCILE,
     MAINTENANCE_SCHEDULE_TRACKING,
+    MAINTENANCE_SETTLEMENT,
     MAINTENANCE_SWEEP,
     MAINTENANCE_TRACKING_STALENESS,
 )
@@ -108,5 +109,12 @@ beat_schedule = {
         "task": MAINTENANCE_DISPATCH_CALLBACKS,
         "schedule": _s.callback_dispatch_interval_s,
         "options": {"expires": _s.callback_dispatch_interval_s * 2},
+    },
+    # Fetches the last days' bills not stored yet (a bill not ready or refused is asked again
+    # next time) and matches them: hourly, so a day is reconciled soon after it is complete.
+    "settlement": {
+        "task": MAINTENANCE_SETTLEMENT,
+        "schedule": _s.settlement_interval_s,
+        "options": {"expires": _s.settlement_interval_s},
     },
 }

@@ -229,6 +229,15 @@ class Settings(BaseSettings):
     )
     reconcile_interval_s: float = Field(86400.0, gt=0, description="Beat period of reconcile")
     reconcile_sample: int = Field(50, ge=0, description="Final payments re-checked per reconcile")
+    settlement_interval_s: float = Field(
+        3600.0, gt=0, description="Beat period of the settlement fetch-and-match job"
+    )
+    settlement_lookback_days: int = Field(
+        3, ge=1, le=60, description="Days before today the settlement job fetches when missing"
+    )
+    settlement_ready_margin_s: float = Field(
+        3600.0, ge=0, description="How long after a UTC day ends its Stripe bill counts complete"
+    )
     circuit_min_calls: int = Field(
         20, ge=1, description="Calls in the window before the failure ratio may open a circuit"
     )
@@ -252,7 +261,22 @@ class Settings(BaseSettings):
     wechatpay_private_key_file: Path | None = Field(None, description="PEM, merchant API key")
     wechatpay_api_v3_key: SecretStr | None = Field(None, description="32-byte APIv3 key")
     wechatpay_platform_keys: str | None = Field(
-        None, description="serial=path.pem[,serial=path.pem]: WeChat Pay platform public keys"
+        None,
+        description="serial=path.pem[,serial=path.pem]: WeChat Pay public keys (PUB_KEY_ID_…) or "
+        "platform certificates; required in public_key mode, optional pinned certificates in "
+        "platform_certificate mode",
+    )
+    wechatpay_key_mode: str = Field(
+        "public_key",
+        pattern="^(public_key|platform_certificate)$",
+        description="public_key: WeChat Pay public key mode (merchants since ~Sept 2024); "
+        "platform_certificate: download and rotate certificates from GET /v3/certificates",
+    )
+    wechatpay_certificate_refresh_s: float = Field(
+        3600.0, gt=0, description="Platform certificates are downloaded again this often"
+    )
+    wechatpay_certificate_min_refresh_gap_s: float = Field(
+        60.0, ge=0, description="Shortest gap between two certificate downloads (unknown serials)"
     )
 
     # --- shipping and tracking ----------------------------------------------------------------

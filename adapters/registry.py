@@ -8,6 +8,7 @@ session, so connections are pooled. A provider that is not configured raises
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,7 +24,9 @@ from adapters.logistics.kuaidi100 import (
 from adapters.logistics.warehouse import WarehouseBookingConfig, WarehouseBookingService
 from adapters.payments.alipay import AlipayConfig, AlipayProvider
 from adapters.payments.base import PaymentProvider
+from adapters.payments.settlement import SettlementSource
 from adapters.payments.stripe import StripeConfig, StripeProvider
+from adapters.payments.stripe_settlement import StripeSettlementConfig, StripeSettlementSource
 from adapters.payments.wechatpay import WeChatPayConfig, WeChatPayProvider
 from settings import Settings, get_settings
 
@@ -34,6 +37,9 @@ PAYMENT_PROVIDERS = ("alipay", "wechatpay", "stripe")
 _lock = threading.Lock()
 _cache: dict[str, PaymentProvider] = {}
 _logistics: dict[str, BookingService | TrackingProvider] = {}
+_settlement: dict[str, SettlementSource] = {}
+#: Providers whose daily bills orderflow fetches (services.settlement).
+SETTLEMENT_PROVIDERS = ("stripe",)
 
 
 def _require(value: T | None, name: str, provider: str) -> T:
@@ -63,8 +69,12 @@ def _alipay(s: Settings) -> PaymentProvider:
     return AlipayProvider(config, _session())
 
 
-def _platform_keys(spec: str | None) -> dict[str, bytes]:
+def _platform_keys(spec: str | None, key_mode: str) -> dict[str, bytes]:
+    """``serial=path.pem,…``: required in public-key mode; in platform-certificate mode
+    optional (pinned certificates trusted until the first download)."""
     keys: dict[str, bytes] = {}
+    if spec is None and key_mode == "platform_certificate":
+        return keys
     for item in _require(spec, "wechatpay_platform_keys", "wechatpay").split(","):
         serial, _, path = item.strip().partition("=")
         keys[serial] = Path(path).read_bytes()
@@ -81,7 +91,10 @@ def _wechatpay(s: Settings) -> PaymentProvider:
         merchant_private_key_pem=_read(s.wechatpay_private_key_file, "wechatpay_private_key_file",
                                        "wechatpay"),
         api_v3_key=api_key.get_secret_value().encode(),
-        platform_public_keys=_platform_keys(s.wechatpay_platform_keys),
+        platform_public_keys=_platform_keys(s.wechatpay_platform_keys, s.wechatpay_key_mode),
+        key_mode=s.wechatpay_key_mode,
+        certificate_refresh_s=s.wechatpay_certificate_refresh_s,
+        certificate_min_refresh_gap_s=s.wechatpay_certificate_min_refresh_gap_s,
         connect_timeout=s.provider_connect_timeout_s,
         read_timeout=s.provider_read_timeout_s,
     )  # fmt: skip
@@ -154,8 +167,28 @@ def tracking_provider() -> TrackingProvider:
         return provider
 
 
+def settlement_source(name: str) -> SettlementSource:
+    """The configured settlement source (daily bills) for ``name``; only Stripe's so far
+    (Alipay's and WeChat Pay's files are not implemented: ``not_configured``)."""
+    if name not in SETTLEMENT_PROVIDERS:
+        raise ProviderRejected(name, "no settlement source (bills)", code="not_configured")
+    s = get_settings()
+    secret = _require(s.stripe_secret_key, "stripe_secret_key", "stripe")
+    config = StripeSettlementConfig(
+        api_base=s.stripe_api_base,
+        secret_key=secret.get_secret_value(),
+        ready_margin=timedelta(seconds=s.settlement_ready_margin_s),
+        connect_timeout=s.provider_connect_timeout_s,
+    )
+    with _lock:
+        if name not in _settlement:
+            _settlement[name] = StripeSettlementSource(config, _session())
+        return _settlement[name]
+
+
 def reset() -> None:
     """Forget built adapters (settings changed, e.g. in tests)."""
     with _lock:
         _cache.clear()
         _logistics.clear()
+        _settlement.clear()

@@ -136,7 +136,12 @@ def _simulators() -> Iterator[tuple[ProviderStack, int]]:
     port = free_port()
     key_dir = Path(tempfile.mkdtemp(prefix="orderflow-demo-keys-"))
     # One second of demo time is ten hours of parcel time: a 34-hour trace takes ~3.4 s.
-    stack = ProviderStack.start(f"http://127.0.0.1:{port}", key_dir, time_scale=36000)
+    stack = ProviderStack.start(
+        f"http://127.0.0.1:{port}",
+        key_dir,
+        time_scale=36000,
+        wechatpay_key_mode=get_settings().wechatpay_key_mode,  # WECHATPAY_KEY_MODE picks it
+    )
     try:
         with exported_env(stack.env):
             yield stack, port

@@ -16,6 +16,7 @@ from cli.keys import keys_app
 from cli.operators import operators_app
 from cli.orders import orders_app
 from cli.payments import payments_app, shipments_app
+from cli.settlement import settlement_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="orderflow operations")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
@@ -34,6 +35,7 @@ app.add_typer(callbacks_app, name="callbacks")
 app.add_typer(apikeys_app, name="apikeys")
 app.add_typer(keys_app, name="keys")
 app.add_typer(operators_app, name="operators")
+app.add_typer(settlement_app, name="settlement")
 # receive / adjust / move / repair join `stock report` in the one `stock` group.
 stock_app.registered_commands += stock_admin_app.registered_commands
 

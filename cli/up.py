@@ -132,7 +132,9 @@ def run_up(*, api_port: int, flower_port: int, simulators: bool) -> None:
         embedded = undo.enter_context(embedded_services())
         generated = _embedded_urls(embedded)
         if simulators and not stop.is_set():
-            stack = _start_simulators(api_port, state_dir / KEY_DIR_NAME)
+            stack = _start_simulators(
+                api_port, state_dir / KEY_DIR_NAME, settings.wechatpay_key_mode
+            )
             undo.callback(stack.stop)
             generated |= stack.env
         auth = _flower_auth(settings, generated)
@@ -165,9 +167,12 @@ def _remove_run_files(state_dir: Path) -> None:
     shutil.rmtree(state_dir / KEY_DIR_NAME, ignore_errors=True)
 
 
-def _start_simulators(api_port: int, key_dir: Path) -> ProviderStack:
+def _start_simulators(api_port: int, key_dir: Path, wechatpay_key_mode: str) -> ProviderStack:
+    """The simulators; WeChat Pay in the key mode orderflow is configured for."""
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    stack = ProviderStack.start(f"http://127.0.0.1:{api_port}", key_dir)
+    stack = ProviderStack.start(
+        f"http://127.0.0.1:{api_port}", key_dir, wechatpay_key_mode=wechatpay_key_mode
+    )
     console.print("provider simulators started (keys generated for this run)")
     return stack
 

@@ -10,6 +10,7 @@ from models.operators import ConsoleAudit, Operator
 from models.ops import DeadLetter, ProcessedNotification
 from models.orders import Order, OrderEvent, OrderLine, Reservation
 from models.payments import Payment, Refund
+from models.settlement import SettlementDifference, SettlementFile, SettlementLine
 from models.users import User, UserSession
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "ProductPrice",
     "Refund",
     "Reservation",
+    "SettlementDifference",
+    "SettlementFile",
+    "SettlementLine",
     "Shipment",
     "Stock",
     "StockMovement",

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, select, text
 from adapters.circuit import CircuitBreaker, CircuitState
 from domain.orders import FINAL_STATUSES, OrderStatus
 from domain.tracking import FINAL as SHIPMENT_FINAL
-from models import DeadLetter, Dispute, Order, Shipment
+from models import DeadLetter, Dispute, Order, SettlementDifference, Shipment
 from models.db import get_engine
 from settings import Settings, get_settings
 
@@ -42,6 +42,11 @@ DEADLINE_STATUSES = tuple(
 #: Dispute statuses that wait for the shop's evidence, and how early a deadline counts as soon.
 RESPONSE_STATUSES = ("needs_response", "warning_needs_response")
 RESPONSE_DUE_SOON = timedelta(hours=72)
+
+#: Providers whose settlement bills are reconciled (adapters.registry.SETTLEMENT_PROVIDERS;
+#: not imported, it would pull every adapter into the scrape path), and the age that alerts.
+SETTLEMENT_PROVIDERS = ("stripe",)
+_DAY = timedelta(days=1)
 
 _SCRAPE_STATEMENT_TIMEOUT_MS = 2000
 _REDIS_TIMEOUT_S = 1.0
@@ -131,6 +136,7 @@ class PipelineCollector(Collector):
                 self._dead_letters(conn),
                 *self._shipments(conn),
                 *self._disputes(conn),
+                *self._settlement(conn),
             ]
 
     def _orders(self, conn: Connection) -> list[Metric]:
@@ -202,6 +208,37 @@ class PipelineCollector(Collector):
             family.add_metric([], int(value or 0))
             families.append(family)
         return families
+
+    def _settlement(self, conn: Connection) -> list[Metric]:
+        found = _gauge(
+            "orderflow_settlement_differences_unresolved",
+            "Settlement differences nobody resolved yet, by provider and age (under/over 1 day)",
+            ["provider", "age"],
+        )
+        oldest = _gauge(
+            "orderflow_settlement_differences_oldest_unresolved_seconds",
+            "Age of the oldest unresolved settlement difference of the provider",
+            ["provider"],
+        )
+        rows = {
+            provider: (int(young), int(old), float(age))
+            for provider, young, old, age in conn.execute(
+                select(
+                    SettlementDifference.provider,
+                    func.count().filter(SettlementDifference.created_at >= func.now() - _DAY),
+                    func.count().filter(SettlementDifference.created_at < func.now() - _DAY),
+                    func.extract("epoch", func.now() - func.min(SettlementDifference.created_at)),
+                )
+                .where(SettlementDifference.resolved_at.is_(None))
+                .group_by(SettlementDifference.provider)
+            )
+        }
+        for provider in sorted(set(SETTLEMENT_PROVIDERS) | set(rows)):
+            young, old, age = rows.get(provider, (0, 0, 0.0))
+            found.add_metric([provider, "under_1d"], young)
+            found.add_metric([provider, "over_1d"], old)
+            oldest.add_metric([provider], age)
+        return [found, oldest]
 
     def _shipments(self, conn: Connection) -> list[Metric]:
         quiet_since = func.coalesce(Shipment.last_event_at, Shipment.created_at)

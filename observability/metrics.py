@@ -28,6 +28,9 @@ so counts come from it rather than from counters that a restart would lose):
 - ``orderflow_disputes_open`` (disputes without an outcome) and
   ``orderflow_disputes_response_due_soon`` (those still needing evidence, due within 72 h or past
   due; the console's Attention page lists them)
+- ``orderflow_settlement_differences_unresolved{provider,age}``: differences found matching the
+  providers' daily bills that nobody resolved yet, ``age`` ``under_1d`` or ``over_1d`` (since
+  found); ``orderflow_settlement_differences_oldest_unresolved_seconds{provider}``
 - ``orderflow_queue_depth{queue}``: messages waiting in each Celery queue (Redis or RabbitMQ)
 - ``orderflow_circuit_open{provider}``: 1 while the provider's circuit breaker is open
 - ``orderflow_scrape_error{backend}`` (1 if reading postgres/redis/broker failed) and

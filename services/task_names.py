@@ -17,6 +17,7 @@ PAYMENTS_QUERY = "payments.query"
 PAYMENTS_EXPIRE = "payments.expire"
 PAYMENTS_CLOSE = "payments.close"
 PAYMENTS_REFUND = "payments.refund"
+PAYMENTS_LOOKUP_REFUNDS = "payments.lookup_refunds"  # "<payment id>:<refund no or empty>"
 
 SHIPPING_BOOK = "shipping.book"
 SHIPPING_SUBSCRIBE = "shipping.subscribe"
@@ -31,3 +32,5 @@ MAINTENANCE_RECONCILE = "maintenance.reconcile"
 MAINTENANCE_SCHEDULE_TRACKING = "maintenance.schedule_tracking"
 MAINTENANCE_TRACKING_STALENESS = "maintenance.tracking_staleness"
 MAINTENANCE_DISPATCH_CALLBACKS = "maintenance.dispatch_callbacks"
+MAINTENANCE_SETTLEMENT = "maintenance.settlement"  # the last days' bills: fetch and match
+MAINTENANCE_SETTLEMENT_DAY = "maintenance.settlement_day"  # one provider and date, on demand

@@ -21,9 +21,10 @@ What it emulates:
   retried until the body is exactly ``success`` (duplicates, delays, jitter and hold/release for
   out-of-order delivery are configurable).
 
-Control: :meth:`AlipaySimulator.pay`, :meth:`scan`, :meth:`configure`,
+Control: :meth:`AlipaySimulator.pay`, :meth:`scan`, :meth:`dashboard_refund`, :meth:`configure`,
 :meth:`release_notifications`, :meth:`ledger`, and over HTTP ``POST /_sim/pay``, ``/_sim/scan``,
-``/_sim/options``, ``/_sim/notifications/release``, ``GET /_sim/ledger``,
+``/_sim/dashboard_refund`` (``{"out_trade_no", "amount"?}``, yuan), ``/_sim/options``,
+``/_sim/notifications/release``, ``GET /_sim/ledger``,
 ``/_sim/alipay_public_key``. Harness faults (5xx, timeouts, resets, ``business_error``) apply.
 """
 
@@ -337,6 +338,44 @@ class AlipaySimulator(SimulatorServer):
             self._notify(trade, {})
             return trade.snapshot()
 
+    def dashboard_refund(self, out_trade_no: str, amount: str | None = None) -> dict[str, Any]:
+        """Someone refunds the trade in the merchant console (商家平台), not through the API:
+        ``amount`` yuan (default: what is left) goes back under an ``out_request_no`` Alipay makes
+        up, and the trade's notify_url gets the ``trade_status_sync`` notify with that number in
+        ``out_biz_no`` and the cumulative ``refund_fee``, as for an API refund. Returns the refund.
+        """
+        with self._state:
+            trade = self.trades.get(out_trade_no)
+            if trade is None or trade.paid_at is None or trade.status != "TRADE_SUCCESS":
+                raise SimulatorError(f"trade {out_trade_no!r} cannot be refunded")
+            left = trade.paid_fen - trade.refunded_fen
+            try:
+                fen = _fen(amount, "amount") if amount is not None else left
+            except _BizError as exc:
+                raise SimulatorError(f"bad amount {amount!r}") from exc
+            if not 0 < fen <= left:
+                raise SimulatorError(
+                    f"amount {_yuan(fen)} is not within the refundable {_yuan(left)}"
+                )
+            refund = Refund(
+                out_trade_no=trade.out_trade_no,
+                trade_no=trade.trade_no,
+                out_request_no="HZ" + uuid.uuid4().hex[:22].upper(),
+                amount=_yuan(fen),
+                reason="商家平台退款",
+                gmt_refund_pay=_ts(),
+            )
+            self._record_refund(trade, refund, fen)
+            return asdict(refund)
+
+    def _record_refund(self, trade: Trade, refund: Refund, fen: int) -> None:
+        """Book ``refund`` on ``trade`` (closing it when fully refunded) and notify."""
+        self.refunds[(trade.out_trade_no, refund.out_request_no)] = refund
+        trade.refunded_fen += fen
+        if trade.refunded_fen == trade.paid_fen:
+            trade.status, trade.closed_at = "TRADE_CLOSED", refund.gmt_refund_pay
+        self._notify(trade, self._refund_notify_fields(trade, refund))
+
     def _payable(self, out_trade_no: str) -> Trade:
         trade = self.trades.get(out_trade_no)
         if trade is None:
@@ -423,6 +462,11 @@ class AlipaySimulator(SimulatorServer):
         self.reset_hooks.append(self.reset_state)
         self.route("POST", "/_sim/pay", self._http_control(self.pay, "out_trade_no", "amount"))
         self.route("POST", "/_sim/scan", self._http_control(self.scan, "out_trade_no"))
+        self.route(
+            "POST",
+            "/_sim/dashboard_refund",
+            self._http_control(self.dashboard_refund, "out_trade_no", "amount"),
+        )
         self.route("POST", "/_sim/options", self._http_options)
         self.route("POST", "/_sim/notifications/release", self._http_release)
         self.route("GET", "/_sim/alipay_public_key", self._http_public_key)
@@ -683,11 +727,7 @@ class AlipaySimulator(SimulatorServer):
             reason=str(biz.get("refund_reason") or ""),
             gmt_refund_pay=_ts(),
         )
-        self.refunds[(trade.out_trade_no, request_no)] = refund
-        trade.refunded_fen += amount_fen
-        if trade.refunded_fen == trade.paid_fen:
-            trade.status, trade.closed_at = "TRADE_CLOSED", refund.gmt_refund_pay
-        self._notify(trade, self._refund_notify_fields(trade, refund))
+        self._record_refund(trade, refund, amount_fen)
         return self._refund_body(trade, "Y", refund.gmt_refund_pay, send_back=refund.amount)
 
     @staticmethod

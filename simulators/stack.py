@@ -68,8 +68,12 @@ class ProviderStack:
         *,
         time_scale: float = 3600.0,
         base_port: int = 0,
+        wechatpay_key_mode: str = "public_key",
     ) -> ProviderStack:
-        """Start every simulator; ``base_port`` > 0 gives fixed ports base+1 … base+5."""
+        """Start every simulator; ``base_port`` > 0 gives fixed ports base+1 … base+5.
+
+        ``wechatpay_key_mode`` ``platform_certificate`` makes WeChat Pay a merchant of the
+        certificate era: no key is handed over, orderflow downloads the certificates."""
         key_dir.mkdir(parents=True, exist_ok=True)
         base = public_base_url.rstrip("/")
         ali_private, ali_public = _keypair()
@@ -81,6 +85,7 @@ class ProviderStack:
         wechat = WeChatPaySimulator(
             mchid="1900000001", appid="wx0000000000000001", merchant_serial_no=wx_serial,
             merchant_public_key_pem=wx_public, api_v3_key=api_v3_key, port=port(2),
+            key_mode=wechatpay_key_mode,
         ).start()  # fmt: skip
         stripe_secret = "sk_test_" + secrets.token_hex(16)
         webhook_secret = "whsec_" + secrets.token_hex(16)
@@ -112,7 +117,7 @@ class ProviderStack:
                 _write(key_dir / "wechatpay-merchant.pem", wx_private)
             ),
             "WECHATPAY_API_V3_KEY": api_v3_key.decode(),
-            "WECHATPAY_PLATFORM_KEYS": f"{wechat.platform_serial}={platform}",
+            "WECHATPAY_KEY_MODE": wechatpay_key_mode,
             "STRIPE_API_BASE": stripe.url,
             "STRIPE_SECRET_KEY": stripe_secret,
             "STRIPE_WEBHOOK_SECRET": webhook_secret,
@@ -126,6 +131,8 @@ class ProviderStack:
             "TRACKING_TIME_SCALE": str(time_scale),
             "TRACKING_MIN_INTERVAL_S": str(min_interval),
         }
+        if wechatpay_key_mode == "public_key":  # certificates are downloaded, not handed over
+            env["WECHATPAY_PLATFORM_KEYS"] = f"{wechat.platform_serial}={platform}"
         return cls(alipay, wechat, stripe, kuaidi100, warehouse, env)
 
     def stop(self) -> None:
@@ -214,12 +221,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--advertise-host", default=None, help="hostname clients use")
     parser.add_argument("--base-port", type=int, default=9100)
     parser.add_argument("--time-scale", type=float, default=3600.0)
+    parser.add_argument(
+        "--wechatpay-key-mode", choices=("public_key", "platform_certificate"), default="public_key"
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     key_dir = args.key_dir or args.env_out.parent / "keys"
     stack = ProviderStack.start(
-        args.public_base_url, key_dir, time_scale=args.time_scale, base_port=args.base_port
+        args.public_base_url,
+        key_dir,
+        time_scale=args.time_scale,
+        base_port=args.base_port,
+        wechatpay_key_mode=args.wechatpay_key_mode,
     )
     write_env_file(stack.env, args.env_out, advertise_host=args.advertise_host)
     print(f"simulators on ports {args.base_port + 1}-{args.base_port + 5}; "

@@ -14,7 +14,8 @@ Wire behaviour
 * Routes: ``POST /v1/payment_intents``, ``GET /v1/payment_intents/{id}``
   (``expand[]=latest_charge``), ``POST /v1/payment_intents/{id}/cancel``, ``POST /v1/refunds``,
   ``GET /v1/refunds/{id}``,
-  ``GET /v1/refunds?payment_intent=…`` (a list object, newest first, ``limit``/``starting_after``).
+  ``GET /v1/refunds?payment_intent=…`` (a list object, newest first, ``limit``/``starting_after``),
+  ``GET /v1/balance_transactions`` (:mod:`simulators.stripe_settlement`, with ``/_sim/settlement``).
 * Idempotency (``Idempotency-Key`` on POST), as Stripe documents it: once endpoint execution
   begins, the first response — status and body, *including* a 500 from an injected fault and
   business errors such as ``payment_intent_unexpected_state`` — is saved per key and replayed
@@ -30,8 +31,9 @@ Wire behaviour
 Webhooks
 --------
 Events (``payment_intent.created|succeeded|payment_failed|canceled``, ``charge.succeeded``,
-``charge.refunded``, ``charge.refund.updated``, ``charge.dispute.created|updated|closed|
-funds_withdrawn|funds_reinstated`` — disputes in :mod:`simulators.stripe_disputes`) are JSON
+``refund.created|updated|failed``, ``charge.refunded``, ``charge.refund.updated``,
+``charge.dispute.created|updated|closed|funds_withdrawn|funds_reinstated`` — disputes in
+:mod:`simulators.stripe_disputes`) are JSON
 ``event`` objects POSTed to ``webhook_url`` with ``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of
 "t.body">``, retried by :class:`simulators.harness.Notifier` until the receiver answers 2xx. Options
 (attributes, also settable through ``POST /_sim/config``): ``webhook_url``, ``webhook_copies``
@@ -41,10 +43,24 @@ in the past), ``webhook_types`` (``None`` = all), and :meth:`StripeSimulator.hol
 The signature timestamp is fixed when the event is queued; retries resend the same header.
 Events emitted while ``webhook_url`` is ``None`` are kept in the ledger but never delivered.
 
+API versions: events carry ``api_version`` and are rendered in the account's default version
+(``api_version``, settable through ``/_sim/config``; today's by default); a request is answered
+in its ``Stripe-Version`` header's version, else the default (a malformed one is a 400). The one
+shape that differs is the Charge's: before 2022-11-15 it embeds its ``refunds`` list (in
+``charge.refunded`` and an expanded ``latest_charge``), since then it does not — the refunds are
+in the ``refund.*`` events and ``GET /v1/refunds``. A new refund sends ``refund.created`` and
+``charge.refunded``; a status change sends ``refund.updated`` (with ``previous_attributes``),
+``refund.failed`` when it failed, and the older ``charge.refund.updated``.
+
 Control: :meth:`StripeSimulator.pay`, :meth:`StripeSimulator.fail_payment`,
-:meth:`StripeSimulator.settle_refund`, ``auto_pay_after_ms``, ``refunds_start_pending``,
+:meth:`StripeSimulator.settle_refund`, :meth:`StripeSimulator.dashboard_refund` (a refund made
+in the dashboard: no merchant metadata; created ``requires_action`` and moved with
+``settle_refund`` to ``pending`` then ``succeeded``, with ``webhook_types={"refund.updated"}``, it
+reaches the merchant only as ``refund.updated`` events), ``auto_pay_after_ms``,
+``refunds_start_pending``,
 ``execution_delay_ms`` (hold requests inside endpoint execution, to provoke the 409); HTTP:
-``POST /_sim/pay``, ``/_sim/fail_payment``, ``/_sim/settle_refund``, ``/_sim/dispute``,
+``POST /_sim/pay``, ``/_sim/fail_payment``, ``/_sim/settle_refund``, ``/_sim/dashboard_refund``
+(``{"payment_intent"|"out_trade_no", "amount"?, "status"?}``), ``/_sim/dispute``,
 ``/_sim/config``,
 ``/_sim/release_webhooks`` plus the harness's ``/_sim/ledger``, ``/_sim/faults``, ``/_sim/reset``.
 
@@ -75,8 +91,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from simulators.harness import Notifier, Request, Response, SimulatorServer, serve_forever
 from simulators.stripe_disputes import DisputeDesk
+from simulators.stripe_settlement import BalanceBook
 
 API_VERSION = "2024-06-20"
+#: From this API version on a Charge no longer embeds its ``refunds`` list (it is listed with
+#: ``GET /v1/refunds?charge=…`` or expanded); older versions keep it.
+REFUNDS_UNEMBEDDED_SINCE = "2022-11-15"
+_VERSION_FORMAT = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?")
 _ID_ALPHABET = string.ascii_letters + string.digits
 _CURRENCIES = frozenset(
     {"usd", "eur", "gbp", "cny", "hkd", "sgd", "aud", "cad", "chf", "jpy", "krw", "nzd", "sek"}
@@ -227,11 +248,17 @@ class StripeSimulator(SimulatorServer):
         self.webhook_types: set[str] | None = None
         self.auto_pay_after_ms: int | None = None
         self.refunds_start_pending = False
+        #: The account's default API version: webhook events are rendered in it, and requests
+        #: without a ``Stripe-Version`` header are answered in it.
+        self.api_version = API_VERSION
         self.execution_delay_ms = 0
         self.minimum_amount = 1
         self._state = threading.RLock()
         self._clear_state()
         self.disputes = DisputeDesk(self._state, self._find_pi, lambda: self.charges, self._emit)
+        self.balance = BalanceBook(
+            self._state, lambda: self.charges, lambda: self.refunds, lambda: self.disputes.disputes
+        )
         self._held: list[tuple[bytes, dict[str, str]]] | None = None
         self._timers: list[threading.Timer] = []
         self.notifier = Notifier(lambda r: 200 <= r.status_code < 300, retry_delays=retry_delays)
@@ -245,6 +272,8 @@ class StripeSimulator(SimulatorServer):
         self.route("POST", "/_sim/config", self._sim_config)
         self.route("POST", "/_sim/release_webhooks", self._sim_release)
         self.route("POST", "/_sim/dispute", self._sim_dispute)
+        self.route("POST", "/_sim/dashboard_refund", self._sim_dashboard_refund)
+        self.route("POST", "/_sim/settlement", self.balance.control)
 
     def _clear_state(self) -> None:
         with self._state:
@@ -262,6 +291,7 @@ class StripeSimulator(SimulatorServer):
         self._held = None
         self._clear_state()
         self.disputes.reset()
+        self.balance.reset()
 
     def stop(self) -> None:
         for timer in self._timers:
@@ -289,6 +319,7 @@ class StripeSimulator(SimulatorServer):
         request_id = _new_id("req_")
         try:
             self._authenticate(req)
+            self._version(req)  # an invalid Stripe-Version is refused before anything runs
             params = self._params(req)
             if req.method == "POST":
                 resp = self._post(req, params, injected)
@@ -310,6 +341,14 @@ class StripeSimulator(SimulatorServer):
         if scheme.lower() != "bearer" or not hmac.compare_digest(token, self.secret_key):
             shown = f"{token[:8]}****{token[-4:]}" if len(token) > 12 else "****"
             raise _StripeError(401, f"Invalid API Key provided: {shown}")
+
+    def _version(self, req: Request) -> str:
+        """The API version a request is answered in: its ``Stripe-Version`` header, else the
+        account's default (:attr:`api_version`)."""
+        version = req.headers.get("stripe-version") or self.api_version
+        if not _VERSION_FORMAT.fullmatch(version):
+            raise _StripeError(400, f"Invalid Stripe API version: {version}")
+        return version
 
     def _params(self, req: Request) -> dict[str, Any]:
         query = urlsplit(req.raw_path).query
@@ -384,11 +423,13 @@ class StripeSimulator(SimulatorServer):
         with self._state:
             if path == "/v1/refunds":
                 return self._list_refunds(params)
+            if path == "/v1/balance_transactions":  # simulators/stripe_settlement.py
+                return self.balance.list(params)
             if m := re.fullmatch(r"/v1/refunds/([^/]+)", path):
                 _only(params, {"expand"})
                 return Response.json(self._refund_or_404(m.group(1)))
             if m := re.fullmatch(r"/v1/payment_intents/([^/]+)", path):
-                return self._retrieve_pi(m.group(1), params)
+                return self._retrieve_pi(m.group(1), params, self._version(req))
         raise _unrecognized(req)
 
     def _post_route(self, path: str) -> Callable[[dict[str, Any]], Action]:
@@ -470,11 +511,11 @@ class StripeSimulator(SimulatorServer):
             self._schedule(self.auto_pay_after_ms / 1000, pi_id)
         return Response.json(copy.deepcopy(pi))
 
-    def _retrieve_pi(self, pi_id: str, params: dict[str, Any]) -> Response:
+    def _retrieve_pi(self, pi_id: str, params: dict[str, Any], version: str) -> Response:
         _only(params, {"expand", "client_secret"})
         pi = copy.deepcopy(self._pi_or_404(pi_id))
         if "latest_charge" in (params.get("expand") or []) and pi["latest_charge"]:
-            pi["latest_charge"] = self._charge_view(pi["latest_charge"])
+            pi["latest_charge"] = self._charge_view(pi["latest_charge"], version)
         return Response.json(pi)
 
     def _validate_cancel(self, pi_id: str, params: dict[str, Any]) -> Action:
@@ -557,8 +598,15 @@ class StripeSimulator(SimulatorServer):
             msg = f"Refund amount ({amount}) is greater than unrefunded amount ({remaining})"
             return _error_response(400, msg, code="amount_too_large", param="amount")
         refund = self._new_refund(charge, remaining if amount is None else amount, reason, metadata)
-        self._emit("charge.refunded", self._charge_view(charge["id"]))
+        self._announce_refund(refund)
         return Response.json(copy.deepcopy(refund))
+
+    def _announce_refund(self, refund: dict[str, Any]) -> None:
+        """A new refund's events, as Stripe sends them: ``refund.created`` (the Refund object)
+        and ``charge.refunded`` (the Charge, in the account's API version: with its refunds
+        embedded only before 2022-11-15)."""
+        self._emit("refund.created", refund)
+        self._emit("charge.refunded", self._charge_view(refund["charge"], self.api_version))
 
     def _new_refund(
         self, charge: dict[str, Any], amount: int, reason: str | None, metadata: dict[str, str]
@@ -610,9 +658,12 @@ class StripeSimulator(SimulatorServer):
             raise _missing("refund", refund_id)
         return copy.deepcopy(refund)
 
-    def _charge_view(self, charge_id: str) -> dict[str, Any]:
-        """A charge with its refunds embedded (newest first), as older API versions sent it."""
+    def _charge_view(self, charge_id: str, version: str) -> dict[str, Any]:
+        """A charge as API ``version`` shows it: with its refunds embedded (newest first) before
+        2022-11-15, without them since."""
         charge = copy.deepcopy(self.charges[charge_id])
+        if version[:10] >= REFUNDS_UNEMBEDDED_SINCE:
+            return charge
         mine = [r for r in reversed(self.refunds.values()) if r["charge"] == charge_id]
         charge["refunds"] = {
             "object": "list",
@@ -661,20 +712,54 @@ class StripeSimulator(SimulatorServer):
             return copy.deepcopy(pi)
 
     def settle_refund(self, refund_id: str, status: str = "succeeded") -> dict[str, Any]:
-        """Move a pending refund to ``succeeded`` or ``failed`` (then the amount is given back to
-        the charge) and send ``charge.refund.updated``."""
-        if status not in ("succeeded", "failed", "canceled"):
+        """Move a ``requires_action`` refund to ``pending``, or a pending (or requires_action)
+        one to ``succeeded``, ``failed`` or ``canceled`` (then the amount is given back to the
+        charge), and send ``refund.updated`` (plus ``refund.failed`` when it failed) and the
+        older ``charge.refund.updated``. A refund in a final status is left as it is."""
+        if status not in ("pending", "succeeded", "failed", "canceled"):
             raise ValueError(f"bad refund status {status!r}")
         with self._state:
             refund = self.refunds[refund_id]
-            if refund["status"] != "pending":
+            if refund["status"] not in ("requires_action", "pending") or status == refund["status"]:
                 return copy.deepcopy(refund)
+            if status == "pending" and refund["status"] != "requires_action":
+                return copy.deepcopy(refund)
+            previous = {"status": refund["status"]}
             refund["status"] = status
-            if status != "succeeded":
+            if status in ("failed", "canceled"):
                 charge = self.charges[refund["charge"]]
                 charge["amount_refunded"] -= refund["amount"]
                 charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
-            self._emit("charge.refund.updated", refund)
+            self._emit("refund.updated", refund, previous)
+            if status == "failed":
+                self._emit("refund.failed", refund, previous)
+            self._emit("charge.refund.updated", refund, previous)
+            return copy.deepcopy(refund)
+
+    def dashboard_refund(
+        self, ref: str, amount: int | None = None, status: str = "succeeded"
+    ) -> dict[str, Any]:
+        """Someone refunds PI ``ref`` (a ``pi_`` id or ``metadata.out_trade_no``) in the Stripe
+        dashboard: a Refund with no metadata of the merchant's (no ``refund_no``), ``amount``
+        defaulting to what is left, created ``succeeded``, ``pending`` or ``requires_action``
+        (then :meth:`settle_refund` moves it on), announced like any refund
+        (:meth:`_announce_refund`). Raises ValueError when nothing is left to refund."""
+        if status not in ("succeeded", "pending", "requires_action"):
+            raise ValueError(f"bad refund status {status!r}")
+        if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)):
+            raise ValueError(f"amount must be an integer in minor units, not {amount!r}")
+        with self._state:
+            pi = self._find_pi(ref)
+            charge = self.charges.get(pi["latest_charge"] or "")
+            if charge is None:
+                raise ValueError(f"payment intent {pi['id']} has no charge to refund")
+            remaining = charge["amount"] - charge["amount_refunded"]
+            amount = remaining if amount is None else amount
+            if not 0 < amount <= remaining:
+                raise ValueError(f"amount {amount} is not between 1 and the unrefunded {remaining}")
+            refund = self._new_refund(charge, amount, "requested_by_customer", {})
+            refund["status"] = status
+            self._announce_refund(refund)
             return copy.deepcopy(refund)
 
     def _find_pi(self, ref: str) -> dict[str, Any]:
@@ -733,7 +818,7 @@ class StripeSimulator(SimulatorServer):
         event = {
             "id": _new_id("evt_"),
             "object": "event",
-            "api_version": API_VERSION,
+            "api_version": self.api_version,
             "created": int(time.time()),
             "data": data,
             "livemode": False,
@@ -817,6 +902,7 @@ class StripeSimulator(SimulatorServer):
         "webhook_types",
         "auto_pay_after_ms",
         "refunds_start_pending",
+        "api_version",
         "execution_delay_ms",
         "minimum_amount",
     )
@@ -833,6 +919,14 @@ class StripeSimulator(SimulatorServer):
                 self, key, set(value) if key == "webhook_types" and value is not None else value
             )
         return Response.json({k: _jsonable(getattr(self, k)) for k in self._CONFIG})
+
+    def _sim_dashboard_refund(self, req: Request) -> Response:
+        return self._control(
+            req,
+            lambda ref, b: self.dashboard_refund(
+                ref, b.get("amount"), b.get("status", "succeeded")
+            ),
+        )
 
     def _sim_dispute(self, req: Request) -> Response:
         return self._control(req, self.disputes.act)

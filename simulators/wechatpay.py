@@ -11,15 +11,32 @@ Provider routes (every answer is signed with the simulator's platform key and ca
 * ``POST /v3/pay/transactions/out-trade-no/{no}/close``      → 204 / 400 ORDERPAID
 * ``POST /v3/refund/domestic/refunds``                       → 200 refund / 403 NOTENOUGH …
 * ``GET  /v3/refund/domestic/refunds/{out_refund_no}``       → 200 refund / 404 RESOURCE_NOT_EXISTS
+* ``GET  /v3/certificates``  → 200 ``{"data": [{"serial_no", "effective_time", "expire_time",
+  "encrypt_certificate"}]}`` (each certificate AES-256-GCM encrypted with the APIv3 key,
+  ``associated_data="certificate"``) in ``platform_certificate`` mode; 500 SYSTEM_ERROR in
+  ``public_key`` mode, as WeChat answers merchants that use a WeChat Pay public key.
+
+Key modes (``key_mode``): ``public_key`` (default) signs with one ``PUB_KEY_ID_…`` key;
+``platform_certificate`` generates X.509 platform certificates at run time and can rotate them
+(publish a new one while the old stays valid, switch signing to it, retire the old one).
+Responses and notifications are signed with the key whose serial ``Wechatpay-Serial`` names.
+A request's ``Wechatpay-Serial`` header, when present (WeChat requires it only on requests with
+encrypted fields), must name a key the simulator publishes, else 400 PARAM_ERROR
+"平台证书序列号Wechatpay-Serial错误" (the answer merchants report from the real API).
 
 Control plane (besides the harness's ``/_sim/ledger``, ``/_sim/faults``, ``/_sim/reset``):
 
 * ``POST /_sim/pay`` ``{"out_trade_no", "amount"?}`` — the buyer pays (see :meth:`pay`)
 * ``GET|POST /_sim/options`` — read / change :class:`SimOptions`
 * ``POST /_sim/refunds/settle`` ``{"out_refund_no", "status"?}`` — finish a PROCESSING refund
+* ``POST /_sim/refunds/dashboard`` ``{"out_trade_no", "amount"?, "status"?, "notify_url"?}`` — a
+  refund made in the merchant platform, not through the API (see :meth:`dashboard_refund`)
 * ``POST /_sim/notifications/release`` ``{"reverse"?}`` — send held notifications
 * ``GET  /_sim/notifications`` — every notification built so far (headers and body)
 * ``GET  /_sim/platform`` — ``{"serial", "public_key_pem"}`` to configure the merchant side
+* ``GET|POST /_sim/certificates`` ``{"action": "publish"|"switch"|"retire", "serial"?}`` — the
+  key set (mode, signing serial, published serials, downloads so far); rotate (see
+  :meth:`WeChatPaySimulator.publish_certificate`)
 
 Error codes whose HTTP status the protocol notes mark unconfirmed (``OUT_TRADE_NO_USED``,
 ``ORDERPAID``, ``ORDER_CLOSED`` → 400; ``NOTENOUGH`` → 403) are kept in :data:`ERROR_STATUS`.
@@ -38,9 +55,10 @@ import string
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
 
@@ -49,6 +67,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
 
 from simulators.harness import Notifier, Request, Response, SimulatorServer, serve_forever
 
@@ -57,6 +76,9 @@ CST = timezone(timedelta(hours=8))
 OUT_TRADE_NO_RE = re.compile(r"^[0-9A-Za-z_\-*]{6,32}$")
 AUTH_PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
 PAID_STATES = ("SUCCESS", "REFUND")
+KEY_MODES = ("public_key", "platform_certificate")
+CERTIFICATE_VALIDITY = timedelta(days=5 * 365)  # WeChat platform certificates last five years
+BAD_SERIAL_MESSAGE = "平台证书序列号Wechatpay-Serial错误"
 MAX_REFUNDS_PER_ORDER = 50
 
 #: HTTP status per error code (used for injected ``business_error`` faults too).
@@ -119,6 +141,7 @@ class SimOptions:
     corrupt_notification_signatures: bool = False
     require_https_notify_url: bool = False  # the real API insists on HTTPS
     not_found_code: str = "ORDER_NOT_EXIST"  # spelling varies between doc pages
+    tamper_certificates: bool = False  # list certificates that do not decrypt with the APIv3 key
     timestamp_tolerance_s: int = 300  # accepted clock skew on request timestamps
 
     def update(self, changes: dict[str, Any]) -> None:
@@ -160,11 +183,70 @@ def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
     return key
 
 
+@dataclass(frozen=True)
+class PlatformKey:
+    """One WeChat Pay signing key: a ``PUB_KEY_ID_…`` public key, or a platform certificate."""
+
+    serial: str
+    private_key: rsa.RSAPrivateKey
+    certificate: x509.Certificate | None = None
+
+    @property
+    def public_pem(self) -> bytes:
+        """The certificate's PEM (certificate mode) or the bare public key's PEM."""
+        if self.certificate is not None:
+            return self.certificate.public_bytes(serialization.Encoding.PEM)
+        return self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _certificate(
+    key: rsa.RSAPrivateKey,
+    issuer_key: rsa.RSAPrivateKey,
+    mchid: str,
+    outlive: datetime | None = None,
+) -> PlatformKey:
+    """A platform certificate like WeChat's: issued by "Tenpay.com Root CA", five years valid
+    (and at least a day longer than ``outlive``, the certificate it replaces: X.509 dates are
+    in whole seconds, and a rotation in a test can happen within one), a 40-hex-digit serial
+    number (which is the ``serial_no`` merchants see)."""
+    number = secrets.randbits(158) | (1 << 156)  # 40 hex digits, below X.509's 2**159 limit
+    now = datetime.now(UTC)
+    expires = now + CERTIFICATE_VALIDITY
+    if outlive is not None:
+        expires = max(expires, outlive + timedelta(days=1))
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com sign"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tenpay.com"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, mchid),
+        ]
+    )
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(number)
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(expires)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    return PlatformKey(f"{number:040X}", key, cert)
+
+
 class WeChatPaySimulator(SimulatorServer):
     """A WeChat Pay v3 server for one merchant (``mchid``/``appid``) on 127.0.0.1.
 
-    It generates its own platform key pair; give ``platform_serial`` and
-    ``platform_public_key_pem`` to the merchant side. ``options`` are :class:`SimOptions`
+    It generates its own platform key pair (``key_mode="public_key"``) or platform certificate
+    (``"platform_certificate"``); give ``platform_serial`` and ``platform_public_key_pem`` to
+    the merchant side, or let it download the certificates. ``options`` are :class:`SimOptions`
     fields. Use as a context manager or call :meth:`start` / :meth:`stop`.
     """
 
@@ -178,22 +260,34 @@ class WeChatPaySimulator(SimulatorServer):
         api_v3_key: bytes,
         port: int = 0,
         platform_serial: str | None = None,
+        key_mode: str = "public_key",
         notify_retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0),
         **options: Any,
     ) -> None:
         if len(api_v3_key) != 32:
             raise ValueError("api_v3_key must be 32 bytes")
+        if key_mode not in KEY_MODES:
+            raise ValueError(f"key_mode must be one of {KEY_MODES}")
         super().__init__("wechatpay", port=port, error_response=self._system_error)
         self.mchid = mchid
         self.appid = appid
         self.merchant_serial_no = merchant_serial_no
         self._merchant_key = load_public_key(merchant_public_key_pem)
         self._aes = AESGCM(api_v3_key)
-        self._platform_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.platform_serial = platform_serial or "PUB_KEY_ID_01" + _digits(30)
-        self.platform_public_key_pem = self._platform_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        self.key_mode = key_mode
+        self._root_key = _new_key() if key_mode == "platform_certificate" else None
+        self._keys: dict[str, PlatformKey] = {}
+        first = self._new_platform_key()
+        if platform_serial:
+            if key_mode != "public_key":
+                raise ValueError("platform_serial names a public key; certificates carry theirs")
+            first = PlatformKey(platform_serial, first.private_key)
+        # Published keys, oldest first, and the one signing now (reset() restores these).
+        self._keys = {first.serial: first}
+        self._signing = first.serial
+        self._initial_keys = (dict(self._keys), self._signing)
+        self.certificate_downloads = 0
+        self.request_serials: Counter[str] = Counter()  # Wechatpay-Serial of requests ("" none)
         self.options = SimOptions()
         self.options.update(options)
         self._initial_options = asdict(self.options)
@@ -236,6 +330,73 @@ class WeChatPaySimulator(SimulatorServer):
                 timer.cancel()
             self._clear_state()
             self.options = SimOptions(**self._initial_options)
+            keys, self._signing = self._initial_keys
+            self._keys = dict(keys)
+            self.certificate_downloads = 0
+            self.request_serials.clear()
+
+    # -- platform keys and their rotation --------------------------------------------------------
+    @property
+    def platform_serial(self) -> str:
+        """The serial of the key signing now."""
+        return self._signing
+
+    @property
+    def platform_public_key_pem(self) -> bytes:
+        """The PEM (certificate in certificate mode) of the key signing now."""
+        return self._keys[self._signing].public_pem
+
+    def _new_platform_key(self) -> PlatformKey:
+        if self._root_key is None:
+            return PlatformKey("PUB_KEY_ID_01" + _digits(30), _new_key())
+        published = [k.certificate for k in self._keys.values() if k.certificate]
+        latest = max((c.not_valid_after_utc for c in published), default=None)
+        return _certificate(_new_key(), self._root_key, self.mchid, latest)
+
+    def _require_certificates(self) -> None:
+        if self.key_mode != "platform_certificate":
+            raise ValueError("rotation needs key_mode platform_certificate")
+
+    def publish_certificate(self) -> str:
+        """Step 1 of a rotation: a new certificate is listed by ``/v3/certificates`` and
+        accepted in requests; signing stays with the old one. Returns the new serial."""
+        self._require_certificates()
+        key = self._new_platform_key()
+        with self._state:
+            self._keys[key.serial] = key
+        return key.serial
+
+    def switch_signing(self, serial: str | None = None) -> str:
+        """Step 2: sign responses and notifications with ``serial`` (default: the newest)."""
+        self._require_certificates()
+        with self._state:
+            serial = serial or list(self._keys)[-1]
+            if serial not in self._keys:
+                raise LookupError(f"no published certificate {serial!r}")
+            self._signing = serial
+            return serial
+
+    def retire_certificate(self, serial: str | None = None) -> str:
+        """Step 3: the old certificate expires — no longer listed, a request naming it is
+        refused. Default: the oldest one not signing. The signing key cannot be retired."""
+        self._require_certificates()
+        with self._state:
+            serial = serial or next((s for s in self._keys if s != self._signing), None)
+            if serial is None or serial not in self._keys:
+                raise LookupError(f"no certificate to retire ({serial!r})")
+            if serial == self._signing:
+                raise ValueError(f"certificate {serial} signs now; switch first")
+            del self._keys[serial]
+            return serial
+
+    def certificate_info(self) -> dict[str, Any]:
+        with self._state:
+            return {
+                "mode": self.key_mode,
+                "signing": self._signing,
+                "serials": list(self._keys),
+                "downloads": self.certificate_downloads,
+            }
 
     # -- routes ----------------------------------------------------------------------------------
     def _register_routes(self) -> None:
@@ -250,9 +411,13 @@ class WeChatPaySimulator(SimulatorServer):
         self.route("GET", "/_sim/options", lambda _r: Response.json(asdict(self.options)))
         self.route("POST", "/_sim/options", self._control(self._sim_options))
         self.route("POST", "/_sim/refunds/settle", self._control(self._sim_settle))
+        self.route("POST", "/_sim/refunds/dashboard", self._control(self._sim_dashboard_refund))
         self.route("POST", "/_sim/notifications/release", self._control(self._sim_release))
         self.route("GET", "/_sim/notifications", lambda _r: Response.json(self._notification_log()))
         self.route("GET", "/_sim/platform", lambda _r: Response.json(self._platform_info()))
+        self.route("GET", "/v3/certificates", api(self._certificates))
+        self.route("GET", "/_sim/certificates", lambda _r: Response.json(self.certificate_info()))
+        self.route("POST", "/_sim/certificates", self._control(self._sim_certificates))
 
     def _api(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
         """Wrap a provider route: authenticate, inject business errors, sign the answer."""
@@ -260,6 +425,7 @@ class WeChatPaySimulator(SimulatorServer):
         def wrapped(req: Request) -> Response:
             try:
                 self._authenticate(req)
+                self._check_request_serial(req)
                 code = self.faults.business_error
                 if code:
                     raise SimError(code, "simulated business error")
@@ -310,6 +476,45 @@ class WeChatPaySimulator(SimulatorServer):
         if auth["mchid"] != self.mchid:
             raise SimError("NO_AUTH", "商户号无权限")
 
+    def _check_request_serial(self, req: Request) -> None:
+        """A request's ``Wechatpay-Serial`` must name a key we publish (it says which key the
+        merchant encrypted sensitive fields with); absent is allowed on requests without any."""
+        serial = req.headers.get("wechatpay-serial", "")
+        with self._state:
+            self.request_serials[serial] += 1
+            known = serial in self._keys
+        if serial and not known:
+            raise SimError("PARAM_ERROR", BAD_SERIAL_MESSAGE)
+
+    def _certificates(self, _req: Request) -> Response:
+        """``GET /v3/certificates``: every published certificate, encrypted with the APIv3 key."""
+        if self.key_mode != "platform_certificate":
+            # Merchants on WeChat Pay public keys have no platform certificates to download.
+            raise SimError("SYSTEM_ERROR", "系统错误")
+        with self._state:
+            self.certificate_downloads += 1
+            keys = list(self._keys.values())
+        return Response.json({"data": [self._certificate_entry(k) for k in keys]})
+
+    def _certificate_entry(self, key: PlatformKey) -> dict[str, Any]:
+        assert key.certificate is not None
+        nonce = _alnum(12)
+        ciphertext = self._aes.encrypt(nonce.encode(), key.public_pem, b"certificate")
+        if self.options.tamper_certificates:
+            ciphertext = ciphertext[:-1] + bytes([ciphertext[-1] ^ 0x01])
+        cert = key.certificate
+        return {
+            "serial_no": key.serial,
+            "effective_time": cert.not_valid_before_utc.astimezone(CST).isoformat(),
+            "expire_time": cert.not_valid_after_utc.astimezone(CST).isoformat(),
+            "encrypt_certificate": {
+                "algorithm": "AEAD_AES_256_GCM",
+                "nonce": nonce,
+                "associated_data": "certificate",
+                "ciphertext": base64.b64encode(ciphertext).decode("ascii"),
+            },
+        }
+
     # -- response / notification signing ---------------------------------------------------------
     def sign(
         self,
@@ -320,18 +525,23 @@ class WeChatPaySimulator(SimulatorServer):
         serial: str | None = None,
         corrupt: bool = False,
     ) -> dict[str, str]:
-        """Wechatpay-* headers over ``TIMESTAMP\\nNONCE\\nBODY\\n`` with the platform key."""
+        """Wechatpay-* headers over ``TIMESTAMP\\nNONCE\\nBODY\\n``, signed with the key
+        ``serial`` names (default: the signing key). A serial we do not hold is sent as given
+        over the signing key's signature: that is how tests build forgeries."""
         ts = str(int(time.time()) if timestamp is None else timestamp)
         nonce = nonce or _alnum(32)
         message = f"{ts}\n{nonce}\n".encode() + body + b"\n"
-        signature = self._platform_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        with self._state:
+            serial = serial or self._signing
+            key = self._keys.get(serial) or self._keys[self._signing]
+        signature = key.private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
         if corrupt:
             signature = bytes([signature[0] ^ 0x01]) + signature[1:]
         return {
             "Wechatpay-Timestamp": ts,
             "Wechatpay-Nonce": nonce,
             "Wechatpay-Signature": base64.b64encode(signature).decode("ascii"),
-            "Wechatpay-Serial": serial or self.platform_serial,
+            "Wechatpay-Serial": serial,
             "Wechatpay-Signature-Type": SCHEMA,
         }
 
@@ -800,6 +1010,49 @@ class WeChatPaySimulator(SimulatorServer):
         self._notify_refund(refund)
         return obj
 
+    def dashboard_refund(
+        self,
+        out_trade_no: str,
+        amount: int | None = None,
+        *,
+        status: str = "SUCCESS",
+        notify_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Someone refunds order ``out_trade_no`` in the merchant platform (商户平台), not
+        through the API: a refund whose ``out_refund_no`` WeChat Pay makes up, of ``amount`` fen
+        (default: what is left), ``SUCCESS`` at once or ``PROCESSING`` (then
+        :meth:`settle_refund`), with the REFUND.* notification sent to ``notify_url`` — by
+        default the order's (where a platform refund's notification goes is unconfirmed: the
+        documented ``notify_url`` is the refund request's). Raises LookupError (no such order)
+        or ValueError (not paid, bad amount or status)."""
+        if status not in ("SUCCESS", "PROCESSING"):
+            raise ValueError(f"bad refund status {status!r}")
+        if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)):
+            raise ValueError(f"amount must be an integer number of fen, not {amount!r}")
+        with self._state:
+            order = self._orders.get(out_trade_no)
+            if order is None:
+                raise LookupError(f"no order {out_trade_no!r}")
+            if order["trade_state"] not in PAID_STATES:
+                raise ValueError(f"order {out_trade_no} is {order['trade_state']}")
+            left = order["paid_total"] - order["refunded"]
+            amount = left if amount is None else amount
+            if not 0 < amount <= left:
+                raise ValueError(f"amount {amount} is not between 1 and the refundable {left}")
+            body = {
+                "out_trade_no": out_trade_no,
+                "out_refund_no": "PF" + _digits(26),
+                "notify_url": notify_url or order["notify_url"],
+                "amount": {"refund": amount, "total": order["paid_total"]},
+            }
+            refund = self._new_refund(order, body)
+            refund["status"] = status
+            refund["success_time"] = _now_rfc3339() if status == "SUCCESS" else None
+            obj = self._refund_object(refund)
+        if status == "SUCCESS":
+            self._notify_refund(refund)
+        return obj
+
     def ledger(self) -> dict[str, Any]:
         """Orders (amount and state), charges and refunds, as JSON-ready data."""
         with self._state:
@@ -854,6 +1107,24 @@ class WeChatPaySimulator(SimulatorServer):
 
     def _sim_settle(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self.settle_refund(str(payload["out_refund_no"]), payload.get("status", "SUCCESS"))
+
+    def _sim_dashboard_refund(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return self.dashboard_refund(
+            str(payload["out_trade_no"]), payload.get("amount"),
+            status=payload.get("status", "SUCCESS"), notify_url=payload.get("notify_url"),
+        )  # fmt: skip
+
+    def _sim_certificates(self, payload: dict[str, Any]) -> dict[str, Any]:
+        action, serial = payload.get("action"), payload.get("serial")
+        steps = {
+            "publish": lambda: self.publish_certificate(),
+            "switch": lambda: self.switch_signing(serial),
+            "retire": lambda: self.retire_certificate(serial),
+        }
+        if action not in steps:
+            raise ValueError(f"action must be one of {sorted(steps)}, not {action!r}")
+        steps[action]()
+        return self.certificate_info()
 
     def _sim_release(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"released": self.release_notifications(reverse=bool(payload.get("reverse")))}
@@ -923,6 +1194,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="PEM_FILE",
         help="write the generated platform public key here",
     )
+    parser.add_argument(
+        "--key-mode",
+        choices=KEY_MODES,
+        default=os.environ.get("WECHATPAY_SIM_KEY_MODE", "public_key"),
+        help="public_key: one PUB_KEY_ID_ key; platform_certificate: /v3/certificates",
+    )
     parser.add_argument("--auto-pay-after-ms", type=int, default=None)
     args = parser.parse_args(argv)
     merchant_pem = _read_secret(args.merchant_public_key, "WECHATPAY_SIM_MERCHANT_PUBLIC_KEY")
@@ -937,6 +1214,7 @@ def main(argv: list[str] | None = None) -> None:
         api_v3_key=api_key,
         port=args.port,
         platform_serial=args.platform_serial,
+        key_mode=args.key_mode,
         auto_pay_after_ms=args.auto_pay_after_ms,
     )
     if args.platform_key_out:

@@ -7,6 +7,7 @@ import logging
 
 from adapters.registry import payment_provider
 from services import payments, reconcile
+from services.payments import provider_refunds
 from services.ports import Outcome, utcnow
 from services.task_names import (
     MAINTENANCE_POLL_PAYMENTS,
@@ -14,6 +15,7 @@ from services.task_names import (
     PAYMENTS_CLOSE,
     PAYMENTS_CREATE,
     PAYMENTS_EXPIRE,
+    PAYMENTS_LOOKUP_REFUNDS,
     PAYMENTS_QUERY,
     PAYMENTS_REFUND,
 )
@@ -77,6 +79,17 @@ def refund(self: OrderflowTask, refund_id: int) -> str:
     """Carry out a requested refund, or check on one the provider accepted as pending."""
     try:
         outcome = payments.refund(refund_id, payment_provider, ports())
+    except Exception as exc:
+        self.retry_or_fail(exc)
+    return _published(outcome)
+
+
+@app.task(name=PAYMENTS_LOOKUP_REFUNDS, base=OrderflowTask, bind=True)
+def lookup_refunds(self: OrderflowTask, arg: str) -> str:
+    """Ask the provider about refunds a notification did not describe in full (a Stripe
+    ``charge.refunded`` without its refund list, an Alipay refund we did not make)."""
+    try:
+        outcome = provider_refunds.lookup_refunds(arg, payment_provider, ports())
     except Exception as exc:
         self.retry_or_fail(exc)
     return _published(outcome)

@@ -13,6 +13,7 @@ app = Celery(
         "tasks.tracking",
         "tasks.maintenance",
         "tasks.callbacks",
+        "tasks.settlement",
     ],
 )
 app.config_from_object("celeryconfig")

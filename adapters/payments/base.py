@@ -41,6 +41,7 @@ __all__ = [
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",
+    "RefundLister",
     "RefundRequest",
     "RefundResult",
     "RefundState",
@@ -222,6 +223,12 @@ class Notification:
     refund: RefundResult | None = None  # for REFUND
     dispute: DisputeEvent | None = None  # for DISPUTE
     raw_type: str = ""  # e.g. trade_status_sync, TRANSACTION.SUCCESS, payment_intent.succeeded
+    #: The payment's provider reference (Stripe ``pi_…``) when the event names it: a refund made
+    #: in the provider's dashboard carries no ``out_trade_no`` of ours, only this.
+    provider_ref: str | None = None
+    #: The event says refunds were made but not which (Stripe ``charge.refunded`` since API
+    #: version 2022-11-15 embeds no refund list): look them up (:class:`RefundLister`).
+    refunds_unlisted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +238,17 @@ class NotificationReply:
     status_code: int
     body: bytes
     content_type: str
+
+
+@runtime_checkable
+class RefundLister(Protocol):
+    """A provider that can list a payment's refunds (Stripe ``GET /v1/refunds``). Alipay and
+    WeChat Pay cannot list them, but every refund notification they send names its refund."""
+
+    def list_refunds(self, ref: PaymentRef) -> list[RefundResult]:
+        """Every refund of the payment ``ref``, newest first; ``refund_no`` is ours when we made
+        it, else ``""`` (then ``provider_refund_ref`` names it)."""
+        ...
 
 
 @runtime_checkable

@@ -31,11 +31,16 @@ Contracts beyond :class:`adapters.payments.base.PaymentProvider`:
 * ``notify_url``/``expires_at`` of :class:`CreatePayment` are not sent: Stripe webhooks are
   configured per account endpoint, and PaymentIntents do not expire (the service closes them).
 * Notifications: ``payment_intent.succeeded|canceled|payment_failed`` → ``PAYMENT`` (the status
-  comes from the event's object, ``paid_at`` is the event time); ``charge.refunded`` and
-  ``charge.refund.updated`` → ``REFUND``; everything else → ``OTHER``. For ``charge.refunded`` the
-  refund is the newest in the charge's embedded ``refunds`` list; API versions that no longer embed
-  it give ``refund_no=""`` with the charge's refunded total — query the refund for its details.
-  When the charge is fully refunded, ``status`` is also set (``REFUNDED``).
+  comes from the event's object, ``paid_at`` is the event time); ``refund.created|updated|failed``,
+  ``charge.refund.updated`` and ``charge.refunded`` → ``REFUND``; everything else → ``OTHER``.
+  Every refund and charge event sets ``provider_ref`` (the ``pi_…`` id): a refund made in the
+  dashboard has no ``metadata.out_trade_no``, so that is how its payment is found.
+  ``refund.*`` events carry the Refund object: its state, amount, ``re_…`` id and
+  ``metadata.refund_no`` (``""`` when we did not make it). For ``charge.refunded`` the refund is
+  the newest in the charge's embedded ``refunds`` list (API versions before 2022-11-15); a charge
+  without that list gives ``refund=None`` and ``refunds_unlisted=True`` — the adapter does not
+  invent a refund from the charge's total: the caller lists them (:meth:`list_refunds`). When the
+  charge is fully refunded, ``status`` is also set (``REFUNDED``).
   ``charge.dispute.created|updated|closed|funds_withdrawn|funds_reinstated`` → ``DISPUTE`` with
   ``out_trade_no=None`` and the dispute in ``dispute`` (:mod:`adapters.payments.stripe_disputes`).
 * Errors are classified once, in :func:`classify_error`.
@@ -47,7 +52,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +109,10 @@ _REFUND_STATES: Mapping[str, RefundState] = {
 }
 _PAYMENT_EVENTS = frozenset(
     {"payment_intent.succeeded", "payment_intent.canceled", "payment_intent.payment_failed"}
+)
+#: Events whose object is one Refund (``charge.refund.updated`` is the older name of an update).
+_REFUND_EVENTS = frozenset(
+    {"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
 )
 _RETRYABLE_CODES = frozenset({"lock_timeout", "rate_limit"})  # legacy 400 rate_limit included
 # Failures where the request may or may not have reached Stripe: safe to retry with the same key.
@@ -361,6 +370,20 @@ class StripeProvider:
 
     def query_refund(self, ref: PaymentRef, refund_no: str) -> RefundResult:
         """Find the refund whose ``metadata.refund_no`` matches, among the PaymentIntent's."""
+        for refund in self._refunds_of(ref):
+            if _metadata(refund, "refund_no") == refund_no:
+                return _refund_result(refund, refund_no)
+        raise ProviderRejected(
+            NAME, f"no refund {refund_no!r} for {ref.provider_ref}", code="resource_missing"
+        )
+
+    def list_refunds(self, ref: PaymentRef) -> list[RefundResult]:
+        """``GET /v1/refunds?payment_intent=…``, all pages, newest first: every refund of the
+        payment, ours (``refund_no`` from ``metadata.refund_no``) and those made elsewhere
+        (``refund_no=""``, named by ``provider_refund_ref``)."""
+        return [_refund_result(r, _metadata(r, "refund_no") or "") for r in self._refunds_of(ref)]
+
+    def _refunds_of(self, ref: PaymentRef) -> Iterator[Json]:
         query: list[tuple[str, str]] = [("payment_intent", _pi_id(ref)), ("limit", "100")]
         cursor: str | None = None
         while True:
@@ -368,13 +391,9 @@ class StripeProvider:
                 "/v1/refunds", query + ([("starting_after", cursor)] if cursor else [])
             )
             refunds = [r for r in page.get("data") or [] if isinstance(r, dict)]
-            for refund in refunds:
-                if _metadata(refund, "refund_no") == refund_no:
-                    return _refund_result(refund, refund_no)
+            yield from refunds
             if page.get("has_more") is not True or not refunds:
-                raise ProviderRejected(
-                    NAME, f"no refund {refund_no!r} for {ref.provider_ref}", code="resource_missing"
-                )
+                return
             cursor = _str(refunds[-1], "id")
 
     def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
@@ -485,7 +504,7 @@ def _notification(event: Json) -> Notification:
         return _charge_refunded(event_id, event_type, obj)
     if event_type in DISPUTE_EVENTS:
         return dispute_notification(event_id, event_type, event, obj)
-    if event_type == "charge.refund.updated":
+    if event_type in _REFUND_EVENTS:
         refund = _refund_result(obj, _metadata(obj, "refund_no") or "")
         return Notification(
             NotificationKind.REFUND,
@@ -493,6 +512,7 @@ def _notification(event: Json) -> Notification:
             _metadata(obj, "out_trade_no"),
             refund=refund,
             raw_type=event_type,
+            provider_ref=_opt_str(obj, "payment_intent"),
         )
     return Notification(
         NotificationKind.OTHER, event_id, _metadata(obj, "out_trade_no"), raw_type=event_type
@@ -500,22 +520,18 @@ def _notification(event: Json) -> Notification:
 
 
 def _charge_refunded(event_id: str, event_type: str, charge: Json) -> Notification:
-    """A charge with (some) refunds; the newest embedded refund is the one this event is for."""
+    """A charge with (some) refunds. With an embedded list (API versions before 2022-11-15) the
+    newest refund is the one this event is for; without one, nothing says which refund it was:
+    ``refund=None`` and ``refunds_unlisted`` (the caller lists the payment's refunds)."""
     embedded = charge.get("refunds")
     refunds = embedded.get("data") if isinstance(embedded, dict) else None
     newest = refunds[0] if isinstance(refunds, list) and refunds else None
     currency = _str(charge, "currency")
+    refund = None
+    out_trade_no = _metadata(charge, "out_trade_no")
     if isinstance(newest, dict):
         refund = _refund_result(newest, _metadata(newest, "refund_no") or "")
-        out_trade_no = _metadata(charge, "out_trade_no") or _metadata(newest, "out_trade_no")
-    else:
-        refund = RefundResult(
-            refund_no="",
-            state=RefundState.SUCCEEDED,
-            raw_status="refunded" if charge.get("refunded") is True else "partially_refunded",
-            amount=_money(_int(charge, "amount_refunded"), currency),
-        )
-        out_trade_no = _metadata(charge, "out_trade_no")
+        out_trade_no = out_trade_no or _metadata(newest, "out_trade_no")
     status = None
     if charge.get("refunded") is True:
         status = TradeStatus(
@@ -531,6 +547,8 @@ def _charge_refunded(event_id: str, event_type: str, charge: Json) -> Notificati
         status=status,
         refund=refund,
         raw_type=event_type,
+        provider_ref=_opt_str(charge, "payment_intent"),
+        refunds_unlisted=refund is None,
     )
 
 

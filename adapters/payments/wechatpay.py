@@ -4,7 +4,18 @@ Wire protocol: ``provider-protocols.md`` §2. Every request carries a
 ``WECHATPAY2-SHA256-RSA2048`` Authorization header signed with the merchant API key over
 ``METHOD\\nURL\\nTIMESTAMP\\nNONCE\\nBODY\\n``; the body sent is exactly the bytes signed.
 Every response and notification is verified against the WeChat Pay key chosen by
-``Wechatpay-Serial`` before anything is read from it.
+``Wechatpay-Serial`` before anything is read from it, and every request names, in its own
+``Wechatpay-Serial`` header, the WeChat Pay key we trust now.
+
+Two ways to know WeChat Pay's keys (``WeChatPayConfig.key_mode``):
+
+* ``public_key`` (the default; merchants created since about September 2024): the
+  "WeChat Pay public key" ``PUB_KEY_ID_…`` and its PEM are configured; nothing is downloaded.
+* ``platform_certificate``: platform certificates are downloaded from ``GET /v3/certificates``,
+  decrypted with the APIv3 key and kept while valid, by
+  :class:`~adapters.payments.wechatpay_certificates.CertificateStore` (its docstring has the
+  rules: bootstrap trust, rotation, at most one download per short interval for an unknown
+  serial, periodic refresh). A serial still unknown after that download → SignatureInvalid.
 
 Decisions worth knowing (each also commented where it is made):
 
@@ -14,6 +25,9 @@ Decisions worth knowing (each also commented where it is made):
   that does not verify → :class:`SignatureInvalid`. 429/5xx are classified *before* signature
   verification: gateways answer those unsigned, and a forged one can only cause a retry.
   A verified but malformed body (missing fields, not JSON) → :class:`ProviderUnavailable`.
+  The certificate download follows the same rules; a certificate that does not decrypt with
+  the APIv3 key, or is listed under another serial, → :class:`SignatureInvalid`. When no
+  certificate could be obtained at all, a request is not sent: :class:`ProviderUnavailable`.
 * **close** calls close first and queries only when WeChat answers ``ORDERPAID``: the close
   answer is authoritative and the common case costs one round trip. ``ORDER_CLOSED`` and
   ``ORDER_NOT_EXIST`` count as closed (nothing can be paid on them).
@@ -42,7 +56,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import requests
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -66,6 +79,12 @@ from adapters.payments.base import (
     SignatureInvalid,
     TradeStatus,
 )
+from adapters.payments.wechatpay_certificates import (
+    CertificateStore,
+    PlatformCertificate,
+    certificate_from_pem,
+    decrypt_certificates,
+)
 from domain.money import Money, MoneyError
 
 __all__ = ["WeChatPayConfig", "WeChatPayProvider"]
@@ -77,6 +96,9 @@ _CHINA_TZ = timezone(timedelta(hours=8))  # WeChat's own zone; any RFC 3339 offs
 _DESCRIPTION_MAX = 127  # characters, per the Native order spec
 _REASON_MAX = 80  # refund reason limit
 _NOT_FOUND_CODES = frozenset({"ORDER_NOT_EXIST", "ORDERNOTEXIST", "RESOURCE_NOT_EXISTS"})
+KEY_MODES = ("public_key", "platform_certificate")
+_CERTIFICATES_PATH = "/v3/certificates"
+_PUBLIC_KEY_PREFIX = "PUB_KEY_ID_"
 
 _TRADE_STATES: Mapping[str, PaymentState] = {
     "SUCCESS": PaymentState.PAID,
@@ -101,8 +123,12 @@ class WeChatPayConfig:
     """Merchant credentials and the WeChat Pay keys that sign responses and notifications.
 
     ``platform_public_keys`` maps a ``Wechatpay-Serial`` value (platform certificate serial or
-    ``PUB_KEY_ID_…``) to a PEM public key or PEM certificate. ``api_v3_key`` is the 32-byte
-    APIv3 key that encrypts notification resources.
+    ``PUB_KEY_ID_…``) to a PEM public key or PEM certificate: required in ``public_key``
+    ``key_mode``; in ``platform_certificate`` mode optional, trusted until the first download
+    (which they then verify). ``api_v3_key`` is the 32-byte APIv3 key that encrypts
+    notification resources and platform certificates. ``certificate_refresh_s`` is the
+    periodic download interval, ``certificate_min_refresh_gap_s`` the shortest time between
+    two downloads (an unknown serial cannot make us download more often).
     """
 
     base_url: str
@@ -111,7 +137,10 @@ class WeChatPayConfig:
     merchant_serial_no: str
     merchant_private_key_pem: bytes = field(repr=False)
     api_v3_key: bytes = field(repr=False)
-    platform_public_keys: Mapping[str, bytes] = field(repr=False)
+    platform_public_keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    key_mode: str = "public_key"
+    certificate_refresh_s: float = 3600.0
+    certificate_min_refresh_gap_s: float = 60.0
     timestamp_tolerance_s: int = 300
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
@@ -119,8 +148,12 @@ class WeChatPayConfig:
     def __post_init__(self) -> None:
         if len(self.api_v3_key) != 32:
             raise ValueError("api_v3_key must be exactly 32 bytes")
-        if not self.platform_public_keys:
+        if self.key_mode not in KEY_MODES:
+            raise ValueError(f"key_mode must be one of {KEY_MODES}, not {self.key_mode!r}")
+        if self.key_mode == "public_key" and not self.platform_public_keys:
             raise ValueError("platform_public_keys must name at least one WeChat Pay key")
+        if self.certificate_refresh_s <= 0 or self.certificate_min_refresh_gap_s < 0:
+            raise ValueError("certificate_refresh_s must be > 0 and the refresh gap >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +185,20 @@ class WeChatPayProvider:
         self._clock = clock
         self._base_url = config.base_url.rstrip("/")
         self._private_key = _load_private_key(config.merchant_private_key_pem)
-        self._platform_keys = {
-            serial: _load_public_key(pem) for serial, pem in config.platform_public_keys.items()
-        }
+        # Keys are parsed once here, never per request.
+        configured = [
+            certificate_from_pem(serial, pem) for serial, pem in config.platform_public_keys.items()
+        ]
+        self._platform_keys = {c.serial: c.key for c in configured}
+        self._certificates: CertificateStore | None = None
+        if config.key_mode == "platform_certificate":
+            self._certificates = CertificateStore(
+                self._download_certificates,
+                clock=clock,
+                initial=configured,
+                refresh_interval_s=config.certificate_refresh_s,
+                min_refresh_gap_s=config.certificate_min_refresh_gap_s,
+            )
 
     # -- PaymentProvider -----------------------------------------------------------------------
     def create(self, request: CreatePayment) -> PaymentCreated:
@@ -266,6 +310,23 @@ class WeChatPayProvider:
         body: Mapping[str, Any] | None = None,
     ) -> _Reply:
         """Sign and send one request; return the verified 2xx reply or raise a ProviderError."""
+        if self._certificates is not None:
+            self._certificates.refresh_due()  # the first download happens here, then periodic
+        status, headers, content = self._send(
+            method, path, query=query, body=body, serial=self._request_serial()
+        )
+        return self._reply(method, path, status, headers, content)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        serial: str | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Sign and send; the raw status, headers and body. Transport errors → unavailable."""
         url_path = path + ("?" + urlencode(query) if query else "")
         payload = b"" if body is None else _json_bytes(body)
         headers = {
@@ -273,6 +334,9 @@ class WeChatPayProvider:
             "Accept": "application/json",
             "User-Agent": _USER_AGENT,
         }
+        if serial is not None:
+            # WeChat requires it on requests with encrypted fields; we send it on every one.
+            headers["Wechatpay-Serial"] = serial
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -289,17 +353,24 @@ class WeChatPayProvider:
             raise ProviderUnavailable(
                 self.name, f"{method} {path}: {type(exc).__name__}: {exc}"
             ) from exc
-        return self._reply(method, path, resp.status_code, resp.headers, content)
+        return resp.status_code, resp.headers, content
 
     def _reply(
-        self, method: str, path: str, status: int, headers: Mapping[str, str], content: bytes
+        self,
+        method: str,
+        path: str,
+        status: int,
+        headers: Mapping[str, str],
+        content: bytes,
+        *,
+        lookup: Callable[[str], rsa.RSAPublicKey | None] | None = None,
     ) -> _Reply:
         """The one place HTTP outcomes become results or errors (see the module docstring)."""
         where = f"{method} {path}: HTTP {status}"
         if status == 429 or status >= 500:
             code = _opt_str(_lenient_json(content), "code")
             raise ProviderUnavailable(self.name, where, code=code)
-        self._verify(headers, content)
+        self._verify(headers, content, lookup=lookup)
         if 200 <= status < 300:
             return _Reply(status, _json_object(content) if content else {})
         data = _lenient_json(content)
@@ -317,10 +388,52 @@ class WeChatPayProvider:
             f'timestamp="{timestamp}",serial_no="{self._config.merchant_serial_no}"'
         )
 
+    # -- WeChat Pay keys ------------------------------------------------------------------------
+    def _request_serial(self) -> str | None:
+        """The ``Wechatpay-Serial`` to send: the newest valid platform certificate, or the
+        configured ``PUB_KEY_ID_…`` (else the first configured key) in public-key mode."""
+        if self._certificates is not None:
+            return self._certificates.request_serial()
+        serials = list(self._platform_keys)
+        return next((s for s in serials if s.startswith(_PUBLIC_KEY_PREFIX)), serials[0])
+
+    def _key_for(self, serial: str) -> rsa.RSAPublicKey | None:
+        """The key a response or notification names; certificate mode may download (once per
+        short interval) to learn a new serial."""
+        if self._certificates is not None:
+            return self._certificates.key_for(serial)
+        return self._platform_keys.get(serial)
+
+    def _download_certificates(self) -> list[PlatformCertificate]:
+        """``GET /v3/certificates``: decrypted, then the answer verified with a certificate we
+        already trust or, failing that, one it carries (the bootstrap, CertificateStore rule 1).
+        Sent without ``Wechatpay-Serial``: it is how a stale serial gets replaced."""
+        method, path = "GET", _CERTIFICATES_PATH
+        status, headers, content = self._send(method, path)
+        certs: list[PlatformCertificate] = []
+        if 200 <= status < 300:
+            certs = decrypt_certificates(_json_object(content), self._config.api_v3_key)
+        offered = {c.serial: c.key for c in certs}
+        store = self._certificates
+        assert store is not None  # only certificate mode downloads
+
+        def lookup(serial: str) -> rsa.RSAPublicKey | None:
+            return store.trusted(serial) or offered.get(serial)
+
+        self._reply(method, path, status, headers, content, lookup=lookup)
+        return certs
+
     # -- verification --------------------------------------------------------------------------
-    def _verify(self, headers: Mapping[str, str], body: bytes) -> None:
+    def _verify(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        lookup: Callable[[str], rsa.RSAPublicKey | None] | None = None,
+    ) -> None:
         """Check the Wechatpay-* signature over ``TIMESTAMP\\nNONCE\\nBODY\\n`` (raw body bytes)
-        and the timestamp's freshness. Raises SignatureInvalid."""
+        and the timestamp's freshness, with the key ``lookup`` (default :meth:`_key_for`)
+        finds for ``Wechatpay-Serial``. Raises SignatureInvalid."""
         lower = {k.lower(): v for k, v in headers.items()}
         timestamp, nonce, signature, serial = (
             lower.get(f"wechatpay-{name}") for name in ("timestamp", "nonce", "signature", "serial")
@@ -331,7 +444,7 @@ class WeChatPayProvider:
         if sig_type is not None and sig_type != _SCHEMA:
             raise self._forged(f"unsupported Wechatpay-Signature-Type {sig_type!r}")
         self._check_fresh(timestamp)
-        key = self._platform_keys.get(serial)
+        key = (lookup or self._key_for)(serial)
         if key is None:
             raise self._forged(f"unknown Wechatpay-Serial {serial!r}")
         message = f"{timestamp}\n{nonce}\n".encode() + body + b"\n"
@@ -374,18 +487,6 @@ def _load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError("merchant_private_key_pem must be an RSA private key")
-    return key
-
-
-def _load_public_key(pem: bytes) -> rsa.RSAPublicKey:
-    """Accept a bare public key (``PUB_KEY_ID_…`` mode) or a platform certificate."""
-    key: object
-    if b"BEGIN CERTIFICATE" in pem:
-        key = x509.load_pem_x509_certificate(pem).public_key()
-    else:
-        key = serialization.load_pem_public_key(pem)
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError("platform keys must be RSA")
     return key
 
 

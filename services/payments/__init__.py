@@ -19,7 +19,8 @@ Locks are always taken order first, then payment, then refund, so concurrent web
 expiries and cancels serialize on the order row and never deadlock.
 
 The package, by use case: :mod:`.create`, :mod:`.confirm` (notifications and polling),
-:mod:`.close` (expiry and cancel), :mod:`.refunds`, :mod:`.attention` (flagged payments),
+:mod:`.close` (expiry and cancel), :mod:`.refunds`, :mod:`.provider_refunds` (refunds made at
+the provider, and looking refunds up), :mod:`.attention` (flagged payments),
 :mod:`.view`, and :mod:`.common`. Callers use
 ``from services import payments`` and the names below.
 """

@@ -31,7 +31,8 @@ from services.payments.common import (
     move_payment,
     provider_ref,
 )
-from services.payments.refunds import record_refund, request_refund
+from services.payments.provider_refunds import apply_refund
+from services.payments.refunds import request_refund
 from services.ports import Outcome, Ports
 from services.provider_calls import CircuitOpen
 from services.task_names import PAYMENTS_QUERY, PAYMENTS_REFUND, SHIPPING_BOOK
@@ -141,14 +142,15 @@ def _shown(money: Money) -> str:
 def apply_notification(
     session: Session, provider: str, note: Notification, *, now: datetime
 ) -> list[Followup]:
-    """Apply a verified notification once (deduplicated on the provider's event id)."""
-    if not first_delivery(session, provider, note.event_id) or note.out_trade_no is None:
-        return []  # a repeat delivery (already applied), or nothing we act on
-    order_id = session.scalar(
-        select(Payment.order_id).where(
-            Payment.provider == provider, Payment.out_trade_no == note.out_trade_no
-        )
-    )
+    """Apply a verified notification once (deduplicated on the provider's event id).
+
+    The payment is found by our ``out_trade_no``, else by the provider's reference (a refund
+    made in Stripe's dashboard names only the ``pi_…``). Refunds, ours and those made at the
+    provider, are applied by :func:`services.payments.provider_refunds.apply_refund`.
+    """
+    if not first_delivery(session, provider, note.event_id):
+        return []  # a repeat delivery (already applied)
+    order_id = _order_of(session, provider, note)
     if order_id is None:
         return []  # genuine, but not ours to act on (e.g. another system's trade)
     order = lock_order(session, order_id)
@@ -162,11 +164,21 @@ def apply_notification(
     followups: list[Followup] = []
     if note.status is not None and note.kind is NotificationKind.PAYMENT:
         followups += apply_status(session, order, payment, note.status, now=now, source="notify")
-    if note.refund is not None and note.refund.refund_no:
-        refund = session.scalar(select(Refund).where(Refund.refund_no == note.refund.refund_no))
-        if refund is not None:
-            record_refund(session, payment, refund, note.refund, now=now)
+    if note.refund is not None or note.refunds_unlisted:
+        followups += apply_refund(session, order, payment, note, now=now)
     return followups
+
+
+def _order_of(session: Session, provider: str, note: Notification) -> str | None:
+    if note.out_trade_no is not None:
+        key, where = note.out_trade_no, Payment.out_trade_no == note.out_trade_no
+    elif note.provider_ref is not None:
+        key, where = note.provider_ref, Payment.provider_ref == note.provider_ref
+    else:
+        return None
+    if "\x00" in key:  # PostgreSQL text cannot hold NUL, so no payment of ours has it
+        return None
+    return session.scalar(select(Payment.order_id).where(Payment.provider == provider, where))
 
 
 def query(payment_id: int, providers: Providers, ports: Ports) -> Outcome:

@@ -142,6 +142,8 @@ def prepare_refund(session: Session, refund_id: int) -> ProviderCall | None:
     refund = session.get(Refund, refund_id)
     if refund is None or refund.status not in (RefundStatus.REQUESTED, RefundStatus.PENDING):
         return None
+    if refund.actor == PROVIDER_ACTOR:
+        return None  # made at the provider: never sent, and its notifications move it
     payment = session.get(Payment, refund.payment_id)
     assert payment is not None
     request = RefundRequest(
@@ -172,26 +174,50 @@ _REFUND_STATES = {
 }
 
 
+def refund_status(state: RefundState) -> RefundStatus:
+    """Our status for a refund in the provider's normalized ``state``."""
+    return _REFUND_STATES[state]
+
+
+#: ``refunds.actor`` of a refund made at the provider (its dashboard, its support), not by us.
+PROVIDER_ACTOR = "provider"
+
+
 def record_refund(
     session: Session, payment: Payment, refund: Refund, result: RefundResult, *, now: datetime
-) -> None:
-    target = _REFUND_STATES[result.state]
+) -> bool:
+    """Move ``refund`` to what ``result`` says, forward only; returns whether it moved. A
+    refund that reaches SUCCEEDED is counted once into ``payments.refunded_amount``. Only a
+    refund we made is queried while PENDING (one made at the provider is moved by its
+    notifications: we have no number of ours to ask about it by)."""
+    target = refund_status(result.state)
     refund.provider_refund_ref = refund.provider_refund_ref or result.provider_refund_ref
     if not refund_can_move(refund.status, target):
-        return
+        return False
     current = refund.status
     refund.status = target
     refund.raw_status = result.raw_status[:64]
-    refund.next_query_at = now + timedelta(seconds=REFUND_QUERY_S) if target == "PENDING" else None
+    ours = refund.actor != PROVIDER_ACTOR
+    refund.next_query_at = (
+        now + timedelta(seconds=REFUND_QUERY_S) if target == "PENDING" and ours else None
+    )
     timeline.record(
         session, refund.order_id, "refund", from_status=current, to_status=target,
         detail={"refund_no": refund.refund_no, "amount": refund.amount},
+        actor="system" if ours else PROVIDER_ACTOR,
     )  # fmt: skip
     if target == RefundStatus.SUCCEEDED:
-        payment.refunded_amount += refund.amount
-        full = payment.refunded_amount >= captured_money(payment).amount
-        move_payment(
-            session, payment,
-            PaymentStatus.REFUNDED if full else PaymentStatus.PARTIALLY_REFUNDED,
-            refunded=payment.refunded_amount,
-        )  # fmt: skip
+        count_refunded(session, payment, refund.amount)
+    return True
+
+
+def count_refunded(session: Session, payment: Payment, amount: int) -> None:
+    """Add a succeeded refund's ``amount`` to the payment, which becomes PARTIALLY_REFUNDED, or
+    REFUNDED once the refunds reach what was captured."""
+    payment.refunded_amount += amount
+    full = payment.refunded_amount >= captured_money(payment).amount
+    move_payment(
+        session, payment,
+        PaymentStatus.REFUNDED if full else PaymentStatus.PARTIALLY_REFUNDED,
+        refunded=payment.refunded_amount,
+    )  # fmt: skip

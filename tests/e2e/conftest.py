@@ -39,7 +39,13 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline_env(services, tmp_path, monkeypatch) -> Iterator[tuple[int, Any]]:
+def wechatpay_key_mode() -> str:
+    """WeChat Pay's key mode for the stack; a module overrides this fixture to change it."""
+    return "public_key"
+
+
+@pytest.fixture
+def pipeline_env(services, tmp_path, monkeypatch, wechatpay_key_mode) -> Iterator[tuple[int, Any]]:
     """Simulators started and their settings exported (no orderflow process started yet)."""
     from adapters import registry
     from simulators.stack import ProviderStack
@@ -47,7 +53,8 @@ def pipeline_env(services, tmp_path, monkeypatch) -> Iterator[tuple[int, Any]]:
 
     port = free_port()
     # 1 s of test time is 10 h of parcel time: a whole trace (34 h) takes about 3.4 s.
-    stack = ProviderStack.start(f"http://127.0.0.1:{port}", tmp_path / "keys", time_scale=36000)
+    stack = ProviderStack.start(f"http://127.0.0.1:{port}", tmp_path / "keys", time_scale=36000,
+                                wechatpay_key_mode=wechatpay_key_mode)  # fmt: skip
     for key, value in stack.env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()

@@ -52,6 +52,9 @@ class FakePaymentProvider(Faulty):
       stays PENDING until :meth:`settle_refund` when ``refunds_start_pending``.
     * Notifications (queued in ``outbox`` on pay and on refund success) are JSON objects signed
       with ``secret`` in their ``sign`` field; headers are ignored.
+    * :meth:`dashboard_refund` is a refund made at the provider (no ``refund_no`` of ours, named
+      by its ``provider_refund_ref``); ``list_refunds`` lists every refund of a trade
+      (:class:`adapters.payments.base.RefundLister`, as Stripe).
     """
 
     name = "fake"
@@ -64,6 +67,7 @@ class FakePaymentProvider(Faulty):
         self.refunds: dict[str, tuple[str, RefundResult]] = {}  # refund_no -> (trade, result)
         self.outbox: list[bytes] = []
         self._keys: dict[str, str] = {}  # idempotency key -> out_trade_no
+        self._notice: dict[str, bool] = {}  # how dashboard_refund's notification is shaped
 
     # -- the Protocol ----------------------------------------------------------------------
     def create(self, request: CreatePayment) -> PaymentCreated:
@@ -80,6 +84,12 @@ class FakePaymentProvider(Faulty):
 
     def query_refund(self, ref: PaymentRef, refund_no: str) -> RefundResult:
         return self._call(lambda: self._stored_refund(refund_no))
+
+    def list_refunds(self, ref: PaymentRef) -> list[RefundResult]:
+        """Every refund of the trade, newest first."""
+        return self._call(
+            lambda: [r for t, r in reversed(self.refunds.values()) if t == ref.out_trade_no]
+        )
 
     def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
         """Verify ``sign`` over the other fields, then parse; SignatureInvalid otherwise."""
@@ -122,6 +132,40 @@ class FakePaymentProvider(Faulty):
         if not succeeded:
             trade.refunded -= result.amount.amount if result.amount else 0
         self._settled(trade, refund_no, replace(result, state=state, raw_status=state.value))
+
+    def dashboard_refund(
+        self,
+        out_trade_no: str,
+        amount: int | None = None,
+        *,
+        pending: bool = False,
+        unlisted: bool = False,
+        anonymous: bool = False,
+    ) -> str:
+        """A refund made at the provider (default: all that is left); returns its provider
+        reference. Its notification names no refund when ``unlisted`` (as Stripe's
+        ``charge.refunded`` today) and no ``out_trade_no`` when ``anonymous`` (only the
+        provider's reference, as a Stripe refund made in the dashboard). A ``pending`` one is
+        finished with :meth:`settle_refund` under its provider reference."""
+        trade = self.trades[out_trade_no]
+        paid = trade.paid or trade.request.amount
+        amount = paid.amount - trade.refunded if amount is None else amount
+        if trade.state not in (PaymentState.PAID, PaymentState.REFUNDED):
+            raise ValueError(f"{out_trade_no} is not paid")
+        if not 0 < amount <= paid.amount - trade.refunded:
+            raise ValueError(f"cannot refund {amount}")
+        trade.refunded += amount
+        key = f"fake-dash-{len(self.refunds) + 1}"
+        state = RefundState.PENDING if pending else RefundState.SUCCEEDED
+        result = RefundResult("", state, state.value, Money(amount, paid.currency), key)
+        self.refunds[key] = (out_trade_no, result)
+        self._notice = {"unlisted": unlisted, "anonymous": anonymous}
+        if state is RefundState.SUCCEEDED:
+            self._settled(trade, key, result)
+        else:
+            self._notify("refund", trade, result)
+        self._notice = {}
+        return key
 
     def sign_notification(self, fields: Mapping[str, str]) -> bytes:
         """A notification body as this provider sends it (tests forge with another secret)."""
@@ -217,8 +261,14 @@ class FakePaymentProvider(Faulty):
             "amount": str(status.amount.amount if status.amount else ""),
             "currency": status.amount.currency if status.amount else "",
         }
-        if refund is not None:
-            fields |= {"refund_no": refund.refund_no, "refund_state": refund.state.value}
+        if refund is not None and not self._notice.get("unlisted"):
+            fields |= {"refund_no": refund.refund_no, "refund_state": refund.state.value,
+                       "refund_amount": str(refund.amount.amount) if refund.amount else "",
+                       "refund_ref": refund.provider_refund_ref or ""}  # fmt: skip
+        if self._notice.get("unlisted"):
+            fields["unlisted"] = "yes"
+        if self._notice.get("anonymous"):
+            del fields["out_trade_no"]
         self.outbox.append(self.sign_notification(fields))
 
 
@@ -231,10 +281,17 @@ def _notification(fields: Mapping[str, Any]) -> Notification:
     amount = Money(int(fields["amount"]), fields["currency"]) if fields.get("amount") else None
     status = TradeStatus(state, state.value, fields.get("provider_ref"), amount)
     refund = None
-    if fields.get("refund_no"):
+    if fields.get("refund_no") or fields.get("refund_ref"):
         refund_state = RefundState(fields["refund_state"])
-        refund = RefundResult(fields["refund_no"], refund_state, refund_state.value)
+        refund_amount = fields.get("refund_amount")
+        refund = RefundResult(
+            fields["refund_no"], refund_state, refund_state.value,
+            Money(int(refund_amount), fields["currency"]) if refund_amount else None,
+            fields.get("refund_ref") or None,
+        )  # fmt: skip
     kind = NotificationKind.REFUND if fields["type"] == "refund" else NotificationKind.PAYMENT
     return Notification(
-        kind, fields["event_id"], fields["out_trade_no"], status, refund, raw_type=fields["type"]
-    )
+        kind, fields["event_id"], fields.get("out_trade_no"), status, refund,
+        raw_type=fields["type"], provider_ref=fields.get("provider_ref"),
+        refunds_unlisted=fields.get("unlisted") == "yes",
+    )  # fmt: skip

@@ -21,7 +21,11 @@ from typing import Any
 import pytest
 
 from settings import PROJECT_ROOT
-from tests.e2e.conftest import pipeline_env, start_pipeline  # noqa: F401 - shared fixtures
+from tests.e2e.conftest import (  # noqa: F401 - shared fixtures
+    pipeline_env,
+    start_pipeline,
+    wechatpay_key_mode,
+)
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
 _RESULTS: list[dict[str, Any]] = []

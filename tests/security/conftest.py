@@ -12,10 +12,10 @@ from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tests.conftest import order_message
 from tests.console_helpers import admin_key, app, clock  # noqa: F401 (the console tests' fixtures)
-from tests.e2e.conftest import pipeline_env, start_pipeline
+from tests.e2e.conftest import pipeline_env, start_pipeline, wechatpay_key_mode
 from tests.security.fuzz_api_support import ADMIN_KEY, SKUS, Target
 
-__all__ = ["pipeline_env", "row_counts", "start_pipeline"]
+__all__ = ["pipeline_env", "row_counts", "start_pipeline", "wechatpay_key_mode"]
 
 #: Tables a request could write to. A refused request (4xx) must leave every count unchanged.
 WRITABLE_TABLES = (
