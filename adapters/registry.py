@@ -8,6 +8,7 @@ session, so connections are pooled. A provider that is not configured raises
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -38,8 +39,6 @@ _lock = threading.Lock()
 _cache: dict[str, PaymentProvider] = {}
 _logistics: dict[str, BookingService | TrackingProvider] = {}
 _settlement: dict[str, SettlementSource] = {}
-#: Providers whose daily bills orderflow fetches (services.settlement).
-SETTLEMENT_PROVIDERS = ("stripe",)
 
 
 def _require(value: T | None, name: str, provider: str) -> T:
@@ -167,12 +166,7 @@ def tracking_provider() -> TrackingProvider:
         return provider
 
 
-def settlement_source(name: str) -> SettlementSource:
-    """The configured settlement source (daily bills) for ``name``; only Stripe's so far
-    (Alipay's and WeChat Pay's files are not implemented: ``not_configured``)."""
-    if name not in SETTLEMENT_PROVIDERS:
-        raise ProviderRejected(name, "no settlement source (bills)", code="not_configured")
-    s = get_settings()
+def _stripe_settlement(s: Settings) -> SettlementSource:
     secret = _require(s.stripe_secret_key, "stripe_secret_key", "stripe")
     config = StripeSettlementConfig(
         api_base=s.stripe_api_base,
@@ -180,10 +174,41 @@ def settlement_source(name: str) -> SettlementSource:
         ready_margin=timedelta(seconds=s.settlement_ready_margin_s),
         connect_timeout=s.provider_connect_timeout_s,
     )
+    return StripeSettlementSource(config, _session())
+
+
+#: Settlement sources (daily bills) by provider; each builder raises ``not_configured`` like
+#: the payment builders when its keys are missing.
+_SETTLEMENT_BUILDERS: dict[str, Callable[[Settings], SettlementSource]] = {
+    "stripe": _stripe_settlement,
+}
+#: Providers whose daily bills orderflow can fetch (services.settlement).
+SETTLEMENT_PROVIDERS = tuple(_SETTLEMENT_BUILDERS)
+
+
+def settlement_source(name: str) -> SettlementSource:
+    """The configured settlement source (daily bills) for ``name``, built once per process."""
+    if name not in _SETTLEMENT_BUILDERS:
+        raise ProviderRejected(name, "no settlement source (bills)", code="not_configured")
     with _lock:
         if name not in _settlement:
-            _settlement[name] = StripeSettlementSource(config, _session())
+            _settlement[name] = _SETTLEMENT_BUILDERS[name](get_settings())
         return _settlement[name]
+
+
+def configured_settlement_providers() -> tuple[str, ...]:
+    """The settlement providers whose keys are set: the beat job fetches these and skips the
+    others (a shop that takes only Stripe has no Alipay bill to fetch)."""
+    configured = []
+    for name in SETTLEMENT_PROVIDERS:
+        try:
+            settlement_source(name)
+        except ProviderRejected as exc:
+            if exc.code != "not_configured":
+                raise
+        else:
+            configured.append(name)
+    return tuple(configured)
 
 
 def reset() -> None:

@@ -80,6 +80,8 @@ class SettlementLine(Base):
     source_ref: Mapped[str | None] = mapped_column(String(128))
     payment_ref: Mapped[str | None] = mapped_column(String(128))
     refund_ref: Mapped[str | None] = mapped_column(String(128))
+    merchant_payment_ref: Mapped[str | None] = mapped_column(String(128))
+    merchant_refund_ref: Mapped[str | None] = mapped_column(String(128))
     amount: Mapped[MinorUnits]
     fee: Mapped[MinorUnits]
     net: Mapped[MinorUnits]

@@ -22,11 +22,13 @@ Use cases (the CLI's ``orderflow settlement fetch|match|report|resolve``, and th
    stored lines), the files' state, and every difference of the day.
 4. :func:`resolve` — a person closes a difference with their name and a note (once).
 
-Days are UTC dates. "Expected on the day": payments of the provider captured with ``paid_at``
-in the day, refunds created in the day and SUCCEEDED or PENDING. The boundary is not smoothed
-over: a payment captured a moment before midnight whose charge the provider books just after it
-is ``missing_there`` on its own day (a person resolves it with a note), while the next day's
-charge line still finds it by reference (no ``missing_here``).
+Days are calendar dates in the provider's bill time zone (:func:`domain.settlement.bill_zone`:
+UTC for Stripe, China Standard Time for Alipay and WeChat Pay). "Expected on the day": payments
+of the provider captured with ``paid_at`` in the day, refunds created in the day and SUCCEEDED
+or PENDING. The boundary is not smoothed over: a payment captured a moment before midnight whose
+charge the provider books just after it is ``missing_there`` on its own day (a person resolves
+it with a note), while the next day's charge line still finds it by reference (no
+``missing_here``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from domain.settlement import (
     LineKind,
     OurPayment,
     OurRefund,
+    bill_zone,
     day_bounds,
     day_totals,
     match_day,
@@ -187,7 +190,10 @@ def _store(session: Session, bill: Bill, now: datetime) -> bool:
                 {"file_id": file_id, "line_no": n, "line_id": line.line_id,
                  "kind": line.kind.value, "raw_type": line.raw_type,
                  "source_ref": line.source_ref, "payment_ref": line.payment_ref,
-                 "refund_ref": line.refund_ref, "amount": line.amount, "fee": line.fee,
+                 "refund_ref": line.refund_ref,
+                 "merchant_payment_ref": line.merchant_payment_ref,
+                 "merchant_refund_ref": line.merchant_refund_ref,
+                 "amount": line.amount, "fee": line.fee,
                  "net": line.net, "currency": line.currency, "occurred_at": line.occurred_at}
                 for n, line in enumerate(bill.lines, start=1)
             ],
@@ -264,31 +270,35 @@ def _bill_line(row: SettlementLine) -> BillLine:
         line_id=row.line_id, kind=LineKind(row.kind), raw_type=row.raw_type,
         source_ref=row.source_ref, payment_ref=row.payment_ref, refund_ref=row.refund_ref,
         amount=row.amount, fee=row.fee, net=row.net, currency=row.currency,
-        occurred_at=row.occurred_at,
+        occurred_at=row.occurred_at, merchant_payment_ref=row.merchant_payment_ref,
+        merchant_refund_ref=row.merchant_refund_ref,
     )  # fmt: skip
 
 
 def _our_payments(
     session: Session, provider: str, day: date, lines: Iterable[BillLine]
 ) -> list[OurPayment]:
-    start, end = day_bounds(day)
+    start, end = day_bounds(day, bill_zone(provider))
     refs = {line.payment_ref for line in lines if line.payment_ref}
+    numbers = {line.merchant_payment_ref for line in lines if line.merchant_payment_ref}
     expected = (
         Payment.status.in_(sorted(CAPTURED_STATUSES))
         & (Payment.paid_at >= start)
         & (Payment.paid_at < end)
     )
     rows = session.execute(
-        select(Payment.id, Payment.provider_ref, Payment.amount, Payment.currency,
-               Payment.captured_amount, Payment.captured_currency, Payment.status,
-               expected.label("expected"))
-        .where(Payment.provider == provider, Payment.provider_ref.is_not(None))
-        .where(Payment.provider_ref.in_(sorted(refs)) | expected)
+        select(Payment.id, Payment.provider_ref, Payment.out_trade_no, Payment.amount,
+               Payment.currency, Payment.captured_amount, Payment.captured_currency,
+               Payment.status, expected.label("expected"))
+        .where(Payment.provider == provider)
+        .where(Payment.provider_ref.in_(sorted(refs)) | Payment.out_trade_no.in_(sorted(numbers))
+               | expected)
     )  # fmt: skip
     return [
         OurPayment(
             id=r.id,
             provider_ref=r.provider_ref,
+            out_trade_no=r.out_trade_no,
             amount=r.amount if r.captured_amount is None else r.captured_amount,
             currency=r.captured_currency or r.currency,
             status=r.status,
@@ -301,23 +311,26 @@ def _our_payments(
 def _our_refunds(
     session: Session, provider: str, day: date, lines: Iterable[BillLine]
 ) -> list[OurRefund]:
-    start, end = day_bounds(day)
+    start, end = day_bounds(day, bill_zone(provider))
     refs = {line.refund_ref for line in lines if line.refund_ref}
+    numbers = {line.merchant_refund_ref for line in lines if line.merchant_refund_ref}
     expected = Refund.status.in_(sorted(BOOKED_REFUND_STATUSES)) & (
         Refund.created_at >= start
     ) & (Refund.created_at < end)  # fmt: skip
     rows = session.execute(
-        select(Refund.id, Refund.payment_id, Refund.provider_refund_ref, Refund.amount,
-               Refund.currency, Refund.status, expected.label("expected"))
+        select(Refund.id, Refund.payment_id, Refund.provider_refund_ref, Refund.refund_no,
+               Refund.amount, Refund.currency, Refund.status, expected.label("expected"))
         .join(Payment, Payment.id == Refund.payment_id)
-        .where(Payment.provider == provider, Refund.provider_refund_ref.is_not(None))
-        .where(Refund.provider_refund_ref.in_(sorted(refs)) | expected)
+        .where(Payment.provider == provider)
+        .where(Refund.provider_refund_ref.in_(sorted(refs)) | Refund.refund_no.in_(sorted(numbers))
+               | expected)
     )  # fmt: skip
     return [
         OurRefund(
             id=r.id,
             payment_id=r.payment_id,
             provider_ref=r.provider_refund_ref,
+            refund_no=r.refund_no,
             amount=r.amount,
             currency=r.currency,
             status=r.status,

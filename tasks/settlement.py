@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import date
 
-from adapters.registry import SETTLEMENT_PROVIDERS, settlement_source
+from adapters.registry import configured_settlement_providers, settlement_source
 from services import settlement
 from services.ports import utcnow
 from services.task_names import MAINTENANCE_SETTLEMENT, MAINTENANCE_SETTLEMENT_DAY
@@ -24,7 +24,7 @@ def settle_due_days(self: OrderflowTask) -> int:
     """Beat: fetch and match the bills of the last ``settlement_lookback_days`` days."""
     try:
         done = settlement.run_due(
-            settlement_source, SETTLEMENT_PROVIDERS, now=utcnow(),
+            settlement_source, configured_settlement_providers(), now=utcnow(),
             lookback_days=get_settings().settlement_lookback_days,
         )  # fmt: skip
     except Exception as exc:

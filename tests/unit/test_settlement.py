@@ -182,3 +182,60 @@ def test_a_bad_stripe_line_refuses_the_bill_naming_line_and_field(
 def test_the_same_line_twice_refuses_the_bill() -> None:
     with pytest.raises(BillRefused, match="line 2 \\(txn_1\\): listed twice"):
         parse_page([txn(), txn()], DAY)
+
+
+def cn_line(kind: LineKind, n: int, amount: int, fee: int = 0, **refs: Any) -> BillLine:
+    """A line as the Chinese bills give it: the provider's reference may be absent, the
+    merchant's own numbers are there."""
+    return BillLine(
+        line_id=f"row_{n}", kind=kind, raw_type=kind.value, source_ref=None,
+        payment_ref=refs.get("trade_no"), refund_ref=refs.get("refund_id"), amount=amount,
+        fee=fee, net=amount - fee, currency="CNY", occurred_at=AT,
+        merchant_payment_ref=refs.get("out_trade_no"),
+        merchant_refund_ref=refs.get("out_request_no"),
+    )  # fmt: skip
+
+
+def test_lines_are_matched_by_the_merchants_own_numbers_when_the_providers_are_unknown() -> None:
+    payments = [
+        OurPayment(1, None, 1000, "CNY", "PAID", True, out_trade_no="o-1"),  # trade_no never learnt
+        OurPayment(2, "2026T2", 500, "CNY", "PARTIALLY_REFUNDED", True, out_trade_no="o-2"),
+    ]
+    refunds = [OurRefund(7, 2, None, 200, "CNY", "SUCCEEDED", True, refund_no="o-2-r1")]
+    lines = [
+        cn_line(LineKind.CHARGE, 1, 1000, 6, trade_no="2026T1", out_trade_no="o-1"),
+        cn_line(LineKind.CHARGE, 2, 500, 3, trade_no="2026T2", out_trade_no="o-2"),
+        # Alipay names a refund by the trade and our out_request_no only.
+        cn_line(LineKind.REFUND, 3, -200, trade_no="2026T2", out_request_no="o-2-r1"),
+    ]
+    found = match_day(lines, payments, refunds)
+    assert found.differences == ()
+    assert found.matches["row_1"].payment_id == 1
+    assert (found.matches["row_3"].payment_id, found.matches["row_3"].refund_id) == (2, 7)
+    # Without its line, the refund is missing there, named by our number.
+    alone = match_day(lines[:2], payments, refunds)
+    assert kinds(alone) == {("missing_there", "o-2-r1")}
+
+
+def test_a_merchant_number_never_matches_another_kind_of_record() -> None:
+    """A refund line's out_request_no is looked up among refunds only, never among payments'
+    out_trade_no: the same string on both sides must not link the wrong records."""
+    payments = [OurPayment(1, "T1", 300, "CNY", "PAID", False, out_trade_no="same")]
+    found = match_day([cn_line(LineKind.REFUND, 1, -300, out_request_no="same")], payments, [])
+    assert kinds(found) == {("missing_here", "same")}
+    assert found.matches["row_1"].payment_id is None
+
+
+def test_chinese_bills_follow_the_beijing_day() -> None:
+    from domain.settlement import bill_zone, day_bounds
+
+    start, end = day_bounds(DAY, bill_zone("alipay"))
+    assert (start, end) == (
+        datetime(2026, 12, 2, 16, 0, tzinfo=UTC),
+        datetime(2026, 12, 3, 16, 0, tzinfo=UTC),
+    )
+    assert bill_zone("wechatpay") is bill_zone("alipay")
+    assert day_bounds(DAY, bill_zone("stripe"))[0] == datetime(2026, 12, 3, tzinfo=UTC)
+    assert ready_at(DAY, timedelta(hours=9), bill_zone("alipay")) == datetime(
+        2026, 12, 4, 1, 0, tzinfo=UTC
+    )
