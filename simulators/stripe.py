@@ -45,12 +45,19 @@ Events emitted while ``webhook_url`` is ``None`` are kept in the ledger but neve
 
 API versions: events carry ``api_version`` and are rendered in the account's default version
 (``api_version``, settable through ``/_sim/config``; today's by default); a request is answered
-in its ``Stripe-Version`` header's version, else the default (a malformed one is a 400). The one
+in its ``Stripe-Version`` header's version, else the default (a malformed one is a 400); each
+``/v1`` request's method, path and header are kept in ``api_requests``. The one
 shape that differs is the Charge's: before 2022-11-15 it embeds its ``refunds`` list (in
 ``charge.refunded`` and an expanded ``latest_charge``), since then it does not — the refunds are
 in the ``refund.*`` events and ``GET /v1/refunds``. A new refund sends ``refund.created`` and
 ``charge.refunded``; a status change sends ``refund.updated`` (with ``previous_attributes``),
 ``refund.failed`` when it failed, and the older ``charge.refund.updated``.
+
+Books kept in the past: ``books_offset_s`` (default 0, settable through ``/_sim/config``) shifts
+the ``created`` time of new PaymentIntents, charges and refunds — and so of their balance
+transactions — by that many seconds, so that a test on real workers, whose clocks it cannot
+move, finds today's payments on a past day's bill that Stripe would already list in full. Events
+and webhook signatures keep the real time.
 
 Control: :meth:`StripeSimulator.pay`, :meth:`StripeSimulator.fail_payment`,
 :meth:`StripeSimulator.settle_refund`, :meth:`StripeSimulator.dashboard_refund` (a refund made
@@ -253,6 +260,7 @@ class StripeSimulator(SimulatorServer):
         self.api_version = API_VERSION
         self.execution_delay_ms = 0
         self.minimum_amount = 1
+        self.books_offset_s = 0
         self._state = threading.RLock()
         self._clear_state()
         self.disputes = DisputeDesk(self._state, self._find_pi, lambda: self.charges, self._emit)
@@ -275,6 +283,10 @@ class StripeSimulator(SimulatorServer):
         self.route("POST", "/_sim/dashboard_refund", self._sim_dashboard_refund)
         self.route("POST", "/_sim/settlement", self.balance.control)
 
+    def _booked_at(self) -> int:
+        """``created`` for a new PaymentIntent, charge or refund (see ``books_offset_s``)."""
+        return int(time.time()) + int(self.books_offset_s)
+
     def _clear_state(self) -> None:
         with self._state:
             self.payment_intents: dict[str, dict[str, Any]] = {}
@@ -283,6 +295,9 @@ class StripeSimulator(SimulatorServer):
             self.events: list[dict[str, Any]] = []
             self._idempotency: dict[str, _Saved] = {}
             self._in_flight: set[str] = set()
+            #: Every ``/v1`` request as (method, path, its ``Stripe-Version`` header or None),
+            #: so that tests can see which version a client asked for.
+            self.api_requests: list[tuple[str, str, str | None]] = []
 
     def _on_reset(self) -> None:
         for timer in self._timers:
@@ -317,6 +332,8 @@ class StripeSimulator(SimulatorServer):
     def _handle(self, req: Request, injected: str | None = None) -> Response:
         """auth → parse → (POST: idempotency) → validate → execute, as Stripe orders them."""
         request_id = _new_id("req_")
+        with self._state:
+            self.api_requests.append((req.method, req.path, req.headers.get("stripe-version")))
         try:
             self._authenticate(req)
             self._version(req)  # an invalid Stripe-Version is refused before anything runs
@@ -492,7 +509,7 @@ class StripeSimulator(SimulatorServer):
             "capture_method": capture,
             "client_secret": f"{pi_id}_secret_{secrets.token_urlsafe(18)}",
             "confirmation_method": "automatic",
-            "created": int(time.time()),
+            "created": self._booked_at(),
             "currency": currency,
             "customer": params.get("customer"),
             "description": params.get("description"),
@@ -616,7 +633,7 @@ class StripeSimulator(SimulatorServer):
             "object": "refund",
             "amount": amount,
             "charge": charge["id"],
-            "created": int(time.time()),
+            "created": self._booked_at(),
             "currency": charge["currency"],
             "metadata": metadata,
             "payment_intent": charge["payment_intent"],
@@ -780,7 +797,7 @@ class StripeSimulator(SimulatorServer):
             "amount_captured": pi["amount"],
             "amount_refunded": 0,
             "captured": True,
-            "created": int(time.time()),
+            "created": self._booked_at(),
             "currency": pi["currency"],
             "metadata": {},  # Stripe does not copy PaymentIntent metadata onto the charge
             "paid": True,
@@ -905,6 +922,7 @@ class StripeSimulator(SimulatorServer):
         "api_version",
         "execution_delay_ms",
         "minimum_amount",
+        "books_offset_s",
     )
 
     def _sim_config(self, req: Request) -> Response:
