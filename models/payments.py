@@ -86,3 +86,27 @@ class Refund(Base):
     actor: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
+
+
+class RefundLookup(Base):
+    """A provider refund look-up that is owed (``services.payments.provider_refunds``, rule 3):
+    written in the transaction of the notification that asked for it, deleted once its answer
+    is applied, re-driven by the payment poll when ``due_at`` passes (migration 0016). A table,
+    not a column on ``payments``: Alipay can owe several at once (one per unknown refund)."""
+
+    __tablename__ = "refund_lookups"
+    __table_args__ = (
+        UniqueConstraint("payment_id", "refund_no", name="uq_refund_lookups_payment_refund"),
+        Index("ix_refund_lookups_due_at", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"))
+    # The provider's number of the one refund to ask about; '' asks for all of the payment's.
+    refund_no: Mapped[str] = mapped_column(String(64), server_default=text("''"))
+    due_at: Mapped[Timestamp]
+    # Re-drives so far (the backoff's exponent); a new notification asking again resets it.
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    # Notifications that asked: a look-up deletes the row only if none asked after it read it.
+    requests: Mapped[int] = mapped_column(server_default=text("1"))
+    created_at: Mapped[CreatedAt]

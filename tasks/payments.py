@@ -97,7 +97,8 @@ def lookup_refunds(self: OrderflowTask, arg: str) -> str:
 
 @app.task(name=MAINTENANCE_POLL_PAYMENTS, base=OrderflowTask, bind=True)
 def poll_payments(self: OrderflowTask) -> int:
-    """Beat: enqueue status queries for pending payments and re-drive unfinished refunds."""
+    """Beat: enqueue status queries for pending payments and re-drive unfinished refunds and
+    owed refund look-ups (a ``payments.lookup_refunds`` message lost after its commit)."""
     s = get_settings()
     try:
         with unit_of_work() as session:

@@ -31,7 +31,7 @@ from services.payments.common import (
     move_payment,
     provider_ref,
 )
-from services.payments.provider_refunds import apply_refund
+from services.payments.provider_refunds import apply_refund, claim_due_lookups
 from services.payments.refunds import request_refund
 from services.ports import Outcome, Ports
 from services.provider_calls import CircuitOpen
@@ -221,7 +221,9 @@ def finish_query(
 def claim_due(
     session: Session, *, now: datetime, limit: int, first_s: float, max_s: float
 ) -> list[Followup]:
-    """Payments to query and refunds to (re)drive whose time has come; SKIP LOCKED claims."""
+    """Payments to query, refunds to (re)drive and refund look-ups owed
+    (:func:`~services.payments.provider_refunds.claim_due_lookups`) whose time has come; SKIP
+    LOCKED claims."""
     payments = list(
         session.scalars(
             select(Payment)
@@ -248,6 +250,8 @@ def claim_due(
     )
     for r in refunds:
         r.next_query_at = now + timedelta(seconds=REFUND_REDRIVE_S)
-    return [Followup(PAYMENTS_QUERY, p.id) for p in payments] + [
-        Followup(PAYMENTS_REFUND, r.id) for r in refunds
-    ]
+    return (
+        [Followup(PAYMENTS_QUERY, p.id) for p in payments]
+        + [Followup(PAYMENTS_REFUND, r.id) for r in refunds]
+        + claim_due_lookups(session, now=now, limit=limit)  # refunds made at the provider
+    )

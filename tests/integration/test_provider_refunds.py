@@ -6,17 +6,20 @@ order a provider's retries and reorderings could bring them."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from domain.errors import ValidationError
+from domain.errors import ProviderUnavailable, ValidationError
 from domain.money import Money
-from models import Order, OrderEvent, Payment, Refund
+from models import DeadLetter, Order, OrderEvent, Payment, Refund
+from models.payments import RefundLookup
 from services import payments
 from services.followup import Followup
 from services.payments import provider_refunds
+from services.payments.provider_refunds import LOOKUP_FIRST_S, LOOKUP_MAX_S
+from services.task_names import PAYMENTS_LOOKUP_REFUNDS
 from services.unit_of_work import unit_of_work
 from tests.fakes import FakePaymentProvider
 from tests.helpers import assert_stock_consistent, stock_of
@@ -204,3 +207,124 @@ def test_a_provider_refund_of_more_than_is_left_is_not_recorded(catalog):
             )
         ).all()
     assert kinds == ["attention", "attention"]
+
+
+# -- The look-up is owed durably (rule 3 a-c): a lost publish is re-driven by the payment poll --
+
+
+def owed(oid: str) -> list[tuple[str, int, int]]:
+    """The look-ups owed for the order's payment: [(refund_no, attempts, requests)]."""
+    with unit_of_work() as s:
+        rows = s.scalars(
+            select(RefundLookup)
+            .join(Payment, Payment.id == RefundLookup.payment_id)
+            .where(Payment.order_id == oid)
+            .order_by(RefundLookup.id)
+        ).all()
+        return [(r.refund_no, r.attempts, r.requests) for r in rows]
+
+
+def poll(at: datetime) -> list[Followup]:
+    """The ``maintenance.poll_payments`` beat step at time ``at``: the look-ups it re-drives."""
+    with unit_of_work() as s:
+        claimed = payments.claim_due(s, now=at, limit=10, first_s=5, max_s=60)
+    return [f for f in claimed if f.task == PAYMENTS_LOOKUP_REFUNDS]
+
+
+def test_a_lookup_whose_publish_was_lost_is_redriven_after_its_due_time_and_then_cleared(catalog):
+    """The look-up is owed in the notification's own transaction (a rolled-back delivery owes
+    nothing); its message is lost; the poll re-sends it once it is due, and backs off; the task
+    records the refund and clears the row; running it again records nothing twice."""
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid, trade_no = paid_order(fake)
+    ref = fake.dashboard_refund(trade_no, 250, unlisted=True)
+    note = fake.parse_notification({}, fake.outbox[-1])
+    with pytest.raises(RuntimeError), unit_of_work() as s:
+        payments.apply_notification(s, "alipay", note, now=now())
+        raise RuntimeError("the webhook's transaction fails after applying")
+    assert owed(oid) == []
+    t0 = now()
+    with unit_of_work() as s:
+        (lookup,) = payments.apply_notification(s, "alipay", note, now=t0)
+    assert owed(oid) == [("", 0, 1)]  # and the message is lost: `lookup` is never sent
+    assert poll(t0 + timedelta(seconds=LOOKUP_FIRST_S - 1)) == []  # not due yet
+    due = t0 + timedelta(seconds=LOOKUP_FIRST_S + 1)
+    assert poll(due) == [lookup]
+    assert poll(due) == [] and owed(oid) == [("", 1, 1)]  # claimed: backed off, not sent twice
+    later = due + timedelta(seconds=2 * LOOKUP_FIRST_S + 1)
+    assert poll(later) == [lookup] and owed(oid) == [("", 2, 1)]
+
+    step = provider_refunds.lookup_refunds(str(lookup.arg), lambda name: fake, ports())
+    assert step.result == "looked_up_1" and owed(oid) == []
+    assert provider_refunds.lookup_refunds(str(lookup.arg), lambda n: fake, ports()).result == (
+        "looked_up_1"
+    )  # a duplicate message (the lost one turning up after all)
+    number = provider_refunds.provider_refund_no(_payment_id(oid), ref)
+    recorded = ("PAID", "PARTIALLY_REFUNDED", 250, [("SUCCEEDED", "provider", 250, number)])
+    assert money(oid) == recorded
+    assert owed(oid) == [] and poll(later + timedelta(hours=2)) == []
+    with unit_of_work() as s:
+        redrive = (OrderEvent.order_id == oid, OrderEvent.kind == "redrive")
+        redrives = s.scalars(select(OrderEvent.detail).where(*redrive)).all()
+    assert [d["attempt"] for d in redrives] == [1, 2]
+
+
+def test_a_notification_during_a_lookup_keeps_the_row_for_the_refund_it_missed(catalog):
+    """A second dashboard refund's notification arrives while a look-up is in flight with an
+    answer that predates it: that answer is applied, but the row stays owed, and the next
+    look-up (here the re-sent message) records the second refund."""
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid, trade_no = paid_order(fake)
+    fake.dashboard_refund(trade_no, 100, unlisted=True)
+    (lookup,) = deliver(fake, fake.outbox[-1])
+    with unit_of_work() as s:
+        plan = provider_refunds.prepare_lookup(s, _payment_id(oid), "")
+    assert isinstance(plan, provider_refunds.LookupPlan)
+    first_answer = fake.list_refunds(plan.call.request)  # the call, no transaction open
+    fake.dashboard_refund(trade_no, 200, unlisted=True)
+    assert deliver(fake, fake.outbox[-1]) == [lookup] and owed(oid) == [("", 0, 2)]
+    with unit_of_work() as s:
+        cleared = provider_refunds.finish_lookup(s, plan, first_answer, now=now(), source="t")
+    assert not cleared and owed(oid) == [("", 0, 2)] and money(oid)[2] == 100
+    provider_refunds.lookup_refunds(str(lookup.arg), lambda name: fake, ports())
+    assert owed(oid) == [] and money(oid)[2] == 300 and len(money(oid)[3]) == 2
+
+
+def test_a_failing_lookup_stays_owed_and_is_held_while_dead_lettered(catalog):
+    """A provider error leaves the row (the task retries); once the task is dead-lettered the
+    poll stops re-sending it until an operator has dealt with the dead letter."""
+    catalog({"P": 5})
+    fake = FakePaymentProvider()
+    oid, trade_no = paid_order(fake)
+    key = fake.dashboard_refund(trade_no, 120)
+    _, made = fake.refunds.pop(key)
+    fake.refunds["HZ-1"] = (trade_no, replace(made, refund_no="HZ-1"))
+    fake.refunds["HZ-2"] = (trade_no, replace(made, refund_no="HZ-2", amount=Money(80, "CNY")))
+    note = fake.parse_notification({}, fake.outbox[-1])
+    t0 = now()
+    lookups = []
+    for number in ("HZ-1", "HZ-2"):  # Alipay: two refunds we did not issue, one look-up each
+        total_only = replace(made, refund_no=number, amount=None, provider_refund_ref=None)
+        one = replace(note, event_id=f"n-{number}", refund=total_only)
+        with unit_of_work() as s:
+            lookups += payments.apply_notification(s, "alipay", one, now=t0)
+    assert owed(oid) == [("HZ-1", 0, 1), ("HZ-2", 0, 1)]
+    fake.fail_next()
+    with pytest.raises(ProviderUnavailable):
+        provider_refunds.lookup_refunds(str(lookups[0].arg), lambda name: fake, ports())
+    assert owed(oid)[0] == ("HZ-1", 0, 1)
+    with unit_of_work() as s:
+        s.add(DeadLetter(task_name=PAYMENTS_LOOKUP_REFUNDS, args=[lookups[0].arg], kwargs={},
+                         error_class="ProviderUnavailable", error_message="x",
+                         attempts=6))  # fmt: skip
+    due = t0 + timedelta(seconds=LOOKUP_FIRST_S + 1)
+    assert poll(due) == [lookups[1]]  # HZ-1 held; its due time still moves on
+    assert owed(oid) == [("HZ-1", 1, 1), ("HZ-2", 1, 1)]
+    with unit_of_work() as s:
+        s.execute(update(DeadLetter).values(status="REPLAYED"))
+    assert poll(due + timedelta(seconds=LOOKUP_MAX_S)) == lookups
+    for lookup in lookups:
+        provider_refunds.lookup_refunds(str(lookup.arg), lambda name: fake, ports())
+    assert owed(oid) == [] and money(oid)[2] == 200
