@@ -253,6 +253,12 @@ class Settings(BaseSettings):
     alipay_app_id: str | None = None
     alipay_app_private_key_file: Path | None = Field(None, description="PEM, app private key")
     alipay_public_key_file: Path | None = Field(None, description="PEM, Alipay public key")
+    alipay_pid: str | None = Field(
+        None,
+        pattern=r"^2088\d{12}$",
+        description="Merchant partner id (2088…): Alipay bills must belong to it; unset, a "
+        "bill need only name one account consistently",
+    )
 
     wechatpay_base_url: str = "https://api.mch.weixin.qq.com"
     wechatpay_mchid: str | None = None
@@ -359,6 +365,12 @@ class Settings(BaseSettings):
     stripe_api_base: str = "https://api.stripe.com"
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
+    stripe_api_version: str = Field(
+        "2026-04-22.dahlia",
+        pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$",
+        description="Stripe-Version sent on every Stripe API request: pins the shapes Stripe "
+        "answers in (webhook events come in the endpoint's version, set in the dashboard)",
+    )
 
     @field_validator("database_url")
     @classmethod

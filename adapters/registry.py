@@ -24,11 +24,16 @@ from adapters.logistics.kuaidi100 import (
 )
 from adapters.logistics.warehouse import WarehouseBookingConfig, WarehouseBookingService
 from adapters.payments.alipay import AlipayConfig, AlipayProvider
+from adapters.payments.alipay_settlement import AlipaySettlementConfig, AlipaySettlementSource
 from adapters.payments.base import PaymentProvider
 from adapters.payments.settlement import SettlementSource
 from adapters.payments.stripe import StripeConfig, StripeProvider
 from adapters.payments.stripe_settlement import StripeSettlementConfig, StripeSettlementSource
 from adapters.payments.wechatpay import WeChatPayConfig, WeChatPayProvider
+from adapters.payments.wechatpay_settlement import (
+    WeChatPaySettlementConfig,
+    WeChatPaySettlementSource,
+)
 from settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -55,8 +60,8 @@ def _session() -> requests.Session:
     return provider_session()
 
 
-def _alipay(s: Settings) -> PaymentProvider:
-    config = AlipayConfig(
+def _alipay_config(s: Settings) -> AlipayConfig:
+    return AlipayConfig(
         gateway_url=s.alipay_gateway_url,
         app_id=_require(s.alipay_app_id, "alipay_app_id", "alipay"),
         app_private_key_pem=_read(s.alipay_app_private_key_file, "alipay_app_private_key_file",
@@ -65,7 +70,10 @@ def _alipay(s: Settings) -> PaymentProvider:
         connect_timeout=s.provider_connect_timeout_s,
         read_timeout=s.provider_read_timeout_s,
     )  # fmt: skip
-    return AlipayProvider(config, _session())
+
+
+def _alipay(s: Settings) -> PaymentProvider:
+    return AlipayProvider(_alipay_config(s), _session())
 
 
 def _platform_keys(spec: str | None, key_mode: str) -> dict[str, bytes]:
@@ -81,8 +89,12 @@ def _platform_keys(spec: str | None, key_mode: str) -> dict[str, bytes]:
 
 
 def _wechatpay(s: Settings) -> PaymentProvider:
+    return WeChatPayProvider(_wechatpay_config(s), _session())
+
+
+def _wechatpay_config(s: Settings) -> WeChatPayConfig:
     api_key = _require(s.wechatpay_api_v3_key, "wechatpay_api_v3_key", "wechatpay")
-    config = WeChatPayConfig(
+    return WeChatPayConfig(
         base_url=s.wechatpay_base_url,
         mchid=_require(s.wechatpay_mchid, "wechatpay_mchid", "wechatpay"),
         appid=_require(s.wechatpay_appid, "wechatpay_appid", "wechatpay"),
@@ -97,7 +109,6 @@ def _wechatpay(s: Settings) -> PaymentProvider:
         connect_timeout=s.provider_connect_timeout_s,
         read_timeout=s.provider_read_timeout_s,
     )  # fmt: skip
-    return WeChatPayProvider(config, _session())
 
 
 def _stripe(s: Settings) -> PaymentProvider:
@@ -107,6 +118,7 @@ def _stripe(s: Settings) -> PaymentProvider:
         api_base=s.stripe_api_base,
         secret_key=secret.get_secret_value(),
         webhook_secret=webhook.get_secret_value(),
+        api_version=s.stripe_api_version,
         connect_timeout=s.provider_connect_timeout_s,
         read_timeout=s.provider_read_timeout_s,
     )
@@ -171,16 +183,29 @@ def _stripe_settlement(s: Settings) -> SettlementSource:
     config = StripeSettlementConfig(
         api_base=s.stripe_api_base,
         secret_key=secret.get_secret_value(),
+        api_version=s.stripe_api_version,
         ready_margin=timedelta(seconds=s.settlement_ready_margin_s),
         connect_timeout=s.provider_connect_timeout_s,
     )
     return StripeSettlementSource(config, _session())
 
 
+def _alipay_settlement(s: Settings) -> SettlementSource:
+    config = AlipaySettlementConfig(gateway=_alipay_config(s), pid=s.alipay_pid)
+    return AlipaySettlementSource(config, _session())
+
+
+def _wechatpay_settlement(s: Settings) -> SettlementSource:
+    config = WeChatPaySettlementConfig(payment=_wechatpay_config(s))
+    return WeChatPaySettlementSource(config, WeChatPayProvider(config.payment, _session()))
+
+
 #: Settlement sources (daily bills) by provider; each builder raises ``not_configured`` like
 #: the payment builders when its keys are missing.
 _SETTLEMENT_BUILDERS: dict[str, Callable[[Settings], SettlementSource]] = {
     "stripe": _stripe_settlement,
+    "alipay": _alipay_settlement,
+    "wechatpay": _wechatpay_settlement,
 }
 #: Providers whose daily bills orderflow can fetch (services.settlement).
 SETTLEMENT_PROVIDERS = tuple(_SETTLEMENT_BUILDERS)

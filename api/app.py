@@ -21,6 +21,7 @@ from api.console_actions import router as console_actions_router
 from api.console_admin import router as console_admin_router
 from api.console_auth import router as console_auth_router
 from api.console_pages import router as console_pages_router
+from api.console_settlement import router as console_settlement_router
 from api.disconnects import QuietDisconnects
 from api.errors import COMMON_ERRORS, install_error_handlers
 from api.limits import BodySizeLimit, RejectNulCharacters
@@ -57,6 +58,7 @@ def create_app() -> FastAPI:
     app.include_router(console_pages_router)
     app.include_router(console_admin_router)
     app.include_router(console_actions_router)
+    app.include_router(console_settlement_router)
 
     install_metrics(app, get_settings())  # METRICS_TOKEN, METRICS_PORT: api.metrics_access
 

@@ -5,10 +5,12 @@ Pages: ``/console/pipeline`` (funnel per status, refreshed every few seconds fro
 stage; below, the last 24 hours as charts: transitions per hour, time in each stage, rejections
 by reason), ``/console/orders/{id}`` and ``/console/search?q=`` (order id, external id or
 waybill), ``/console/attention`` (NEEDS_ATTENTION orders, open dead letters, open circuits, open
-disputes by evidence deadline, stale tracking, callback endpoints' health, each with its CLI action;
-after a replay, what the replayed task did since), ``/console/stock`` (counters per SKU and
-warehouse with the drift check, paginated). The order list (``/console/orders``), the charts'
-cache and the templates' filters (money, statuses by meaning, durations): :mod:`api.console_pages`.
+disputes by evidence deadline, unresolved settlement differences (the count, linking to the
+Settlement page: :mod:`api.console_settlement`), stale tracking, callback endpoints' health, each
+with its CLI action; after a replay, what the replayed task did since), ``/console/stock``
+(counters per SKU and warehouse with the drift check, paginated). The order list
+(``/console/orders``), the charts' cache and the templates' filters (money, statuses by meaning,
+durations): :mod:`api.console_pages`.
 
 Authentication, sessions, roles and the audit trail: :mod:`api.console_auth`. Pages need any
 role; actions (dead letter replay / discard, payments reconcile) need the operator role, carry the
@@ -37,7 +39,7 @@ from api.console_pages import pipeline_charts
 from domain.errors import NotFound, ValidationError
 from domain.operators import Permission
 from services import console as queries
-from services import operators
+from services import console_settlement, operators
 from services import reconcile as reconciliation
 from services.payments import disputes
 from services.unit_of_work import unit_of_work
@@ -175,10 +177,11 @@ async def attention(
         replay = await run_in_threadpool(_read, lambda s: queries.replay_outcome(s, dl_id))
     circuits, circuit_error = await run_in_threadpool(_circuits)
     open_disputes = await run_in_threadpool(_read, lambda s: disputes.open_disputes(s, now=_now()))
+    unresolved = await run_in_threadpool(_read, console_settlement.open_differences)
     context = {
         "s": session, "nav": "attention", "a": data, "circuits": circuits,
         "circuit_error": circuit_error, "done": done, "error": error, "replay": replay,
-        "disputes": open_disputes,
+        "disputes": open_disputes, "settlement": unresolved,
     }  # fmt: skip
     return auth.page(request, "console/attention.html", context)
 

@@ -1,5 +1,7 @@
 """``orderflow settlement``: the providers' daily bills (fetch, match, report) and resolving the
-differences found (:mod:`services.settlement`). Days are UTC dates (``YYYY-MM-DD``)."""
+differences found (:mod:`services.settlement`). Days are dates (``YYYY-MM-DD``) in the
+provider's bill time zone: UTC for Stripe, Beijing for Alipay. Without ``--provider``, every
+provider whose keys are configured."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ settlement_app = typer.Typer(
     no_args_is_help=True, help="Settlement bills: fetch, match, report, resolve differences"
 )
 
-DATE_HELP = "The bill's day, YYYY-MM-DD (UTC)"
-PROVIDER_HELP = "Provider whose bill to use (only stripe so far)"
+DATE_HELP = "The bill's day, YYYY-MM-DD (the provider's: UTC for Stripe, else Beijing time)"
+PROVIDER_HELP = (
+    "Provider whose bill to use (stripe, alipay or wechatpay; default: every one configured)"
+)
 MONEY_FIELDS = ("gross", "refunds", "fees", "adjustments", "net")
 
 
@@ -30,12 +34,15 @@ def _day(value: str) -> date:
 
 
 def _providers(provider: str | None) -> tuple[str, ...]:
-    from adapters.registry import SETTLEMENT_PROVIDERS
+    from adapters.registry import SETTLEMENT_PROVIDERS, configured_settlement_providers
 
+    known = ", ".join(SETTLEMENT_PROVIDERS)
     if provider is None:
-        return SETTLEMENT_PROVIDERS
+        configured = configured_settlement_providers()
+        if not configured:
+            raise ValidationError("provider", f"none configured (set the keys of one of {known})")
+        return configured
     if provider not in SETTLEMENT_PROVIDERS:
-        known = ", ".join(SETTLEMENT_PROVIDERS)
         raise ValidationError("provider", f"no settlement bills for {provider!r} (only {known})")
     return (provider,)
 
@@ -92,7 +99,7 @@ def _money_cell(name: str) -> Callable[[dict[str, Any]], str]:
 
 
 FIGURE_COLUMNS = (
-    Column("provider", "provider"), Column("currency", "currency"),
+    Column("provider", "provider"), Column("bill", "bill_type"), Column("currency", "currency"),
     *(Column(f, _money_cell(f)) for f in MONEY_FIELDS), Column("lines", "lines"),
 )  # fmt: skip
 DIFFERENCE_COLUMNS = (

@@ -20,7 +20,9 @@ Matching rules (:func:`match_day`):
    (Alipay's ``out_request_no``, WeChat's ``out_refund_no``: Alipay gives a refund no id of its
    own). None → ``missing_here`` (a refund made at the provider). ``-amount`` or currency
    other than our refund's → ``amount_differs``; our refund neither SUCCEEDED nor PENDING →
-   ``status_differs``; a fee on it → ``unexpected_fee`` (refunds carry none).
+   ``status_differs``; a fee charged on it → ``unexpected_fee`` (refunds cost nothing; a
+   negative fee is the provider handing back part of the charge's fee, as WeChat Pay does,
+   and is expected).
 3. A ``refund_failure`` line gives a refund's money back: our refund should be FAILED, else
    ``status_differs`` (and its ``refund`` line then expects FAILED too); no refund of ours →
    ``missing_here``.
@@ -172,6 +174,18 @@ class Totals:
     lines: int = 0
 
 
+#: Providers whose refunds carry no reference of their own: what our records keep as the
+#: refund's provider reference is the trade's (Alipay answers a refund with its ``trade_no``), so
+#: it must not identify a refund — the merchant's refund number does.
+_NO_OWN_REFUND_REF = frozenset({"alipay"})
+
+
+def refunds_have_own_ref(provider: str) -> bool:
+    """Whether ``provider`` gives each refund a reference of its own (Stripe ``re_…``, WeChat
+    ``refund_id``); Alipay does not."""
+    return provider not in _NO_OWN_REFUND_REF
+
+
 def bill_zone(provider: str) -> tzinfo:
     """The time zone whose calendar days ``provider``'s bills follow (UTC unless known)."""
     return _BILL_ZONES.get(provider, UTC)
@@ -313,7 +327,7 @@ def _match_line(
                 diff(DifferenceKind.STATUS_DIFFERS, refund.amount, -line.amount,
                      f"{line.kind} on the bill, {refund.status} here")
             )  # fmt: skip
-        if line.fee and not failure:
+        if line.fee > 0 and not failure:  # fee < 0: the charge's fee handed back (WeChat Pay)
             out.append(diff(DifferenceKind.UNEXPECTED_FEE, 0, line.fee, "fee on a refund"))
     elif line.kind is LineKind.FEE:
         fee = line.fee - line.amount  # a fee line books the fee as a negative amount

@@ -45,7 +45,7 @@ RESPONSE_DUE_SOON = timedelta(hours=72)
 
 #: Providers whose settlement bills are reconciled (adapters.registry.SETTLEMENT_PROVIDERS;
 #: not imported, it would pull every adapter into the scrape path), and the age that alerts.
-SETTLEMENT_PROVIDERS = ("stripe",)
+SETTLEMENT_PROVIDERS = ("alipay", "stripe", "wechatpay")
 _DAY = timedelta(days=1)
 
 _SCRAPE_STATEMENT_TIMEOUT_MS = 2000

@@ -55,8 +55,10 @@ from domain.settlement import (
     day_bounds,
     day_totals,
     match_day,
+    refunds_have_own_ref,
 )
 from models import Payment, Refund, SettlementDifference, SettlementFile, SettlementLine
+from services.payments.provider_refunds import provider_refund_no
 from services.unit_of_work import UnitOfWork, unit_of_work
 
 Sources = Callable[[str], SettlementSource]
@@ -232,8 +234,8 @@ def match(
     lines = [_bill_line(row) for row in rows]
     decided = match_day(
         lines,
-        _our_payments(session, provider, day, lines),
-        _our_refunds(session, provider, day, lines),
+        payments := _our_payments(session, provider, day, lines),
+        _our_refunds(session, provider, day, lines, payments),
     )
     for row in rows:
         found = decided.matches.get(row.line_id)
@@ -309,28 +311,38 @@ def _our_payments(
 
 
 def _our_refunds(
-    session: Session, provider: str, day: date, lines: Iterable[BillLine]
-) -> list[OurRefund]:
+    session: Session, provider: str, day: date, lines: Iterable[BillLine],
+    payments: Iterable[OurPayment],
+) -> list[OurRefund]:  # fmt: skip
+    """Our refunds the lines name (by the provider's reference or our refund number) and those
+    expected on the day. A refund made at the provider is stored under
+    :func:`~services.payments.provider_refunds.provider_refund_no` (``provider-<payment
+    id>-<their number>``) while the bill names it by their number (Alipay's ``out_request_no``
+    of a console refund): it is looked up by that exact number, through the payment the line
+    names, and offered to matching under the bill's number."""
+    lines = list(lines)
     start, end = day_bounds(day, bill_zone(provider))
     refs = {line.refund_ref for line in lines if line.refund_ref}
     numbers = {line.merchant_refund_ref for line in lines if line.merchant_refund_ref}
+    made_there = _provider_made_numbers(lines, payments)
     expected = Refund.status.in_(sorted(BOOKED_REFUND_STATUSES)) & (
         Refund.created_at >= start
     ) & (Refund.created_at < end)  # fmt: skip
+    wanted = numbers | set(made_there)
     rows = session.execute(
         select(Refund.id, Refund.payment_id, Refund.provider_refund_ref, Refund.refund_no,
                Refund.amount, Refund.currency, Refund.status, expected.label("expected"))
         .join(Payment, Payment.id == Refund.payment_id)
         .where(Payment.provider == provider)
-        .where(Refund.provider_refund_ref.in_(sorted(refs)) | Refund.refund_no.in_(sorted(numbers))
+        .where(Refund.provider_refund_ref.in_(sorted(refs)) | Refund.refund_no.in_(sorted(wanted))
                | expected)
     )  # fmt: skip
     return [
         OurRefund(
             id=r.id,
             payment_id=r.payment_id,
-            provider_ref=r.provider_refund_ref,
-            refund_no=r.refund_no,
+            provider_ref=None if not refunds_have_own_ref(provider) else r.provider_refund_ref,
+            refund_no=made_there.get(r.refund_no, r.refund_no),
             amount=r.amount,
             currency=r.currency,
             status=r.status,
@@ -338,6 +350,26 @@ def _our_refunds(
         )
         for r in rows
     ]
+
+
+def _provider_made_numbers(
+    lines: Iterable[BillLine], payments: Iterable[OurPayment]
+) -> dict[str, str]:
+    """``provider_refund_no(payment, n) → n`` for each refund line naming its payment and a
+    refund number ``n``."""
+    by_ref = {p.provider_ref: p.id for p in payments if p.provider_ref}
+    by_no = {p.out_trade_no: p.id for p in payments if p.out_trade_no}
+    found: dict[str, str] = {}
+    for line in lines:
+        number = line.merchant_refund_ref
+        if line.kind not in (LineKind.REFUND, LineKind.REFUND_FAILURE) or not number:
+            continue
+        payment_id = by_ref.get(line.payment_ref or "") or by_no.get(
+            line.merchant_payment_ref or ""
+        )
+        if payment_id is not None:
+            found[provider_refund_no(payment_id, number)] = number
+    return found
 
 
 # -- report and resolve ---------------------------------------------------------------------------

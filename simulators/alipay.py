@@ -19,7 +19,9 @@ What it emulates:
   corrupt, drop or invalidate that signature for tests);
 * ``trade_status_sync`` notifications, form-encoded, signed without ``sign``/``sign_type``,
   retried until the body is exactly ``success`` (duplicates, delays, jitter and hold/release for
-  out-of-order delivery are configurable).
+  out-of-order delivery are configurable);
+* ``alipay.data.dataservice.bill.downloadurl.query`` and the daily bills' ZIP download, built
+  from these trades and refunds (:mod:`simulators.alipay_bills`, controlled by ``/_sim/bills``).
 
 Control: :meth:`AlipaySimulator.pay`, :meth:`scan`, :meth:`dashboard_refund`, :meth:`configure`,
 :meth:`release_notifications`, :meth:`ledger`, and over HTTP ``POST /_sim/pay``, ``/_sim/scan``,
@@ -52,6 +54,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from simulators.alipay_bills import BillDesk, BillError
 from simulators.harness import Notifier, Request, Response, SimulatorServer, serve_forever
 
 __all__ = ["AlipaySimulator", "SimulatorError"]
@@ -248,6 +251,7 @@ class AlipaySimulator(SimulatorServer):
         self._jitter_rng = random.Random()  # notify jitter; the harness's _rng draws faults
         self._timers: list[threading.Timer] = []
         self._clear_state()
+        self.bills = BillDesk(self._state, self._bill_ledger, seller_id, lambda: self.url)
         self.notifier = Notifier(
             is_ack=lambda resp: resp.content == b"success", retry_delays=notify_retry_delays
         )
@@ -470,6 +474,9 @@ class AlipaySimulator(SimulatorServer):
         self.route("POST", "/_sim/options", self._http_options)
         self.route("POST", "/_sim/notifications/release", self._http_release)
         self.route("GET", "/_sim/alipay_public_key", self._http_public_key)
+        self.route("GET", "/downloadBillFile.resource", self.bills.download)
+        self.route("POST", "/_sim/bills", self.bills.control)
+        self.reset_hooks.append(self.bills.reset)
 
     def _http_control(self, action: Any, *names: str) -> Any:
         def handler(req: Request) -> Response:
@@ -529,6 +536,7 @@ class AlipaySimulator(SimulatorServer):
             "alipay.trade.close": self._close,
             "alipay.trade.refund": self._refund,
             "alipay.trade.fastpay.refund.query": self._refund_query,
+            "alipay.data.dataservice.bill.downloadurl.query": self._bill_query,
         }
         method = params.get("method")
         if not method:
@@ -775,6 +783,16 @@ class AlipaySimulator(SimulatorServer):
             "refund_status": "REFUND_SUCCESS",
             "gmt_refund_pay": refund.gmt_refund_pay,
         }
+
+    def _bill_query(self, biz: dict[str, Any], _params: dict[str, str]) -> dict[str, Any]:
+        try:
+            return self.bills.query(biz)
+        except BillError as exc:
+            raise _BizError(exc.sub_code, exc.sub_msg) from exc
+
+    def _bill_ledger(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Trades and refunds as plain data, for the bills (caller holds the lock)."""
+        return [asdict(t) for t in self.trades.values()], [asdict(r) for r in self.refunds.values()]
 
 
 # -- standalone ----------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ Events emitted while ``webhook_url`` is ``None`` are kept in the ledger but neve
 
 API versions: events carry ``api_version`` and are rendered in the account's default version
 (``api_version``, settable through ``/_sim/config``; today's by default); a request is answered
-in its ``Stripe-Version`` header's version, else the default (a malformed one is a 400); each
-``/v1`` request's method, path and header are kept in ``api_requests``. The one
+in its ``Stripe-Version`` header's version, else the default (a malformed one is a 400); the
+latest 10,000 ``/v1`` requests' method, path and header are kept in ``api_requests``. The one
 shape that differs is the Charge's: before 2022-11-15 it embeds its ``refunds`` list (in
 ``charge.refunded`` and an expanded ``latest_charge``), since then it does not — the refunds are
 in the ``refund.*`` events and ``GET /v1/refunds``. A new refund sends ``refund.created`` and
@@ -91,6 +91,7 @@ import secrets
 import string
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,8 @@ from simulators.harness import Notifier, Request, Response, SimulatorServer, ser
 from simulators.stripe_disputes import DisputeDesk
 from simulators.stripe_settlement import BalanceBook
 
-API_VERSION = "2024-06-20"
+#: Stripe's newest API version when this was written (docs.stripe.com/changelog: Dahlia).
+API_VERSION = "2026-04-22.dahlia"
 #: From this API version on a Charge no longer embeds its ``refunds`` list (it is listed with
 #: ``GET /v1/refunds?charge=…`` or expanded); older versions keep it.
 REFUNDS_UNEMBEDDED_SINCE = "2022-11-15"
@@ -295,9 +297,10 @@ class StripeSimulator(SimulatorServer):
             self.events: list[dict[str, Any]] = []
             self._idempotency: dict[str, _Saved] = {}
             self._in_flight: set[str] = set()
-            #: Every ``/v1`` request as (method, path, its ``Stripe-Version`` header or None),
-            #: so that tests can see which version a client asked for.
-            self.api_requests: list[tuple[str, str, str | None]] = []
+            #: The latest ``/v1`` requests as (method, path, its ``Stripe-Version`` header or
+            #: None), so that tests can see which version a client asked for; bounded, as a
+            #: demo or benchmark run sends millions.
+            self.api_requests: deque[tuple[str, str, str | None]] = deque(maxlen=10_000)
 
     def _on_reset(self) -> None:
         for timer in self._timers:

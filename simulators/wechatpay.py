@@ -11,6 +11,9 @@ Provider routes (every answer is signed with the simulator's platform key and ca
 * ``POST /v3/pay/transactions/out-trade-no/{no}/close``      → 204 / 400 ORDERPAID
 * ``POST /v3/refund/domestic/refunds``                       → 200 refund / 403 NOTENOUGH …
 * ``GET  /v3/refund/domestic/refunds/{out_refund_no}``       → 200 refund / 404 RESOURCE_NOT_EXISTS
+* ``GET  /v3/bill/tradebill``, ``GET /v3/bill/fundflowbill`` → 200 ``{"hash_type",
+  "hash_value", "download_url"}`` / 400 NO_STATEMENT_EXIST, STATEMENT_CREATING; ``GET
+  /v3/billdownload/file?token=`` → the file, unsigned (:mod:`simulators.wechatpay_bills`)
 * ``GET  /v3/certificates``  → 200 ``{"data": [{"serial_no", "effective_time", "expire_time",
   "encrypt_certificate"}]}`` (each certificate AES-256-GCM encrypted with the APIv3 key,
   ``associated_data="certificate"``) in ``platform_certificate`` mode; 500 SYSTEM_ERROR in
@@ -33,6 +36,8 @@ Control plane (besides the harness's ``/_sim/ledger``, ``/_sim/faults``, ``/_sim
   refund made in the merchant platform, not through the API (see :meth:`dashboard_refund`)
 * ``POST /_sim/notifications/release`` ``{"reverse"?}`` — send held notifications
 * ``GET  /_sim/notifications`` — every notification built so far (headers and body)
+* ``POST /_sim/bills`` ``{"action": …}`` — the bills' clock and faults
+  (:class:`simulators.wechatpay_bills.BillDesk`)
 * ``GET  /_sim/platform`` — ``{"serial", "public_key_pem"}`` to configure the merchant side
 * ``GET|POST /_sim/certificates`` ``{"action": "publish"|"switch"|"retire", "serial"?}`` — the
   key set (mode, signing serial, published serials, downloads so far); rotate (see
@@ -70,6 +75,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
 from simulators.harness import Notifier, Request, Response, SimulatorServer, serve_forever
+from simulators.wechatpay_bills import BillDesk
 
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 CST = timezone(timedelta(hours=8))
@@ -293,6 +299,11 @@ class WeChatPaySimulator(SimulatorServer):
         self._initial_options = asdict(self.options)
         self._state = threading.RLock()
         self._clear_state()
+        self.bills = BillDesk(
+            self._state, mchid=mchid, appid=appid, base_url=lambda: self.url,
+            orders=lambda: list(self._orders.values()),
+            refunds=lambda: list(self._refunds.values()),
+        )  # fmt: skip
         self.notifier = Notifier(lambda r: r.status_code in (200, 204), notify_retry_delays)
         self.ledger_provider = self.ledger
         self.reset_hooks.append(self._on_reset)  # reset(): faults, state and options
@@ -334,6 +345,7 @@ class WeChatPaySimulator(SimulatorServer):
             self._keys = dict(keys)
             self.certificate_downloads = 0
             self.request_serials.clear()
+        self.bills.reset()
 
     # -- platform keys and their rotation --------------------------------------------------------
     @property
@@ -418,6 +430,10 @@ class WeChatPaySimulator(SimulatorServer):
         self.route("GET", "/v3/certificates", api(self._certificates))
         self.route("GET", "/_sim/certificates", lambda _r: Response.json(self.certificate_info()))
         self.route("POST", "/_sim/certificates", self._control(self._sim_certificates))
+        self.route("GET", "/v3/bill/tradebill", api(self.bills.tradebill))
+        self.route("GET", "/v3/bill/fundflowbill", api(self.bills.fundflowbill))
+        self.route("GET", "/v3/billdownload/file", self._bill_download)
+        self.route("POST", "/_sim/bills", self._control(self.bills.control))
 
     def _api(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
         """Wrap a provider route: authenticate, inject business errors, sign the answer."""
@@ -435,6 +451,17 @@ class WeChatPaySimulator(SimulatorServer):
             return self._signed(resp)
 
         return wrapped
+
+    def _bill_download(self, req: Request) -> Response:
+        """``GET download_url``: a signed request like any other, but the file that answers
+        it is not signed (WeChat's bill FAQ); an error answer is signed as usual."""
+        try:
+            self._authenticate(req)
+            self._check_request_serial(req)
+        except SimError as exc:
+            return self._signed(exc.response())
+        resp = self.bills.download(req)
+        return resp if resp.status == 200 else self._signed(resp)
 
     def _control(self, handler: Callable[[dict[str, Any]], Any]) -> Callable[[Request], Response]:
         def wrapped(req: Request) -> Response:

@@ -1,6 +1,7 @@
 """Settlement sources: the port through which :mod:`services.settlement` fetches a provider's
-bill for one day. Stripe's is :mod:`adapters.payments.stripe_settlement`; Alipay's and WeChat
-Pay's files plug in as further sources implementing :class:`SettlementSource`.
+bill for one day. Stripe's is :mod:`adapters.payments.stripe_settlement`, Alipay's
+:mod:`adapters.payments.alipay_settlement`; WeChat Pay's files plug in as a further source
+implementing :class:`SettlementSource`.
 
 Contract of :meth:`SettlementSource.fetch_bill`:
 

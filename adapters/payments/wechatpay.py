@@ -53,7 +53,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -279,6 +279,37 @@ class WeChatPayProvider:
         body = _json_bytes({"code": "FAIL", "message": "notification not accepted"})
         return NotificationReply(500, body, "application/json")
 
+    # -- signed calls for other WeChat Pay APIs (bills) ---------------------------------------
+    def get_json(self, path: str, query: Mapping[str, str]) -> dict[str, Any]:
+        """A signed ``GET path?query`` whose answer is verified like every other one: the JSON
+        object of a 2xx, else the classified error (:meth:`_reply`)."""
+        return self._call("GET", path, query=query).data
+
+    def download(self, url: str) -> bytes:
+        """A signed ``GET`` of ``url`` (a WeChat-issued link such as a bill's
+        ``download_url``) whose answer is NOT verified: WeChat signs no file download (its
+        bill FAQ: "下载账单微信不返回签名头信息"), so the caller checks the content, e.g. by a
+        hash from a verified answer. ``url`` must be on ``base_url``'s host: our signed
+        Authorization is never sent anywhere else. Sends ``Wechatpay-Serial`` like every
+        request. 429/5xx → ProviderUnavailable, other non-2xx → ProviderRejected."""
+        split = urlsplit(url)
+        if f"{split.scheme}://{split.netloc}" != self._base_url:
+            raise ProviderRejected(self.name, f"download URL not on {self._base_url}: {url!r}")
+        url_path = split.path + (f"?{split.query}" if split.query else "")
+        if self._certificates is not None:
+            self._certificates.refresh_due()
+        status, _headers, content = self._send_signed(
+            "GET", url_path, None, serial=self._request_serial()
+        )
+        if 200 <= status < 300:
+            return content
+        data = _lenient_json(content)
+        code = _opt_str(data, "code") or f"HTTP_{status}"
+        where = f"GET {split.path}: HTTP {status}"
+        if status == 429 or status >= 500:
+            raise ProviderUnavailable(self.name, where, code=code)
+        raise ProviderRejected(self.name, f"{where}: {_error_text(data)}", code=code)
+
     # -- request building ----------------------------------------------------------------------
     def _native_body(self, request: CreatePayment) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -328,22 +359,30 @@ class WeChatPayProvider:
     ) -> tuple[int, Mapping[str, str], bytes]:
         """Sign and send; the raw status, headers and body. Transport errors → unavailable."""
         url_path = path + ("?" + urlencode(query) if query else "")
-        payload = b"" if body is None else _json_bytes(body)
+        payload = None if body is None else _json_bytes(body)
+        return self._send_signed(method, url_path, payload, serial=serial)
+
+    def _send_signed(
+        self, method: str, url_path: str, payload: bytes | None, *, serial: str | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Sign ``METHOD url_path payload`` (``url_path`` is path plus query exactly as sent)
+        and send it to ``base_url``; the raw status, headers and body."""
+        path = url_path.partition("?")[0]
         headers = {
-            "Authorization": self._authorization(method, url_path, payload),
+            "Authorization": self._authorization(method, url_path, payload or b""),
             "Accept": "application/json",
             "User-Agent": _USER_AGENT,
         }
         if serial is not None:
             # WeChat requires it on requests with encrypted fields; we send it on every one.
             headers["Wechatpay-Serial"] = serial
-        if body is not None:
+        if payload is not None:
             headers["Content-Type"] = "application/json"
         try:
             resp = self._session.request(
                 method,
                 self._base_url + url_path,
-                data=payload if body is not None else None,
+                data=payload,
                 headers=headers,
                 timeout=(self._config.connect_timeout, self._config.read_timeout),
                 allow_redirects=False,

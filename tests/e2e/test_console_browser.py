@@ -2,9 +2,9 @@
 chromedriver) against the API running as a uvicorn process. It logs in with the admin key, watches
 the pipeline refresh itself (and its 24-hour charts drawn), lists the orders needing attention
 through the order list's filter and pages, finds an order by external id, replays a dead letter
-(accepting the confirm dialog) and checks the page and the database; a screenshot of each page
-is written to the test's tmp_path, and with ORDERFLOW_UPDATE_SCREENSHOT=1 the pipeline's is
-copied to docs/console.png for the README.
+(accepting the confirm dialog) and checks the page and the database, and resolves a settlement
+difference with a note; a screenshot of each page is written to the test's tmp_path, and with
+ORDERFLOW_UPDATE_SCREENSHOT=1 the pipeline's is copied to docs/console.png for the README.
 
 The browser, the API process and the helpers are tests/e2e/browser_support.py's (the console's
 actions, bulk dead letters, admin pages and Chinese tracking text: test_console_browser_actions.py).
@@ -23,6 +23,8 @@ from services.unit_of_work import unit_of_work
 from tests.e2e import browser_support
 from tests.e2e.browser_support import csp_refusals, flash_after, new_page, screenshot
 from tests.integration.test_console_actions import console_actions
+from tests.integration.test_console_settlement import DAY as SETTLEMENT_DAY
+from tests.integration.test_console_settlement import seed as seed_settlement
 
 # A pipeline worth looking at: 1,400 orders over the last two hours, each with its transitions.
 SEED = """
@@ -163,6 +165,19 @@ def test_console_in_chromium(browser, console_api, tmp_path):
     timeline = wait.until(ec.presence_of_element_located((By.ID, "timeline"))).text
     assert "console_action" in timeline and actors[0] in timeline
     screenshot(browser, shots, "order-after-replay.png")
+
+    # Settlement: a day as fetch and match leave it; an admin resolves a difference with a note.
+    missing_here = seed_settlement().missing_here
+    browser.get(f"{base}/console/settlement?date={SETTLEMENT_DAY}")
+    assert "70.80 USD" in wait.until(
+        ec.presence_of_element_located((By.ID, "fig-stripe-balance-USD"))).text  # fmt: skip
+    browser.find_element(By.ID, f"note-{missing_here}").send_keys("a test charge, refunded")
+    button = browser.find_element(By.ID, f"resolve-{missing_here}")
+    button.click()
+    assert f"difference {missing_here} (stripe missing_here" in flash_after(browser, button)
+    assert "a test charge, refunded" in browser.find_element(By.ID, f"diff-{missing_here}").text
+    assert csp_refusals(browser) == []
+    screenshot(browser, shots, "settlement.png")
 
     browser.get(f"{base}/console/stock")
     wait.until(ec.presence_of_element_located((By.ID, "stock")))

@@ -239,3 +239,12 @@ def test_chinese_bills_follow_the_beijing_day() -> None:
     assert ready_at(DAY, timedelta(hours=9), bill_zone("alipay")) == datetime(
         2026, 12, 4, 1, 0, tzinfo=UTC
     )
+
+
+def test_the_unresolved_gauge_knows_every_provider_with_bills() -> None:
+    """The collector keeps its own list (importing the registry would pull every adapter into
+    the scrape path): it must name every settlement source, so each has its zero series."""
+    from adapters.registry import SETTLEMENT_PROVIDERS
+    from observability import collector
+
+    assert sorted(collector.SETTLEMENT_PROVIDERS) == sorted(SETTLEMENT_PROVIDERS)

@@ -1,18 +1,30 @@
 """Stripe's current refund protocol, the adapter against the simulator over real HTTP: the
 ``refund.created|updated|failed`` events, ``charge.refunded`` without an embedded refund list
-(API versions since 2022-11-15), refunds made in the dashboard, listing a payment's refunds, and
-the simulator honouring ``Stripe-Version``."""
+(API versions since 2022-11-15), refunds made in the dashboard, listing a payment's refunds, the
+simulator honouring ``Stripe-Version``, and ``STRIPE_API_VERSION`` sent on every request."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pydantic
+import pytest
 import requests
 
-from adapters.payments.base import NotificationKind, RefundState
+from adapters import registry
+from adapters.payments.base import ClosePayment, NotificationKind, PaymentRef, RefundState
 from adapters.payments.stripe import StripeProvider
 from domain.money import Money
-from simulators.stripe import StripeSimulator
+from settings import Settings, get_settings
+from simulators.stripe import API_VERSION, StripeSimulator
 from tests.conftest import wait_until
-from tests.integration.adapters.stripe.support import Merchant, paid_payment, refund_request
+from tests.integration.adapters.stripe.support import (
+    Merchant,
+    create_request,
+    paid_payment,
+    refund_request,
+)
 
 
 def test_todays_refund_events_name_the_refund_and_charge_refunded_does_not(
@@ -111,3 +123,58 @@ def test_the_simulator_answers_in_the_requested_api_version(
     assert "refunds" in charge(None).json()["latest_charge"]
     refused = charge("yesterday")
     assert refused.status_code == 400 and "Invalid Stripe API version" in refused.text
+
+
+@pytest.fixture
+def configured(
+    sim: StripeSimulator, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The registry's Stripe adapters built from settings pointing at ``sim`` with
+    ``STRIPE_API_VERSION=2022-08-01`` (not the simulator's default, so a missing header shows)."""
+    env = {
+        "STRIPE_API_BASE": sim.url,
+        "STRIPE_SECRET_KEY": keys["secret_key"],
+        "STRIPE_WEBHOOK_SECRET": keys["webhook_secret"],
+        "STRIPE_API_VERSION": "2022-08-01",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    registry.reset()
+    yield
+    registry.reset()
+    get_settings.cache_clear()  # after monkeypatch restores the environment (fixture order)
+
+
+def test_the_configured_api_version_is_sent_on_every_request(
+    sim: StripeSimulator, configured: None
+) -> None:
+    provider = registry.payment_provider("stripe")
+    assert isinstance(provider, StripeProvider)
+    ref, _ = paid_payment(provider, sim, 1000)
+    provider.query(ref)
+    provider.refund(refund_request(ref, "R1", 100))
+    provider.query_refund(ref, "R1")
+    open_req = create_request()
+    created = provider.create(open_req)
+    provider.close(ClosePayment(PaymentRef(open_req.out_trade_no, created.provider_ref), "c1"))
+    day = datetime.now(UTC).date() - timedelta(days=2)  # complete: no "not ready" short cut
+    registry.settlement_source("stripe").fetch_bill(day, "balance", now=datetime.now(UTC))
+
+    with sim._state:
+        seen = list(sim.api_requests)
+    calls = {(method, "/".join(path.split("/")[:3]), path.endswith("/cancel"))
+             for method, path, _ in seen}  # fmt: skip
+    assert calls == {
+        ("POST", "/v1/payment_intents", False), ("GET", "/v1/payment_intents", False),
+        ("POST", "/v1/payment_intents", True), ("POST", "/v1/refunds", False),
+        ("GET", "/v1/refunds", False), ("GET", "/v1/balance_transactions", False),
+    }  # fmt: skip
+    assert {version for _, _, version in seen} == {"2022-08-01"}
+
+
+def test_the_default_api_version_is_the_one_the_simulator_speaks() -> None:
+    assert Settings.model_fields["stripe_api_version"].default == API_VERSION
+    for bad in ("latest", "2024-6-20", "2024-06-20; x"):
+        with pytest.raises(pydantic.ValidationError, match="stripe_api_version"):
+            Settings(stripe_api_version=bad)
