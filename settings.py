@@ -203,6 +203,29 @@ class Settings(BaseSettings):
     default_warehouse: str = Field(
         "main", description="Warehouse of stock commands that name none (and of the demo)"
     )
+    # Which warehouses a reservation takes stock from (domain/allocation.py states the rules).
+    allocation_strategy: str = Field(
+        "fewest_parcels",
+        pattern="^(fewest_parcels|priority|nearest)$",
+        description="fewest_parcels: fewest warehouses (a single one that fills the order "
+        "wins); priority: WAREHOUSES priority order, line by line; nearest: warehouses in the "
+        "shipping region first, then fewest parcels",
+    )
+    warehouses: str | None = Field(
+        None,
+        description="name:priority[:region][,…]: each warehouse's priority (smaller first) and "
+        "region; one not listed ranks last and has no region",
+    )
+
+    @field_validator("warehouses")
+    @classmethod
+    def _warehouses_parse(cls, value: str | None) -> str | None:
+        # A typo must stop the process at start, not silently rank a warehouse last.
+        from domain.allocation import parse_warehouses
+
+        parse_warehouses(value or "")
+        return value
+
     create_redrive_s: int = Field(
         20, ge=1, description="A RESERVED order without a payment this long is re-driven"
     )

@@ -7,7 +7,11 @@ Contract of :func:`reserve_order` (call inside one unit of work):
 * an order that is no longer RECEIVED is left alone (the task was a duplicate) — idempotent;
 * all lines are reserved or none; the order becomes RESERVED with a payment deadline (and a
   short stage deadline by which the payment stage must have started), or
-  REJECTED with ``out_of_stock`` / ``unknown_sku`` / ``inactive_product`` / ``currency_mismatch``.
+  REJECTED with ``out_of_stock`` / ``unknown_sku`` / ``inactive_product`` / ``currency_mismatch``;
+* which warehouses hold the stock is :func:`domain.allocation.allocate`'s decision under the
+  ``policy`` the caller passes (``ALLOCATION_STRATEGY`` and ``WAREHOUSES``, built by
+  :func:`workers.ports.allocation_policy`), for the ``region`` of the order's stored
+  ``shipping_address`` (JSON on the order row); the default policy is ``fewest_parcels``.
 
 :func:`reserve_batch` does the same for many orders in one transaction (one Celery hop for up to
 ``RESERVE_BATCH_MAX`` orders): every order is decided exactly as :func:`reserve_order` decides
@@ -30,7 +34,7 @@ import sqlalchemy.exc
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-from domain.allocation import Allocation, Line, allocate
+from domain.allocation import DEFAULT_POLICY, Allocation, Line, Policy, allocate
 from domain.errors import NotFound, ReservationRefused
 from domain.orders import OrderStatus, RejectReason, ensure_transition
 from services import callbacks
@@ -64,12 +68,14 @@ class ReserveOutcome:
 # so the status moves here are SQL compare-and-sets checked against the transition table
 # (ensure_transition) and recorded by services.order_state.announce_move, as move_order does.
 _LOCK_ORDER = text(
-    "SELECT id, status, currency, source, external_id, reason, payment_provider FROM orders "
+    "SELECT id, status, currency, source, external_id, reason, payment_provider, "
+    "shipping_address->>'region' AS ship_region FROM orders "
     "WHERE id = :id FOR UPDATE"
 )
 # The batch's orders, locked in id order (the order every batch takes them in).
 _LOCK_ORDERS = text(
-    "SELECT id, status, currency, source, external_id, reason, payment_provider FROM orders "
+    "SELECT id, status, currency, source, external_id, reason, payment_provider, "
+    "shipping_address->>'region' AS ship_region FROM orders "
     "WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE"
 )
 # The lines of every order of the call in one query (one order for the single path).
@@ -116,22 +122,32 @@ class _Pending:
 
     snapshot: callbacks.OrderSnapshot
     provider: str
+    region: str | None  # the shipping address's region (the nearest strategy's input)
     lines: list[Line] = field(default_factory=list)
     products: dict[str, _Priced] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class _Window:
+    """When and how: the clock and stage timings, and the allocation policy."""
+
     now: datetime
     payment_window_s: int
     redrive_s: int
+    policy: Policy = DEFAULT_POLICY
 
 
 Available = dict[str, dict[str, int]]  # sku -> warehouse -> units free, as stock is taken
 
 
 def reserve_order(
-    session: Session, order_id: str, *, now: datetime, payment_window_s: int, redrive_s: int = 30
+    session: Session,
+    order_id: str,
+    *,
+    now: datetime,
+    payment_window_s: int,
+    redrive_s: int = 30,
+    policy: Policy = DEFAULT_POLICY,
 ) -> ReserveOutcome:
     """Reserve one order (see the module docstring); raises :class:`NotFound` for no order."""
     conn = session.connection()
@@ -142,7 +158,7 @@ def reserve_order(
         return ReserveOutcome(order_id, order.status, False, order.reason)
     pending = _load_lines(conn, [_pending(order)])[0]
     available = _lock_available(session, [pending])
-    window = _Window(now, payment_window_s, redrive_s)
+    window = _Window(now, payment_window_s, redrive_s, policy)
     return _reserve_one(session, pending, available, window)[0]
 
 
@@ -153,6 +169,7 @@ def reserve_batch(
     now: datetime,
     payment_window_s: int,
     redrive_s: int = 30,
+    policy: Policy = DEFAULT_POLICY,
 ) -> list[ReserveOutcome]:
     """Reserve many orders in the caller's one transaction; one outcome per distinct id, in the
     order given (first come, first served: the earlier orders take the stock first).
@@ -175,7 +192,7 @@ def reserve_batch(
                 if i in found and found[i].status == OrderStatus.RECEIVED]  # fmt: skip
     pending = {p.snapshot.id: p for p in _load_lines(conn, received)}
     available = _lock_available(session, received)
-    window = _Window(now, payment_window_s, redrive_s)
+    window = _Window(now, payment_window_s, redrive_s, policy)
     outcomes: list[ReserveOutcome] = []
     for order_id in wanted:
         row = found.get(order_id)
@@ -191,7 +208,7 @@ def reserve_batch(
 
 def _pending(row: Any) -> _Pending:
     snapshot = callbacks.OrderSnapshot(row.id, row.source, row.external_id, row.currency)
-    return _Pending(snapshot, row.payment_provider)
+    return _Pending(snapshot, row.payment_provider, row.ship_region)
 
 
 def _load_lines(conn: Connection, orders: list[_Pending]) -> list[_Pending]:
@@ -255,7 +272,8 @@ def _reserve_one(
         mismatch = sorted(s for s, p in products.items() if p.currency != snapshot.currency)
         if mismatch:
             raise ReservationRefused(RejectReason.CURRENCY_MISMATCH, ",".join(mismatch))
-        allocations = allocate(order.lines, available, {s: p.active for s, p in products.items()})
+        active = {s: p.active for s, p in products.items()}
+        allocations = allocate(order.lines, available, active, window.policy, order.region)
     except ReservationRefused as exc:
         return _reject(session, snapshot, exc), []
     conn, order_id = session.connection(), snapshot.id
@@ -281,6 +299,7 @@ def _reserve_one(
     reserved = dataclasses.replace(snapshot, total_amount=total)
     detail = {
         "allocations": [[a.sku, a.warehouse, a.quantity] for a in allocations],
+        "allocation_strategy": str(window.policy.strategy),
         "total_amount": total,
         "payment_deadline": expires_at.isoformat(),
     }

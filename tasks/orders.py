@@ -37,7 +37,7 @@ from services.unit_of_work import unit_of_work
 from settings import get_settings
 from tasks.base import OrderflowTask, is_retryable
 from workers.app import app
-from workers.ports import payment_config, ports
+from workers.ports import allocation_policy, payment_config, ports
 from workers.publish import enqueue_followups, enqueue_many
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _reserve(order_id: str) -> ReserveOutcome:
     with unit_of_work() as session:
         return reserve_order(
             session, order_id, now=utcnow(), payment_window_s=s.payment_window_s,
-            redrive_s=s.create_redrive_s,
+            redrive_s=s.create_redrive_s, policy=allocation_policy(),
         )  # fmt: skip
 
 
@@ -137,6 +137,7 @@ def _reserve_many(order_ids: Sequence[str]) -> list[ReserveOutcome]:
         return reserve_batch(
             session, [str(i) for i in order_ids], now=utcnow(),
             payment_window_s=s.payment_window_s, redrive_s=s.create_redrive_s,
+            policy=allocation_policy(),
         )  # fmt: skip
 
 

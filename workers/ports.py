@@ -8,6 +8,7 @@ from functools import lru_cache
 from adapters.callbacks import HttpSender
 from adapters.outbound import OutboundPolicy
 from adapters.ratelimit import TokenBucket
+from domain.allocation import Policy, Strategy, parse_warehouses
 from domain.tracking import Cadence
 from services.callbacks.rules import RetryPolicy
 from services.payments import PaymentConfig
@@ -22,6 +23,18 @@ from workers.connections import redis_client
 def ports() -> Ports:
     """The gate with breakers shared through Redis, the wall clock, a unit of work per step."""
     return Ports(gate=gate_for(redis_client()), clock=utcnow)
+
+
+def allocation_policy() -> Policy:
+    """``ALLOCATION_STRATEGY`` and ``WAREHOUSES`` as the reservation's allocation policy."""
+    s = get_settings()
+    return _policy(s.allocation_strategy, s.warehouses or "")
+
+
+@lru_cache(maxsize=8)
+def _policy(strategy: str, warehouses: str) -> Policy:
+    # Parsed once per distinct value, not once per reservation (settings validated it at start).
+    return Policy(Strategy(strategy), parse_warehouses(warehouses))
 
 
 def payment_config() -> PaymentConfig:
