@@ -31,8 +31,8 @@ def _apply_push(update: PushUpdate) -> bool:
         )
         if shipment is None:
             return False
-        tracking.apply_result(session, shipment.id, update.result, now=datetime.now(UTC),
-                              source="push")  # fmt: skip
+        # Applies lastResult, then ends tracking on a shutdown / abort (services.tracking.finish).
+        tracking.apply_push(session, shipment.id, update, now=datetime.now(UTC))
     return True
 
 

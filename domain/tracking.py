@@ -241,6 +241,8 @@ EXPIRED_REASON = "tracking_expired"
 #: A refused or returned parcel: never cleared by a later scan — the scans that follow are the
 #: parcel's way back, and its "delivered" is to the sender.
 RETURNED_REASON = "tracking_returned"
+#: The provider finished tracking a parcel that has no delivery scan (services.tracking.finish).
+ENDED_REASON = "tracking_ended"
 
 
 @dataclass(frozen=True, slots=True)

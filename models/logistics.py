@@ -32,6 +32,9 @@ class Shipment(Base):
     last_event_at: Mapped[Timestamp | None]
     lease_until: Mapped[Timestamp | None]
     poll_failures: Mapped[int] = mapped_column(server_default=text("0"))
+    #: When the provider said it had finished tracking the parcel (services.tracking.finish):
+    #: never polled again, and no later result moves the shipment or its order.
+    tracking_ended_at: Mapped[Timestamp | None]
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
 

@@ -248,10 +248,17 @@ class PipelineCollector(Collector):
                 func.count(),
                 func.count().filter(quiet_since < stale_before),
                 func.coalesce(func.extract("epoch", func.now() - func.min(quiet_since)), 0),
-            ).where(Shipment.status.not_in(sorted(s.value for s in SHIPMENT_FINAL)))
+            ).where(
+                Shipment.status.not_in(sorted(s.value for s in SHIPMENT_FINAL)),
+                Shipment.tracking_ended_at.is_(None),  # the provider finished: no longer polled
+            )
         ).one()
         values = (
-            ("orderflow_shipments_active", "Shipments not yet delivered or expired", active),
+            (
+                "orderflow_shipments_active",
+                "Shipments still tracked: not delivered or expired, tracking not ended",
+                active,
+            ),
             (
                 "orderflow_shipments_stale",
                 "Active shipments without a tracking update for tracking_stale_after_s",

@@ -76,6 +76,7 @@ RETRY_REFUSALS: dict[str, str] = {
     "tracking_returned": "the parcel is on its way back to the sender and no scan clears that: "
     "cancel it (refund) or ship again",
     "tracking_expired": "the carrier stopped tracking this parcel: there is nothing to poll",
+    "tracking_ended": "the carrier finished tracking this parcel: there is nothing to poll",
 }
 S = OrderStatus
 
@@ -213,6 +214,8 @@ def _tracked_shipment(session: Session, order_id: str) -> Shipment:
     ).first()
     if shipment is None or shipment.waybill is None or is_final(shipment.status):
         raise ConflictError(f"cannot retry: order {order_id} has no tracked parcel", field="status")
+    if shipment.tracking_ended_at is not None:  # services.tracking.finish: never polled again
+        raise ConflictError(f"cannot retry: {RETRY_REFUSALS['tracking_ended']}", field="status")
     return shipment
 
 
@@ -247,11 +250,13 @@ def resolve_target(
 def _resolve(session: Session, order: Order, *, now: datetime, actor: str, note: str) -> Done:
     flagged_from = _flagged_from(session, order.id)
     payment = session.scalar(select(Payment.status).where(Payment.order_id == order.id))
-    shipment = session.scalar(select(Shipment.status).where(Shipment.order_id == order.id))
+    shipment = session.execute(
+        select(Shipment.status, Shipment.tracking_ended_at).where(Shipment.order_id == order.id)
+    ).first()
+    tracked = shipment is not None and not is_final(shipment[0]) and shipment[1] is None
     target = resolve_target(
-        flagged_from, order.reason or "", captured=payment in CAPTURED,
-        tracked=shipment is not None and not is_final(shipment),
-    )  # fmt: skip
+        flagged_from, order.reason or "", captured=payment in CAPTURED, tracked=tracked
+    )
     accepted = target == S.PAID and flagged_from != S.PAID  # the payment is accepted: book
     order.reason = None
     order.stage_deadline = now + timedelta(seconds=payments.SHIP_BY_S) if accepted else None

@@ -10,24 +10,29 @@ Scheduling (beat, then a task; DESIGN.md §3.5 — no row lock during a provider
 3. :func:`record_poll` — a new transaction per result (or per batch): apply it, clear the lease
    and schedule the next poll from the policy in :mod:`domain.tracking`.
 
-Pushes go straight to :func:`apply_result` (``source="push"``). Locks are taken order first, then
-shipment — the same order as every other stage — so a push and a poll of the same parcel
-serialize on the order row and never deadlock. Shipment statuses only move forward
-(:func:`domain.tracking.can_advance`); a stale or out-of-order result still adds its unseen
-events, and is recorded on the timeline as ignored.
+Pushes go to :func:`apply_push` (:func:`apply_result` with ``source="push"``, then the end
+rules). Locks are taken order first, then shipment — the same order as every other stage — so
+a push and a poll of the same parcel serialize on the order row and never deadlock. Shipment
+statuses only move forward (:func:`domain.tracking.can_advance`); a stale or out-of-order
+result still adds its unseen events, and is recorded on the timeline as ignored.
 
 The order follows its shipment: SHIPPED -> IN_TRANSIT -> DELIVERED -> COMPLETED; EXCEPTION and
 EXPIRED -> NEEDS_ATTENTION with the reason. An order flagged by a tracking exception is moved on
 again when the carrier resolves the problem (a later IN_TRANSIT or DELIVERED); an order flagged
 for any other reason is left to the operator.
 
-The package: :mod:`.schedule` (claims, leases, recording a poll) and :mod:`.results`
-(applying a result, the order following its shipment). Callers use
-``from services import tracking`` and the names below.
+Polling stops for good once Kuaidi100 has finished with a parcel (a ``shutdown`` or ``abort``
+push, ``ischeck=1``, state 4 退签), whatever its status — a parcel in EXCEPTION included: the
+rules and their reasons are in :mod:`.finish`.
+
+The package: :mod:`.schedule` (claims, leases, recording a poll), :mod:`.results`
+(applying a result, the order following its shipment) and :mod:`.finish` (when tracking
+ends). Callers use ``from services import tracking`` and the names below.
 """
 
 from __future__ import annotations
 
+from services.tracking.finish import apply_push, end_reason
 from services.tracking.results import Source, apply_result, event_dedupe_key
 from services.tracking.schedule import (
     PollStarted,
@@ -50,10 +55,12 @@ __all__ = [
     "PollTarget",
     "Source",
     "abandon_poll",
+    "apply_push",
     "apply_result",
     "claim_ahead",
     "claim_due",
     "defer_pushed",
+    "end_reason",
     "event_dedupe_key",
     "hand_back_recent",
     "lease_expiry",

@@ -44,7 +44,10 @@ def apply_result(
     :func:`event_dedupe_key`). The status moves only if :func:`domain.tracking.can_advance`
     allows it and the result is not older than what is known (its newest event is not before
     ``last_event_at``); otherwise the result is recorded on the timeline as ignored. A change
-    of status moves the order (module docstring). Raises NotFound for an unknown shipment.
+    of status moves the order (module docstring). On a shipment whose tracking has ended
+    (:mod:`services.tracking.finish`) only unseen events are kept: the status, the order and
+    ``last_event_at`` stay, and a result that brought anything is on the timeline as ignored.
+    Raises NotFound for an unknown shipment.
     """
     apply_locking(session, shipment_id, result, now=now, source=source)
 
@@ -114,6 +117,9 @@ def _apply_locked(
         and shipment.last_event_at is not None
         and (newest < shipment.last_event_at)
     )
+    if shipment.tracking_ended_at is not None:  # the provider is finished: a person decides
+        _ignore_after_end(session, order.id, shipment.id, current, result, new_events, source)
+        return
     if newest is not None and (shipment.last_event_at is None or newest > shipment.last_event_at):
         shipment.last_event_at = newest
     if source == "push":
@@ -146,6 +152,31 @@ def _apply_locked(
         detail=detail, actor=ACTOR,
     )  # fmt: skip
     _follow_shipment(session, order, target, result, source=source)
+
+
+def _ignore_after_end(
+    session: Session,
+    order_id: str,
+    shipment_id: int,
+    current: ShipmentStatus,
+    result: TrackingResult,
+    new_events: int,
+    source: Source,
+) -> None:
+    """A result for a shipment whose tracking ended: its unseen events are already stored;
+    one that brought anything (events or another status) is on the timeline as ignored, a
+    plain duplicate writes nothing."""
+    if not new_events and ShipmentStatus(result.status) == current:
+        return
+    detail = {
+        "shipment_id": shipment_id, "source": source, "new_events": new_events,
+        "raw_state": result.raw_state, "ignored": "tracking_ended",
+        "reported": ShipmentStatus(result.status).value,
+    }  # fmt: skip
+    timeline.record(
+        session, order_id, "tracking", from_status=current, to_status=current, detail=detail,
+        actor=ACTOR,
+    )  # fmt: skip
 
 
 def _insert_events(session: Session, shipment_id: int, events: Iterable[TrackingEventDTO]) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, null, or_, select, update
+from sqlalchemy import and_, case, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from adapters.logistics.base import TrackingResult
@@ -19,9 +19,21 @@ from domain.tracking import (
 )
 from models import Order, Shipment
 from services import timeline
+from services.tracking.finish import end_reason, end_tracking
 from services.tracking.results import ACTOR, apply_locking, lock_shipment
 
 _FINAL = sorted(s.value for s in FINAL)
+
+
+def _done() -> Any:
+    """Shipments never polled again: a final status, or tracking ended by the provider
+    (:mod:`services.tracking.finish`)."""
+    return or_(Shipment.status.in_(_FINAL), Shipment.tracking_ended_at.is_not(None))
+
+
+def _tracked() -> Any:
+    """The negation of :func:`_done`: shipments still being tracked."""
+    return and_(Shipment.status.not_in(_FINAL), Shipment.tracking_ended_at.is_(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +74,12 @@ def claim_ahead(
     """Claim up to ``limit`` shipments due within ``horizon_s``; ``(id, due)`` pairs, most
     overdue first, where ``due`` is ``max(next_poll_at, now)``.
 
-    Due: ``next_poll_at <= now + horizon_s``, carrier and waybill known, status not final, no
-    live lease (``lease_until`` NULL or past) and not polled within ``min_interval_s`` of its
-    due time (Kuaidi100 locks a number queried more often). The caller must not query a
-    shipment before its ``due``: the scheduler publishes each chunk for its latest due time,
-    so a beat tick of ``horizon_s`` polls every shipment on time rather than up to a tick late.
+    Due: ``next_poll_at <= now + horizon_s``, carrier and waybill known, status not final and
+    tracking not ended by the provider, no live lease (``lease_until`` NULL or past) and not
+    polled within ``min_interval_s`` of its due time (Kuaidi100 locks a number queried more
+    often). The caller must not query a shipment before its ``due``: the scheduler publishes
+    each chunk for its latest due time, so a beat tick of ``horizon_s`` polls every shipment on
+    time rather than up to a tick late.
     Claimed rows get ``lease_until =`` :func:`lease_expiry` — the claim's *lease token*: a
     re-claim happens only after the lease expired, so it writes a later value, and a poll task
     holding an older token finds its rows gone (:func:`poll_targets`). Rows another transaction
@@ -83,7 +96,7 @@ def claim_ahead(
             Shipment.next_poll_at <= horizon,
             Shipment.carrier.is_not(None),
             Shipment.waybill.is_not(None),
-            Shipment.status.not_in(_FINAL),
+            _tracked(),
             or_(Shipment.lease_until.is_(None), Shipment.lease_until < now),
             or_(
                 Shipment.last_polled_at.is_(None),
@@ -122,7 +135,7 @@ def release_lease(
 ) -> None:
     """Hand back claimed shipments that were not polled (e.g. no rate-limit token): clear the
     lease and retry at ``now + retry_in_s``. ``last_polled_at`` is untouched — no query went
-    out. A shipment that became final meanwhile (a push) keeps ``next_poll_at`` NULL. With
+    out. A shipment that became final or ended meanwhile (a push) keeps ``next_poll_at`` NULL. With
     ``lease_until`` (the claim's token) only rows still leased under it are touched."""
     if not shipment_ids:
         return
@@ -133,7 +146,7 @@ def release_lease(
         .where(Shipment.id.in_(list(shipment_ids)), *held)
         .values(
             lease_until=None,
-            next_poll_at=case((Shipment.status.in_(_FINAL), null()), else_=retry_at),
+            next_poll_at=case((_done(), null()), else_=retry_at),
         )
         .execution_options(synchronize_session=False)
     )
@@ -243,7 +256,7 @@ def start_poll(
             Shipment.id == prev.c.id,
             _still_ours(lease_until, now),
             _outside_min_interval(now, min_interval_s),
-            Shipment.status.not_in(_FINAL),
+            _tracked(),
         )
         .values(last_polled_at=now)
         .returning(prev.c.prev)
@@ -282,7 +295,7 @@ def hand_back_recent(
         .values(
             lease_until=None,
             next_poll_at=case(
-                (Shipment.status.in_(_FINAL), null()),
+                (_done(), null()),
                 else_=func.greatest(Shipment.next_poll_at, allowed_at),
             ),
         )
@@ -308,7 +321,7 @@ def abandon_poll(
         .values(
             last_polled_at=started.previous,
             lease_until=None,
-            next_poll_at=case((Shipment.status.in_(_FINAL), null()), else_=retry_at),
+            next_poll_at=case((_done(), null()), else_=retry_at),
         )
         .execution_options(synchronize_session=False)
     )
@@ -338,6 +351,7 @@ def defer_pushed(
             _still_ours(lease_until, now),
             Shipment.subscribed.is_(True),
             Shipment.last_push_at.is_not(None),
+            _tracked(),
             or_(Shipment.last_polled_at.is_(None), Shipment.last_push_at > Shipment.last_polled_at),
             Shipment.poll_failures == 0,  # backing off after errors: the backoff rules
         )
@@ -381,12 +395,15 @@ def record_poll(
     Applies ``result`` (as :func:`apply_result` with ``source="poll"``), sets
     ``last_polled_at = now``, clears the lease, counts consecutive failures (``failed``: the
     query raised; ``error`` goes on the timeline) and sets ``next_poll_at`` from
-    :func:`domain.tracking.next_poll_delay` — NULL once the shipment is final.
+    :func:`domain.tracking.next_poll_delay` — NULL once the shipment is final or its tracking
+    ended (the result may end it: :func:`services.tracking.finish.end_reason`).
     """
     if failed and result is not None:
         raise ValueError("a failed poll has no result")
     if result is not None:
         shipment = apply_locking(session, shipment_id, result, now=now, source="poll")
+        if why := end_reason(result):
+            end_tracking(session, shipment, why, now=now, source="poll")
     else:
         shipment = lock_shipment(session, shipment_id)  # no order lock needed: no order move
     shipment.last_polled_at = now
@@ -399,6 +416,8 @@ def record_poll(
         failures=shipment.poll_failures,
         cadence=cadence,
     )
+    if shipment.tracking_ended_at is not None:  # ended now, or by a push while we queried
+        delay = None
     shipment.next_poll_at = None if delay is None else now + timedelta(seconds=delay)
     if failed:
         timeline.record(
@@ -412,16 +431,14 @@ def record_poll(
 def stale_shipments(
     session: Session, *, now: datetime, stale_after_s: float, limit: int
 ) -> list[tuple[int, str, datetime | None]]:
-    """Active (not final) shipments with no new event for ``stale_after_s`` — measured from
-    ``last_event_at``, or from ``created_at`` for a shipment without any event — longest quiet
-    first, as ``(shipment id, order id, last_event_at)``. For the staleness alert."""
+    """Active (not final, tracking not ended) shipments with no new event for ``stale_after_s``
+    — measured from ``last_event_at``, or from ``created_at`` for a shipment without any event
+    — longest quiet first, as ``(shipment id, order id, last_event_at)``. For the staleness
+    alert."""
     quiet_since = func.coalesce(Shipment.last_event_at, Shipment.created_at)
     rows = session.execute(
         select(Shipment.id, Shipment.order_id, Shipment.last_event_at)
-        .where(
-            Shipment.status.not_in(_FINAL),
-            quiet_since < now - timedelta(seconds=stale_after_s),
-        )
+        .where(_tracked(), quiet_since < now - timedelta(seconds=stale_after_s))
         .order_by(quiet_since, Shipment.id)
         .limit(limit)
     ).all()
