@@ -38,6 +38,7 @@ from services.console_sessions import ConsoleSession
 from services.dead_letter_bulk import DeadLetterFilter
 from services.unit_of_work import unit_of_work
 from settings import get_settings
+from workers.ports import allocation_policy
 from workers.publish import enqueue_followups, enqueue_replay
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def _act(order_id: str, action: str, actor: str, address: str, note: str) -> str
     with unit_of_work() as session:
         done = attention_actions.act(
             session, order_id, action, now=_now(), actor=actor, address=address, note=note,
-            redrive_s=get_settings().shipping_redrive_s,
+            redrive_s=get_settings().shipping_redrive_s, policy=allocation_policy(),
         )  # fmt: skip
     enqueue_followups(done.followups)
     return done.summary

@@ -48,6 +48,7 @@ from producers.schema import OrderMessage, field_errors, parse_message
 from services import backpressure, payments, shipping
 from services.followup import Followup
 from services.intake import IntakeResult
+from services.order_state import lock_order
 from services.payments import payment_view
 from services.queries import ensure_order_source, order_view
 from services.shipping import shipment_view
@@ -199,19 +200,22 @@ class RefundBody(BaseModel):
     reason: str = Field("requested", min_length=1, max_length=200)
 
 
-def _cancel(order_id: str, reason: str, source: str) -> list[Followup]:
+def _cancel(order_id: str, reason: str, source: str) -> tuple[list[Followup], str]:
+    """The cancel's tasks and the order's status after it: CANCELLED, or where its booked
+    parcels stand when only what had not shipped was cancelled."""
     with unit_of_work() as session:
         ensure_order_source(session, order_id, source)
-        return payments.cancel_order(
+        followups = payments.cancel_order(
             session, order_id, now=datetime.now(UTC), actor=f"api:{source}", reason=reason
         )
+        return followups, str(lock_order(session, order_id).status)  # locked already
 
 
 @router.post("/{order_id}/cancel", status_code=202)
 async def cancel(order_id: str, body: CancelRequest, source: Source) -> Any:
-    followups = await run_in_threadpool(_cancel, order_id, body.reason, source)
+    followups, status = await run_in_threadpool(_cancel, order_id, body.reason, source)
     await run_in_threadpool(_publish, followups)
-    return {"id": order_id, "status": "CANCELLED"}
+    return {"id": order_id, "status": status}
 
 
 def _refund(order_id: str, body: RefundBody, refund_no: str, source: str) -> list[Followup]:

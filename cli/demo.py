@@ -193,8 +193,8 @@ STAGE_WAITING = (
     ("reserved/rejected", ("RECEIVED",)),
     ("payment started", ("RESERVED",)),
     ("paid or closed", ("AWAITING_PAYMENT",)),
-    ("shipped", ("PAID",)),
-    ("completed", ("SHIPPED", "IN_TRANSIT", "DELIVERED")),
+    ("shipped", ("PAID", "PARTIALLY_SHIPPED")),
+    ("completed", ("SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED", "DELIVERED")),
 )
 
 
@@ -287,8 +287,8 @@ def _run(
                 raise RuntimeError(f"{len(bad)} orders were refused by the API: {set(bad)}")
             last_counts, last_change = {}, time.monotonic()
             final = {"REJECTED", "COMPLETED", "EXPIRED", "CANCELLED", "NEEDS_ATTENTION"}
-            after_pay = {"PAID", "SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"}
-            shipped = {"SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"}
+            shipped = {"SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED", "DELIVERED", "COMPLETED"}
+            after_pay = {"PAID", "PARTIALLY_SHIPPED", *shipped}
             while True:
                 customers.act()
                 c = counts()
@@ -336,7 +336,8 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
     console.print(table)
     charges = stack.charges()
     doubled = sum(1 for n in charges.values() if n > 1)
-    paid_statuses = ("PAID", "SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
+    paid_statuses = ("PAID", "PARTIALLY_SHIPPED", "SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED",
+                     "DELIVERED", "COMPLETED")  # fmt: skip
     paid = sum(n for status, _r, _p, n in rows if status in paid_statuses)
     completed = sum(n for status, _r, _p, n in rows if status == "COMPLETED")
     rates = Table("figure", "value", title="rates and checks")

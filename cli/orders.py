@@ -192,6 +192,7 @@ def orders_cancel(
 ) -> None:
     """Cancel an order before it ships: stock released, payment closed or refunded."""
     from services import payments
+    from services.order_state import lock_order
     from services.queries import resolve_order
     from services.unit_of_work import unit_of_work
     from workers.publish import enqueue_followups
@@ -201,7 +202,13 @@ def orders_cancel(
         followups = payments.cancel_order(
             session, order_id, now=datetime.now(UTC), actor="cli", reason=reason
         )
+        status = lock_order(session, order_id).status  # locked by the cancel already
     enqueue_followups(followups)
+    if status != "CANCELLED":  # booked parcels: only what had not shipped was cancelled
+        then = " (refunding its share)" if followups else ""
+        console.print(f"cancelled what had not shipped of {order_id}{then}; it follows its "
+                      f"booked parcels ({status})")  # fmt: skip
+        return
     console.print(
         f"cancelled {order_id}" + (" (closing/refunding the payment)" if followups else "")
     )

@@ -5,7 +5,7 @@ from models.base import Base
 from models.callbacks import CallbackDelivery, CallbackEndpoint
 from models.catalog import Product, ProductPrice, Stock, StockMovement
 from models.disputes import Dispute
-from models.logistics import Shipment, TrackingEvent
+from models.logistics import Shipment, ShipmentLine, TrackingEvent
 from models.operators import ConsoleAudit, Operator
 from models.ops import DeadLetter, ProcessedNotification
 from models.orders import Order, OrderEvent, OrderLine, Reservation
@@ -35,6 +35,7 @@ __all__ = [
     "SettlementFile",
     "SettlementLine",
     "Shipment",
+    "ShipmentLine",
     "Stock",
     "StockMovement",
     "TrackingEvent",

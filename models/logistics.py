@@ -1,19 +1,40 @@
-"""Shipments and their deduplicated tracking events."""
+"""Shipments (parcels: one per warehouse of an order), their lines and their deduplicated
+tracking events."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedAt, Timestamp, UpdatedAt
 
 
 class Shipment(Base):
-    """A parcel for an order. ``next_poll_at`` / ``lease_until`` drive the tracking scheduler."""
+    """A parcel of an order, leaving from ``warehouse`` with its :class:`ShipmentLine` units.
+    ``next_poll_at`` / ``lease_until`` drive the tracking scheduler.
+
+    One parcel per (order, warehouse, seq) (migration 0018): the planned parcel of a warehouse
+    is ``seq`` 1, created once under the order's lock, so a crash or retry never creates (or,
+    its booking key being derived from the three, books) a second one; a parcel re-allocated
+    to a warehouse that already had one of this order gets the next ``seq``. A parcel is live
+    until ``cancelled_at`` (refused by the warehouse and re-allocated, or cancelled with the
+    order's unshipped part); it is booked once it has a waybill. ``booking_sent_at``: the
+    booking call may have reached the warehouse, so the shop alone can no longer cancel it.
+    """
 
     __tablename__ = "shipments"
     __table_args__ = (
         UniqueConstraint("carrier", "waybill", name="uq_shipments_carrier_waybill"),
+        UniqueConstraint("order_id", "warehouse", "seq", name="uq_shipments_order_warehouse_seq"),
+        CheckConstraint("seq > 0", name="seq_positive"),
         Index("ix_shipments_next_poll_at", "next_poll_at"),
         Index("ix_shipments_waybill", "waybill"),  # console search (migration 0006)
     )
@@ -21,6 +42,13 @@ class Shipment(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
     booking_key: Mapped[str] = mapped_column(String(128), unique=True)
+    #: The warehouse the parcel leaves from; NULL only for a legacy parcel whose order's
+    #: reservations named several warehouses (it carries the whole order).
+    warehouse: Mapped[str | None] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(server_default=text("1"))
+    booking_sent_at: Mapped[Timestamp | None]
+    cancelled_at: Mapped[Timestamp | None]
+    cancel_reason: Mapped[str | None] = mapped_column(String(200))
     carrier: Mapped[str | None] = mapped_column(String(32))
     waybill: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))  # domain.tracking.ShipmentStatus
@@ -37,6 +65,21 @@ class Shipment(Base):
     tracking_ended_at: Mapped[Timestamp | None]
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
+
+
+class ShipmentLine(Base):
+    """The units a parcel carries: one row per SKU."""
+
+    __tablename__ = "shipment_lines"
+    __table_args__ = (
+        UniqueConstraint("shipment_id", "sku", name="uq_shipment_lines_shipment_sku"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    shipment_id: Mapped[int] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"))
+    sku: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int]
 
 
 class TrackingEvent(Base):

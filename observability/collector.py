@@ -251,6 +251,7 @@ class PipelineCollector(Collector):
             ).where(
                 Shipment.status.not_in(sorted(s.value for s in SHIPMENT_FINAL)),
                 Shipment.tracking_ended_at.is_(None),  # the provider finished: no longer polled
+                Shipment.cancelled_at.is_(None),  # a parcel refused or cancelled unbooked
             )
         ).one()
         values = (

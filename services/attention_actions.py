@@ -8,16 +8,24 @@ caller to publish after the commit.
 
 1. **cancel** — :func:`services.payments.cancel_order`, the cancel of the API and the CLI: the
    stock is released once (ACTIVE reservations -> RELEASED), an open trade is closed and what
-   was captured is refunded.
+   was captured is refunded. An order with a booked parcel cancels only what has not shipped
+   (unbooked parcels, lines no warehouse took), refunds exactly their share and follows its
+   booked parcels (:func:`services.payments.close.cancel_unshipped`); it is not CANCELLED.
 2. **refund** — :func:`services.payments.refund_for_order` with a new refund number: all that
    was captured and is not refunded or requested yet. The order stays in NEEDS_ATTENTION: a
    refund is a money decision, not a resolution. Refused when nothing was captured or nothing
    is left to refund.
 3. **retry** — runs again the step the order's reason names (:func:`retry_step`):
 
-   * ``booking_rejected:…`` — NEEDS_ATTENTION -> PAID with a new stage deadline, and
-     ``shipping.book`` published (what the sweeper sends for an overdue PAID order: the same
-     booking key, so at most one parcel). A second refusal flags the order again.
+   * ``booking_rejected:…`` — NEEDS_ATTENTION -> PAID (PARTIALLY_SHIPPED if a parcel is
+     booked) with a new stage deadline, and ``shipping.book`` published (what the sweeper
+     sends for an overdue PAID order: the same booking key, so at most one parcel). A second
+     refusal flags the order again.
+   * ``reallocation_failed:…`` — first the lines no warehouse took are reserved again
+     (:func:`services.shipping.rereserve_unplaced`: any warehouse with free stock now, same
+     allocation policy, ledger rows and new parcels); then as ``booking_rejected`` (the
+     parcels already planned keep their keys). With still no stock the retry is refused
+     naming the lines (resolve or cancel instead) and nothing changes.
    * ``tracking_exception:…`` — the shipment is made due now, so the next tracking tick polls
      it (never within the carrier's minimum interval, the beat's rule); the scan that shows the
      parcel moving again moves the order on by itself (:func:`domain.tracking.order_follows`).
@@ -38,7 +46,15 @@ caller to publish after the commit.
    * flagged before payment with the payment captured (amount mismatch) -> PAID: the person
      accepts the amount taken, and the booking starts as after any payment (``shipping.book``,
      ship-by deadline);
-   * flagged in SHIPPED or IN_TRANSIT by a tracking exception -> back there; tracking goes on;
+   * flagged in SHIPPED or IN_TRANSIT (or PARTIALLY_DELIVERED) by a tracking exception -> back
+     there; tracking goes on; flagged in PARTIALLY_SHIPPED -> back there, and ``shipping.book``
+     books the parcels left (ship-by deadline);
+   * ``reallocation_failed`` -> the lines no warehouse took are dropped *and their share
+     refunded* (:func:`services.payments.close.refund_unplaced`, the cancel's refund number
+     for them), then the order goes where its parcels say (PAID / PARTIALLY_SHIPPED, and
+     ``shipping.book`` books the parcels left, ship-by deadline; SHIPPED or later if all are
+     booked). Refused when no parcel is left to ship (cancel instead). A resolve never moves
+     on an order with lines it neither ships nor refunds;
    * refused: no payment captured (cancel instead), a returned parcel (its later "delivered" is
      to the sender and would complete the order), tracking ended (nothing would move it on).
 """
@@ -53,14 +69,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from domain.allocation import DEFAULT_POLICY, Policy
 from domain.errors import ConflictError, ValidationError
 from domain.orders import OrderStatus
+from domain.parcels import climb, order_progress
 from domain.payments import CAPTURED
 from domain.tracking import is_final
 from models import Order, OrderEvent, Payment, Shipment
-from services import console, operators, payments
+from services import console, operators, payments, shipping
 from services.followup import Followup
 from services.order_state import lock_order, move_order
+from services.payments.close import refund_unplaced
 from services.task_names import PAYMENTS_CLOSE, SHIPPING_BOOK, TRACKING_POLL
 
 ACTIONS = ("cancel", "refund", "retry", "resolve")
@@ -79,6 +98,8 @@ RETRY_REFUSALS: dict[str, str] = {
     "tracking_ended": "the carrier finished tracking this parcel: there is nothing to poll",
 }
 S = OrderStatus
+#: The reason of an order whose refused parcel's lines found no warehouse.
+REALLOCATION_FAILED = "reallocation_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +121,15 @@ def act(
     address: str,
     note: str = "",
     redrive_s: int = 60,
+    policy: Policy = DEFAULT_POLICY,
 ) -> Done:
     """Run ``action`` on a NEEDS_ATTENTION order and write its timeline and audit rows.
 
     Raises ``NotFound`` (no such order), ``ValidationError`` (unknown action, bad note) or
     ``ConflictError`` (the order's state does not allow it); the caller's transaction then
     rolls back, so a refusal changes nothing. ``redrive_s``: the stage deadline a retried
-    booking gets (``SHIPPING_REDRIVE_S``).
+    booking gets (``SHIPPING_REDRIVE_S``); ``policy``: where a retry reserves lines again
+    (``ALLOCATION_STRATEGY``, ``WAREHOUSES``).
     """
     if action not in ACTIONS:
         raise ValidationError("action", f"must be one of {', '.join(ACTIONS)}")
@@ -118,7 +141,8 @@ def act(
             field="status",
         )
     flagged = {"reason": order.reason or ""}
-    done = _run(session, order, action, now=now, actor=actor, note=note, redrive_s=redrive_s)
+    done = _run(session, order, action, now=now, actor=actor, note=note, redrive_s=redrive_s,
+                policy=policy)  # fmt: skip
     detail = {**flagged, **done.detail, **({"note": note} if note else {})}
     console.record_action(session, order_id, action, actor=actor, detail=detail)
     operators.audit(
@@ -146,13 +170,16 @@ def _run(
     actor: str,
     note: str,
     redrive_s: int,
+    policy: Policy,
 ) -> Done:
     if action == "cancel":
         return _cancel(session, order, now=now, actor=actor, note=note)
     if action == "refund":
         return _refund(session, order, now=now, actor=actor, note=note)
     if action == "retry":
-        return _retry(session, order, now=now, actor=actor, redrive_s=redrive_s)
+        return _retry(session, order, now=now, actor=actor, redrive_s=redrive_s, policy=policy)
+    if (order.reason or "").startswith(REALLOCATION_FAILED):
+        return _resolve_unplaced(session, order, now=now, actor=actor, note=note)
     return _resolve(session, order, now=now, actor=actor, note=note)
 
 
@@ -162,6 +189,12 @@ def _run(
 def _cancel(session: Session, order: Order, *, now: datetime, actor: str, note: str) -> Done:
     reason = f"{CANCEL_REASON}: {note}" if note else CANCEL_REASON
     followups = payments.cancel_order(session, order.id, now=now, actor=actor, reason=reason)
+    if order.status != S.CANCELLED:  # booked parcels: only what had not shipped
+        then = " (refunding its share)" if followups else ""
+        now_at = ("stays flagged" if order.status == S.NEEDS_ATTENTION
+                  else f"follows its booked parcels ({order.status})")  # fmt: skip
+        return Done(f"order {order.id}: what had not shipped is cancelled{then}; the order "
+                    f"{now_at}", followups)  # fmt: skip
     refunding = any(f.task != PAYMENTS_CLOSE for f in followups)
     then = " (refunding what was paid)" if refunding else " (closing the payment)"
     return Done(f"order {order.id} cancelled" + (then if followups else ""), followups)
@@ -186,7 +219,7 @@ def _refund(session: Session, order: Order, *, now: datetime, actor: str, note: 
 def retry_step(reason: str) -> str:
     """The task that re-runs the step ``reason`` names, or ``ConflictError`` saying why not."""
     kind = reason.split(":", 1)[0].strip()
-    if kind == "booking_rejected":
+    if kind in ("booking_rejected", REALLOCATION_FAILED):
         return SHIPPING_BOOK
     if kind == "tracking_exception":
         return TRACKING_POLL
@@ -194,18 +227,35 @@ def retry_step(reason: str) -> str:
     raise ConflictError(f"cannot retry: {why}", field="status")
 
 
-def _retry(session: Session, order: Order, *, now: datetime, actor: str, redrive_s: int) -> Done:
+def _retry(
+    session: Session, order: Order, *, now: datetime, actor: str, redrive_s: int, policy: Policy
+) -> Done:
     step = retry_step(order.reason or "")
     if step == TRACKING_POLL:
         shipment = _tracked_shipment(session, order.id)
         shipment.next_poll_at = now
         return Done(f"order {order.id}: tracking of {shipment.waybill} polled at the next tick",
                     detail={"step": step, "shipment_id": shipment.id})  # fmt: skip
+    placed = ""
+    detail: dict[str, Any] = {"step": step}
+    if (order.reason or "").startswith(REALLOCATION_FAILED):
+        created = shipping.rereserve_unplaced(session, order, now=now, policy=policy)
+        where = ", ".join(f"{shipping.named(shipping.parcel_lines(session, p.id))} at "
+                          f"{p.warehouse}" for p in created)  # fmt: skip
+        placed, detail["parcels"] = f"{where} reserved again; ", [p.id for p in created]
+    target = _booking_status(session, order.id)
     order.reason = None
     order.stage_deadline = now + timedelta(seconds=redrive_s)
-    move_order(session, order, S.PAID, actor=actor, retry=step)
-    return Done(f"order {order.id}: {step} sent again", [Followup(step, order.id)],
-                {"step": step})  # fmt: skip
+    move_order(session, order, target, actor=actor, retry=step)
+    return Done(f"order {order.id}: {placed}{step} sent again", [Followup(step, order.id)],
+                detail)  # fmt: skip
+
+
+def _booking_status(session: Session, order_id: str) -> OrderStatus:
+    """Where an order whose booking goes on stands: PAID, or PARTIALLY_SHIPPED once a parcel
+    is booked (its live parcels say; PAID with none planned yet)."""
+    live = [shipping.parcel_of(p) for p in shipping.live_parcels(session, order_id)]
+    return S.PARTIALLY_SHIPPED if any(p.booked for p in live) else S.PAID
 
 
 def _tracked_shipment(session: Session, order_id: str) -> Shipment:
@@ -233,7 +283,7 @@ def resolve_target(
     if reason.startswith("tracking_returned"):
         raise ConflictError(f"cannot resolve: {RETRY_REFUSALS['tracking_returned']}",
                             field="status")  # fmt: skip
-    if flagged_from in (S.SHIPPED, S.IN_TRANSIT):
+    if flagged_from in (S.PARTIALLY_SHIPPED, S.SHIPPED, S.IN_TRANSIT, S.PARTIALLY_DELIVERED):
         if not tracked:
             raise ConflictError("cannot resolve: tracking has ended and nothing would move the "
                                 "order on from there; cancel it", field="status")  # fmt: skip
@@ -258,12 +308,38 @@ def _resolve(session: Session, order: Order, *, now: datetime, actor: str, note:
         flagged_from, order.reason or "", captured=payment in CAPTURED, tracked=tracked
     )
     accepted = target == S.PAID and flagged_from != S.PAID  # the payment is accepted: book
+    # A partly booked order goes on booking its other parcels (same keys).
+    accepted = accepted or target == S.PARTIALLY_SHIPPED
     order.reason = None
     order.stage_deadline = now + timedelta(seconds=payments.SHIP_BY_S) if accepted else None
     move_order(session, order, target, actor=actor, resolved=note)
     followups = [Followup(SHIPPING_BOOK, order.id)] if accepted else []
     return Done(f"order {order.id} resolved: back to {target}", followups,
                 {"to": str(target), "from": flagged_from})  # fmt: skip
+
+
+def _resolve_unplaced(
+    session: Session, order: Order, *, now: datetime, actor: str, note: str
+) -> Done:
+    """Resolve ``reallocation_failed`` (module docstring): refund the unplaced lines' share,
+    then follow the parcels left, booking those not booked yet."""
+    live = [shipping.parcel_of(p) for p in shipping.live_parcels(session, order.id)]
+    if not live:
+        raise ConflictError("cannot resolve: no parcel is left to ship; cancel the order "
+                            "(its payment is refunded)", field="status")  # fmt: skip
+    refunded, followups = refund_unplaced(session, order, now=now, actor=actor, reason=note)
+    booking = not all(p.booked for p in live)
+    order.reason = None
+    order.stage_deadline = now + timedelta(seconds=payments.SHIP_BY_S) if booking else None
+    target = _booking_status(session, order.id) if booking else order_progress(live)
+    for step in climb(order.status, target):
+        move_order(session, order, step, actor=actor, resolved=note)
+    if booking:
+        followups.append(Followup(SHIPPING_BOOK, order.id))
+    amount = sum(a for _, a in refunded)
+    return Done(f"order {order.id} resolved: back to {order.status}, the lines no warehouse "
+                f"took refunded ({amount})", followups,
+                {"to": str(order.status), "refunded": refunded})  # fmt: skip
 
 
 def _flagged_from(session: Session, order_id: str) -> str | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Select, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from models import Reservation, Stock, StockMovement
@@ -68,24 +69,32 @@ def apply_reservations(
         raise LookupError(f"order {order_id}: {expected} stock rows to hold, {updated} exist")
 
 
+def _active(order_ids: Sequence[str], warehouse: str | None) -> Select[Any]:
+    stmt = select(Reservation).where(
+        Reservation.order_id.in_(order_ids), Reservation.status == "ACTIVE"
+    )
+    if warehouse is not None:
+        stmt = stmt.where(Reservation.warehouse == warehouse)
+    return stmt.order_by(Reservation.id).with_for_update()
+
+
 def release_reservations(
-    session: Session, order_ids: Sequence[str], *, now: datetime, reason: str
+    session: Session,
+    order_ids: Sequence[str],
+    *,
+    now: datetime,
+    reason: str,
+    warehouse: str | None = None,
 ) -> int:
-    """Release every ACTIVE reservation of these orders; returns the units released.
+    """Release every ACTIVE reservation of these orders (only those in ``warehouse`` if
+    given: one parcel's); returns the units released.
 
     Idempotent: a reservation is released once (status ACTIVE -> RELEASED under row locks), so
     running this twice, or from two sweepers, releases nothing the second time.
     """
     if not order_ids:
         return 0
-    active = list(
-        session.scalars(
-            select(Reservation)
-            .where(Reservation.order_id.in_(order_ids), Reservation.status == "ACTIVE")
-            .order_by(Reservation.id)
-            .with_for_update()
-        )
-    )
+    active = list(session.scalars(_active(order_ids, warehouse)))
     if not active:
         return 0
     lock_stock(session, ((r.sku, r.warehouse) for r in active))
@@ -117,17 +126,13 @@ def release_reservations(
     return sum(totals.values())
 
 
-def ship_reservations(session: Session, order_id: str, *, now: datetime) -> int:
-    """The parcel left: each ACTIVE reservation becomes CONSUMED and its units leave both
-    ``on_hand`` and ``reserved``, with ledger rows. Idempotent like the release."""
-    active = list(
-        session.scalars(
-            select(Reservation)
-            .where(Reservation.order_id == order_id, Reservation.status == "ACTIVE")
-            .order_by(Reservation.id)
-            .with_for_update()
-        )
-    )
+def ship_reservations(
+    session: Session, order_id: str, *, now: datetime, warehouse: str | None = None
+) -> int:
+    """The parcel left: each ACTIVE reservation (only those in ``warehouse`` if given: the
+    parcel's) becomes CONSUMED and its units leave both ``on_hand`` and ``reserved``, with
+    ledger rows. Idempotent like the release."""
+    active = list(session.scalars(_active([order_id], warehouse)))
     if not active:
         return 0
     lock_stock(session, ((r.sku, r.warehouse) for r in active))

@@ -11,8 +11,9 @@ twice, and a sweep never waits on a row a worker is busy with. For each claimed 
   trade first (a trade found paid is treated as paid);
 * RESERVED before the payment deadline — the payment task was lost: re-enqueue
   ``payments.create`` (same idempotency key, so at most one charge);
-* PAID (when orderflow books shipments itself) — the booking task was lost: re-enqueue
-  ``shipping.book`` (same booking key, so at most one parcel).
+* PAID or PARTIALLY_SHIPPED (when orderflow books shipments itself) — the booking task was
+  lost, or died between two parcels: re-enqueue ``shipping.book`` (each parcel keeps its
+  booking key, so each is booked at most once).
 
 Claimed orders get a new stage deadline (a lease), so a follow-up that is itself lost is
 re-driven again later. Every task is idempotent, so a duplicate follow-up is harmless.
@@ -55,7 +56,10 @@ SWEPT = (
     OrderStatus.RESERVED,
     OrderStatus.AWAITING_PAYMENT,
     OrderStatus.PAID,
+    OrderStatus.PARTIALLY_SHIPPED,
 )
+#: Re-driven only when orderflow books shipments itself (``shipping_mode=book``).
+BOOKING = (OrderStatus.PAID, OrderStatus.PARTIALLY_SHIPPED)
 
 
 @dataclass
@@ -67,7 +71,7 @@ class SweepResult:
 
 
 def _claim(session: Session, now: datetime, limit: int, book: bool) -> list[Order]:
-    statuses = SWEPT if book else tuple(s for s in SWEPT if s != OrderStatus.PAID)
+    statuses = SWEPT if book else tuple(s for s in SWEPT if s not in BOOKING)
     return list(
         session.scalars(
             select(Order)
@@ -145,7 +149,7 @@ def redrive_for(
     its orders to it); :func:`sweep` sends those in ``orders.reserve_batch`` chunks."""
     if status == OrderStatus.RECEIVED:
         return ORDERS_PROCESS
-    if status == OrderStatus.PAID:
+    if status in BOOKING:
         return SHIPPING_BOOK
     overdue = payment_deadline is None or payment_deadline <= now
     if overdue:

@@ -1,17 +1,26 @@
 """Warehouse booking simulator: orderflow's own booking contract (no public standard exists).
 
 ``POST /v1/bookings`` with header ``X-Api-Key`` and JSON body ``{order_id, idempotency_key,
-recipient, phone, address, items: [{sku, quantity}, …]}``:
+recipient, phone, address, warehouse?, items: [{sku, quantity}, …]}`` (``warehouse``, when
+given, a non-empty string: the site the parcel leaves from):
 
 * ``201 {"carrier": "yuantong", "waybill": "YT…"}`` for a new key; ``200`` with the same answer
-  for a replay of the same key and body (nothing new is booked)
+  for a replay of the same key and body (nothing new is booked; a replay is answered even by a
+  warehouse that refuses new bookings since)
+* ``422 {"error": "out_of_stock" | "warehouse_closed"}`` for a new booking from a warehouse told
+  to refuse them (:meth:`WarehouseSimulator.refuse`)
 * ``401 {"error": "unauthorized"}`` for a wrong key, ``422 {"error": "invalid_request"}`` for a bad
   body, ``409 {"error": "idempotency_conflict"}`` for the same key with a different body
 * harness faults: ``error_rate`` → ``503 {"error": "unavailable"}``, timeouts, resets;
   ``business_error`` → ``422 {"error": <that code>}``
 
 With ``tracker`` (a :class:`~simulators.kuaidi100.Kuaidi100Simulator`) each new waybill is
-registered there with ``tracker_script``, so the parcel can be tracked at once.
+registered there with ``tracker_script`` (or the script set for its warehouse with
+:meth:`~WarehouseSimulator.script_for`), so the parcel can be tracked at once.
+
+Test harness: :meth:`~WarehouseSimulator.hold_after` makes new bookings wait (the request is
+held open) once that many exist, until :meth:`~WarehouseSimulator.release`; ``held`` in the
+ledger counts the requests waiting — a test kills its worker in that gap between two bookings.
 Imports nothing from ``adapters/``, ``services/`` or ``domain/``.
 """
 
@@ -43,6 +52,9 @@ def _validate(body: Any) -> str | None:
     for name in _FIELDS:
         if not isinstance(body.get(name), str) or not body[name].strip():
             return f"{name}: required non-empty string"
+    warehouse = body.get("warehouse")
+    if warehouse is not None and (not isinstance(warehouse, str) or not warehouse.strip()):
+        return "warehouse: non-empty string when given"
     items = body.get("items")
     if not isinstance(items, list) or not items:
         return "items: required non-empty list"
@@ -76,6 +88,7 @@ class WarehouseSimulator(SimulatorServer):
         self.tracker, self.tracker_script = tracker, tracker_script
         self._rng = random.Random(seed)
         self._state = threading.Lock()
+        self._released = threading.Event()
         self._clear()
         self.ledger_provider = self.ledger
         self.reset_hooks.append(self._clear)
@@ -87,11 +100,21 @@ class WarehouseSimulator(SimulatorServer):
             self._calls = 0
             self._replays = 0
             self._conflicts = 0
+            self._refusing: dict[str, str] = {}  # warehouse -> refusal code
+            self._refusals: list[dict[str, Any]] = []
+            self._scripts: dict[str, str] = {}  # warehouse -> tracker script
+            self._hold_after: int | None = None
+            self._held = 0
+        self._released.set()
 
     def ledger(self) -> dict[str, Any]:
+        """``bookings`` by idempotency key (each with its ``warehouse``, ``items`` and the
+        ``replays`` it answered), the refused attempts, and call counts."""
         with self._state:
             return {
                 "bookings": {k: dict(v) for k, v in self._bookings.items()},
+                "refusals": list(self._refusals),
+                "held": self._held,
                 "calls": self._calls,
                 "replays": self._replays,
                 "conflicts": self._conflicts,
@@ -113,7 +136,46 @@ class WarehouseSimulator(SimulatorServer):
         problem = _validate(body)
         if problem:
             return _error(422, "invalid_request", problem)
+        self._wait_if_held(body["idempotency_key"])
         return self._book_once(body)
+
+    def hold_after(self, bookings: int) -> None:
+        """New bookings wait (held open, up to 60 s) once ``bookings`` exist; replays don't."""
+        with self._state:
+            self._hold_after = bookings
+            self._released.clear()
+
+    def release(self) -> None:
+        """Let held and later bookings through."""
+        with self._state:
+            self._hold_after = None
+        self._released.set()
+
+    def script_for(self, warehouse: str, script: str) -> None:
+        """Parcels booked from ``warehouse`` are tracked with ``script`` (e.g. ``exception``)."""
+        with self._state:
+            self._scripts[warehouse] = script
+
+    def _wait_if_held(self, key: str) -> None:
+        with self._state:
+            limit = self._hold_after
+            if limit is None or key in self._bookings or len(self._bookings) < limit:
+                return
+            self._held += 1
+        try:
+            self._released.wait(60)
+        finally:
+            with self._state:
+                self._held -= 1
+
+    def refuse(self, warehouse: str, code: str | None = "out_of_stock") -> None:
+        """From now on ``warehouse`` refuses new bookings with ``code`` (``out_of_stock`` or
+        ``warehouse_closed``); ``code=None`` lets it book again. Replays are still answered."""
+        with self._state:
+            if code is None:
+                self._refusing.pop(warehouse, None)
+            else:
+                self._refusing[warehouse] = code
 
     def _book_once(self, body: dict[str, Any]) -> Response:
         # One lock around check-and-insert: concurrent replays of a key get one waybill.
@@ -124,12 +186,28 @@ class WarehouseSimulator(SimulatorServer):
                     self._conflicts += 1
                     return _error(409, "idempotency_conflict", "same key, different body")
                 self._replays += 1
+                existing["replays"] += 1
                 return Response.json(_answer(existing), 200)
+            refusal = self._refusing.get(body.get("warehouse", ""))
+            if refusal is not None:
+                self._refusals.append(
+                    {
+                        "idempotency_key": body["idempotency_key"],
+                        "warehouse": body.get("warehouse"),
+                        "error": refusal,
+                    }
+                )
+                return _error(422, refusal, "this warehouse cannot ship the parcel")
             waybill = f"YT{self._rng.randrange(10**12, 10**13)}"
-            booking = {"carrier": self.carrier, "waybill": waybill, "request": body}
+            booking = {
+                "carrier": self.carrier, "waybill": waybill, "request": body,
+                "warehouse": body.get("warehouse"),
+                "items": [(i["sku"], i["quantity"]) for i in body["items"]], "replays": 0,
+            }  # fmt: skip
             self._bookings[body["idempotency_key"]] = booking
         if self.tracker is not None:
-            self.tracker.register_waybill(self.carrier, waybill, self.tracker_script, body["phone"])
+            script = self._scripts.get(body.get("warehouse", ""), self.tracker_script)
+            self.tracker.register_waybill(self.carrier, waybill, script, body["phone"])
         return Response.json(_answer(booking), 201)
 
 

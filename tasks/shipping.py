@@ -23,8 +23,8 @@ from workers.publish import enqueue_followups
 
 @app.task(name=SHIPPING_BOOK, base=OrderflowTask, bind=True, order_id_arg=0)
 def book(self: OrderflowTask, order_id: str) -> str:
-    """Book the parcel for a PAID order, ship it and subscribe its waybill
-    (``SHIPPING_MODE=book`` only)."""
+    """Book the parcels of a PAID (or PARTIALLY_SHIPPED) order, one per warehouse, in turn;
+    ship each and subscribe its waybill (``SHIPPING_MODE=book`` only)."""
     if get_settings().shipping_mode != "book":
         return "manual"  # the warehouse registers the waybill itself
     try:

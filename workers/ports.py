@@ -53,6 +53,7 @@ def shipping_config() -> ShippingConfig:
         redrive_s=s.shipping_redrive_s,
         first_poll_s=s.tracking_first_poll_s,
         push_url=f"{s.public_base_url.rstrip('/')}/webhooks/kuaidi100",
+        policy=allocation_policy(),
     )
 
 

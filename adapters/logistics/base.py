@@ -16,6 +16,7 @@ from adapters.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from domain.tracking import ShipmentStatus
 
 __all__ = [
+    "REALLOCATE_CODES",
     "BookShipment",
     "Booked",
     "BookingService",
@@ -30,6 +31,12 @@ __all__ = [
 ]
 
 
+#: Booking refusal codes (``ProviderRejected.code``) meaning "this warehouse cannot ship the
+#: parcel" — out of stock there, or the site is closed — rather than "the request is wrong":
+#: the shipping stage re-allocates the parcel's lines to another warehouse.
+REALLOCATE_CODES = frozenset({"out_of_stock", "warehouse_closed"})
+
+
 @dataclass(frozen=True, slots=True)
 class BookShipment:
     order_id: str
@@ -38,6 +45,9 @@ class BookShipment:
     phone: str
     address: str
     items: Sequence[tuple[str, int]]  # (sku, quantity)
+    #: The warehouse the parcel leaves from (one parcel per warehouse); None for a legacy
+    #: parcel that carries a whole order from wherever its stock is.
+    warehouse: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

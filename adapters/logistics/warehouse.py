@@ -6,12 +6,17 @@ orderflow defines (the simulator in ``simulators/warehouse.py`` serves it):
 ``POST {base_url}/v1/bookings``, header ``X-Api-Key: <api_key>``, JSON body::
 
     {"order_id": "...", "idempotency_key": "...", "recipient": "...", "phone": "...",
-     "address": "...", "items": [{"sku": "...", "quantity": 1}, ...]}
+     "address": "...", "warehouse": "...", "items": [{"sku": "...", "quantity": 1}, ...]}
+
+``warehouse`` names the site the parcel leaves from (one booking per parcel, one parcel per
+warehouse of the order); it is left out for a legacy parcel that carries the whole order.
 
 * ``200``/``201`` ``{"carrier": "yuantong", "waybill": "YT…"}`` — carrier is a Kuaidi100 code.
   The same ``idempotency_key`` always returns the same waybill (a replay books nothing new).
 * ``4xx`` ``{"error": "<code>", "message": "..."}`` — refused (401 bad key, 409 same key with a
-  different body, 422 invalid field): :class:`ProviderRejected` with ``code`` = ``error``.
+  different body, 422 invalid field; 422 ``out_of_stock`` / ``warehouse_closed``: that
+  warehouse cannot ship the parcel, :data:`~adapters.logistics.base.REALLOCATE_CODES`):
+  :class:`ProviderRejected` with ``code`` = ``error``.
 * ``429``, ``5xx``, network errors and timeouts: :class:`ProviderUnavailable` (retry with the
   same key).
 """
@@ -74,7 +79,7 @@ class WarehouseBookingService:
 
 
 def _booking_body(request: BookShipment) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "order_id": request.order_id,
         "idempotency_key": request.idempotency_key,
         "recipient": request.recipient_name,
@@ -82,3 +87,6 @@ def _booking_body(request: BookShipment) -> dict[str, Any]:
         "address": request.address,
         "items": [{"sku": sku, "quantity": qty} for sku, qty in request.items],
     }
+    if request.warehouse is not None:
+        body["warehouse"] = request.warehouse
+    return body

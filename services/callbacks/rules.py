@@ -20,8 +20,11 @@ DELIVERY_STATUSES = (PENDING, DELIVERED, FAILED, PAUSED)
 
 #: Statuses whose event carries the parcel's tracking.
 SHIPPED_OR_LATER = frozenset(
-    {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.DELIVERED, OrderStatus.COMPLETED}
-)
+    {
+        OrderStatus.PARTIALLY_SHIPPED, OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT,
+        OrderStatus.PARTIALLY_DELIVERED, OrderStatus.DELIVERED, OrderStatus.COMPLETED,
+    }
+)  # fmt: skip
 MIN_SECRET_LEN = 16
 MAX_URL_LEN = 2000
 MAX_ERROR_LEN = 500

@@ -1,11 +1,29 @@
 """Expiry and cancel: close the trade at the provider, release the stock; a trade found paid
-while closing is refunded."""
+while closing is refunded.
+
+Cancel comes in two shapes (:func:`cancel_order`, behind the API, the CLI and the console):
+
+* **in full** — an order none of whose parcels is booked: the order is CANCELLED, all its
+  stock released, an open trade closed or everything captured refunded;
+* **what has not shipped** (:func:`cancel_unshipped`) — an order with a booked parcel, i.e.
+  PARTIALLY_SHIPPED, or NEEDS_ATTENTION with a parcel booked (after a refused booking, a
+  re-allocation that found no warehouse, a tracking exception): each parcel not booked is
+  cancelled and its stock released, each refused parcel whose lines no warehouse took
+  (``[unplaced]``, :mod:`domain.parcels` rule 7) is settled, and exactly those lines' share is
+  refunded (never more than is left of the capture). The booked parcels are left to the
+  after-sale flow and the order follows them; it is never CANCELLED. An order flagged for
+  anything but its booking (:data:`BOOKING_FLAGS`; e.g. a tracking exception, a dispute) stays
+  flagged: the cancel did not fix that. Nothing left to cancel is refused.
+
+A *resolve* of ``reallocation_failed`` refunds the unplaced lines' share the same way
+(:func:`refund_unplaced`) and lets the rest ship.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.payments.base import (
@@ -18,8 +36,10 @@ from domain.errors import (
     ProviderUnavailable,
 )
 from domain.orders import CANCELLABLE, OrderStatus
+from domain.parcels import climb, lines_share, order_progress, settled
 from domain.payments import CAPTURED, PaymentStatus
-from models import Shipment
+from models import Order, Payment, Shipment
+from services import timeline
 from services.followup import Followup
 from services.order_state import lock_order, move_order
 from services.payments.common import (
@@ -38,8 +58,19 @@ from services.payments.create import create_request
 from services.payments.refunds import refundable, request_refund
 from services.ports import Outcome, Ports
 from services.provider_calls import CircuitOpen
+from services.shipping import (
+    cancel_parcel,
+    live_parcels,
+    parcel_lines,
+    parcel_of,
+    unplaced_parcels,
+)
 from services.stock import release_reservations
 from services.task_names import PAYMENTS_CLOSE
+
+#: The reasons of an order flagged while booking: cancelling what has not shipped settles
+#: them, so the order moves on after the cancel. Any other flag stays.
+BOOKING_FLAGS = ("booking_rejected", "reallocation_failed")
 
 
 def close(order_id: str, providers: Providers, ports: Ports, config: PaymentConfig) -> Outcome:
@@ -131,23 +162,32 @@ def cancel_order(
     """Cancel before shipping: release stock now; close the trade or refund what was paid.
 
     Raises :class:`ConflictError` once the order may not be cancelled: past its stage, or PAID
-    with a warehouse booking under way (a shipment row, written before the booking call under
-    this same order lock). A parcel may be booked by then and the booking port cannot undo
-    one, so cancelling would refund an order that still ships; the warehouse must cancel it.
+    with a warehouse booking under way (a parcel whose booking call was sent: its
+    ``booking_sent_at``, written before the call under this same order lock). A parcel may be
+    booked by then and the booking port cannot undo one, so cancelling would refund an order
+    that still ships; the warehouse must cancel it. An order with a booked parcel
+    (PARTIALLY_SHIPPED, or NEEDS_ATTENTION with one) cancels only what has not shipped
+    (:func:`cancel_unshipped`). Planned parcels never sent are cancelled with the order.
     """
     order = lock_order(session, order_id)
     if order.status not in CANCELLABLE:
         raise ConflictError(
             f"order {order_id} is {order.status} and can no longer be cancelled", field="status"
         )
-    booking = select(Shipment.id).where(Shipment.order_id == order_id)
-    if order.status == OrderStatus.PAID and session.scalar(booking) is not None:
+    live = live_parcels(session, order_id, lock=True)
+    partly = order.status == OrderStatus.NEEDS_ATTENTION and any(p.waybill for p in live)
+    if order.status == OrderStatus.PARTIALLY_SHIPPED or partly:
+        return cancel_unshipped(session, order, now=now, actor=actor, reason=reason)
+    unbooked = [p for p in live if p.waybill is None]
+    if order.status == OrderStatus.PAID and any(p.booking_sent_at for p in unbooked):
         raise ConflictError(
             f"order {order_id} is being booked with the warehouse; cancel the parcel there first",
             field="status",
         )
     payment = lock_payment(session, order_id)
     release_reservations(session, [order.id], now=now, reason=f"cancelled: {reason}")
+    for parcel in unbooked:  # their stock was just released with the order's
+        parcel.cancelled_at, parcel.cancel_reason = now, f"cancelled: {reason}"[:200]
     order.reason = "cancelled"
     order.stage_deadline = None
     move_order(session, order, OrderStatus.CANCELLED, actor=actor, reason=reason)
@@ -164,3 +204,128 @@ def cancel_order(
     if payment.status in (PaymentStatus.CREATING, PaymentStatus.PENDING):
         return [Followup(PAYMENTS_CLOSE, order_id)]
     return []
+
+
+def cancel_unshipped(
+    session: Session, order: Order, *, now: datetime, actor: str, reason: str
+) -> list[Followup]:
+    """Cancel what a (locked) order with a booked parcel has not shipped (module docstring):
+    each parcel not booked is cancelled, its units released at its warehouse (ledger
+    ``release``), and each ``[unplaced]`` refused parcel settled (its stock was released at the
+    refusal); their lines' share is refunded (refund ``cancel-<trade>-p<parcel>``, capped at
+    what is left to refund). The booked parcels are left to the after-sale flow and the order
+    follows them (SHIPPED or later: :func:`domain.parcels.order_progress`), its flag cleared
+    if it was a booking's (:data:`BOOKING_FLAGS`), else still flagged; it is not CANCELLED.
+
+    Raises :class:`ConflictError`, changing nothing, if one of those parcels' booking was sent
+    (it may be booked: cancel it at the warehouse first; in NEEDS_ATTENTION after a refused
+    booking the sent parcel is the refused one), a line has no price to refund, or nothing is
+    left to cancel.
+    """
+    flagged = order.status == OrderStatus.NEEDS_ATTENTION
+    refused = flagged and (order.reason or "").startswith("booking_rejected")
+    unbooked = [p for p in live_parcels(session, order.id, lock=True) if p.waybill is None]
+    sent = next((p for p in unbooked if p.booking_sent_at is not None and not refused), None)
+    if sent is not None:
+        raise ConflictError(
+            f"order {order.id}: {parcel_of(sent).label} is being booked with the warehouse; "
+            "cancel the parcel there first", field="status",
+        )  # fmt: skip
+    unplaced = unplaced_parcels(session, order.id, lock=True)
+    if not unbooked and not unplaced:
+        raise ConflictError(
+            f"order {order.id}: every parcel is booked, nothing is left to cancel; refund it "
+            "through the after-sale flow", field="status",
+        )  # fmt: skip
+    shares = _shares(session, order, unbooked + unplaced)
+    payment = lock_payment(session, order.id)
+    followups: list[Followup] = []
+    refunds: list[list[Any]] = []
+    for parcel, share in shares:
+        if parcel.cancelled_at is None:
+            units = cancel_parcel(session, parcel, now=now, reason=reason)
+        else:  # unplaced: nothing held any more
+            units, parcel.cancel_reason = 0, settled(parcel.cancel_reason or "", "refunded")
+        refund = _refund_share(session, order, payment, parcel, share, now=now, actor=actor,
+                               reason=reason)  # fmt: skip
+        refunds.append([parcel_of(parcel).label, units, refund[0]])
+        followups += refund[1]
+    order.stage_deadline = None  # nothing is left to book
+    timeline.record(
+        session, order.id, "cancel", actor=actor,
+        detail={"reason": reason, "unshipped": refunds},  # [parcel, units released, refunded]
+    )  # fmt: skip
+    if flagged and not (order.reason or "").startswith(BOOKING_FLAGS):
+        return followups  # flagged for something else (a parcel, a dispute): still there
+    if flagged:
+        order.reason = None
+    parcels = [parcel_of(p) for p in live_parcels(session, order.id)]
+    for target in climb(order.status, order_progress(parcels)):
+        move_order(session, order, target, actor=actor, cancelled_unshipped=reason)
+    return followups
+
+
+def refund_unplaced(
+    session: Session, order: Order, *, now: datetime, actor: str, reason: str
+) -> tuple[list[list[Any]], list[Followup]]:
+    """Settle the (locked) order's ``[unplaced]`` parcels as refunded and refund their lines'
+    share, capped at what is left (refund ``cancel-<trade>-p<parcel>``, the cancel's own
+    number for those lines, so a cancel and a resolve never both refund them). Returns
+    ``[[parcel, amount], …]`` and the refund tasks. Raises :class:`ConflictError` if a line
+    has no price."""
+    unplaced = unplaced_parcels(session, order.id, lock=True)
+    shares = _shares(session, order, unplaced)
+    payment = lock_payment(session, order.id)
+    done: list[list[Any]] = []
+    followups: list[Followup] = []
+    for parcel, share in shares:
+        parcel.cancel_reason = settled(parcel.cancel_reason or "", "refunded")
+        amount, tasks = _refund_share(session, order, payment, parcel, share, now=now,
+                                      actor=actor, reason=reason)  # fmt: skip
+        done.append([parcel_of(parcel).label, amount])
+        followups += tasks
+    return done, followups
+
+
+def _shares(session: Session, order: Order, parcels: list[Shipment]) -> list[tuple[Shipment, int]]:
+    """Each parcel's lines' share of what the order was priced at (:func:`lines_share`)."""
+    prices = {line.sku: line.unit_amount for line in order.lines}
+    priced = {sku: p for sku, p in prices.items() if p is not None}
+    list_total = sum((line.unit_amount or 0) * line.quantity for line in order.lines)
+    shares: list[tuple[Shipment, int]] = []
+    for parcel in parcels:
+        lines = parcel_lines(session, parcel.id)
+        unpriced = sorted(sku for sku, _ in lines if sku not in priced)
+        if unpriced:
+            raise ConflictError(
+                f"cannot work out the refund of {parcel_of(parcel).label}: no price for "
+                f"{', '.join(unpriced)}", field="status",
+            )  # fmt: skip
+        share = lines_share(lines, priced, list_total=list_total, charged=order.total_amount)
+        shares.append((parcel, share))
+    return shares
+
+
+def _refund_share(
+    session: Session,
+    order: Order,
+    payment: Payment | None,
+    parcel: Shipment,
+    share: int,
+    *,
+    now: datetime,
+    actor: str,
+    reason: str,
+) -> tuple[int, list[Followup]]:
+    """Refund the parcel's share, never more than is left: (amount, its task)."""
+    if payment is None or payment.status not in CAPTURED:
+        return 0, []
+    amount = min(share, refundable(session, payment))
+    if amount <= 0:
+        return 0, []
+    followup = request_refund(
+        session, order, payment, amount=amount,
+        refund_no=f"cancel-{payment.out_trade_no}-p{parcel.id}", reason=reason, actor=actor,
+        now=now,
+    )  # fmt: skip
+    return amount, [followup] if followup else []

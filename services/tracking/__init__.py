@@ -19,7 +19,10 @@ result still adds its unseen events, and is recorded on the timeline as ignored.
 The order follows its shipment: SHIPPED -> IN_TRANSIT -> DELIVERED -> COMPLETED; EXCEPTION and
 EXPIRED -> NEEDS_ATTENTION with the reason. An order flagged by a tracking exception is moved on
 again when the carrier resolves the problem (a later IN_TRANSIT or DELIVERED); an order flagged
-for any other reason is left to the operator.
+for any other reason is left to the operator. An order shipped as several parcels follows all of
+them (:func:`domain.parcels.follow_parcels`): IN_TRANSIT once one moves, PARTIALLY_DELIVERED
+once one is delivered, DELIVERED only when every one is; a parcel in exception flags the order
+naming that parcel while the others are still tracked.
 
 Polling stops for good once Kuaidi100 has finished with a parcel (a ``shutdown`` or ``abort``
 push, ``ischeck=1``, state 4 退签), whatever its status — a parcel in EXCEPTION included: the

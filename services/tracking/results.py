@@ -16,6 +16,7 @@ from adapters.logistics.base import TrackingEvent as TrackingEventDTO
 from adapters.logistics.base import TrackingResult
 from domain.errors import NotFound
 from domain.orders import OrderStatus
+from domain.parcels import Parcel, follow_parcels
 from domain.tracking import (
     ShipmentStatus,
     can_advance,
@@ -151,7 +152,7 @@ def _apply_locked(
         session, order.id, "tracking", from_status=current, to_status=target,
         detail=detail, actor=ACTOR,
     )  # fmt: skip
-    _follow_shipment(session, order, target, result, source=source)
+    _follow_shipment(session, order, shipment, result, now=now, source=source)
 
 
 def _ignore_after_end(
@@ -224,23 +225,54 @@ _INSERT_EVENTS = text(
 
 
 def _follow_shipment(
-    session: Session, order: Order, status: ShipmentStatus, result: TrackingResult, *, source: str
+    session: Session,
+    order: Order,
+    shipment: Shipment,
+    result: TrackingResult,
+    *,
+    now: datetime,
+    source: str,
 ) -> None:
-    """Move or flag the (locked) order as :func:`domain.tracking.order_follows` decides after
-    its shipment moved to ``status``."""
-    follow = order_follows(
-        order.status, order.reason, status, returned=result.returned,
-        exception_text=_exception_text(result) if status == ShipmentStatus.EXCEPTION else "",
-    )  # fmt: skip
-    detail = {"source": source, "waybill": result.waybill}
+    """Move or flag the (locked) order after its shipment moved to ``shipment.status``: as
+    :func:`domain.tracking.order_follows` decides for a one-parcel order (as always), as
+    :func:`domain.parcels.follow_parcels` decides from all its live parcels otherwise."""
+    status = ShipmentStatus(shipment.status)
+    what = _exception_text(result) if status == ShipmentStatus.EXCEPTION else ""
+    parcels = _live_parcels(session, order.id, shipment)
+    detail: dict[str, Any] = {"source": source, "waybill": result.waybill}
+    if len(parcels) > 1:
+        moved = next(p for p in parcels if p.id == shipment.id)
+        follow = follow_parcels(order.status, order.reason, parcels, moved,
+                                returned=result.returned, exception_text=what)  # fmt: skip
+        detail["parcel"] = moved.label
+    else:
+        follow = order_follows(order.status, order.reason, status, returned=result.returned,
+                               exception_text=what)  # fmt: skip
     for target in follow.moves:
         if order.status == OrderStatus.NEEDS_ATTENTION:
             order.reason = None  # the carrier resolved what the order was flagged for
+        if target == OrderStatus.PARTIALLY_SHIPPED:
+            order.stage_deadline = now  # parcels are left to book: the sweeper re-drives it
         move_order(session, order, target, actor=ACTOR, **detail)
     if follow.flag is not None:
         order.reason = follow.flag[:200]
         move_order(session, order, OrderStatus.NEEDS_ATTENTION, actor=ACTOR, reason=follow.flag,
                    **detail)  # fmt: skip
+
+
+_LIVE_PARCELS = text(
+    "SELECT id, warehouse, waybill IS NOT NULL, status FROM shipments "
+    "WHERE order_id = :order_id AND cancelled_at IS NULL ORDER BY id"
+)
+
+
+def _live_parcels(session: Session, order_id: str, moved: Shipment) -> list[Parcel]:
+    """The order's live parcels, ``moved`` with its new (not yet flushed) status."""
+    rows = session.connection().execute(_LIVE_PARCELS, {"order_id": order_id})
+    return [
+        Parcel(pid, warehouse, booked, ShipmentStatus(moved.status if pid == moved.id else st))
+        for pid, warehouse, booked, st in rows
+    ]
 
 
 def _exception_text(result: TrackingResult) -> str:

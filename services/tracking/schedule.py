@@ -26,14 +26,22 @@ _FINAL = sorted(s.value for s in FINAL)
 
 
 def _done() -> Any:
-    """Shipments never polled again: a final status, or tracking ended by the provider
-    (:mod:`services.tracking.finish`)."""
-    return or_(Shipment.status.in_(_FINAL), Shipment.tracking_ended_at.is_not(None))
+    """Shipments never polled again: a final status, tracking ended by the provider
+    (:mod:`services.tracking.finish`), or a parcel cancelled before it was booked."""
+    return or_(
+        Shipment.status.in_(_FINAL),
+        Shipment.tracking_ended_at.is_not(None),
+        Shipment.cancelled_at.is_not(None),
+    )
 
 
 def _tracked() -> Any:
     """The negation of :func:`_done`: shipments still being tracked."""
-    return and_(Shipment.status.not_in(_FINAL), Shipment.tracking_ended_at.is_(None))
+    return and_(
+        Shipment.status.not_in(_FINAL),
+        Shipment.tracking_ended_at.is_(None),
+        Shipment.cancelled_at.is_(None),
+    )
 
 
 @dataclass(frozen=True, slots=True)

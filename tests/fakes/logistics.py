@@ -33,6 +33,8 @@ class FakeBookingService(Faulty):
         super().__init__()
         self.tracker, self.carrier = tracker, carrier
         self.bookings: dict[str, tuple[BookShipment, Booked]] = {}
+        #: warehouse -> refusal code for new bookings from it (``out_of_stock``, ...).
+        self.refusing: dict[str, str] = {}
 
     def book(self, request: BookShipment) -> Booked:
         return self._call(lambda: self._book(request))
@@ -43,6 +45,9 @@ class FakeBookingService(Faulty):
             if stored != request:
                 raise ProviderRejected(self.name, "key reused", code="idempotency_conflict")
             return booked
+        refusal = self.refusing.get(request.warehouse or "")
+        if refusal is not None:
+            raise ProviderRejected(self.name, "warehouse cannot ship it", code=refusal)
         if not request.recipient_name.strip():
             raise ProviderRejected(self.name, "recipient required", code="invalid_request")
         booked = Booked(self.carrier, f"YT{len(self.bookings) + 1:010d}")

@@ -6,8 +6,13 @@ providers' own record of the money), and checks what must hold whatever was inje
 * **no accepted order lost** — every id the API (or producer) acknowledged is a row;
 * **no order charged twice** — each trade was charged at most once at the provider, and every
   charge belongs to a payment we recorded as paid (money taken is never unaccounted for);
-* **no stock reserved or released twice** — at most one ``reserve`` and one ``release`` ledger
-  row per (order, sku, warehouse);
+* **no stock reserved or released twice** (:func:`ledger_violations`) — per (order, sku,
+  warehouse), walking the ledger rows in id order, ``reserve`` and its end (``release``, or
+  ``ship`` when the parcel left) alternate, starting with ``reserve``, and the units reserved
+  less those released and shipped equal what the ACTIVE reservations hold. Re-allocation may
+  reserve an order's lines again at a warehouse it released them at before (a refused parcel,
+  an operator's retry): that alternates and passes; a second ``reserve`` before the first
+  ended, or a ``release`` of nothing held, is caught;
 * **stock counters equal the ledger** — ``stock_drift`` is empty, nothing negative, and
   ``reserved`` equals the sum of ACTIVE reservations;
 * **every order final or explicitly waiting** — an order not in a final status has a deadline
@@ -20,7 +25,7 @@ scenario records as its figures.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import text
@@ -29,11 +34,15 @@ from domain.orders import FINAL_STATUSES
 from services.unit_of_work import unit_of_work
 from tests.helpers import assert_stock_consistent, status_counts
 
-_DOUBLE_MOVEMENTS = """
-    SELECT order_id, sku, warehouse, kind, count(*) FROM stock_movements
-    WHERE kind IN ('reserve', 'release') AND order_id IS NOT NULL
-    GROUP BY order_id, sku, warehouse, kind HAVING count(*) > 1
+_ORDER_MOVEMENTS = """
+    SELECT order_id, sku, warehouse, kind, delta_reserved FROM stock_movements
+    WHERE kind IN ('reserve', 'release', 'ship') AND order_id IS NOT NULL ORDER BY id
 """
+_ACTIVE_HELD = """
+    SELECT order_id, sku, warehouse, sum(quantity) FROM reservations
+    WHERE status = 'ACTIVE' GROUP BY order_id, sku, warehouse
+"""
+Key = tuple[str, str, str]  # (order, sku, warehouse)
 _WAITING_WITHOUT_DEADLINE = """
     SELECT id, status FROM orders
     WHERE status <> ALL(:final) AND status <> 'NEEDS_ATTENTION'
@@ -45,6 +54,32 @@ _NEEDS_ATTENTION_WITHOUT_REASON = """
 _PAID_TRADES = """
     SELECT provider, out_trade_no FROM payments WHERE paid_at IS NOT NULL
 """
+
+
+def ledger_violations(
+    rows: Iterable[tuple[str, str, str, str, int]], active: Mapping[Key, int]
+) -> list[str]:
+    """What is wrong in an order's ledger: ``rows`` are (order, sku, warehouse, kind,
+    delta_reserved) in id order (kinds ``reserve``, ``release``, ``ship``), ``active`` the
+    units the ACTIVE reservations hold per key. See the module docstring."""
+    holding: dict[Key, bool] = {}
+    net: dict[Key, int] = {}
+    problems: list[str] = []
+    for order_id, sku, warehouse, kind, delta in rows:
+        key = (order_id, sku, warehouse)
+        net[key] = net.get(key, 0) + delta
+        held = holding.get(key, False)
+        if kind == "reserve" and held:
+            problems.append(f"{key}: reserved twice (a second reserve before a release or ship)")
+        elif kind != "reserve" and not held:
+            problems.append(f"{key}: {kind} with nothing reserved (released or shipped twice)")
+        holding[key] = kind == "reserve"
+    for key in sorted(set(net) | set(active)):
+        if net.get(key, 0) != active.get(key, 0):
+            problems.append(
+                f"{key}: ledger holds {net.get(key, 0)}, ACTIVE reservations {active.get(key, 0)}"
+            )
+    return problems
 
 
 def check(accepted: Iterable[str], stack: Any = None) -> dict[str, Any]:
@@ -60,7 +95,9 @@ def check(accepted: Iterable[str], stack: Any = None) -> dict[str, Any]:
         lost = accepted - set(rows)
         if lost:
             problems.append(f"{len(lost)} accepted orders lost, e.g. {sorted(lost)[:3]}")
-        doubled = s.execute(text(_DOUBLE_MOVEMENTS)).all()
+        moves = [(o, k, w, kind, int(d)) for o, k, w, kind, d in s.execute(text(_ORDER_MOVEMENTS))]
+        active = {(o, k, w): int(q) for o, k, w, q in s.execute(text(_ACTIVE_HELD))}
+        doubled = ledger_violations(moves, active)
         if doubled:
             problems.append(f"stock moved twice for one order: {doubled[:3]}")
         final = [str(x) for x in FINAL_STATUSES]

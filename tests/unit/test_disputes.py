@@ -59,7 +59,8 @@ def test_a_new_open_dispute_moves_the_order_only_where_the_table_allows(
 ) -> None:
     movable = {
         OrderStatus.RESERVED, OrderStatus.AWAITING_PAYMENT, OrderStatus.PAID,
-        OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT,
+        OrderStatus.PARTIALLY_SHIPPED, OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT,
+        OrderStatus.PARTIALLY_DELIVERED,
     }  # fmt: skip
     expected = OrderFlag.MOVE if status in movable else OrderFlag.NOTE
     assert order_flag(status, first_seen=True, status="needs_response") is expected

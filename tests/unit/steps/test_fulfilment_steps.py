@@ -24,18 +24,26 @@ OID = "8f0c1e4a-0000-4000-8000-000000000002"
 CONFIG = ShippingConfig(redrive_s=60, first_poll_s=30, push_url="http://shop.test/webhooks/k100")
 
 
-def _booking(name: str = "Li Lei") -> BookingCall:
-    return BookingCall(OID, BookShipment(OID, f"book-{OID}", name, "13800000000", "Shanghai",
-                                         [("SKU-1", 2)]))  # fmt: skip
+def _booking(name: str = "Li Lei", sid: int = 11, warehouse: str = "main") -> BookingCall:
+    request = BookShipment(OID, f"book-{OID}-{warehouse}", name, "13800000000", "Shanghai",
+                           [("SKU-1", 2)], warehouse=warehouse)  # fmt: skip
+    return BookingCall(OID, sid, request)
+
+
+def _queue(*answers: object) -> object:
+    """A part's answers in turn, then None (no parcel left to book)."""
+    pending = list(answers)
+    return lambda *_a, **_k: pending.pop(0) if pending else None
 
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch) -> Store:
     store = Store(monkeypatch)
-    store.replace(shipping, "prepare_booking", "fail_booking", "ship", "subscription_target",
-                  "mark_subscribed")  # fmt: skip
-    store.answers["prepare_booking"] = _booking()
-    store.answers["ship"] = [Followup(SHIPPING_SUBSCRIBE, 11)]
+    store.replace(shipping, "prepare_booking", "refuse_parcel", "ship_parcel", "_unsend",
+                  "pending_subscriptions", "subscription_target", "mark_subscribed")  # fmt: skip
+    store.answers["prepare_booking"] = _queue(_booking())
+    store.answers["ship_parcel"] = [Followup(SHIPPING_SUBSCRIBE, 11)]
+    store.answers["pending_subscriptions"] = [Followup(SHIPPING_SUBSCRIBE, 11)]
     store.answers["subscription_target"] = (OID, "yuantong", "YT0000000001", "13800000000")
     return store
 
@@ -46,11 +54,24 @@ def test_a_booking_ships_the_order_and_asks_for_the_subscription(store):
     assert outcome.result == "YT0000000001"
     assert outcome.followups == (Followup(SHIPPING_SUBSCRIBE, 11),)
     assert gate.calls == [("warehouse", "book", OID)]
-    assert store.names() == ["prepare_booking", "ship"]
+    names = ["prepare_booking", "ship_parcel", "prepare_booking", "pending_subscriptions"]
+    assert store.names() == names
     assert store.calls[1][2]["first_poll_s"] == 30 and store.calls[1][2]["actor"] == "warehouse"
 
 
+def test_each_parcel_is_booked_in_turn_with_its_own_key(store):
+    store.answers["prepare_booking"] = _queue(_booking(sid=11), _booking(sid=12, warehouse="east"))
+    warehouse = FakeBookingService()
+    outcome = shipping.book(OID, warehouse, ports(), CONFIG)
+    assert outcome.result == "YT0000000001,YT0000000002"
+    assert [(r.warehouse, r.idempotency_key) for r, _ in warehouse.bookings.values()] == [
+        ("main", f"book-{OID}-main"), ("east", f"book-{OID}-east"),
+    ]  # fmt: skip
+    assert [args[0] for name, args, _ in store.calls if name == "ship_parcel"] == [11, 12]
+
+
 def test_a_retried_booking_gets_the_same_parcel(store):
+    store.answers["prepare_booking"] = _queue(_booking(), _booking())
     warehouse = FakeBookingService()
     warehouse.fail_next(after=True)  # booked, but the answer was lost
     with pytest.raises(Exception, match="injected"):
@@ -59,11 +80,23 @@ def test_a_retried_booking_gets_the_same_parcel(store):
     assert len(warehouse.bookings) == 1
 
 
-def test_a_refused_booking_needs_an_operator_with_the_services_code(store):
-    store.answers["prepare_booking"] = _booking(name=" ")
+def test_a_refused_booking_is_handed_to_the_refusal_with_the_services_code(store):
+    store.answers["prepare_booking"] = _queue(_booking(name=" "))
     assert shipping.book(OID, FakeBookingService(), ports(), CONFIG).result == "rejected"
-    assert store.names() == ["prepare_booking", "fail_booking"]
-    assert store.args_of("fail_booking") == (OID, "invalid_request")
+    assert store.names() == ["prepare_booking", "refuse_parcel", "prepare_booking",
+                             "pending_subscriptions"]  # fmt: skip
+    assert store.args_of("refuse_parcel") == (11, "invalid_request")
+
+
+def test_a_warehouse_that_cannot_ship_hands_the_parcel_on_and_the_next_is_booked(store):
+    """The refusal re-allocates (its own transaction); the run then books the new parcel."""
+    store.answers["prepare_booking"] = _queue(_booking(sid=11), _booking(sid=12, warehouse="b"))
+    warehouse = FakeBookingService()
+    warehouse.refusing["main"] = "out_of_stock"
+    outcome = shipping.book(OID, warehouse, ports(), CONFIG)
+    assert outcome.result == "YT0000000001"
+    assert store.args_of("refuse_parcel") == (11, "out_of_stock")
+    assert [r.warehouse for r, _ in warehouse.bookings.values()] == ["b"]
 
 
 def test_a_booking_behind_an_open_circuit_is_left_to_the_sweeper(store):
@@ -71,7 +104,9 @@ def test_a_booking_behind_an_open_circuit_is_left_to_the_sweeper(store):
     gate.open.add("warehouse")
     warehouse = FakeBookingService()
     assert shipping.book(OID, warehouse, ports(gate=gate), CONFIG).result == "circuit_open"
-    assert warehouse.bookings == {} and store.names() == ["prepare_booking"]
+    assert warehouse.bookings == {}
+    # The call never left: the parcel is marked unsent again (a cancel may still take it).
+    assert store.names() == ["prepare_booking", "_unsend", "pending_subscriptions"]
 
 
 def test_subscribing_twice_is_answered_already(store):

@@ -3,12 +3,18 @@ booked waybill tracked through the Kuaidi100 adapter and simulator."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Iterator
 
 import pytest
 
-from adapters.logistics.base import BookShipment, ProviderRejected, ProviderUnavailable
+from adapters.logistics.base import (
+    REALLOCATE_CODES,
+    BookShipment,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from adapters.logistics.kuaidi100 import (
     Kuaidi100Provider,
 )
@@ -73,3 +79,22 @@ def test_booking_errors(warehouse: WarehouseSimulator) -> None:
     warehouse.set_faults(error_rate=0.0, reset_rate=0.0, timeout_rate=0.0)
     assert service.book(booking("k3")).waybill  # the retry with the same key books once
     assert len(warehouse.ledger()["bookings"]) == 1
+
+
+def test_a_booking_names_its_warehouse_and_a_refusing_warehouse_says_why(
+    warehouse: WarehouseSimulator,
+) -> None:
+    service = WarehouseBookingService(WarehouseBookingConfig(warehouse.url, warehouse.api_key))
+    north = service.book(dataclasses.replace(booking("ship-ord-1-north-1"), warehouse="north"))
+    warehouse.refuse("south", "warehouse_closed")
+    with pytest.raises(ProviderRejected) as err:
+        service.book(dataclasses.replace(booking("ship-ord-1-south-1"), warehouse="south"))
+    assert err.value.code == "warehouse_closed" and err.value.code in REALLOCATE_CODES
+    warehouse.refuse("north", "out_of_stock")  # a replay is still answered
+    again = service.book(dataclasses.replace(booking("ship-ord-1-north-1"), warehouse="north"))
+    assert again == north
+    ledger = warehouse.ledger()
+    assert {k: (b["warehouse"], b["items"]) for k, b in ledger["bookings"].items()} == {
+        "ship-ord-1-north-1": ("north", [("SKU-1", 2), ("SKU-2", 1)])
+    }
+    assert [r["warehouse"] for r in ledger["refusals"]] == ["south"]
