@@ -9,12 +9,13 @@ found matching them (:mod:`services.settlement`; the CLI's ``orderflow settlemen
   payment or refund is ours. A date that is not ``YYYY-MM-DD`` is a 400 naming ``date``.
 * ``POST /console/settlement/differences/{id}/resolve`` (operator role and the session's CSRF
   token, :func:`api.console_auth.acting`; form ``note``, required, at most 500 characters, and
-  ``date``, the day to show afterwards): :func:`services.settlement.resolve` with the person as
-  actor (``operator:<name>``), in one transaction with the audit row (``settlement_resolve``)
-  and, when the difference concerns an order, a ``console_action`` row on its timeline. A
-  refusal — an empty note (422), a difference resolved already (409, naming who and when), an
-  unknown one (404) — shows the page with the reason, changes nothing and is audited with its
-  outcome; a viewer's POST is refused (403) and audited by :func:`api.console_auth.acting`.
+  ``date``, the day to show afterwards): :func:`services.settlement_report.resolve` with the
+  person as actor (``operator:<name>``), in one transaction with the audit row
+  (``settlement_resolve``) and, when the difference concerns an order, a ``console_action`` row
+  on its timeline. A refusal — an empty note (422), a difference resolved already (409, naming
+  who and when), an unknown one (404) — shows the page with the reason, changes nothing and is
+  audited with its outcome; a viewer's POST is refused (403) and audited by
+  :func:`api.console_auth.acting`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from domain.errors import ConflictError, NotFound, ValidationError
 from domain.operators import Permission, allowed
 from services import console as queries
 from services import console_settlement as pages
-from services import operators, settlement
+from services import operators, settlement_report
 from services.console_sessions import ConsoleSession
 from services.unit_of_work import unit_of_work
 
@@ -110,7 +111,7 @@ def _resolve(diff_id: int, actor: str, address: str, note: str) -> dict[str, Any
     """The resolution, its audit row and (when the difference concerns an order) the order's
     timeline row, in one transaction."""
     with unit_of_work() as s:
-        d = settlement.resolve(s, diff_id, actor=actor, note=note, now=_now())
+        d = settlement_report.resolve(s, diff_id, actor=actor, note=note, now=_now())
         order_id = pages.order_of(s, d)
         detail = {"provider": d["provider"], "date": d["date"], "kind": d["kind"],
                   "ref": d["ref"], "note": d["resolution_note"]}  # fmt: skip

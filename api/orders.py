@@ -42,6 +42,7 @@ from api.auth import require_api_key
 from api.errors import error_response, error_responses
 from api.group_commit import GroupCommit
 from domain.errors import Overloaded
+from models import Order
 from observability import metrics
 from producers.intake import accept_many
 from producers.schema import OrderMessage, field_errors, parse_message
@@ -49,9 +50,9 @@ from services import backpressure, payments, shipping
 from services.followup import Followup
 from services.intake import IntakeResult
 from services.order_state import lock_order
+from services.parcel_views import parcels_view, shipment_view
 from services.payments import payment_view
 from services.queries import ensure_order_source, order_view
-from services.shipping import shipment_view
 from services.unit_of_work import unit_of_work
 from settings import get_settings
 
@@ -178,7 +179,10 @@ def get_order(order_id: str, source: Source) -> Any:
         ensure_order_source(session, order_id, source)
         view = order_view(session, order_id)
         view["payment"] = payment_view(session, order_id)
+        # "shipment" (the first parcel) stays for clients written before parcels; "parcels"
+        # lists every parcel, one per warehouse, cancelled ones with why.
         view["shipment"] = shipment_view(session, order_id)
+        view["parcels"] = parcels_view(session, order_id)
         return view
 
 
@@ -243,21 +247,28 @@ class WaybillBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     carrier: str = Field(pattern=r"^[a-z0-9]{2,32}$", description="Kuaidi100 code, e.g. yuantong")
     waybill: str = Field(pattern=r"^[A-Za-z0-9-]{6,32}$")
+    warehouse: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="The warehouse whose parcel this is; needed when several are unshipped",
+    )  # fmt: skip
 
 
-def _register(order_id: str, body: WaybillBody, source: str) -> list[Followup]:
+def _register(order_id: str, body: WaybillBody, source: str) -> tuple[list[Followup], str]:
     with unit_of_work() as session:
         ensure_order_source(session, order_id, source)
-        return shipping.register_waybill(
+        followups = shipping.register_waybill(
             session, order_id, body.carrier, body.waybill, now=datetime.now(UTC),
-            actor=f"api:{source}",
-            first_poll_s=get_settings().tracking_first_poll_s,
+            actor=f"api:{source}", first_poll_s=get_settings().tracking_first_poll_s,
+            warehouse=body.warehouse,
         )  # fmt: skip
+        return followups, session.get_one(Order, order_id).status
 
 
 @router.post("/{order_id}/shipments", status_code=201)
 async def register_shipment(order_id: str, body: WaybillBody, source: Source) -> Any:
-    followups = await run_in_threadpool(_register, order_id, body, source)
+    """201 with the order's status after it: SHIPPED, or PARTIALLY_SHIPPED while other
+    parcels wait for their waybill."""
+    followups, status = await run_in_threadpool(_register, order_id, body, source)
     await run_in_threadpool(_publish, followups)
     return {"order_id": order_id, "carrier": body.carrier, "waybill": body.waybill,
-            "status": "SHIPPED"}  # fmt: skip
+            "warehouse": body.warehouse, "status": status}  # fmt: skip

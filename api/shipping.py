@@ -14,7 +14,7 @@ from adapters.logistics.base import PushUpdate
 from adapters.registry import tracking_provider
 from api.errors import not_found
 from domain.errors import ProviderError, SignatureInvalid
-from services import shipping, tracking
+from services import parcels, tracking
 from services.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def _apply_push(update: PushUpdate) -> bool:
     if update.result is None:
         return True
     with unit_of_work() as session:
-        shipment = shipping.shipment_by_waybill(
+        shipment = parcels.shipment_by_waybill(
             session, update.result.carrier, update.result.waybill
         )
         if shipment is None:

@@ -86,8 +86,8 @@ def list_endpoints(as_json: bool = json_option()) -> None:
 DELIVERY_COLUMNS = (
     Column("id", "id", ident=True), Column("event id", "event_id", ident=True),
     Column("source", "source"), Column("order", "order_id", ident=True),
-    Column("order status", "order_status"), Column("status", "status"),
-    Column("attempts", "attempts"),
+    Column("order status", "order_status"), Column("parcel", lambda d: d["parcel"] or ""),
+    Column("status", "status"), Column("attempts", "attempts"),
     Column("attempt log (time, code or error, duration)", lambda d: _attempt_log(d["log"])),
     Column("next attempt", "next_attempt_at"), Column("delivered", "delivered_at"),
 )  # fmt: skip
@@ -113,7 +113,8 @@ def deliveries(
         )  # fmt: skip
     rows = [
         {"id": d.id, "event_id": str(d.event_id), "source": d.source, "order_id": d.order_id,
-         "order_status": d.order_status, "status": d.status, "attempts": d.attempts,
+         "order_status": d.order_status, "event_type": d.event_type, "parcel": d.parcel,
+         "status": d.status, "attempts": d.attempts,
          "last_status_code": d.last_status_code, "last_error": d.last_error,
          "next_attempt_at": when(d.next_attempt_at), "created_at": when(d.created_at),
          "delivered_at": when(d.delivered_at),

@@ -66,7 +66,26 @@ def print_order(view: dict[str, Any]) -> None:
         table.add_row(_clock(e["at"]), e["kind"], transition, _task_cell(detail.pop("task", None)),
                       Text(_detail_text(e["kind"], detail, e["actor"])))  # fmt: skip
     console.print(table)
+    _print_parcels(view["parcels"])
     _print_callbacks(view["callbacks"], view["source"])
+
+
+def _print_parcels(parcels: list[dict[str, Any]]) -> None:
+    """A row per parcel (one per warehouse; cancelled ones with why), its latest event last."""
+    if not parcels:
+        console.print("no parcels")
+        return
+    table = Table("parcel", "warehouse", "lines", "waybill", "status", "latest event",
+                  title="parcels", show_lines=True)  # fmt: skip
+    for p in parcels:
+        lines = ", ".join(f"{ln['sku']} x{ln['quantity']}" for ln in p["lines"])
+        waybill = f"{p['carrier']} {p['waybill']}" if p["waybill"] else "not booked"
+        status = f"CANCELLED ({p['cancel_reason']})" if p["cancelled_at"] else p["status"]
+        latest = p["events"][-1] if p["events"] else None
+        event = f"{_clock(latest['at'])} {latest['description']}" if latest else ""
+        table.add_row(str(p["id"]), p["warehouse"] or "", lines, Text(waybill), Text(status),
+                      Text(event))  # fmt: skip
+    console.print(table)
 
 
 def _clock(iso: str) -> str:
@@ -108,6 +127,7 @@ def _detail_text(kind: str, d: dict[str, Any], actor: str | None) -> str:
 
 CALLBACK_COLUMNS = (
     Column("event id", "event_id", ident=True), Column("order status", "order_status"),
+    Column("parcel", lambda c: c["parcel"] or ""),
     Column("delivery", "status"), Column("attempts", "attempts"),
     Column("last code", "last_status_code"),
     Column("last error", lambda c: Text(c["last_error"] or "")),

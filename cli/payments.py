@@ -96,8 +96,13 @@ def shipments_register(
     order: str = typer.Argument(..., help=ORDER_QUERY_HELP),
     carrier: str = typer.Option(..., help="Kuaidi100 carrier code, e.g. yuantong"),
     waybill: str = typer.Option(..., help="The parcel's waybill number"),
+    warehouse: str | None = typer.Option(
+        None, help="The warehouse whose parcel it is (needed when several are unshipped)"
+    ),
 ) -> None:
-    """Register the waybill the warehouse printed for a PAID order: the order ships."""
+    """Register the waybill a warehouse printed for a PAID order's parcel: that parcel ships
+    (the order is SHIPPED once every parcel is)."""
+    from models import Order
     from services import shipping
     from services.queries import resolve_order
     from services.unit_of_work import unit_of_work
@@ -107,7 +112,8 @@ def shipments_register(
         order_id = resolve_order(session, order)
         followups = shipping.register_waybill(
             session, order_id, carrier, waybill, now=datetime.now(UTC), actor="cli",
-            first_poll_s=get_settings().tracking_first_poll_s,
+            first_poll_s=get_settings().tracking_first_poll_s, warehouse=warehouse,
         )  # fmt: skip
+        status = session.get_one(Order, order_id).status
     enqueue_followups(followups)
-    console.print(f"order {order_id} shipped as {carrier} {waybill}")
+    console.print(f"order {order_id}: parcel shipped as {carrier} {waybill}; order {status}")

@@ -77,13 +77,13 @@ def settlement_match(
 ) -> None:
     """Match the day's stored bill against payments and refunds; record the differences."""
     from adapters.registry import settlement_source
-    from services import settlement
+    from services.settlement_match import match
     from services.unit_of_work import unit_of_work
 
     for name in _providers(provider):
         account = settlement_source(name).account
         with unit_of_work() as session:
-            r = settlement.match(session, name, account, _day(day), now=datetime.now(UTC))
+            r = match(session, name, account, _day(day), now=datetime.now(UTC))
         console.print(
             f"{r.provider} {r.day}: matched {r.lines} lines, {r.new_differences} new "
             f"differences ({r.differences} in all)"
@@ -122,11 +122,11 @@ def settlement_report(
     ),
 ) -> None:
     """Gross, refunds, fees and net per provider and currency, and every difference of the day."""
-    from services import settlement
+    from services.settlement_report import report
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        data = settlement.report(session, _day(day), provider)
+        data = report(session, _day(day), provider)
     if as_json:
         print_json(_json(data))
         return
@@ -168,10 +168,10 @@ def settlement_resolve(
     by: str = typer.Option("cli", help="Who resolves it"),
 ) -> None:
     """Resolve a settlement difference with a note (once)."""
-    from services import settlement
+    from services.settlement_report import resolve
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        d = settlement.resolve(session, difference_id, actor=by, note=note, now=datetime.now(UTC))
+        d = resolve(session, difference_id, actor=by, note=note, now=datetime.now(UTC))
     console.print(f"difference {d['id']} ({d['kind']} {d['ref']}) resolved by {d['resolved_by']}",
                   markup=False)  # fmt: skip

@@ -22,7 +22,7 @@ caller to publish after the commit.
      sends for an overdue PAID order: the same booking key, so at most one parcel). A second
      refusal flags the order again.
    * ``reallocation_failed:…`` — first the lines no warehouse took are reserved again
-     (:func:`services.shipping.rereserve_unplaced`: any warehouse with free stock now, same
+     (:func:`services.parcel_planning.rereserve_unplaced`: any warehouse with free stock now, same
      allocation policy, ledger rows and new parcels); then as ``booking_rejected`` (the
      parcels already planned keep their keys). With still no stock the retry is refused
      naming the lines (resolve or cancel instead) and nothing changes.
@@ -61,6 +61,7 @@ caller to publish after the commit.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -76,7 +77,7 @@ from domain.parcels import climb, order_progress
 from domain.payments import CAPTURED
 from domain.tracking import is_final
 from models import Order, OrderEvent, Payment, Shipment
-from services import console, operators, payments, shipping
+from services import console, operators, parcel_planning, parcels, payments
 from services.followup import Followup
 from services.order_state import lock_order, move_order
 from services.payments.close import refund_unplaced
@@ -232,15 +233,15 @@ def _retry(
 ) -> Done:
     step = retry_step(order.reason or "")
     if step == TRACKING_POLL:
-        shipment = _tracked_shipment(session, order.id)
+        shipment = _tracked_shipment(session, order)
         shipment.next_poll_at = now
         return Done(f"order {order.id}: tracking of {shipment.waybill} polled at the next tick",
                     detail={"step": step, "shipment_id": shipment.id})  # fmt: skip
     placed = ""
     detail: dict[str, Any] = {"step": step}
     if (order.reason or "").startswith(REALLOCATION_FAILED):
-        created = shipping.rereserve_unplaced(session, order, now=now, policy=policy)
-        where = ", ".join(f"{shipping.named(shipping.parcel_lines(session, p.id))} at "
+        created = parcel_planning.rereserve_unplaced(session, order, now=now, policy=policy)
+        where = ", ".join(f"{parcels.named(parcels.parcel_lines(session, p.id))} at "
                           f"{p.warehouse}" for p in created)  # fmt: skip
         placed, detail["parcels"] = f"{where} reserved again; ", [p.id for p in created]
     target = _booking_status(session, order.id)
@@ -254,19 +255,40 @@ def _retry(
 def _booking_status(session: Session, order_id: str) -> OrderStatus:
     """Where an order whose booking goes on stands: PAID, or PARTIALLY_SHIPPED once a parcel
     is booked (its live parcels say; PAID with none planned yet)."""
-    live = [shipping.parcel_of(p) for p in shipping.live_parcels(session, order_id)]
+    live = [parcels.parcel_of(p) for p in parcels.live_parcels(session, order_id)]
     return S.PARTIALLY_SHIPPED if any(p.booked for p in live) else S.PAID
 
 
-def _tracked_shipment(session: Session, order_id: str) -> Shipment:
-    shipment = session.scalars(
-        select(Shipment).where(Shipment.order_id == order_id).with_for_update()
-    ).first()
-    if shipment is None or shipment.waybill is None or is_final(shipment.status):
-        raise ConflictError(f"cannot retry: order {order_id} has no tracked parcel", field="status")
+def _tracked_shipment(session: Session, order: Order) -> Shipment:
+    """The parcel a ``tracking_exception`` is about: the one its reason names (``parcel <id>
+    (<warehouse>)``, an order of several parcels), else the order's only tracked one."""
+    named = re.search(r"\bparcel (\d+) \(", order.reason or "")
+    stmt = select(Shipment).where(Shipment.order_id == order.id, Shipment.cancelled_at.is_(None))
+    if named:
+        stmt = stmt.where(Shipment.id == int(named.group(1)))
+    found = [
+        s
+        for s in session.scalars(stmt.order_by(Shipment.id).with_for_update())
+        if s.waybill is not None and not is_final(s.status)
+    ]
+    if not found:
+        raise ConflictError(f"cannot retry: order {order.id} has no tracked parcel", field="status")
+    shipment = next((s for s in found if s.status == "EXCEPTION"), found[0])
     if shipment.tracking_ended_at is not None:  # services.tracking.finish: never polled again
         raise ConflictError(f"cannot retry: {RETRY_REFUSALS['tracking_ended']}", field="status")
     return shipment
+
+
+def _still_tracked(session: Session, order_id: str) -> bool:
+    """Tracking can still move the order on: some live parcel is not final, and none that is
+    not final has had its tracking ended (nothing would move that one, so the order)."""
+    rows = session.execute(
+        select(Shipment.status, Shipment.tracking_ended_at).where(
+            Shipment.order_id == order_id, Shipment.cancelled_at.is_(None)
+        )
+    ).all()
+    open_ = [ended for status, ended in rows if not is_final(status)]
+    return bool(open_) and all(ended is None for ended in open_)
 
 
 # --- resolve -------------------------------------------------------------------------------
@@ -300,13 +322,10 @@ def resolve_target(
 def _resolve(session: Session, order: Order, *, now: datetime, actor: str, note: str) -> Done:
     flagged_from = _flagged_from(session, order.id)
     payment = session.scalar(select(Payment.status).where(Payment.order_id == order.id))
-    shipment = session.execute(
-        select(Shipment.status, Shipment.tracking_ended_at).where(Shipment.order_id == order.id)
-    ).first()
-    tracked = shipment is not None and not is_final(shipment[0]) and shipment[1] is None
     target = resolve_target(
-        flagged_from, order.reason or "", captured=payment in CAPTURED, tracked=tracked
-    )
+        flagged_from, order.reason or "", captured=payment in CAPTURED,
+        tracked=_still_tracked(session, order.id),
+    )  # fmt: skip
     accepted = target == S.PAID and flagged_from != S.PAID  # the payment is accepted: book
     # A partly booked order goes on booking its other parcels (same keys).
     accepted = accepted or target == S.PARTIALLY_SHIPPED
@@ -323,7 +342,7 @@ def _resolve_unplaced(
 ) -> Done:
     """Resolve ``reallocation_failed`` (module docstring): refund the unplaced lines' share,
     then follow the parcels left, booking those not booked yet."""
-    live = [shipping.parcel_of(p) for p in shipping.live_parcels(session, order.id)]
+    live = [parcels.parcel_of(p) for p in parcels.live_parcels(session, order.id)]
     if not live:
         raise ConflictError("cannot resolve: no parcel is left to ship; cancel the order "
                             "(its payment is refunded)", field="status")  # fmt: skip

@@ -81,18 +81,21 @@ def oldest_waiting(session: Session, *, now: datetime) -> list[dict[str, Any]]:
 
 
 def order_page(session: Session, order_id: str) -> dict[str, Any]:
-    """The order view (lines, whole timeline) plus its payment, shipment and dead letters."""
+    """The order view (lines, whole timeline) plus its payment, its parcels (every one, oldest
+    first, cancelled ones with why) and dead letters."""
+    from services.parcel_views import parcels_view
     from services.payments import payment_view
-    from services.shipping import shipment_view
 
     view = order_view(session, order_id)
     for event in view["timeline"]:
         event["task_label"] = task_label(event["detail"])
     view["payment"] = payment_view(session, order_id)
-    view["shipment"] = shipment = shipment_view(session, order_id)
-    if shipment is not None:  # a shipment's trouble is the order's reason (tracking, booking)
-        attention = view["status"] == OrderStatus.NEEDS_ATTENTION
-        shipment["reason"] = view["reason"] if attention else None
+    view["parcels"] = parcels = parcels_view(session, order_id)
+    attention = view["status"] == OrderStatus.NEEDS_ATTENTION
+    for parcel in parcels:  # a parcel's trouble is the order's reason (tracking, booking)
+        parcel["reason"] = (
+            _parcel_reason(view["reason"], parcel, len(parcels)) if attention else None
+        )
     view["dead_letters"] = [
         _dead_letter_row(dl)
         for dl in session.scalars(
@@ -103,6 +106,14 @@ def order_page(session: Session, order_id: str) -> dict[str, Any]:
         if row["status"] == "REPLAYED":
             row["outcome"] = replay_outcome(session, row["id"])
     return view
+
+
+def _parcel_reason(reason: str | None, parcel: dict[str, Any], parcels: int) -> str | None:
+    """The order's flag shown on the parcel it is about: the only parcel, or the one the
+    reason names (``parcel <id> (<warehouse>)``, :attr:`domain.parcels.Parcel.label`)."""
+    if reason is None or parcel["cancelled_at"] is not None:
+        return None
+    return reason if parcels == 1 or f"parcel {parcel['id']} (" in reason else None
 
 
 def task_label(detail: dict[str, Any] | None) -> str:

@@ -1,8 +1,8 @@
 """What the ops console's Settlement page reads (``/console/settlement``), one bill date at a
-time. Reads only: resolving a difference is :func:`services.settlement.resolve`.
+time. Reads only: resolving a difference is :func:`services.settlement_report.resolve`.
 
-* :func:`day_page` — :func:`services.settlement.report` of the day (the figures per provider,
-  bill type and currency, the files' states and every difference: the CLI's ``orderflow
+* :func:`day_page` — :func:`services.settlement_report.report` of the day (the figures per
+  provider, bill type and currency, the files' states and every difference: the CLI's ``orderflow
   settlement report``), with each difference's order when its payment or refund is known
   (``order_id``, one query for the day) and the differences open first, then oldest first.
 * :func:`recent_days` — the last bill dates that have a file of any provider and in any state,
@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import Payment, Refund, SettlementDifference, SettlementFile
-from services import settlement
+from services import settlement_report
 
 RECENT_DAYS = 14
 
@@ -46,10 +46,10 @@ class OpenDifferences:
 
 
 def day_page(session: Session, day: date) -> dict[str, Any]:
-    """The report of ``day`` (see :func:`services.settlement.report`); its ``differences`` are
-    sorted open first and each carries ``order_id`` (None when no payment or refund of ours is
-    known); ``open`` counts the unresolved ones."""
-    data = settlement.report(session, day)
+    """The report of ``day`` (see :func:`services.settlement_report.report`); its
+    ``differences`` are sorted open first and each carries ``order_id`` (None when no payment or
+    refund of ours is known); ``open`` counts the unresolved ones."""
+    data = settlement_report.report(session, day)
     differences: list[dict[str, Any]] = data["differences"]
     orders = _orders_of(session, differences)
     for d in differences:
@@ -122,8 +122,8 @@ def open_differences(session: Session) -> OpenDifferences:
 
 
 def order_of(session: Session, difference: dict[str, Any]) -> str | None:
-    """The order a difference (as :func:`services.settlement.resolve` returns it) concerns, when
-    its payment or refund is known."""
+    """The order a difference (as :func:`services.settlement_report.resolve` returns it)
+    concerns, when its payment or refund is known."""
     found = _orders_of(session, [difference])
     return found.get(("payment", difference["payment_id"])) or found.get(
         ("refund", difference["refund_id"])

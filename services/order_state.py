@@ -36,12 +36,20 @@ def lock_order(session: Session, order_id: str) -> Order:
 
 
 def move_order(
-    session: Session, order: Order, target: OrderStatus, *, actor: str = "system", **detail: Any
+    session: Session,
+    order: Order,
+    target: OrderStatus,
+    *,
+    actor: str = "system",
+    parcel_id: int | None = None,
+    **detail: Any,
 ) -> None:
-    """Move a locked order to ``target`` (raises InvalidTransition) and record it."""
+    """Move a locked order to ``target`` (raises InvalidTransition) and record it.
+    ``parcel_id``: the parcel whose change moved it (its status callback shows that parcel)."""
     current = order.status
     order.status = ensure_transition(current, target)
-    announce_move(session, order, current, target, actor=actor, detail=detail or None)
+    announce_move(session, order, current, target, actor=actor, detail=detail or None,
+                  parcel_id=parcel_id)  # fmt: skip
 
 
 def announce_move(
@@ -52,6 +60,7 @@ def announce_move(
     *,
     actor: str = "system",
     detail: dict[str, Any] | None = None,
+    parcel_id: int | None = None,
 ) -> None:
     """Record a move already written (checked against the transition table by the caller): the
     timeline's ``transition`` row and the status callback, in the same transaction."""
@@ -59,4 +68,4 @@ def announce_move(
         session, order.id, "transition", from_status=current, to_status=target, detail=detail,
         actor=actor,
     )  # fmt: skip
-    callbacks.record_status_change(session, order, current, target)
+    callbacks.record_status_change(session, order, current, target, parcel_id=parcel_id)

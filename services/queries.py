@@ -145,18 +145,23 @@ def order_view(session: Session, order_id: str) -> dict[str, Any]:
 
 
 def order_timeline(session: Session, order_id: str) -> dict[str, Any]:
-    """:func:`order_view` plus the order's outbound status callbacks (``callbacks``: one entry
-    per event, oldest first, with its delivery outcome; never the payload, which may carry
-    payment secrets). Raises ``NotFound`` for an unknown order."""
+    """:func:`order_view` plus the order's parcels (``parcels``, as
+    :func:`services.parcel_views.parcels_view` shows them) and its outbound status callbacks
+    (``callbacks``: one entry per event, oldest first, with its delivery outcome; never the
+    payload, which may carry payment secrets). Raises ``NotFound`` for an unknown order."""
     from services.callbacks import list_deliveries
+    from services.parcel_views import parcels_view
 
     view = order_view(session, order_id)
+    view["parcels"] = parcels_view(session, order_id)
     rows = list_deliveries(session, order_id=order_id, limit=10_000)
     view["callbacks"] = [
         {
             "event_id": d.event_id,
             "source": d.source,
             "order_status": d.order_status,
+            "event_type": d.event_type,
+            "parcel": d.parcel,
             "status": d.status,
             "attempts": d.attempts,
             "last_status_code": d.last_status_code,

@@ -8,7 +8,7 @@ import logging
 from datetime import date
 
 from adapters.registry import configured_settlement_providers, settlement_source
-from services import settlement
+from services import settlement, settlement_match
 from services.ports import utcnow
 from services.task_names import MAINTENANCE_SETTLEMENT, MAINTENANCE_SETTLEMENT_DAY
 from services.unit_of_work import unit_of_work
@@ -43,7 +43,7 @@ def settle_day(self: OrderflowTask, provider: str, day: str) -> str:
         if not any(f.status in ("stored", "already_stored") for f in fetched):
             return ", ".join(f"{f.bill_type}: {f.status}" for f in fetched)
         with unit_of_work() as session:
-            matched = settlement.match(
+            matched = settlement_match.match(
                 session, provider, source.account, date.fromisoformat(day), now=utcnow()
             )
     except Exception as exc:

@@ -33,8 +33,8 @@ Contracts:
 * **Amounts**: yuan strings → fen ``int`` through :class:`~decimal.Decimal` (never float);
   currency CNY.
 
-The two bill types, and why they do not count money twice (``services.settlement.report`` adds
-up the lines of each stored file):
+The two bill types, and why they do not count money twice
+(``services.settlement_report.report`` adds up the lines of each stored file):
 
 * ``trade`` (业务明细) carries every payment (业务类型 交易) and refund (退款) with the fee Alipay
   kept on it: these are the lines matched and totalled. A payment is a ``charge`` line:

@@ -72,6 +72,7 @@ from services.callbacks.log import (
 from services.callbacks.outbox import (
     OrderFields,
     OrderSnapshot,
+    record_parcel_change,
     record_status_change,
     record_status_changes,
 )
@@ -84,6 +85,7 @@ from services.callbacks.rules import (
     MAX_ERROR_LEN,
     MAX_URL_LEN,
     MIN_SECRET_LEN,
+    PARCEL_EVENT_TYPE,
     PAUSED,
     PENDING,
     SHIPPED_OR_LATER,
@@ -108,6 +110,7 @@ __all__ = [
     "MAX_ERROR_LEN",
     "MAX_URL_LEN",
     "MIN_SECRET_LEN",
+    "PARCEL_EVENT_TYPE",
     "PAUSED",
     "PENDING",
     "SHIPPED_OR_LATER",
@@ -134,6 +137,7 @@ __all__ = [
     "list_endpoints",
     "pause",
     "record_attempt",
+    "record_parcel_change",
     "record_status_change",
     "record_status_changes",
     "register_endpoint",

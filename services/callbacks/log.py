@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from domain.errors import NotFound, ValidationError
 from models import CallbackDelivery, CallbackEndpoint
 from models.callbacks import CallbackAttempt
-from services.callbacks.rules import DELIVERY_STATUSES, PAUSED, PENDING
+from services.callbacks.rules import DELIVERY_STATUSES, EVENT_TYPE, PAUSED, PENDING
 
 
 def resend(
@@ -79,6 +80,10 @@ class DeliveryView:
     created_at: datetime
     delivered_at: datetime | None
     attempt_log: tuple[AttemptView, ...] = ()
+    #: ``order.status_changed`` or ``order.parcel_updated``; for the latter, what moved:
+    #: ``"parcel 12 (north) → IN_TRANSIT"``.
+    event_type: str = EVENT_TYPE
+    parcel: str | None = None
 
 
 def list_deliveries(
@@ -124,9 +129,18 @@ def list_deliveries(
             d.created_at,
             d.delivered_at,
             tuple(log.get(d.id, ())),
+            d.event_type,
+            _parcel_moved(d.payload),
         )
         for d, src in found
     ]
+
+
+def _parcel_moved(payload: dict[str, Any]) -> str | None:
+    parcel = payload.get("parcel")
+    if not isinstance(parcel, dict):
+        return None
+    return f"parcel {parcel.get('id')} ({parcel.get('warehouse')}) → {parcel.get('status')}"
 
 
 def _attempts(session: Session, delivery_ids: list[int]) -> dict[int, list[AttemptView]]:

@@ -9,6 +9,8 @@ from domain.backoff import equal_jitter_s
 from domain.orders import OrderStatus
 
 EVENT_TYPE = "order.status_changed"
+#: A parcel moved and its order did not (:mod:`services.callbacks.outbox`).
+PARCEL_EVENT_TYPE = "order.parcel_updated"
 SIGNATURE_HEADER = "X-Orderflow-Signature"
 EVENT_ID_HEADER = "X-Orderflow-Event-Id"
 TIMESTAMP_HEADER = "X-Orderflow-Timestamp"

@@ -42,6 +42,8 @@ from models import Order, Payment, Shipment
 from services import timeline
 from services.followup import Followup
 from services.order_state import lock_order, move_order
+from services.parcel_planning import cancel_parcel
+from services.parcels import live_parcels, parcel_lines, parcel_of, unplaced_parcels
 from services.payments.common import (
     AWAITING,
     LEASE_S,
@@ -58,13 +60,6 @@ from services.payments.create import create_request
 from services.payments.refunds import refundable, request_refund
 from services.ports import Outcome, Ports
 from services.provider_calls import CircuitOpen
-from services.shipping import (
-    cancel_parcel,
-    live_parcels,
-    parcel_lines,
-    parcel_of,
-    unplaced_parcels,
-)
 from services.stock import release_reservations
 from services.task_names import PAYMENTS_CLOSE
 

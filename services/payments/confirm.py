@@ -4,6 +4,7 @@ and, once captured, the order to PAID; due payments are claimed for polling."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -84,7 +85,7 @@ def _after_paid(
         return _refund_flagged(session, order, payment, expected, captured, now=now)
     if action in (AfterCapture.ATTENTION, AfterCapture.NOTE):
         order.reason = "amount_mismatch"
-        detail = {"expected": str(expected), "paid": str(status.amount)}
+        detail: dict[str, Any] = {"expected": str(expected), "paid": str(status.amount)}
         if action is AfterCapture.ATTENTION:
             order.stage_deadline = None
             move_order(session, order, OrderStatus.NEEDS_ATTENTION, **detail)

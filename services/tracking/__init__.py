@@ -28,27 +28,30 @@ Polling stops for good once Kuaidi100 has finished with a parcel (a ``shutdown``
 push, ``ischeck=1``, state 4 退签), whatever its status — a parcel in EXCEPTION included: the
 rules and their reasons are in :mod:`.finish`.
 
-The package: :mod:`.schedule` (claims, leases, recording a poll), :mod:`.results`
-(applying a result, the order following its shipment) and :mod:`.finish` (when tracking
-ends). Callers use ``from services import tracking`` and the names below.
+The package: :mod:`.leases` (claims and leases), :mod:`.schedule` (starting, handing back and
+recording a poll), :mod:`.results` (applying a result, the order following its shipment) and
+:mod:`.finish` (when tracking ends). Callers use ``from services import tracking`` and the names
+below.
 """
 
 from __future__ import annotations
 
 from services.tracking.finish import apply_push, end_reason
+from services.tracking.leases import (
+    PollTarget,
+    claim_ahead,
+    claim_due,
+    lease_expiry,
+    poll_targets,
+    release_lease,
+)
 from services.tracking.results import Source, apply_result, event_dedupe_key
 from services.tracking.schedule import (
     PollStarted,
-    PollTarget,
     abandon_poll,
-    claim_ahead,
-    claim_due,
     defer_pushed,
     hand_back_recent,
-    lease_expiry,
-    poll_targets,
     record_poll,
-    release_lease,
     stale_shipments,
     start_poll,
 )

@@ -25,16 +25,18 @@ from domain.errors import ProviderError
 from domain.tracking import Cadence, PollChunk, pace, plan_chunks
 from services.ports import Ports
 from services.provider_calls import CallNote, CircuitOpen
-from services.tracking.schedule import (
+from services.tracking.leases import (
     PollTarget,
-    abandon_poll,
     claim_ahead,
-    defer_pushed,
-    hand_back_recent,
     lease_expiry,
     poll_targets,
-    record_poll,
     release_lease,
+)
+from services.tracking.schedule import (
+    abandon_poll,
+    defer_pushed,
+    hand_back_recent,
+    record_poll,
     start_poll,
 )
 

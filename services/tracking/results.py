@@ -24,7 +24,7 @@ from domain.tracking import (
     order_follows,
 )
 from models import Order, Shipment
-from services import timeline
+from services import callbacks, timeline
 from services.order_state import lock_order, move_order
 
 Source = Literal["poll", "push"]
@@ -152,7 +152,7 @@ def _apply_locked(
         session, order.id, "tracking", from_status=current, to_status=target,
         detail=detail, actor=ACTOR,
     )  # fmt: skip
-    _follow_shipment(session, order, shipment, result, now=now, source=source)
+    _follow_shipment(session, order, shipment, result, current, now=now, source=source)
 
 
 def _ignore_after_end(
@@ -229,11 +229,13 @@ def _follow_shipment(
     order: Order,
     shipment: Shipment,
     result: TrackingResult,
+    previous: ShipmentStatus,
     *,
     now: datetime,
     source: str,
 ) -> None:
-    """Move or flag the (locked) order after its shipment moved to ``shipment.status``: as
+    """Move or flag the (locked) order after its shipment moved from ``previous`` to
+    ``shipment.status``: as
     :func:`domain.tracking.order_follows` decides for a one-parcel order (as always), as
     :func:`domain.parcels.follow_parcels` decides from all its live parcels otherwise."""
     status = ShipmentStatus(shipment.status)
@@ -253,11 +255,14 @@ def _follow_shipment(
             order.reason = None  # the carrier resolved what the order was flagged for
         if target == OrderStatus.PARTIALLY_SHIPPED:
             order.stage_deadline = now  # parcels are left to book: the sweeper re-drives it
-        move_order(session, order, target, actor=ACTOR, **detail)
+        move_order(session, order, target, actor=ACTOR, parcel_id=shipment.id, **detail)
     if follow.flag is not None:
         order.reason = follow.flag[:200]
         move_order(session, order, OrderStatus.NEEDS_ATTENTION, actor=ACTOR, reason=follow.flag,
-                   **detail)  # fmt: skip
+                   parcel_id=shipment.id, **detail)  # fmt: skip
+    if not follow.moves and follow.flag is None:  # the order stays: the parcel tells its move
+        callbacks.record_parcel_change(session, order, order.status, shipment.id, previous,
+                                       shipment.status)  # fmt: skip
 
 
 _LIVE_PARCELS = text(

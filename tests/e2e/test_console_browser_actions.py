@@ -393,16 +393,17 @@ def test_order_tracking_in_chinese(browser, console_api, catalog, tmp_path):
         search.submit()
     assert _by_id(browser, "order-id").text == order_id
     assert browser.find_element(By.ID, "order-status").text == "COMPLETED"
-    shipment = _by_id(browser, "shipment")
+    (shipment,) = browser.find_elements(By.CSS_SELECTOR, "section.parcel")
+    assert "Parcel 1 of 1" in shipment.text
     assert "yuantong" in shipment.text and waybill in shipment.text and "DELIVERED" in shipment.text
-    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#tracking tr")[1:]]
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "table.tracking tr")[1:]]
     assert len(rows) == len(TRACE), rows
     for row, (_, status, _, where, what) in zip(rows, TRACE, strict=True):
         assert status in row and where in row and what in row, (row, what)
     assert rows[-1].endswith(f"上海市 {SIGNED}")
     assert "【上海市】快件已到达 上海转运中心" in shipment.text
 
-    cell = browser.find_element(By.CSS_SELECTOR, "#tracking tr:last-child td:last-child")
+    cell = browser.find_element(By.CSS_SELECTOR, "table.tracking tr:last-child td:last-child")
     drawn = browser.execute_script(DRAWN_APART, cell, "签", "收")
     assert drawn["differ"] and drawn["ink"] > 50, drawn
     assert "Noto Sans CJK" in drawn["family"], drawn

@@ -76,6 +76,14 @@ def test_orders_over_two_warehouses_ship_as_parcels_each_tracked(start_pipeline,
                            if e.kind == "transition" and e.to_status == "DELIVERED")  # fmt: skip
     assert set(delivered) == {s.id for s in shipped}
     assert max(delivered.values()) < order_delivered
+    # The API shows both parcels, each with its lines, waybill and trace.
+    shown = p.get_order(both)["parcels"]
+    assert [(v["warehouse"], v["lines"], v["waybill"], v["status"]) for v in shown] == [
+        (s.warehouse, lines, s.waybill, "DELIVERED")
+        for s, lines in zip(shipped, ([{"sku": "A", "quantity": 2}],
+                                      [{"sku": "B", "quantity": 1}]), strict=True)
+    ]  # fmt: skip
+    assert all(v["events"] and v["events"][-1]["status"] == "DELIVERED" for v in shown)
 
     east = next(s for s in parcels(troubled) if s.warehouse == "east")
     flagged = f"tracking_exception: parcel {east.id} (east): "

@@ -75,6 +75,41 @@ def test_show_finds_an_order_by_id_prefix_external_id_or_waybill(db):
     assert view["total"] == {"amount_minor": 6900, "currency": "CNY", "display": "69.00 CNY"}
 
 
+def test_show_lists_every_parcel_with_its_warehouse_lines_and_latest_event(db):
+    insert_order(A, "ux-00397", status="PARTIALLY_SHIPPED")
+    with unit_of_work() as s:
+        ids = [s.execute(text(
+            "INSERT INTO shipments (order_id, booking_key, warehouse, carrier, waybill, status, "
+            "cancelled_at, cancel_reason) VALUES (:o, :bk, :w, :c, :wb, :st, :ca, :cr) "
+            "RETURNING id"), {"o": A, "bk": f"ship-{A}-{w}-1", "w": w, "c": c, "wb": wb,
+                              "st": st, "ca": ca, "cr": cr}).scalar_one()
+            for w, c, wb, st, ca, cr in [
+                ("north", "yuantong", "YT9000000001", "IN_TRANSIT", None, None),
+                ("south", None, None, "PENDING", None, None),
+                ("east", None, None, "PENDING", "2026-12-01T00:00:00Z", "refused:out_of_stock"),
+            ]]  # fmt: skip
+        for sid, sku in zip(ids, "ABC", strict=True):
+            s.execute(text("INSERT INTO shipment_lines (shipment_id, sku, quantity) "
+                           "VALUES (:s, :k, 2)"), {"s": sid, "k": sku})  # fmt: skip
+        s.execute(text("INSERT INTO tracking_events (shipment_id, occurred_at, status, "
+                       "description, dedupe_key) VALUES (:s, now(), 'IN_TRANSIT', "
+                       "'arrived at Shanghai hub', 'k1')"), {"s": ids[0]})  # fmt: skip
+    out = cli("orders", "show", A, columns=220).stdout
+    table = out[out.index("parcels") :]
+    first_cells = {str(i) for i in ids}
+    rows = [ln for ln in table.splitlines()
+            if "│" in ln and ln.split("│")[1].strip() in first_cells]  # fmt: skip
+    assert len(rows) == 3, table
+    assert "north" in rows[0] and "A x2" in rows[0] and "YT9000000001" in rows[0]
+    assert "arrived at Shanghai hub" in rows[0] and "IN_TRANSIT" in rows[0]
+    assert "south" in rows[1] and "not booked" in rows[1] and "PENDING" in rows[1]
+    assert "east" in rows[2] and "CANCELLED (refused:out_of_stock)" in rows[2]
+    view = as_json(cli("orders", "show", A, "--json"))
+    assert [(p["warehouse"], p["lines"]) for p in view["parcels"]] == [
+        (w, [{"sku": k, "quantity": 2}]) for w, k in (("north", "A"), ("south", "B"), ("east", "C"))
+    ]
+
+
 def test_show_says_not_found_and_lists_the_candidates_of_an_ambiguous_query(db):
     insert_order(A, "ux-00397")
     insert_order(B, "ux-00398")
@@ -132,7 +167,7 @@ def test_commands_that_act_on_an_order_take_what_show_takes(db):
     shipped = cli("shipments", "register", "FD46AA", "--carrier", "yuantong",
                   "--waybill", "YT9000000002", columns=200)  # fmt: skip
     assert shipped.returncode == 0, shipped.stderr
-    assert f"order {B} shipped as yuantong YT9000000002" in shipped.stdout
+    assert f"order {B}: parcel shipped as yuantong YT9000000002; order SHIPPED" in shipped.stdout
     unpaid = cli("payments", "refund", "0b9e1c2d", "--refund-no", "r-2")  # C has no payment
     assert unpaid.returncode == 1 and "order has no payment" in unpaid.stderr
     assert _statuses() == {A: "CANCELLED", B: "SHIPPED", C: "RECEIVED"}

@@ -82,9 +82,11 @@ def client(anon, admin_key):
 def test_shipment_panel_shows_only_what_exists(client):
     oid = new_order()
     with unit_of_work() as s:
-        s.execute(text("INSERT INTO shipments (order_id, booking_key, status) "
-                       "VALUES (:o, 'bk-pending', 'PENDING')"), {"o": oid})  # fmt: skip
-    panel = section(client.get(f"/console/orders/{oid}").text, "shipment")
+        sid = s.execute(text("INSERT INTO shipments (order_id, booking_key, status) "
+                             "VALUES (:o, 'bk-pending', 'PENDING') RETURNING id"),
+                        {"o": oid}).scalar_one()  # fmt: skip
+    panel = section(client.get(f"/console/orders/{oid}").text, f"parcel-{sid}")
+    assert "Parcel 1 of 1" in panel
     assert "None" not in panel
     assert "<dt>carrier</dt><dd>—</dd><dt>waybill</dt><dd>—</dd>" in panel
     assert re.search(r'<span class="status tone-wait">PENDING</span></dd>', panel)
@@ -93,9 +95,47 @@ def test_shipment_panel_shows_only_what_exists(client):
                        "'3', status = 'DELIVERED' WHERE order_id = :o"), {"o": oid})  # fmt: skip
         s.execute(text("UPDATE orders SET status = 'NEEDS_ATTENTION', reason = 'returned' "
                        "WHERE id = :o"), {"o": oid})  # fmt: skip
-    panel = section(client.get(f"/console/orders/{oid}").text, "shipment")
+    panel = section(client.get(f"/console/orders/{oid}").text, f"parcel-{sid}")
     assert "<dd>yuantong</dd><dt>waybill</dt><dd>YT1</dd>" in panel
     assert "carrier state 3" in panel and "<dt>reason</dt><dd>returned</dd>" in panel
+
+
+def _parcel(s, oid: str, warehouse: str, seq: int, lines: list[tuple[str, int]], **cols) -> int:
+    sid = s.execute(text(
+        "INSERT INTO shipments (order_id, booking_key, warehouse, seq, status, carrier, waybill, "
+        "cancelled_at, cancel_reason) VALUES (:o, :k, :w, :seq, :st, :c, :wb, :ca, :cr) "
+        "RETURNING id"), {
+        "o": oid, "k": f"ship-{oid}-{warehouse}-{seq}", "w": warehouse, "seq": seq,
+        "st": cols.get("status", "PENDING"), "c": cols.get("carrier"), "wb": cols.get("waybill"),
+        "ca": cols.get("cancelled_at"), "cr": cols.get("cancel_reason")}).scalar_one()  # fmt: skip
+    for sku, qty in lines:
+        s.execute(text("INSERT INTO shipment_lines (shipment_id, sku, quantity) "
+                       "VALUES (:s, :k, :q)"), {"s": sid, "k": sku, "q": qty})  # fmt: skip
+    return sid
+
+
+def test_order_page_shows_a_panel_per_parcel_with_its_lines_and_trouble(client):
+    oid = new_order()
+    with unit_of_work() as s:
+        north = _parcel(s, oid, "north", 1, [("A", 2)], status="IN_TRANSIT", carrier="yuantong",
+                        waybill="YTNORTH1")  # fmt: skip
+        gone = _parcel(s, oid, "east", 1, [("B", 1)], cancelled_at=datetime.now(UTC),
+                       cancel_reason="refused:out_of_stock")  # fmt: skip
+        south = _parcel(s, oid, "south", 1, [("B", 1), ("C", 3)], status="EXCEPTION",
+                        carrier="zhongtong", waybill="ZTSOUTH1")  # fmt: skip
+        s.execute(text("UPDATE orders SET status = 'NEEDS_ATTENTION', reason = :r WHERE id = :o"),
+                  {"o": oid, "r": f"tracking_exception: parcel {south} (south): 拒收"})  # fmt: skip
+    page = client.get(f"/console/orders/{oid}").text
+    first, second, third = (section(page, f"parcel-{i}") for i in (north, gone, south))
+    x = "\N{MULTIPLICATION SIGN}"
+    assert "Parcel 1 of 3 · north" in first and f"2 {x} A" in first and "YTNORTH1" in first
+    assert "IN_TRANSIT" in first and "<dt>reason</dt>" not in first
+    assert "Parcel 2 of 3 · east" in second and "CANCELLED" in second
+    assert "refused:out_of_stock" in second and f"1 {x} B" in second
+    assert "Parcel 3 of 3 · south" in third and f"1 {x} B, 3 {x} C" in third and "ZTSOUTH1" in third
+    assert "<dt>reason</dt><dd>tracking_exception: parcel" in third
+    assert f"ship-{oid}-south-1" in third
+    assert "YTNORTH1, ZTSOUTH1" in section(page, "order-actions")  # what a cancel leaves alone
 
 
 def test_timeline_shows_the_task_that_wrote_each_row(client):

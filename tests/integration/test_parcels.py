@@ -13,7 +13,8 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from adapters.logistics.base import Booked
-from domain.errors import ConflictError
+from domain.errors import ConflictError, ValidationError
+from domain.parcels import booking_key
 from models import Order, Refund, Shipment, ShipmentLine
 from producers.intake import accept_message
 from services import attention_actions, payments, shipping, stock_admin
@@ -447,3 +448,139 @@ def test_the_checker_catches_a_double_reserve_but_not_a_reserve_after_a_release(
                        "AND warehouse = 'south'"))  # fmt: skip
     with pytest.raises(AssertionError, match=r"reserved twice"):
         invariants.check([oid])
+
+
+def test_each_parcel_change_is_announced_once_naming_the_parcel(two_warehouses, receiver):
+    """A parcel change that moves the order is told by the order's event (``tracking`` is that
+    parcel); one that leaves the order where it is, by an ``order.parcel_updated`` event. Both
+    list every live parcel with its warehouse, lines and latest event."""
+    from tests.integration.callbacks_support import register, run_deliveries
+
+    oid, _ = paid_order([("A", 2), ("B", 1)])
+    register("web", receiver.url + "/web")
+    shipping.book(oid, FakeBookingService(), ports(), SHIP)
+    (north, *_), (south, *_) = parcels(oid)
+    t = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    apply(north, res(TS.IN_TRANSIT, ev(t, TS.IN_TRANSIT, "0", "left Beijing")))
+    apply(south, res(TS.IN_TRANSIT, ev(t, TS.IN_TRANSIT, "0", "left Guangzhou")))
+    apply(north, res(TS.DELIVERED, ev(t + timedelta(hours=1), TS.DELIVERED, "3", "signed")))
+    apply(south, res(TS.EXCEPTION, ev(t + timedelta(hours=2), TS.EXCEPTION, "2", "包裹破损")))
+    apply(south, res(TS.DELIVERED, ev(t + timedelta(hours=3), TS.DELIVERED, "3", "signed")))
+
+    assert run_deliveries() > 0
+    got = [r.event for r in receiver.at("/web")]
+    told = [
+        (e["type"], e["data"]["order"]["status"],
+         e["data"]["parcel" if "parcel" in e["data"] else "tracking"]["status"],
+         (e["data"].get("parcel") or {}).get("id"))
+        for e in got
+    ]  # fmt: skip
+    status_changed, parcel_updated = "order.status_changed", "order.parcel_updated"
+    assert told == [
+        (status_changed, "PARTIALLY_SHIPPED", "PENDING", None),
+        (status_changed, "SHIPPED", "PENDING", None),
+        (status_changed, "IN_TRANSIT", "IN_TRANSIT", None),
+        (parcel_updated, "IN_TRANSIT", "IN_TRANSIT", south),  # the order was in transit already
+        (status_changed, "PARTIALLY_DELIVERED", "DELIVERED", None),
+        (status_changed, "NEEDS_ATTENTION", "EXCEPTION", None),
+        (status_changed, "DELIVERED", "DELIVERED", None),
+        (status_changed, "COMPLETED", "DELIVERED", None),
+    ]  # fmt: skip
+    waybills = {p[0]: p[4] for p in parcels(oid)}
+    moved = [waybills[north], waybills[south], waybills[north], None, waybills[north],
+             waybills[south], waybills[south], waybills[south]]  # fmt: skip
+    assert [e["data"].get("tracking", {}).get("waybill") for e in got] == moved
+    assert got[3]["data"]["parcel"]["previous_status"] == "PENDING"
+    assert got[3]["data"]["order"]["previous_status"] == "IN_TRANSIT"
+    last = got[-1]["data"]["parcels"]
+    assert [(p["id"], p["warehouse"], p["lines"], p["status"]) for p in last] == [
+        (north, "north", [{"sku": "A", "quantity": 2}], "DELIVERED"),
+        (south, "south", [{"sku": "B", "quantity": 1}], "DELIVERED"),
+    ]  # fmt: skip
+    assert [p["latest"]["description"] for p in last] == ["signed", "signed"]
+    assert len({e["id"] for e in got}) == len(got)
+
+
+def test_a_waybill_reported_by_hand_ships_the_parcel_of_its_warehouse(two_warehouses):
+    oid, _ = paid_order([("A", 2), ("B", 1)])
+
+    def report(waybill: str, warehouse: str | None) -> None:
+        with unit_of_work() as s:
+            shipping.register_waybill(s, oid, "yuantong", waybill, now=now(), actor="test",
+                                      first_poll_s=30, warehouse=warehouse)  # fmt: skip
+
+    with pytest.raises(ValidationError) as which:  # two parcels wait: which one is it?
+        report("YTNORTH001", None)
+    assert which.value.field == "warehouse" and "north, south" in str(which.value)
+    assert parcels(oid) == [] and status(oid) == "PAID"  # nothing recorded, not even the plan
+    with pytest.raises(ValidationError, match="no parcel at 'west'"):
+        report("YTNORTH001", "west")
+    report("YTNORTH001", "north")
+    assert status(oid) == "PARTIALLY_SHIPPED"
+    report("YTNORTH001", "north")  # the same report again changes nothing
+    with pytest.raises(ConflictError) as shipped:
+        report("YTNORTH002", "north")
+    assert shipped.value.field == "warehouse"
+    report("YTSOUTH001", None)  # one parcel left: no need to name it
+    assert status(oid) == "SHIPPED"
+    assert [(w, wb, lines) for _, w, _, _, wb, lines in parcels(oid)] == [
+        ("north", "YTNORTH001", [("A", 2)]), ("south", "YTSOUTH001", [("B", 1)]),
+    ]  # fmt: skip
+    assert stock_of("A", "north") == (3, 0) and stock_of("B", "south") == (4, 0)
+    assert_stock_consistent()
+
+
+def test_the_api_shows_every_parcel_and_asks_which_warehouse_a_waybill_is_for(
+    two_warehouses, api_key
+):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    oid, _ = paid_order([("A", 2), ("B", 1)])
+    headers = {"X-API-Key": api_key}
+    with TestClient(create_app()) as client:
+        url = f"/v1/orders/{oid}/shipments"
+        r = client.post(url, json={"carrier": "yuantong", "waybill": "YTNORTH001"},
+                        headers=headers)  # fmt: skip
+        assert r.status_code == 422, r.text
+        assert [d["field"] for d in r.json()["details"]] == ["warehouse"]
+        assert client.get(f"/v1/orders/{oid}", headers=headers).json()["parcels"] == []
+        r = client.post(url, json={"carrier": "yuantong", "waybill": "YTNORTH001",
+                                   "warehouse": "north"}, headers=headers)  # fmt: skip
+        assert r.status_code == 201 and r.json()["status"] == "PARTIALLY_SHIPPED", r.text
+        view = client.get(f"/v1/orders/{oid}", headers=headers).json()
+    assert view["status"] == "PARTIALLY_SHIPPED"
+    shown = [(p["warehouse"], p["lines"], p["waybill"], p["booking_key"]) for p in view["parcels"]]
+    assert shown == [
+        ("north", [{"sku": "A", "quantity": 2}], "YTNORTH001", booking_key(oid, "north", 1)),
+        ("south", [{"sku": "B", "quantity": 1}], None, booking_key(oid, "south", 1)),
+    ]  # fmt: skip
+    assert view["shipment"]["waybill"] == "YTNORTH001"  # the first parcel, for older clients
+
+
+def test_retry_and_resolve_of_a_tracking_exception_look_at_the_parcel_in_trouble(
+    two_warehouses,
+):
+    oid, _ = paid_order([("A", 2), ("B", 1)])
+    shipping.book(oid, FakeBookingService(), ports(), SHIP)
+    (north, *_), (south, *_) = parcels(oid)
+    t = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    apply(north, res(TS.IN_TRANSIT, ev(t, TS.IN_TRANSIT, "0")))
+    apply(south, res(TS.EXCEPTION, ev(t + timedelta(hours=1), TS.EXCEPTION, "2", "破损")))
+    assert reason(oid).startswith(f"tracking_exception: parcel {south} (south)")
+    with unit_of_work() as s:  # neither is due soon
+        s.execute(text("UPDATE shipments SET next_poll_at = now() + interval '1 hour' "
+                       "WHERE order_id = :o"), {"o": oid})  # fmt: skip
+    done = operator(oid, "retry")
+    assert done.detail["shipment_id"] == south  # the parcel in exception, not the first one
+    with unit_of_work() as s:
+        due = dict(s.execute(text("SELECT id, next_poll_at <= now() FROM shipments "
+                                  "WHERE order_id = :o"), {"o": oid}).all())  # fmt: skip
+    assert due == {north: False, south: True}
+    with unit_of_work() as s:  # the carrier gives up on south: nothing would move it on
+        s.execute(text("UPDATE shipments SET tracking_ended_at = now() WHERE id = :s"),
+                  {"s": south})  # fmt: skip
+    with pytest.raises(ConflictError, match="tracking has ended"):
+        operator(oid, "resolve", note="checked with the carrier")
+    assert status(oid) == "NEEDS_ATTENTION"  # north still moving does not make it resolvable

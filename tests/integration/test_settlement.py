@@ -29,7 +29,7 @@ from models import Payment, Refund, SettlementDifference, SettlementFile, Settle
 from models.db import get_engine
 from observability.collector import PipelineCollector
 from producers.intake import accept_message
-from services import payments, settlement
+from services import payments, settlement, settlement_match, settlement_report
 from services.payments import PaymentConfig
 from services.ports import Ports
 from services.reservation import reserve_order
@@ -130,9 +130,9 @@ def control(sim: StripeSimulator, **body: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
-def match(day: date) -> settlement.MatchResult:
+def match(day: date) -> settlement_match.MatchResult:
     with unit_of_work() as s:
-        return settlement.match(s, "stripe", "default", day, now=datetime.now(UTC))
+        return settlement_match.match(s, "stripe", "default", day, now=datetime.now(UTC))
 
 
 def differences() -> set[tuple[str, str]]:
@@ -163,7 +163,7 @@ def test_a_clean_day_matches_and_repeats_change_nothing(stripe: StripeSimulator)
     assert isinstance(fetched, settlement.FetchResult) and (fetched.status, fetched.lines) == (
         "stored", 4,
     )  # fmt: skip
-    assert isinstance(matched, settlement.MatchResult) and matched.new_differences == 0
+    assert isinstance(matched, settlement_match.MatchResult) and matched.new_differences == 0
     with unit_of_work() as s:
         stored = s.scalars(select(SettlementFile)).one()
         assert stored.sha256 == hashlib.sha256(stored.content or b"").hexdigest()
@@ -182,7 +182,7 @@ def test_a_clean_day_matches_and_repeats_change_nothing(stripe: StripeSimulator)
     ]  # stored and matched: nothing to do
 
     with unit_of_work() as s:
-        (fig,) = settlement.report(s, day)["figures"]
+        (fig,) = settlement_report.report(s, day)["figures"]
     fees = stripe_fee(PRICE) + stripe_fee(3 * PRICE) + 1500
     assert (fig["currency"], fig["gross"], fig["refunds"], fig["fees"]) == ("USD", 4000, 500, fees)
     assert fig["adjustments"] == -PRICE and fig["net"] == 4000 - 500 - fees - PRICE
@@ -212,7 +212,7 @@ def test_a_day_with_differences_records_each_once_and_changes_no_payment(
     assert match(day).new_differences == 0 and counts()[2] == 4
     with unit_of_work() as s:  # a difference is a finding: the payment keeps what we captured
         assert s.get(Payment, shifted.id).captured_amount == PRICE  # type: ignore[union-attr]
-        report = settlement.report(s, day)
+        report = settlement_report.report(s, day)
     amount = next(d for d in report["differences"] if d["kind"] == "amount_differs")
     assert (amount["ours"], amount["theirs"], amount["payment_id"]) == (1000, 1001, shifted.id)
     (fig,) = report["figures"]
@@ -223,11 +223,11 @@ def test_a_day_with_differences_records_each_once_and_changes_no_payment(
     assert gauge == {"under_1d": 4, "over_1d": 0}
     with unit_of_work() as s:
         s.execute(text("UPDATE settlement_differences SET created_at = now() - interval '2 days'"))
-        settlement.resolve(s, amount["id"], actor="finance", note="Stripe fixed the amount",
+        settlement_report.resolve(s, amount["id"], actor="finance", note="Stripe fixed the amount",
                            now=datetime.now(UTC))  # fmt: skip
     assert unresolved() == {"under_1d": 0, "over_1d": 3}
     with unit_of_work() as s, pytest.raises(ConflictError, match="resolved by finance"):
-        settlement.resolve(s, amount["id"], actor="x", note="again", now=datetime.now(UTC))
+        settlement_report.resolve(s, amount["id"], actor="x", note="again", now=datetime.now(UTC))
 
 
 def unresolved() -> dict[str, int]:

@@ -25,7 +25,7 @@ from domain.errors import ProviderUnavailable
 from domain.settlement import CHINA_STANDARD_TIME
 from models import Payment, Refund, SettlementDifference, SettlementFile, SettlementLine
 from producers.intake import accept_message
-from services import payments, settlement
+from services import payments, settlement, settlement_match, settlement_report
 from services.payments import PaymentConfig, provider_refunds
 from services.ports import Ports
 from services.reservation import reserve_order
@@ -139,9 +139,9 @@ def refunded(adapter: AlipayProvider, payment: Payment, amount: int) -> Refund:
     return refund
 
 
-def match(day: date) -> settlement.MatchResult:
+def match(day: date) -> settlement_match.MatchResult:
     with unit_of_work() as s:
-        return settlement.match(s, "alipay", "default", day, now=datetime.now(UTC))
+        return settlement_match.match(s, "alipay", "default", day, now=datetime.now(UTC))
 
 
 def differences() -> set[tuple[str, str]]:
@@ -177,7 +177,7 @@ def test_a_clean_day_matches_reports_and_repeats_change_nothing(
 
     done = settlement.run_due(lambda _n: src, ["alipay"], now=now, lookback_days=1)
     fetched = [r for r in done if isinstance(r, settlement.FetchResult)]
-    (matched,) = [r for r in done if isinstance(r, settlement.MatchResult)]
+    (matched,) = [r for r in done if isinstance(r, settlement_match.MatchResult)]
     # The account-flow bill is verified and stored, but its rows repeat the trade bill's: no lines.
     assert statuses(fetched) == {"trade": ("stored", 3), "signcustomer": ("stored", 0)}
     assert matched.new_differences == 0 and matched.lines == 3
@@ -199,7 +199,8 @@ def test_a_clean_day_matches_reports_and_repeats_change_nothing(
     assert match(day).new_differences == 0 and counts() == before == (2, 3, 0)
 
     with unit_of_work() as s:
-        (fig,) = settlement.report(s, day, "alipay")["figures"]  # one figure: no double count
+        # one figure: no double count
+        (fig,) = settlement_report.report(s, day, "alipay")["figures"]
     fees = alipay_fee(PRICE) + alipay_fee(3 * PRICE)
     assert (fig["bill_type"], fig["currency"], fig["gross"], fig["refunds"], fig["fees"]) == (
         "trade", "CNY", 4000, 500, fees,
@@ -232,7 +233,7 @@ def test_a_day_with_differences_records_each_once_and_changes_no_payment(
     assert match(day).new_differences == 0 and counts()[2] == 4
     with unit_of_work() as s:  # a difference is a finding: the payment keeps what we captured
         assert s.get_one(Payment, shifted.id).captured_amount == PRICE
-        report = settlement.report(s, day, "alipay")
+        report = settlement_report.report(s, day, "alipay")
     by_kind = {d["kind"]: d for d in report["differences"]}
     assert (by_kind["amount_differs"]["ours"], by_kind["amount_differs"]["theirs"]) == (1000, 1001)
     assert (by_kind["missing_here"]["theirs"], by_kind["unexpected_fee"]["theirs"]) == (777, 150)

@@ -28,7 +28,7 @@ from adapters.payments.wechatpay_settlement import (
 from domain.settlement import CHINA_STANDARD_TIME as CST
 from models import Payment, Refund, SettlementDifference, SettlementFile, SettlementLine
 from producers.intake import accept_message
-from services import payments, settlement
+from services import payments, settlement, settlement_match, settlement_report
 from services.payments import PaymentConfig
 from services.reservation import reserve_order
 from services.unit_of_work import unit_of_work
@@ -151,9 +151,9 @@ def refunded(sim: WeChatPaySimulator, keys: Keys, oid: str, amount: int) -> Refu
     return refund
 
 
-def match(day: date) -> settlement.MatchResult:
+def match(day: date) -> settlement_match.MatchResult:
     with unit_of_work() as s:
-        return settlement.match(s, "wechatpay", MCHID, day, now=datetime.now(CST))
+        return settlement_match.match(s, "wechatpay", MCHID, day, now=datetime.now(CST))
 
 
 def differences() -> set[tuple[str, str]]:
@@ -190,7 +190,7 @@ def test_a_clean_day_matches_reports_its_figures_and_repeats_change_nothing(
     assert statuses([fetched_trade, fetched_flow]) == {
         TRADEBILL: ("stored", 3), FUNDFLOW: ("stored", 5),  # 2 x (income, fee) and a refund
     }  # fmt: skip
-    assert isinstance(matched, settlement.MatchResult) and matched.new_differences == 0
+    assert isinstance(matched, settlement_match.MatchResult) and matched.new_differences == 0
     with unit_of_work() as s:
         trade_file = s.scalars(select(SettlementFile).where(SettlementFile.bill_type == TRADEBILL))
         content = trade_file.one().content or b""
@@ -207,7 +207,8 @@ def test_a_clean_day_matches_reports_its_figures_and_repeats_change_nothing(
     assert match(day).new_differences == 0 and counts() == before == (2, 8, 0)
 
     with unit_of_work() as s:
-        (fig,) = settlement.report(s, day, "wechatpay")["figures"]  # the fund flow: no figures
+        # the fund flow: no figures
+        (fig,) = settlement_report.report(s, day, "wechatpay")["figures"]
     fees = wechat_fee(PRICE) + wechat_fee(3 * PRICE) - wechat_fee(500)  # 6 + 18 - 3 handed back
     assert (fig["bill_type"], fig["currency"], fig["gross"], fig["refunds"], fig["fees"]) == (
         TRADEBILL, "CNY", 4000, 500, fees,
@@ -241,7 +242,7 @@ def test_a_day_with_differences_records_each_once_and_changes_no_payment(
     assert match(day).new_differences == 0 and counts()[2] == 4
     with unit_of_work() as s:  # a difference is a finding: the payment keeps what we captured
         assert s.get_one(Payment, shifted.id).captured_amount == PRICE
-        report = settlement.report(s, day, "wechatpay")
+        report = settlement_report.report(s, day, "wechatpay")
     found = {d["kind"]: d for d in report["differences"]}
     amount, fee = found["amount_differs"], found["unexpected_fee"]
     assert (amount["ours"], amount["theirs"], amount["payment_id"]) == (1000, 1001, shifted.id)
@@ -260,8 +261,8 @@ def test_a_dashboard_refund_is_missing_here_on_its_payment(
     settlement.fetch(source(wechat, keys), day, now=bills_out(wechat, day))
     assert match(day).new_differences == 1
     with unit_of_work() as s:
-        (diff,) = settlement.report(s, day, "wechatpay")["differences"]
-        (fig,) = settlement.report(s, day, "wechatpay")["figures"]
+        (diff,) = settlement_report.report(s, day, "wechatpay")["differences"]
+        (fig,) = settlement_report.report(s, day, "wechatpay")["figures"]
     assert (diff["kind"], diff["ref"], diff["theirs"], diff["payment_id"]) == (
         "missing_here", made["refund_id"], 300, paid.id,
     )  # fmt: skip

@@ -15,8 +15,9 @@ from services.followup import Followup
 from services.shipping import BookingCall, ShippingConfig
 from services.task_names import SHIPPING_SUBSCRIBE
 from services.tracking import poll as poll_mod
+from services.tracking.leases import PollTarget
 from services.tracking.poll import TrackingConfig, poll_chunk
-from services.tracking.schedule import PollStarted, PollTarget
+from services.tracking.schedule import PollStarted
 from tests.fakes import FakeBookingService, FakeGate, FakeTrackingProvider, ManualClock
 from tests.unit.steps.support import Store, ports
 
