@@ -1,5 +1,7 @@
-"""``orderflow demo``: seed a catalog, start the API, a worker and beat, push orders over HTTP,
-watch them move through the pipeline, print a summary, and stop everything it started.
+"""``orderflow demo``: seed a catalog in two warehouses, start the API, a worker and beat, push
+orders over HTTP, watch them move through the pipeline, print a summary (with the parcels each
+warehouse booked and delivered: an order whose SKUs sit in both ships as two parcels), and stop
+everything it started.
 
 It runs in its own database (``orderflow_demo`` or ``--database``, dropped and recreated each
 run) on the embedded servers by default, or on the configured ones, so it never touches other
@@ -34,12 +36,27 @@ from simulators.stack import ProviderStack
 
 DEMO_DB = "orderflow_demo"
 PROVIDERS = ("alipay", "wechatpay", "stripe")
-# (sku, units in stock, active): demand is spread so some SKUs run out and are rejected.
-CATALOG = [(f"SKU-{i:03d}", stock, True) for i, stock in enumerate([400] * 12 + [100] * 6)] + [
-    ("SKU-OLD", 100, False)
-]
+#: The demo's two warehouses (each parcel is booked from one; the warehouse simulator takes any).
+WAREHOUSES = ("main", "east")
+
+
+def _stocked(i: int, units: int) -> dict[str, int]:
+    """Where SKU number ``i`` is stocked: 4 of the 18 in both warehouses (half each), the
+    others in one, alternately. An order mixing a SKU only ``main`` holds with one only
+    ``east`` holds ships as two parcels: about a third of the orders of two or three lines."""
+    main, east = WAREHOUSES
+    if i % 9 < 2:
+        return {main: units // 2, east: units - units // 2}
+    return {main: units} if i % 2 == 0 else {east: units}
+
+
+# (sku, units in stock per warehouse, active): demand is spread so some SKUs run out and are
+# rejected.
+CATALOG = [
+    (f"SKU-{i:03d}", _stocked(i, units), True) for i, units in enumerate([400] * 12 + [100] * 6)
+] + [("SKU-OLD", {WAREHOUSES[0]: 100}, False)]
 #: Two units left, and order 11 of every 50 asks for three: out of stock even in a tiny demo.
-SCARCE = ("SKU-LAST", 2, True)
+SCARCE = ("SKU-LAST", {WAREHOUSES[0]: 2}, True)
 
 
 def default_stall_s(payment_window_s: int) -> int:
@@ -58,9 +75,10 @@ def _seed() -> None:
     from services.unit_of_work import unit_of_work
 
     with unit_of_work() as session:
-        for sku, units, active in [*CATALOG, SCARCE]:
+        for sku, stocked, active in [*CATALOG, SCARCE]:
             upsert_product(session, sku, f"Demo product {sku}", Money(1990, "CNY"), active)
-            receive_stock(session, sku, "main", units, actor="demo", reason="demo seed")
+            for warehouse, units in stocked.items():
+                receive_stock(session, sku, warehouse, units, actor="demo", reason="demo seed")
 
 
 def _message(i: int, rng: random.Random) -> dict[str, object]:
@@ -72,7 +90,7 @@ def _message(i: int, rng: random.Random) -> dict[str, object]:
     elif i % 50 == 28:
         lines = [{"sku": "SKU-NOPE", "quantity": 1}]  # unknown SKU
     elif i % 50 == 11:
-        lines = [{"sku": SCARCE[0], "quantity": SCARCE[1] + 1}]  # out of stock
+        lines = [{"sku": SCARCE[0], "quantity": sum(SCARCE[1].values()) + 1}]  # out of stock
     else:
         skus = rng.sample([sku for sku, _, active in CATALOG if active], k=rng.randint(1, 3))
         lines = [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in skus]
@@ -330,10 +348,16 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
         drift = stock_drift(session)
         created = _stage_rate(session, "AWAITING_PAYMENT")
         shipped_rate = _stage_rate(session, "SHIPPED")
+        parcels = run_report.parcels_by_warehouse(session)
+        split = run_report.orders_by_parcels(session, "COMPLETED")
     table = Table("status", "reason", "provider", "orders", title="outcome")
     for status, reason, provider, n in rows:
         table.add_row(status, reason or "", provider, str(n))
     console.print(table)
+    by_warehouse = Table("warehouse", "booked", "delivered", title="parcels per warehouse")
+    for warehouse, booked, delivered in parcels:
+        by_warehouse.add_row(warehouse, str(booked), str(delivered))
+    console.print(by_warehouse)
     charges = stack.charges()
     doubled = sum(1 for n in charges.values() if n > 1)
     paid_statuses = ("PAID", "PARTIALLY_SHIPPED", "SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED",
@@ -351,7 +375,9 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
     rates.add_row("charges at the simulators", f"{sum(charges.values())} "
                   f"(by provider here: {dict(sorted(paid_here.items()))})")  # fmt: skip
     rates.add_row("payment stage: payments created", created)
-    rates.add_row("shipping stage: parcels booked", shipped_rate)
+    rates.add_row("shipping stage: orders shipped", shipped_rate)
+    for n, count in split.items():
+        rates.add_row(f"completed orders in {n} parcel{'s' if n > 1 else ''}", str(count))
     rates.add_row("orders charged twice", str(doubled))
     rates.add_row("stock counters vs ledger", "match" if not drift else f"{len(drift)} DRIFT")
     console.print(rates)

@@ -17,7 +17,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Connection, func, select, text
 
 from adapters.circuit import CircuitBreaker, CircuitState
+from domain.allocation import parse_warehouses
 from domain.orders import FINAL_STATUSES, OrderStatus
+from domain.parcels import UNKNOWN_WAREHOUSE
 from domain.tracking import FINAL as SHIPMENT_FINAL
 from models import DeadLetter, Dispute, Order, SettlementDifference, Shipment
 from models.db import get_engine
@@ -50,6 +52,16 @@ _DAY = timedelta(days=1)
 
 _SCRAPE_STATEMENT_TIMEOUT_MS = 2000
 _REDIS_TIMEOUT_S = 1.0
+
+
+def shipment_warehouses(settings: Settings, active: Iterable[str]) -> list[str]:
+    """The ``warehouse`` label values of the shipment series, sorted: every configured
+    warehouse (``WAREHOUSES``) and ``DEFAULT_WAREHOUSE``, zero-filled so that a warehouse's
+    series (and an alert on it) drops to 0 rather than vanishing when its last parcel is
+    delivered, plus any other warehouse with an active parcel (``?`` for a legacy parcel
+    without one). Bounded by the warehouses stock is kept in, never by orders or parcels."""
+    configured = parse_warehouses(settings.warehouses or "")
+    return sorted({*configured, settings.default_warehouse, *active})
 
 
 # -- state series, read at scrape time -----------------------------------------------------------
@@ -241,42 +253,47 @@ class PipelineCollector(Collector):
         return [found, oldest]
 
     def _shipments(self, conn: Connection) -> list[Metric]:
+        """Active shipments per warehouse (:func:`shipment_warehouses` names the series)."""
         quiet_since = func.coalesce(Shipment.last_event_at, Shipment.created_at)
         stale_before = func.now() - timedelta(seconds=self.settings.tracking_stale_after_s)
-        active, stale, oldest_age = conn.execute(
-            select(
-                func.count(),
-                func.count().filter(quiet_since < stale_before),
-                func.coalesce(func.extract("epoch", func.now() - func.min(quiet_since)), 0),
-            ).where(
-                Shipment.status.not_in(sorted(s.value for s in SHIPMENT_FINAL)),
-                Shipment.tracking_ended_at.is_(None),  # the provider finished: no longer polled
-                Shipment.cancelled_at.is_(None),  # a parcel refused or cancelled unbooked
+        rows = {
+            warehouse or UNKNOWN_WAREHOUSE: (int(active), int(stale), float(age))
+            for warehouse, active, stale, age in conn.execute(
+                select(
+                    Shipment.warehouse,
+                    func.count(),
+                    func.count().filter(quiet_since < stale_before),
+                    func.coalesce(func.extract("epoch", func.now() - func.min(quiet_since)), 0),
+                )
+                .where(
+                    Shipment.status.not_in(sorted(s.value for s in SHIPMENT_FINAL)),
+                    Shipment.tracking_ended_at.is_(None),  # the provider finished: not polled
+                    Shipment.cancelled_at.is_(None),  # a parcel refused or cancelled unbooked
+                )
+                .group_by(Shipment.warehouse)
             )
-        ).one()
-        values = (
-            (
+        }
+        families = [
+            _gauge(
                 "orderflow_shipments_active",
                 "Shipments still tracked: not delivered or expired, tracking not ended",
-                active,
+                ["warehouse"],
             ),
-            (
+            _gauge(
                 "orderflow_shipments_stale",
                 "Active shipments without a tracking update for tracking_stale_after_s",
-                stale,
+                ["warehouse"],
             ),
-            (
+            _gauge(
                 "orderflow_shipments_oldest_update_age_seconds",
                 "Seconds since the last tracking update of the quietest active shipment",
-                oldest_age,
+                ["warehouse"],
             ),
-        )
-        families: list[Metric] = []
-        for name, doc, value in values:
-            family = _gauge(name, doc)
-            family.add_metric([], float(value))
-            families.append(family)
-        return families
+        ]
+        for warehouse in shipment_warehouses(self.settings, rows):
+            for family, value in zip(families, rows.get(warehouse, (0, 0, 0.0)), strict=True):
+                family.add_metric([warehouse], float(value))
+        return list(families)
 
     # -- Redis ----------------------------------------------------------------------------------
 

@@ -23,9 +23,13 @@ so counts come from it rather than from counters that a restart would lose):
   statuses (:data:`DEADLINE_STATUSES`); ``orderflow_orders_overdue_oldest_seconds{status}``: how
   long the most overdue one has been overdue
 - ``orderflow_dead_letters_open``: dead letters not yet replayed or discarded
-- ``orderflow_shipments_active`` (still tracked: not delivered or expired, and the provider has
-  not ended tracking), ``orderflow_shipments_stale`` (active, quiet longer than
-  ``tracking_stale_after_s``), ``orderflow_shipments_oldest_update_age_seconds``
+- ``orderflow_shipments_active{warehouse}`` (parcels still tracked: not delivered or expired,
+  and the provider has not ended tracking), ``orderflow_shipments_stale{warehouse}`` (active,
+  quiet longer than ``tracking_stale_after_s``),
+  ``orderflow_shipments_oldest_update_age_seconds{warehouse}``, by the warehouse the parcel
+  leaves from: every configured one (``WAREHOUSES``, ``DEFAULT_WAREHOUSE``) zero-filled, others
+  while they have an active parcel (:func:`~observability.collector.shipment_warehouses`).
+  Totals: ``sum without (warehouse)`` (``max`` for the age)
 - ``orderflow_disputes_open`` (disputes without an outcome) and
   ``orderflow_disputes_response_due_soon`` (those still needing evidence, due within 72 h or past
   due; the console's Attention page lists them)

@@ -1,5 +1,6 @@
 """Read models for a run's report (``orderflow demo`` and the benchmarks): outcomes by status,
-captured payments by provider, how fast orders entered a status, and who still has to pay."""
+captured payments by provider, how fast orders entered a status, who still has to pay, and
+parcels per warehouse."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from domain.orders import OrderStatus
+from domain.parcels import UNKNOWN_WAREHOUSE
 from domain.payments import CAPTURED
-from models import Order, OrderEvent, Payment
+from domain.tracking import ShipmentStatus
+from models import Order, OrderEvent, Payment, Shipment
 
 
 def outcome_counts(session: Session) -> list[tuple[str, str | None, str, int]]:
@@ -51,3 +54,36 @@ def awaiting_payment(session: Session) -> list[tuple[str, str, str, str]]:
         .where(Order.status == OrderStatus.AWAITING_PAYMENT)
     ).all()
     return [(oid, ext, provider, trade) for oid, ext, provider, trade in rows]
+
+
+def parcels_by_warehouse(session: Session) -> list[tuple[str, int, int]]:
+    """``(warehouse, parcels booked, parcels delivered)`` per warehouse, by name. Booked: the
+    parcel got a waybill (a parcel refused or cancelled before booking never does); a legacy
+    parcel without a warehouse counts under ``?``."""
+    booked = Shipment.waybill.is_not(None)
+    rows = session.execute(
+        select(
+            Shipment.warehouse,
+            func.count().filter(booked),
+            func.count().filter(booked, Shipment.status == ShipmentStatus.DELIVERED),
+        )
+        .group_by(Shipment.warehouse)
+        .order_by(Shipment.warehouse)
+    ).all()
+    return [(w or UNKNOWN_WAREHOUSE, int(b), int(d)) for w, b, d in rows if b]
+
+
+def orders_by_parcels(session: Session, status: str) -> dict[int, int]:
+    """How many orders now in ``status`` were shipped as N booked parcels, by N."""
+    per_order = (
+        select(func.count().label("parcels"))
+        .select_from(Shipment)
+        .join(Order, Order.id == Shipment.order_id)
+        .where(Order.status == status, Shipment.waybill.is_not(None))
+        .group_by(Shipment.order_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(per_order.c.parcels, func.count()).group_by(per_order.c.parcels)
+    ).all()
+    return {int(n): int(orders) for n, orders in sorted(rows)}

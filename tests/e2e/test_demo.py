@@ -109,7 +109,7 @@ def rows(table_text: str) -> list[list[str]]:
 def test_small_demo_shows_every_outcome_and_leaves_nothing_running(db, tmp_path):
     run = run_demo(tmp_path, "--orders", "40", "--payment-window", "5", "--concurrency", "8")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr
-    outcome = run.stdout.split("outcome", 1)[1].split("rates and checks", 1)[0]
+    outcome = run.stdout.split("outcome", 1)[1].split("parcels per warehouse", 1)[0]
     by_status: dict[str, set[str]] = {}
     reasons: set[str] = set()
     for status, reason, provider, count in rows(outcome):
@@ -125,6 +125,12 @@ def test_small_demo_shows_every_outcome_and_leaves_nothing_running(db, tmp_path)
     assert checks["orders pushed"] == "40"
     assert checks["orders charged twice"] == "0"
     assert checks["stock counters vs ledger"] == "match"
+    # Stock sits in two warehouses: both shipped parcels, and some order needed one from each.
+    parcels = run.stdout.split("parcels per warehouse", 1)[1].split("rates and checks", 1)[0]
+    booked = {w: (int(b), int(d)) for w, b, d in rows(parcels)}
+    assert set(booked) == {"main", "east"}, booked
+    assert all(b > 0 and d > 0 for b, d in booked.values()), booked
+    assert int(checks.get("completed orders in 2 parcels", 0)) > 0, checks
     assert "stopped API, workers, beat and simulators" in run.stdout
     assert_nothing_left(run)
 
@@ -132,7 +138,8 @@ def test_small_demo_shows_every_outcome_and_leaves_nothing_running(db, tmp_path)
 def test_a_stalled_demo_names_the_stuck_stage_and_stops(db, tmp_path):
     # Orders 13 and 19 are abandoned by their customers: with a 600 s payment window they wait
     # in AWAITING_PAYMENT long after the other 18 are final, and then nothing moves for 15 s.
-    # However slowly a busy machine moves the others, that is where the demo stalls.
+    # However slowly a busy machine moves the others, that is where the demo stalls (15 s, not
+    # less: an order shipped as two parcels waits for its second one's scans).
     run = run_demo(tmp_path, "--orders", "20", "--payment-window", "600", "--stall-after", "15")
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr
     message = " ".join(run.stderr.split())  # as one line, however the console wrapped it

@@ -3,6 +3,7 @@ and event series recorded by other processes (multiprocess mode)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -98,13 +99,19 @@ def add_order(status: str, deadline: datetime | None = None) -> str:
     return oid
 
 
-def add_shipment(order_id: str, status: str, quiet_for: timedelta) -> None:
+_PARCEL_SEQ = itertools.count(1)  # distinct per (order, warehouse), as the constraint wants
+
+
+def add_shipment(
+    order_id: str, status: str, quiet_for: timedelta, warehouse: str | None = "main"
+) -> None:
     last_event = _now() - quiet_for
     with unit_of_work() as s:
         s.add(
             Shipment(
                 order_id=order_id, booking_key=f"bk-{uuid.uuid4().hex}", status=status,
                 carrier="yuantong", waybill="YT" + uuid.uuid4().hex[:12],
+                warehouse=warehouse, seq=next(_PARCEL_SEQ),
                 created_at=last_event - timedelta(hours=1), last_event_at=last_event,
             )
         )  # fmt: skip
@@ -169,9 +176,9 @@ def test_state_series_come_from_postgres_and_redis(client: TestClient) -> None:
     oldest = value(samples, "orderflow_orders_overdue_oldest_seconds", status="AWAITING_PAYMENT")
     assert 3600 <= oldest < 3600 + 120
     assert value(samples, "orderflow_dead_letters_open") == 2
-    assert value(samples, "orderflow_shipments_active") == 2
-    assert value(samples, "orderflow_shipments_stale") == 1
-    age = value(samples, "orderflow_shipments_oldest_update_age_seconds")
+    assert value(samples, "orderflow_shipments_active", warehouse="main") == 2
+    assert value(samples, "orderflow_shipments_stale", warehouse="main") == 1
+    age = value(samples, "orderflow_shipments_oldest_update_age_seconds", warehouse="main")
     assert 4 * 86400 <= age < 4 * 86400 + 120
     depths = {q: value(samples, "orderflow_queue_depth", queue=q) for q in celery_queues()}
     assert depths == {q: {"payments": 3, "tracking": 2}.get(q, 0) for q in celery_queues()}
@@ -181,6 +188,39 @@ def test_state_series_come_from_postgres_and_redis(client: TestClient) -> None:
         assert value(samples, "orderflow_circuit_open", provider=provider) == 0
     for backend in ("postgres", "redis", "broker"):
         assert value(samples, "orderflow_scrape_error", backend=backend) == 0
+
+
+def test_shipment_series_are_per_warehouse(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, fresh_settings: None
+) -> None:
+    monkeypatch.setenv("WAREHOUSES", "main:1,east:2,west:3")
+    get_settings.cache_clear()
+    split = add_order("IN_TRANSIT")  # one order, a parcel from each of two warehouses
+    add_shipment(split, "IN_TRANSIT", quiet_for=timedelta(hours=2), warehouse="main")
+    add_shipment(split, "IN_TRANSIT", quiet_for=timedelta(days=5), warehouse="east")  # stale
+    other = add_order("IN_TRANSIT")
+    add_shipment(other, "IN_TRANSIT", quiet_for=timedelta(hours=1), warehouse="main")
+    add_shipment(other, "DELIVERED", quiet_for=timedelta(days=9), warehouse="east")  # final
+    add_shipment(other, "PENDING", quiet_for=timedelta(days=4), warehouse="north")  # unconfigured
+    add_shipment(other, "IN_TRANSIT", quiet_for=timedelta(minutes=5), warehouse=None)  # legacy
+
+    samples = scrape(client)
+
+    def per_warehouse(name: str) -> dict[str, float]:
+        found = {dict(lb).get("warehouse"): v for (n, lb), v in samples.items() if n == name}
+        assert None not in found, f"{name} has a series without a warehouse"
+        return found
+
+    assert per_warehouse("orderflow_shipments_active") == {
+        "main": 2, "east": 1, "west": 0, "north": 1, "?": 1,
+    }  # fmt: skip
+    assert per_warehouse("orderflow_shipments_stale") == {
+        "main": 0, "east": 1, "west": 0, "north": 1, "?": 0,
+    }  # fmt: skip
+    ages = per_warehouse("orderflow_shipments_oldest_update_age_seconds")
+    assert 2 * 3600 <= ages["main"] < 2 * 3600 + 120
+    assert 5 * 86400 <= ages["east"] < 5 * 86400 + 120
+    assert ages["west"] == 0  # configured, nothing active: zero-filled, not absent
 
 
 def test_a_dead_redis_fails_only_its_own_series(

@@ -89,3 +89,50 @@ def test_promtool_accepts_the_rules() -> None:
         [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_tracking_stale_fires_per_warehouse(tmp_path: Path) -> None:
+    # Two exporters (instances) report the same state series: one alert per warehouse with
+    # stale parcels, none for a warehouse whose parcels are tracked.
+    rule = next(r for r in rules() if r["alert"] == "OrderflowTrackingStale")
+    summary = rule["annotations"]["summary"].replace("{{ $value }}", "2")
+    summary = summary.replace("{{ $labels.warehouse }}", "east")
+    series = [
+        {"series": f'orderflow_shipments_stale{{instance="{i}",warehouse="{w}"}}', "values": v}
+        for i in ("api-1", "api-2")
+        for w, v in (("main", "0x40"), ("east", "2x40"))
+    ]
+    case = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "31m",
+                        "alertname": "OrderflowTrackingStale",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "warehouse": "east"},
+                                "exp_annotations": {
+                                    "summary": summary,
+                                    "description": rule["annotations"]["description"],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "stale_test.yml"
+    test_file.write_text(yaml.safe_dump(case))
+    promtool = shutil.which("promtool")
+    assert promtool
+    done = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
