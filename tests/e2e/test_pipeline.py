@@ -20,12 +20,13 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from models import DeadLetter, Order
+from models import DeadLetter, Order, Reservation
 from services.unit_of_work import unit_of_work
 from tests.broker import broker_is_redis, broker_url
 from tests.conftest import order_message, redis_client, wait_until
 from tests.helpers import (
     assert_stock_consistent,
+    pipeline_state,
     reservations_per_order,
     status_counts,
     stock_of,
@@ -44,10 +45,11 @@ def start_api(procs):
     return f"http://127.0.0.1:{port}"
 
 
-def start_worker(procs, name="w1", queues="orders,maintenance", concurrency=2):
+def start_worker(procs, name="w1", queues="orders,maintenance", concurrency=2, env=None):
+    """A worker with the test's environment plus ``env`` (settings for that process only)."""
     from workers.procs import wait_worker_ready
 
-    proc = procs.worker(name, queues, concurrency=concurrency)
+    proc = procs.worker(name, queues, concurrency=concurrency, env=env)
     wait_worker_ready(proc)
     return proc
 
@@ -81,6 +83,62 @@ def test_hot_sku_200_orders_stock_50(procs, catalog, api_key):
     with unit_of_work() as s:
         reasons = set(s.scalars(select(Order.reason).where(Order.status == "REJECTED")))
     assert reasons == {"out_of_stock"}
+    assert_stock_consistent()
+
+
+def active_holds() -> list[tuple[str, str, str, int]]:
+    """Every ACTIVE reservation as (order id, sku, warehouse, quantity), in the order they were
+    made (id order: a reservation is inserted while its stock rows are locked)."""
+    with unit_of_work() as s:
+        rows = s.execute(
+            select(Reservation.order_id, Reservation.sku, Reservation.warehouse,
+                   Reservation.quantity)
+            .where(Reservation.status == "ACTIVE").order_by(Reservation.id)
+        )  # fmt: skip
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def test_hot_sku_over_three_warehouses_one_and_two_line_orders_race(procs, catalog, api_key):
+    """HOT spread over three warehouses (20 + 20 + 10 = 50) under the priority strategy, COLD
+    (8) only in the last one. 150 orders of HOT x1 race 50 of HOT x1 + COLD x1 through six
+    worker processes: north runs out while south and east still have HOT, and COLD may run
+    out while HOT is left. Exactly 50 are reserved (one-line orders alone want 150 HOT), each
+    warehouse's HOT held in full, never beyond its stock and in priority order; 150 rejected
+    out of stock, holding nothing."""
+    hot = {"north": 20, "south": 20, "east": 10}
+    for warehouse, units in hot.items():
+        catalog({"HOT": units}, warehouse=warehouse)
+    catalog({"COLD": 8}, warehouse="east")
+    env = {"ALLOCATION_STRATEGY": "priority", "WAREHOUSES": "north:1,south:2,east:3"}
+    base = start_api(procs)
+    start_worker(procs, concurrency=2, env=env)
+    start_worker(procs, name="w2", queues="orders", concurrency=4, env=env)
+    two_line = [order_message([("HOT", 1), ("COLD", 1)]) for _ in range(50)]
+    messages = [order_message("HOT", 1) for _ in range(150)] + two_line
+    random.Random(21).shuffle(messages)
+    ids = post_many(base, api_key, messages, threads=50)  # in the order of messages
+    wait_until(lambda: settled(200), 120, show=pipeline_state)
+    assert status_counts() == {"RESERVED": 50, "REJECTED": 150}
+    for warehouse, units in hot.items():  # every warehouse served, none oversold
+        assert stock_of("HOT", warehouse) == (units, units), warehouse
+    with unit_of_work() as s:
+        reserved = set(s.scalars(select(Order.id).where(Order.status == "RESERVED")))
+        reasons = set(s.scalars(select(Order.reason).where(Order.status == "REJECTED")))
+    assert reasons == {"out_of_stock"}
+    holds = active_holds()
+    assert {oid for oid, *_ in holds} == reserved  # a rejected order holds nothing
+    # Each HOT unit came from the first warehouse by priority that still had one free.
+    by_priority = ["north"] * 20 + ["south"] * 20 + ["east"] * 10
+    assert [w for _oid, sku, w, _q in holds if sku == "HOT"] == by_priority
+    two_line_ids = {i for i, m in zip(ids, messages, strict=True) if m in two_line}
+    wanted = {oid: [("HOT", 1)] + [("COLD", 1)] * (oid in two_line_ids) for oid in reserved}
+    got: dict[str, list[tuple[str, int]]] = {}
+    for oid, sku, warehouse, quantity in holds:
+        assert sku == "HOT" or warehouse == "east"  # COLD is nowhere else
+        got.setdefault(oid, []).append((sku, quantity))
+    assert {oid: sorted(lines, reverse=True) for oid, lines in got.items()} == wanted
+    cold_reserved = len(reserved & two_line_ids)
+    assert stock_of("COLD", "east") == (8, cold_reserved)
     assert_stock_consistent()
 
 

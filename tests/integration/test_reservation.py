@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
 
+from domain.allocation import DEFAULT_POLICY, Policy, Strategy, parse_warehouses
 from producers.intake import accept_message
 from services.reservation import reserve_order
 from services.sweeper import sweep
@@ -22,14 +23,17 @@ def now():
     return datetime.now(UTC)
 
 
-def reserve(order_id, window=600):
+def reserve(order_id, window=600, policy: Policy = DEFAULT_POLICY):
     with unit_of_work() as s:
-        return reserve_order(s, order_id, now=now(), payment_window_s=window)
+        return reserve_order(s, order_id, now=now(), payment_window_s=window, policy=policy)
 
 
-def reserve_in_threads(ids: list[str], threads: int = 8, reverse_odd: bool = False) -> list:
+def reserve_in_threads(
+    ids: list[str], threads: int = 8, reverse_odd: bool = False, policy: Policy = DEFAULT_POLICY
+) -> list:
     """Reserve ``ids`` from ``threads`` threads that start together (every ``threads``-th id
-    each); returns every error raised, deadlocks included (a test expects none)."""
+    each) under ``policy``; returns every error raised, deadlocks included (a test expects
+    none)."""
     barrier = threading.Barrier(threads)
     errors: list[BaseException] = []
 
@@ -37,7 +41,7 @@ def reserve_in_threads(ids: list[str], threads: int = 8, reverse_odd: bool = Fal
         barrier.wait()
         for oid in reversed(chunk) if reverse_odd and len(chunk) % 2 else chunk:
             try:
-                reserve(oid)
+                reserve(oid, policy=policy)
             except BaseException as exc:  # any error fails the calling test
                 errors.append(exc)
 
@@ -112,6 +116,38 @@ def test_hot_sku_eight_threads_200_orders_stock_50(catalog):
     assert status_counts() == {"RESERVED": 50, "REJECTED": 150}
     assert stock_of("HOT") == (50, 50)
     assert set(reservations_per_order().values()) == {1}
+    assert_stock_consistent()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "near_held", "far_held"),
+    # priority: near's 5 go first (the third order splits 1 + 1), then far until 1 is left.
+    # fewest_parcels: each order from the one warehouse with the most free; far runs dry
+    # while near still has 1, which no order of 2 can use alone.
+    [("priority", 5, 25), ("fewest_parcels", 4, 26)],
+)
+def test_one_warehouse_runs_out_while_another_has_stock_never_oversold(
+    catalog, strategy, near_held, far_held
+):
+    """40 orders of HOT x2 from 8 threads at once; HOT is 5 in near (priority 1) and 26 in
+    far (priority 2): one warehouse runs dry while the other still has stock. Each reservation
+    sees what the ones before it left (its stock rows locked first), so none is oversold: 15
+    reserved (30 of 31 units), 25 rejected out of stock, each warehouse held as the strategy
+    says, each reserved order holding exactly its 2 units."""
+    catalog({"HOT": 5}, warehouse="near")
+    catalog({"HOT": 26}, warehouse="far")
+    policy = Policy(Strategy(strategy), parse_warehouses("near:1,far:2"))
+    ids = [accept_message(order_message("HOT", 2), channel="test").order_id for _ in range(40)]
+    assert reserve_in_threads(ids, policy=policy) == []
+    assert status_counts() == {"RESERVED": 15, "REJECTED": 25}
+    assert stock_of("HOT", "near") == (5, near_held)
+    assert stock_of("HOT", "far") == (26, far_held)
+    with unit_of_work() as s:
+        per_order = s.execute(text(
+            "SELECT o.status, coalesce(sum(r.quantity), 0) FROM orders o "
+            "LEFT JOIN reservations r ON r.order_id = o.id AND r.status = 'ACTIVE' "
+            "GROUP BY o.id, o.status")).all()  # fmt: skip
+    assert sorted({tuple(r) for r in per_order}) == [("REJECTED", 0), ("RESERVED", 2)]
     assert_stock_consistent()
 
 
