@@ -174,18 +174,6 @@ class Totals:
     lines: int = 0
 
 
-#: Providers whose refunds carry no reference of their own: what our records keep as the
-#: refund's provider reference is the trade's (Alipay answers a refund with its ``trade_no``), so
-#: it must not identify a refund — the merchant's refund number does.
-_NO_OWN_REFUND_REF = frozenset({"alipay"})
-
-
-def refunds_have_own_ref(provider: str) -> bool:
-    """Whether ``provider`` gives each refund a reference of its own (Stripe ``re_…``, WeChat
-    ``refund_id``); Alipay does not."""
-    return provider not in _NO_OWN_REFUND_REF
-
-
 def bill_zone(provider: str) -> tzinfo:
     """The time zone whose calendar days ``provider``'s bills follow (UTC unless known)."""
     return _BILL_ZONES.get(provider, UTC)

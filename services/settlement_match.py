@@ -37,7 +37,6 @@ from domain.settlement import (
     bill_zone,
     day_bounds,
     match_day,
-    refunds_have_own_ref,
 )
 from models import Payment, Refund, SettlementDifference, SettlementFile, SettlementLine
 from services.payments.provider_refunds import provider_refund_no
@@ -192,7 +191,7 @@ def _our_refunds(
         OurRefund(
             id=r.id,
             payment_id=r.payment_id,
-            provider_ref=None if not refunds_have_own_ref(provider) else r.provider_refund_ref,
+            provider_ref=r.provider_refund_ref,  # None at Alipay: it names no refund
             refund_no=made_there.get(r.refund_no, r.refund_no),
             amount=r.amount,
             currency=r.currency,

@@ -319,7 +319,9 @@ class AlipayProvider:
             state=RefundState.SUCCEEDED,
             raw_status=f"fund_change={body.get('fund_change', '')}",
             amount=request.amount,
-            provider_refund_ref=body.get("trade_no") or None,
+            # No refund id at Alipay: its trade_no is the trade's, so the refund is named
+            # by our refund_no (out_request_no) alone.
+            provider_refund_ref=None,
         )
 
     def query_refund(self, ref: PaymentRef, refund_no: str) -> RefundResult:
@@ -342,7 +344,9 @@ class AlipayProvider:
             state=state,
             raw_status=raw or "REFUND_SUCCESS",
             amount=amount,
-            provider_refund_ref=body.get("trade_no") or None,
+            # No refund id at Alipay: its trade_no is the trade's, so the refund is named
+            # by our refund_no (out_request_no) alone.
+            provider_refund_ref=None,
         )
 
     def parse_notification(self, headers: Mapping[str, str], body: bytes) -> Notification:
@@ -409,7 +413,7 @@ class AlipayProvider:
             refund_no=refund_no,
             state=RefundState.SUCCEEDED,
             raw_status=f"refund_fee={params['refund_fee']}",  # cumulative, hence amount=None
-            provider_refund_ref=params.get("trade_no") or None,
+            provider_refund_ref=None,  # the trade's trade_no, not the refund's (see refund)
         )
 
     # -- close helper ------------------------------------------------------------------------

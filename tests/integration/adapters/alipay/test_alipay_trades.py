@@ -175,6 +175,7 @@ def test_partial_then_full_refund_and_replay_refunds_once(
     first = provider.refund(refund("R-1", "RF-1", "30.00"))
     assert (first.state, first.raw_status) == (RefundState.SUCCEEDED, "fund_change=Y")
     assert first.amount == cny("30.00")
+    assert first.provider_refund_ref is None  # Alipay names no refund: its trade_no is the trade's
     replay = provider.refund(refund("R-1", "RF-1", "30.00"))
     assert (replay.state, replay.raw_status) == (RefundState.SUCCEEDED, "fund_change=N")
     ledger = sim.ledger()
@@ -209,7 +210,7 @@ def test_refund_query(provider: AlipayProvider, sim: AlipaySimulator) -> None:
     found = provider.query_refund(PaymentRef("R-3"), "RF-1")
     assert (found.state, found.raw_status) == (RefundState.SUCCEEDED, "REFUND_SUCCESS")
     assert found.amount == cny("12.34")
-    assert found.refund_no == "RF-1"
+    assert found.refund_no == "RF-1" and found.provider_refund_ref is None
     missing = provider.query_refund(PaymentRef("R-3"), "RF-unknown")
     assert (missing.state, missing.raw_status) == (RefundState.FAILED, "NOT_FOUND")
 
