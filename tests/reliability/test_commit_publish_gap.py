@@ -88,7 +88,9 @@ def _post_all(base: str, api_key: str, n: int, seed: int, clients: int) -> list[
 def test_crash_between_commit_and_publish(
     pipeline_env, procs, catalog, api_key, monkeypatch, figures
 ):
-    n = size(40, 100)
+    # Each order crashes a process once (the API, then a worker child) and each crash costs a
+    # process restart: 20 orders are 20 crashes of each kind in the short form.
+    n = size(20, 100)
     port, stack = pipeline_env
     monkeypatch.setenv("CRASH_BEFORE_PUBLISH", "orders.reserve_batch,payments.create")
     monkeypatch.setenv("CRASH_LIMIT", str(n))

@@ -97,7 +97,9 @@ def test_sigkill_a_worker_child_every_second(start_pipeline, catalog, figures):
 def test_all_workers_killed_at_once_mid_payment(start_pipeline, catalog, figures):
     from workers.procs import wait_worker_ready
 
-    n = size(120, 300)
+    # The kill lands once a quarter of the orders are past reservation (15 in the short form);
+    # asserted below: it landed before every order was paid.
+    n = size(60, 300)
     catalog({"K": n})
     p = start_pipeline()
     p.stack.set_faults(latency_ms=150)
@@ -108,8 +110,9 @@ def test_all_workers_killed_at_once_mid_payment(start_pipeline, catalog, figures
     wait_until(lambda: _past_reservation() >= n // 4, 120, 0.1)
     fig = figures()
     workers = [w for w in p.procs.procs if w.name in ("orders", "payments")]
+    paid_at_kill = status_counts().get("PAID", 0)
     fig.injected("every worker process and pool child SIGKILLed at once mid-payment",
-                 paid_at_kill=status_counts().get("PAID", 0))  # fmt: skip
+                 paid_at_kill=paid_at_kill)  # fmt: skip
     killed = [p for w in workers for p in _kill_tree(w.pid)]  # all at the same instant
     for w in workers:
         w.popen.wait(timeout=10)
@@ -125,6 +128,7 @@ def test_all_workers_killed_at_once_mid_payment(start_pipeline, catalog, figures
     wait_until(lambda: _all_final(n, "PAID"), 240, 0.5, show=pipeline_state)
     verdict = check(ids, p.stack)
     assert verdict["charges"] == n
+    assert paid_at_kill < n  # the kill landed mid-payment, not after the batch was paid
     fig.recovered(verdict)
 
 

@@ -5,7 +5,8 @@
   workers create the same payment at once. The idempotency key (and the out_trade_no) make the
   second one harmless.
 * A fault proxy in front of every payment provider: answers held 1-3 s (2 s on average) with a
-  2.5 s read timeout, and 10 % of requests reset. Timeouts fire, retries reuse the idempotency
+  2.5 s read timeout (the short form halves the holds and the timeout: the same quarter of the
+  answers times out), and 10 % of requests reset. Timeouts fire, retries reuse the idempotency
   key, nothing is charged twice.
 """
 
@@ -20,7 +21,7 @@ from sqlalchemy import text
 from services.unit_of_work import unit_of_work
 from tests.conftest import order_message, wait_until
 from tests.helpers import pipeline_state, status_counts
-from tests.reliability.conftest import size
+from tests.reliability.conftest import FULL, size
 from tests.reliability.fault_proxy import FaultProxy
 from tests.reliability.invariants import check
 
@@ -54,8 +55,13 @@ def _intents_per_trade(stack) -> dict[str, int]:
 def test_provider_hangs_longer_than_the_visibility_timeout(
     start_pipeline, catalog, monkeypatch, figures
 ):
-    n = size(50, 50)
-    monkeypatch.setenv("VISIBILITY_TIMEOUT_S", "4")
+    # Fewer orders than payment threads in the short form: a redelivered create finds a free
+    # thread at once, beside the first call's hang.
+    n = size(12, 50)
+    # The hang outlasts the visibility timeout plus one restore interval (1 s): Redis hands the
+    # create out again while the first call still waits (the short form shortens both).
+    visibility_s, hang_s = (4, 7) if FULL else (2, 4)
+    monkeypatch.setenv("VISIBILITY_TIMEOUT_S", str(visibility_s))
     monkeypatch.setenv("PROVIDER_READ_TIMEOUT_S", "20")  # the client waits out the hang
     monkeypatch.setenv("CREATE_REDRIVE_S", "120")  # so only Redis' redelivery duplicates work
     # payments.create messages, which Redis hands out again while their call hangs. (In-line, a
@@ -65,8 +71,8 @@ def test_provider_hangs_longer_than_the_visibility_timeout(
     p = start_pipeline(payments_concurrency=16)
     p.stack.auto_pay(100)
     fig = figures()
-    p.stack.set_faults(timeout_rate=1.0, hang_seconds=7)
-    fig.injected("every provider call held 7 s; Redis visibility timeout 4 s")
+    p.stack.set_faults(timeout_rate=1.0, hang_seconds=hang_s)
+    fig.injected(f"every provider call held {hang_s} s; Redis visibility timeout {visibility_s} s")
     rng = random.Random(11)
     ids = [p.post_order(order_message("H", 1, provider=rng.choice(PROVIDERS))) for _ in range(n)]
     # Hold the hang until Redis has handed at least one create to a second worker.
@@ -91,6 +97,7 @@ def test_latency_and_connection_resets_through_a_fault_proxy(
     pipeline_env, start_pipeline, catalog, monkeypatch, figures
 ):
     n = size(60, 200)
+    hold = 1.0 if FULL else 0.5  # scales the holds and the read timeout alike
     _port, stack = pipeline_env
     rng = random.Random(13)
     urls = {k: stack.env[k] for k in ("ALIPAY_GATEWAY_URL", "WECHATPAY_BASE_URL",
@@ -100,18 +107,19 @@ def test_latency_and_connection_resets_through_a_fault_proxy(
         for url in urls.values():
             host, _, port = urlsplit(url).netloc.partition(":")
             proxies[urlsplit(url).netloc] = FaultProxy(
-                (host, int(port)), latency=lambda: rng.uniform(1.0, 3.0), reset_rate=0.10,
+                (host, int(port)), latency=lambda: rng.uniform(1.0, 3.0) * hold, reset_rate=0.10,
                 seed=len(proxies),
             ).start()  # fmt: skip
         for key, url in urls.items():
             monkeypatch.setenv(key, _through(proxies, url))
-        monkeypatch.setenv("PROVIDER_READ_TIMEOUT_S", "2.5")
+        monkeypatch.setenv("PROVIDER_READ_TIMEOUT_S", str(2.5 * hold))
         monkeypatch.setenv("TASK_MAX_RETRIES", "10")
         catalog({"L": n})
         p = start_pipeline(payments_concurrency=16)
         p.stack.auto_pay(200)
         fig = figures()
-        fig.injected("answers held 1-3 s (mean 2 s) with a 2.5 s read timeout; 10 % resets")
+        fig.injected(f"answers held {hold:g}-{3 * hold:g} s (mean {2 * hold:g} s) with a "
+                     f"{2.5 * hold:g} s read timeout; 10 % resets")  # fmt: skip
         ids = [p.post_order(order_message("L", 1, provider=rng.choice(PROVIDERS)))
                for _ in range(n)]  # fmt: skip
         wait_until(lambda: status_counts() == {"PAID": n}, 480, 0.5, show=pipeline_state)
