@@ -10,7 +10,7 @@ import os
 import signal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from models import Order, OrderEvent, Shipment
 from services.unit_of_work import unit_of_work
@@ -126,4 +126,36 @@ def test_a_worker_killed_between_two_bookings_books_each_parcel_once(
     # The parcel whose answer was lost was asked again with its key, and answered the same.
     assert ledger["bookings"][shipped[1].booking_key]["replays"] >= 1
     assert stock_of("A", "north") == (9, 0) and stock_of("B", "south") == (9, 0)
+    assert_stock_consistent()
+
+
+def test_a_refused_booking_is_reallocated_and_ships_from_another_warehouse(start_pipeline, catalog):
+    catalog({"A": 5}, warehouse="north")
+    p = start_pipeline(shipping=True)
+    warehouse = p.stack.warehouse
+    oid = p.post_order(order_message([("A", 3)], provider="alipay"))
+    wait_until(lambda: p.get_order(oid)["status"] == "AWAITING_PAYMENT", 60)
+    catalog({"A": 5}, warehouse="south")  # stock arrives in south after north reserved it
+    warehouse.refuse("north", "out_of_stock")  # north finds its shelf empty
+    p.stack.pay("alipay", oid.replace("-", ""))
+
+    wait_until(lambda: order(oid)[0] == "COMPLETED", 90)
+    refused, shipped = parcels(oid)
+    assert (refused.warehouse, refused.waybill, refused.cancel_reason) == (
+        "north", None, "refused:out_of_stock",
+    )  # fmt: skip
+    assert (shipped.warehouse, shipped.status, shipped.cancelled_at) == ("south", "DELIVERED", None)
+    ledger = warehouse.ledger()
+    assert [(r["warehouse"], r["error"]) for r in ledger["refusals"]] == [("north", "out_of_stock")]
+    assert ledger["bookings"][shipped.booking_key]["items"] == [("A", 3)]
+    assert [k for k, b in ledger["bookings"].items() if b["warehouse"] == "north"] == []
+    with unit_of_work() as s:  # the ledger shows the move: released in north, reserved in south
+        moves = s.execute(text(
+            "SELECT kind, warehouse, delta_reserved FROM stock_movements "
+            "WHERE order_id = :o ORDER BY id"), {"o": oid}).all()  # fmt: skip
+    assert [tuple(m) for m in moves] == [
+        ("reserve", "north", 3), ("release", "north", -3), ("reserve", "south", 3),
+        ("ship", "south", -3),
+    ]  # fmt: skip
+    assert stock_of("A", "north") == (5, 0) and stock_of("A", "south") == (2, 0)
     assert_stock_consistent()
