@@ -237,7 +237,13 @@ def test_orders_show_prints_the_timeline_of_a_real_order(start_pipeline, catalog
     as_json = cli("orders", "show", oid, "--json")
     assert as_json.returncode == 0, as_json.stderr
     view = json.loads(as_json.stdout)
-    assert view["status"] == "COMPLETED" and len(view["callbacks"]) == 8
+    assert view["status"] == "COMPLETED"
+    kinds = [c["event_type"] for c in view["callbacks"]]
+    assert kinds.count("order.status_changed") == 8  # RECEIVED … COMPLETED
+    # The parcel's moves that left the order where it was, each naming the parcel.
+    (parcel,) = view["parcels"]
+    told = [c["parcel"] for c in view["callbacks"] if c["event_type"] == "order.parcel_updated"]
+    assert told and all(t.startswith(f"parcel {parcel['id']} (") for t in told), told
 
 
 def test_doctor_fails_clearly_on_migrations_beat_and_providers(db):
