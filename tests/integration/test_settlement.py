@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 
 from adapters.payments.stripe import StripeConfig, StripeProvider
 from adapters.payments.stripe_settlement import StripeSettlementConfig, StripeSettlementSource
 from domain.errors import ConflictError
-from models import Payment, Refund, SettlementDifference, SettlementFile, SettlementLine
+from models import Payment, Refund, SettlementFile, SettlementLine
 from models.db import get_engine
 from observability.collector import PipelineCollector
 from producers.intake import accept_message
@@ -38,6 +38,12 @@ from simulators.stripe import StripeSimulator
 from simulators.stripe_settlement import stripe_fee
 from tests.conftest import order_message
 from tests.fakes import FakeGate
+from tests.integration.settlement_support import (
+    counts,
+    differences,
+    match_day,
+    sim_control,
+)
 
 KEYS = {
     "secret_key": "sk_test_" + secrets.token_hex(16),
@@ -125,27 +131,11 @@ def refunded(sim: StripeSimulator, oid: str, amount: int) -> Refund:
 
 
 def control(sim: StripeSimulator, **body: Any) -> dict[str, Any]:
-    response = requests.post(f"{sim.url}/_sim/settlement", json=body, timeout=5)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+    return sim_control(sim.url, "/_sim/settlement", **body)
 
 
 def match(day: date) -> settlement_match.MatchResult:
-    with unit_of_work() as s:
-        return settlement_match.match(s, "stripe", "default", day, now=datetime.now(UTC))
-
-
-def differences() -> set[tuple[str, str]]:
-    with unit_of_work() as s:
-        return set(s.execute(select(SettlementDifference.kind, SettlementDifference.ref)).tuples())
-
-
-def counts() -> tuple[int, int, int]:
-    with unit_of_work() as s:
-        return tuple(  # type: ignore[return-value]
-            int(s.scalar(select(func.count()).select_from(t)) or 0)
-            for t in (SettlementFile, SettlementLine, SettlementDifference)
-        )
+    return match_day("stripe", "default", day)
 
 
 def test_a_clean_day_matches_and_repeats_change_nothing(stripe: StripeSimulator) -> None:

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from adapters.payments.alipay import AlipayConfig, AlipayProvider
 from adapters.payments.alipay_settlement import AlipaySettlementConfig, AlipaySettlementSource
 from domain.errors import ProviderUnavailable
 from domain.settlement import CHINA_STANDARD_TIME
-from models import Payment, Refund, SettlementDifference, SettlementFile, SettlementLine
+from models import Payment, Refund, SettlementFile, SettlementLine
 from producers.intake import accept_message
 from services import payments, settlement, settlement_match, settlement_report
 from services.payments import PaymentConfig, provider_refunds
@@ -35,6 +35,13 @@ from simulators.alipay_bills import OTHER_PID, alipay_fee
 from tests.conftest import order_message
 from tests.fakes import FakeGate
 from tests.integration.adapters.alipay.support import APP_ID, new_key, private_pem, public_pem
+from tests.integration.settlement_support import (
+    counts,
+    differences,
+    match_day,
+    sim_control,
+    statuses,
+)
 
 CONFIG = PaymentConfig(notify_base_url="http://127.0.0.1:9", create_redrive_s=30, first_query_s=5)
 PRICE = 1000  # fen a unit
@@ -91,9 +98,7 @@ def ports() -> Ports:
 
 
 def control(sim: AlipaySimulator, **body: Any) -> dict[str, Any]:
-    response = requests.post(f"{sim.url}/_sim/bills", json=body, timeout=5)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+    return sim_control(sim.url, "/_sim/bills", **body)
 
 
 def bills_published(sim: AlipaySimulator, day: date) -> datetime:
@@ -140,29 +145,11 @@ def refunded(adapter: AlipayProvider, payment: Payment, amount: int) -> Refund:
 
 
 def match(day: date) -> settlement_match.MatchResult:
-    with unit_of_work() as s:
-        return settlement_match.match(s, "alipay", "default", day, now=datetime.now(UTC))
-
-
-def differences() -> set[tuple[str, str]]:
-    with unit_of_work() as s:
-        return set(s.execute(select(SettlementDifference.kind, SettlementDifference.ref)).tuples())
-
-
-def counts() -> tuple[int, int, int]:
-    with unit_of_work() as s:
-        return tuple(  # type: ignore[return-value]
-            int(s.scalar(select(func.count()).select_from(t)) or 0)
-            for t in (SettlementFile, SettlementLine, SettlementDifference)
-        )
+    return match_day("alipay", "default", day)
 
 
 def gateway_calls(sim: AlipaySimulator) -> int:
     return sum(1 for _method, path, _status in sim.request_log if path == "/gateway.do")
-
-
-def statuses(results: list[settlement.FetchResult]) -> dict[str, tuple[str, int]]:
-    return {r.bill_type: (r.status, r.lines) for r in results}
 
 
 def test_a_clean_day_matches_reports_and_repeats_change_nothing(

@@ -15,7 +15,6 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
 from adapters.payments.wechatpay import WeChatPayConfig, WeChatPayProvider
@@ -26,7 +25,7 @@ from adapters.payments.wechatpay_settlement import (
     WeChatPaySettlementSource,
 )
 from domain.settlement import CHINA_STANDARD_TIME as CST
-from models import Payment, Refund, SettlementDifference, SettlementFile, SettlementLine
+from models import Payment, Refund, SettlementFile, SettlementLine
 from producers.intake import accept_message
 from services import payments, settlement, settlement_match, settlement_report
 from services.payments import PaymentConfig
@@ -41,6 +40,13 @@ from tests.integration.adapters.wechatpay.support import (
     MERCHANT_SERIAL,
     Keys,
     rsa_pems,
+)
+from tests.integration.settlement_support import (
+    counts,
+    differences,
+    match_day,
+    sim_control,
+    statuses,
 )
 from tests.integration.test_payment_services import ports
 
@@ -102,9 +108,7 @@ def complete(day: date) -> datetime:
 
 
 def control(sim: WeChatPaySimulator, **body: Any) -> dict[str, Any]:
-    response = requests.post(f"{sim.url}/_sim/bills", json=body, timeout=5)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+    return sim_control(sim.url, "/_sim/bills", **body)
 
 
 def bills_out(sim: WeChatPaySimulator, day: date) -> datetime:
@@ -152,25 +156,7 @@ def refunded(sim: WeChatPaySimulator, keys: Keys, oid: str, amount: int) -> Refu
 
 
 def match(day: date) -> settlement_match.MatchResult:
-    with unit_of_work() as s:
-        return settlement_match.match(s, "wechatpay", MCHID, day, now=datetime.now(CST))
-
-
-def differences() -> set[tuple[str, str]]:
-    with unit_of_work() as s:
-        return set(s.execute(select(SettlementDifference.kind, SettlementDifference.ref)).tuples())
-
-
-def counts() -> tuple[int, int, int]:
-    with unit_of_work() as s:
-        return tuple(  # type: ignore[return-value]
-            int(s.scalar(select(func.count()).select_from(t)) or 0)
-            for t in (SettlementFile, SettlementLine, SettlementDifference)
-        )
-
-
-def statuses(results: list[settlement.FetchResult]) -> dict[str, tuple[str, int]]:
-    return {r.bill_type: (r.status, r.lines) for r in results}
+    return match_day("wechatpay", MCHID, day, now=datetime.now(CST))
 
 
 def test_a_clean_day_matches_reports_its_figures_and_repeats_change_nothing(
