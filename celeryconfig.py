@@ -79,6 +79,10 @@ task_routes = {
 }
 task_routes["maintenance.*"] = {"queue": "maintenance"}
 
+# Beat's own file, set by environment alone on a beat host (BEAT_SCHEDULE_FILE): no shared disk.
+if _s.beat_schedule_file is not None:
+    beat_schedule_filename = str(_s.beat_schedule_file)
+
 beat_schedule = {
     "sweep-stalled-orders": {
         "task": MAINTENANCE_SWEEP,

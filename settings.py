@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     state_dir: Path = Field(
         PROJECT_ROOT / ".orderflow", description="Where embedded servers keep their data"
     )
+    beat_schedule_file: Path | None = Field(
+        None,
+        description="Where Celery beat keeps its schedule (a local file of the beat host); unset "
+        "= Celery's default, celerybeat-schedule in the working directory; beat's -s overrides",
+    )
     db_pool_size: int = Field(5, ge=1, description="SQLAlchemy pool size per process")
     prometheus_multiproc_dir: Path | None = Field(
         None,

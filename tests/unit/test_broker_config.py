@@ -156,3 +156,20 @@ def test_dead_letter_queue_is_the_queue_not_the_delayed_routing_key() -> None:
 def test_broker_kind_from_url() -> None:
     assert is_amqp(AMQP) and is_amqp("amqps://h/v") and is_amqp("pyamqp://h//")
     assert not is_amqp(REDIS) and not is_amqp("redis+socket:///tmp/r.sock")
+
+
+def test_beat_keeps_its_schedule_where_the_environment_says(tmp_path: Path) -> None:
+    """A beat host is configured by environment alone: no -s flag, no shared directory."""
+    probe = "from workers.app import app; print(app.conf.beat_schedule_filename)"
+    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "ORDERFLOW_ENV_FILE")}
+    env.update(REDIS_URL=REDIS, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+
+    def schedule_file(**extra: str) -> str:
+        run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env={**env, **extra},
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip().splitlines()[-1]
+
+    wanted = tmp_path / "beat" / "schedule"
+    assert schedule_file(BEAT_SCHEDULE_FILE=str(wanted)) == str(wanted)
+    assert schedule_file() == "celerybeat-schedule"  # unset: Celery's own default
