@@ -3,7 +3,6 @@ lives in :mod:`cli.up`."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,14 +101,13 @@ def _workers() -> str:
 
 
 def _beat() -> str:
-    from services.sweeper import HEARTBEAT_KEY
+    from services.sweeper import heartbeat_age
     from workers.connections import redis_client
 
     s = get_settings()
-    last = redis_client().get(HEARTBEAT_KEY)
-    if last is None:
+    age = heartbeat_age(redis_client())  # by Redis's clock: this host's may differ
+    if age is None:
         raise RuntimeError("no sweep has run yet: is beat running (and a maintenance worker)?")
-    age = time.time() - float(last)
     if age > max(3 * s.sweep_interval_s, 30):
         raise RuntimeError(f"last sweep {age:.0f} s ago: beat or the maintenance worker is down")
     return f"last sweep {age:.1f} s ago"

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -50,6 +51,24 @@ from services.task_names import (
 #: Redis key the sweep task stamps (Unix time) on every run; ``orderflow doctor`` reads it to
 #: tell whether beat and the maintenance worker are alive.
 HEARTBEAT_KEY = "orderflow:heartbeat:sweep"
+
+
+def stamp_heartbeat(client: redis.Redis) -> None:
+    """Record that a sweep ran, by the Redis server's clock: the worker that stamps and the
+    host that reads (:func:`heartbeat_age`) may disagree on the time; Redis is one clock."""
+    client.set(HEARTBEAT_KEY, _server_time(client))
+
+
+def heartbeat_age(client: redis.Redis) -> float | None:
+    """Seconds since the last sweep by the Redis server's clock; None if none has run."""
+    last = client.get(HEARTBEAT_KEY)
+    return None if last is None else _server_time(client) - float(last)
+
+
+def _server_time(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1_000_000
+
 
 SWEPT = (
     OrderStatus.RECEIVED,

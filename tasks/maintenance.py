@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 from services.ports import utcnow
-from services.sweeper import HEARTBEAT_KEY
+from services.sweeper import stamp_heartbeat
 from services.sweeper import sweep as sweep_orders
 from services.task_names import MAINTENANCE_SWEEP
 from services.unit_of_work import unit_of_work
@@ -30,6 +28,6 @@ def sweep(self: OrderflowTask) -> int:
             )  # fmt: skip
     except Exception as exc:
         self.retry_or_fail(exc)
-    redis_client().set(HEARTBEAT_KEY, time.time())
+    stamp_heartbeat(redis_client())
     sent = enqueue_reservations(result.reserve) + enqueue_followups(result.followups)
     return sent + len(result.expired)
