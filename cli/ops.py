@@ -138,6 +138,45 @@ def _providers() -> str:
     return "reachable: " + ", ".join(configured) + source
 
 
+def _webhooks() -> str:
+    s = get_settings()
+    targets = {
+        "alipay": s.alipay_gateway_url if s.alipay_app_id else None,
+        "wechatpay": s.wechatpay_base_url if s.wechatpay_mchid else None,
+        "stripe": s.stripe_api_base if s.stripe_secret_key else None,
+        "kuaidi100": s.kuaidi100_subscribe_url if s.kuaidi100_customer else None,
+    }
+    return webhooks_reachable(s.public_base_url, {k: v for k, v in targets.items() if v})
+
+
+def webhooks_reachable(public_base_url: str, providers: dict[str, str]) -> str:
+    """Whether the providers can reach our webhooks: a provider off this machine cannot call
+    a loopback PUBLIC_BASE_URL (its default), which the workers put in every payment and
+    subscription. Raises RuntimeError naming the providers; a local one (a simulator) is fine."""
+    if not _loopback(public_base_url):
+        return f"providers notify {public_base_url}"
+    remote = sorted(name for name, url in providers.items() if not _loopback(url))
+    if remote:
+        raise RuntimeError(
+            f"PUBLIC_BASE_URL is {public_base_url}: {', '.join(remote)} cannot reach its "
+            "webhooks; set it to the API's public address (docs/deploy.md)"
+        )
+    return f"providers notify {public_base_url} (all on this machine)"
+
+
+def _loopback(url: str) -> bool:
+    from ipaddress import ip_address
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def run_doctor() -> bool:
     """Run every check and print one line each; True when all passed."""
     checks = [
@@ -148,6 +187,7 @@ def run_doctor() -> bool:
         _check("workers", _workers),
         _check("beat", _beat),
         _check("providers", _providers),
+        _check("webhooks", _webhooks),
     ]
     for c in checks:
         mark = "[green]ok  [/]" if c.ok else "[red]FAIL[/]"
