@@ -115,14 +115,7 @@ def _beat() -> str:
 
 def _providers() -> str:
     s = get_settings()
-    targets = {
-        "alipay": s.alipay_gateway_url if s.alipay_app_id else None,
-        "wechatpay": s.wechatpay_base_url if s.wechatpay_mchid else None,
-        "stripe": s.stripe_api_base if s.stripe_secret_key else None,
-        "kuaidi100": s.kuaidi100_query_url if s.kuaidi100_customer else None,
-        "warehouse": s.warehouse_booking_url if s.warehouse_api_key else None,
-    }
-    configured = {k: v for k, v in targets.items() if v}
+    configured = _configured_providers(s.kuaidi100_query_url)
     up = read_up_env(up_env_path(s.state_dir))
     source = f" (settings of `orderflow up` pid {up.pid}, {up.path})" if up else ""
     if not configured:
@@ -140,13 +133,22 @@ def _providers() -> str:
 
 def _webhooks() -> str:
     s = get_settings()
+    notifying = _configured_providers(s.kuaidi100_subscribe_url)
+    notifying.pop("warehouse", None)  # the warehouse answers; it never calls us back
+    return webhooks_reachable(s.public_base_url, notifying)
+
+
+def _configured_providers(kuaidi100_url: str) -> dict[str, str]:
+    """The URL of each provider whose keys are set (Kuaidi100: the query or subscribe one)."""
+    s = get_settings()
     targets = {
         "alipay": s.alipay_gateway_url if s.alipay_app_id else None,
         "wechatpay": s.wechatpay_base_url if s.wechatpay_mchid else None,
         "stripe": s.stripe_api_base if s.stripe_secret_key else None,
-        "kuaidi100": s.kuaidi100_subscribe_url if s.kuaidi100_customer else None,
+        "kuaidi100": kuaidi100_url if s.kuaidi100_customer else None,
+        "warehouse": s.warehouse_booking_url if s.warehouse_api_key else None,
     }
-    return webhooks_reachable(s.public_base_url, {k: v for k, v in targets.items() if v})
+    return {k: v for k, v in targets.items() if v}
 
 
 def webhooks_reachable(public_base_url: str, providers: dict[str, str]) -> str:
