@@ -187,6 +187,16 @@ class Settings(BaseSettings):
     )
     sweep_interval_s: float = Field(5.0, gt=0, description="Beat period of the stage sweeper")
     sweep_batch: int = Field(500, ge=1, description="Rows claimed per sweeper run")
+    auto_receive_s: int = Field(
+        7 * 86_400, ge=0,
+        description="A DELIVERED order counts as received this long after delivery if the "
+        "buyer has not confirmed it",
+    )  # fmt: skip
+    aftersale_window_s: int = Field(
+        7 * 86_400, ge=0,
+        description="After receipt, how long returns may be requested; the order is "
+        "COMPLETED when it passes",
+    )  # fmt: skip
     reserve_batch_max: int = Field(
         50,
         ge=1,

@@ -57,7 +57,7 @@ Ord, Pay, Ref, Shp = OrderStatus, PaymentStatus, RefundStatus, ShipmentStatus
 #: off (cancelled, expired, closed); every other status is on its way ("wait").
 TONES: dict[str, dict[str, frozenset[str]]] = {
     "order": {
-        "good": frozenset({Ord.COMPLETED, Ord.DELIVERED}),
+        "good": frozenset({Ord.COMPLETED, Ord.RECEIPT_CONFIRMED, Ord.DELIVERED}),
         "bad": frozenset({Ord.NEEDS_ATTENTION, Ord.REJECTED}),
         "off": frozenset({Ord.CANCELLED, Ord.EXPIRED}),
     },

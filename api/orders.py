@@ -17,6 +17,7 @@
 * ``POST /v1/orders/{order_id}/cancel`` -> 202 (409 once it may no longer be cancelled).
 * ``POST /v1/orders/{order_id}/refunds`` -> 202 (idempotent by ``refund_no``).
 * ``POST /v1/orders/{order_id}/shipments``: the warehouse registers the waybill -> 201.
+* ``POST /v1/orders/{order_id}/receipt``: the buyer confirms receipt -> 200 with the status.
 
 An order of another source than the key's is answered exactly like a missing one (404). Service
 errors are not translated here: the app's handlers map them to the error shape
@@ -46,7 +47,7 @@ from models import Order
 from observability import metrics
 from producers.intake import accept_many
 from producers.schema import OrderMessage, field_errors, parse_message
-from services import backpressure, payments, shipping
+from services import backpressure, payments, receipt, shipping
 from services.followup import Followup
 from services.intake import IntakeResult
 from services.order_state import lock_order
@@ -238,6 +239,24 @@ async def refund(order_id: str, body: RefundBody, source: Source) -> Any:
     followups = await run_in_threadpool(_refund, order_id, body, refund_no, source)
     await run_in_threadpool(_publish, followups)
     return {"order_id": order_id, "refund_no": refund_no, "status": "REQUESTED"}
+
+
+# --- receipt -----------------------------------------------------------------------------------
+
+
+def _confirm_receipt(order_id: str, source: str) -> str:
+    with unit_of_work() as session:
+        ensure_order_source(session, order_id, source)
+        return receipt.confirm_receipt(session, order_id, actor=f"api:{source}")
+
+
+@router.post("/{order_id}/receipt", status_code=200)
+async def confirm_receipt(order_id: str, source: Source) -> Any:
+    """The buyer confirms receipt: DELIVERED -> RECEIPT_CONFIRMED, and the after-sale window
+    starts. Confirming again answers the current status; before delivery it is a 409 naming
+    ``status``."""
+    status = await run_in_threadpool(_confirm_receipt, order_id, source)
+    return {"id": order_id, "status": status}
 
 
 # --- shipments ---------------------------------------------------------------------------------

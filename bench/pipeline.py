@@ -94,7 +94,9 @@ def status_counts(source: str) -> dict[str, int]:
     return {status: int(n) for status, n in rows}
 
 
-PAID_OR_LATER = frozenset({"PAID", "SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED"})
+PAID_OR_LATER = frozenset(
+    {"PAID", "SHIPPED", "IN_TRANSIT", "DELIVERED", "RECEIPT_CONFIRMED", "COMPLETED"}
+)
 RESERVED_OR_LATER = frozenset({"RESERVED", "AWAITING_PAYMENT"}) | PAID_OR_LATER
 CLOSED = frozenset({"REJECTED", "EXPIRED", "CANCELLED", "NEEDS_ATTENTION"})
 

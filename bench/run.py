@@ -243,7 +243,7 @@ class Bench:
         self.stages("bench-paid", n)
 
     def journey(self, group: ProcessGroup, base: str, key: str) -> None:
-        """Intake -> COMPLETED: every queue's worker, beat, compressed tracking (push + poll)."""
+        """Intake -> DELIVERED: every queue's worker, beat, compressed tracking (push + poll)."""
         from bench.journey import delivered_via, provider_calls, run_journey
 
         n = 300 if self.quick else 1000
@@ -266,7 +266,7 @@ class Bench:
             f"phase {time.monotonic() - started:.0f} s" + ("" if r.finished else "; TIMED OUT")
         )
         self.add(
-            "intake -> COMPLETED (full journey)", "orders/s", r.rate,
+            "intake -> DELIVERED (full journey)", "orders/s", r.rate,
             self.ceil.get("celery+pg"), cfg,
         )  # fmt: skip
         self.stages("bench-journey", n)

@@ -134,6 +134,10 @@ def run_demo(
         "INTAKE_REDRIVE_S": "10",
         "CREATE_REDRIVE_S": "10",
         "TRACKING_INTERVAL_S": "0.5",
+        # Receipt in seconds, not days: a third of the customers confirm it themselves
+        # (_Customers.confirm_receipts), the rest are received by the clock.
+        "AUTO_RECEIVE_S": "3",
+        "AFTERSALE_WINDOW_S": "2",
     }
     with exported_env(overrides):
         owns_broker = get_settings().broker_url is None and get_settings().redis_url is None
@@ -176,13 +180,15 @@ def _customer_decision(external_id: str) -> str:
 
 
 class _Customers:
-    """Plays the customers: pays at the provider's simulator, cancels through the API."""
+    """Plays the customers: pays at the provider's simulator, cancels through the API, confirms
+    the receipt of a third of the delivered orders through the API."""
 
     def __init__(self, stack: ProviderStack, base_url: str, key: str) -> None:
         self.stack = stack
         self.base_url = base_url
         self.http = intake_session(key)  # waits out a 429 (back-pressure) and resends
         self.handled: set[str] = set()
+        self.confirmed: set[str] = set()
         self.too_late = 0
 
     def act(self) -> None:
@@ -191,6 +197,8 @@ class _Customers:
 
         with unit_of_work() as session:
             waiting = run_report.awaiting_payment(session)
+            delivered = run_report.delivered(session)
+        self.confirm_receipts(delivered)
         for order_id, external_id, provider, trade in waiting:
             if order_id in self.handled:
                 continue
@@ -205,6 +213,14 @@ class _Customers:
                 url = f"{self.base_url}/v1/orders/{order_id}/cancel"
                 self.http.post(url, json={"reason": "customer changed their mind"}, timeout=30)
 
+    def confirm_receipts(self, delivered: list[tuple[str, str]]) -> None:
+        for order_id, external_id in delivered:
+            if order_id in self.confirmed or int(external_id.rsplit("-", 1)[1]) % 3:
+                continue
+            self.confirmed.add(order_id)
+            url = f"{self.base_url}/v1/orders/{order_id}/receipt"
+            self.http.post(url, timeout=30).raise_for_status()
+
 
 # The stages of the progress bars, with the statuses in which an order waits to pass each.
 STAGE_WAITING = (
@@ -212,7 +228,10 @@ STAGE_WAITING = (
     ("payment started", ("RESERVED",)),
     ("paid or closed", ("AWAITING_PAYMENT",)),
     ("shipped", ("PAID", "PARTIALLY_SHIPPED")),
-    ("completed", ("SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED", "DELIVERED")),
+    (
+        "completed",
+        ("SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED", "DELIVERED", "RECEIPT_CONFIRMED"),
+    ),
 )
 
 
@@ -305,7 +324,14 @@ def _run(
                 raise RuntimeError(f"{len(bad)} orders were refused by the API: {set(bad)}")
             last_counts, last_change = {}, time.monotonic()
             final = {"REJECTED", "COMPLETED", "EXPIRED", "CANCELLED", "NEEDS_ATTENTION"}
-            shipped = {"SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED", "DELIVERED", "COMPLETED"}
+            shipped = {
+                "SHIPPED",
+                "IN_TRANSIT",
+                "PARTIALLY_DELIVERED",
+                "DELIVERED",
+                "RECEIPT_CONFIRMED",
+                "COMPLETED",
+            }
             after_pay = {"PAID", "PARTIALLY_SHIPPED", *shipped}
             while True:
                 customers.act()
@@ -350,6 +376,7 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
         shipped_rate = _stage_rate(session, "SHIPPED")
         parcels = run_report.parcels_by_warehouse(session)
         split = run_report.orders_by_parcels(session, "COMPLETED")
+        receipts = run_report.receipts_by(session)
     table = Table("status", "reason", "provider", "orders", title="outcome")
     for status, reason, provider, n in rows:
         table.add_row(status, reason or "", provider, str(n))
@@ -361,7 +388,7 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
     charges = stack.charges()
     doubled = sum(1 for n in charges.values() if n > 1)
     paid_statuses = ("PAID", "PARTIALLY_SHIPPED", "SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED",
-                     "DELIVERED", "COMPLETED")  # fmt: skip
+                     "DELIVERED", "RECEIPT_CONFIRMED", "COMPLETED")  # fmt: skip
     paid = sum(n for status, _r, _p, n in rows if status in paid_statuses)
     completed = sum(n for status, _r, _p, n in rows if status == "COMPLETED")
     rates = Table("figure", "value", title="rates and checks")
@@ -371,7 +398,9 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
     rates.add_row("intake -> final (completed/expired/...)",
                   f"{orders / marks['final']:,.0f} orders/s ({marks['final']:.0f} s)")  # fmt: skip
     rates.add_row("paid orders", f"{paid} ({paid / marks['final']:,.0f}/s incl. customer time)")
-    rates.add_row("completed (delivered) orders", str(completed))
+    rates.add_row("completed (delivered, received, window passed)", str(completed))
+    rates.add_row("receipt confirmed by the buyer / by the clock",
+                  f"{receipts['buyer']} / {receipts['clock']}")  # fmt: skip
     rates.add_row("charges at the simulators", f"{sum(charges.values())} "
                   f"(by provider here: {dict(sorted(paid_here.items()))})")  # fmt: skip
     rates.add_row("payment stage: payments created", created)

@@ -232,3 +232,18 @@ def orders_cancel(
     console.print(
         f"cancelled {order_id}" + (" (closing/refunding the payment)" if followups else "")
     )
+
+
+@orders_app.command("confirm-receipt")
+@command
+def orders_confirm_receipt(order: str = typer.Argument(..., help=ORDER_QUERY_HELP)) -> None:
+    """Confirm a delivered order's receipt for the buyer (e.g. on a phone call): it moves to
+    RECEIPT_CONFIRMED and its after-sale window starts. Again: says where it stands."""
+    from services.queries import resolve_order
+    from services.receipt import confirm_receipt
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as session:
+        order_id = resolve_order(session, order)
+        status = confirm_receipt(session, order_id, actor="cli")
+    console.print(f"{order_id} is {status}")

@@ -5,10 +5,17 @@
     RECEIVED ─▶ RESERVED ─▶ AWAITING_PAYMENT ─▶ PAID ─▶ SHIPPED ─▶ IN_TRANSIT ─▶ DELIVERED ─▶ …
        │           │               │              │        │           │
        ▼           ▼               ▼              ▼        └───────────┴─▶ NEEDS_ATTENTION
-    (DELIVERED ─▶ COMPLETED)
     REJECTED    EXPIRED /       EXPIRED /      CANCELLED
                 CANCELLED       CANCELLED /
                                 NEEDS_ATTENTION
+
+    … DELIVERED ─▶ RECEIPT_CONFIRMED ─▶ COMPLETED
+
+After delivery the order waits for the buyer: RECEIPT_CONFIRMED when the buyer confirms receipt
+or ``AUTO_RECEIVE_S`` after delivery, COMPLETED when the after-sale window
+(``AFTERSALE_WINDOW_S``) has passed since receipt with no return open
+(:mod:`services.receipt`). The name is not RECEIVED: that is the status of an order just taken
+in at intake.
 
 An order shipped as several parcels (one per warehouse, :mod:`domain.parcels`) also passes
 through PARTIALLY_SHIPPED (some parcels booked, not all) and PARTIALLY_DELIVERED (some
@@ -37,6 +44,7 @@ class OrderStatus(enum.StrEnum):
     IN_TRANSIT = "IN_TRANSIT"
     PARTIALLY_DELIVERED = "PARTIALLY_DELIVERED"
     DELIVERED = "DELIVERED"
+    RECEIPT_CONFIRMED = "RECEIPT_CONFIRMED"  # the buyer has it (confirmed, or by the clock)
     COMPLETED = "COMPLETED"
     EXPIRED = "EXPIRED"
     CANCELLED = "CANCELLED"
@@ -59,7 +67,8 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.SHIPPED: frozenset({S.IN_TRANSIT, S.PARTIALLY_DELIVERED, S.DELIVERED, S.NEEDS_ATTENTION}),
     S.IN_TRANSIT: frozenset({S.PARTIALLY_DELIVERED, S.DELIVERED, S.NEEDS_ATTENTION}),
     S.PARTIALLY_DELIVERED: frozenset({S.DELIVERED, S.NEEDS_ATTENTION}),
-    S.DELIVERED: frozenset({S.COMPLETED}),
+    S.DELIVERED: frozenset({S.RECEIPT_CONFIRMED}),
+    S.RECEIPT_CONFIRMED: frozenset({S.COMPLETED}),
     # An operator resolves an order that needs attention by moving it on or cancelling it.
     S.NEEDS_ATTENTION: frozenset(
         {S.PAID, S.PARTIALLY_SHIPPED, S.SHIPPED, S.IN_TRANSIT, S.PARTIALLY_DELIVERED}

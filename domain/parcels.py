@@ -21,7 +21,7 @@ the cancel path:
    EXCEPTION flags the order ``tracking_exception: parcel <id> (<warehouse>): <text>`` (or
    ``tracking_returned: …``), EXPIRED flags it ``tracking_expired: parcel <id> (<warehouse>)``;
    any other move takes the order up the shipping ladder to its progress (never down, rungs
-   may be skipped: :data:`domain.orders.SHIPPING_LADDER`), then COMPLETED after DELIVERED. An
+   may be skipped: :data:`domain.orders.SHIPPING_LADDER`); DELIVERED is its top. An
    order flagged by a tracking exception (not a return) moves on the same way once no live
    parcel is in EXCEPTION or EXPIRED any more: the carrier resolved it. A one-parcel order
    follows :func:`domain.tracking.order_follows`, exactly as before parcels existed.
@@ -125,8 +125,8 @@ def order_progress(parcels: Sequence[Parcel]) -> OrderStatus:
 
 
 def climb(current: OrderStatus | str, target: OrderStatus) -> tuple[OrderStatus, ...]:
-    """The moves that take an order from ``current`` up the shipping ladder to ``target``, then
-    COMPLETED after DELIVERED; none if ``target`` is not higher up. Each move goes to the
+    """The moves that take an order from ``current`` up the shipping ladder to ``target``;
+    none if ``target`` is not higher up. Each move goes to the
     highest rung not past ``target`` that the transition table allows (rungs are skipped when
     it may: PAID may reach SHIPPED but not IN_TRANSIT in one move). An order flagged
     NEEDS_ATTENTION climbs straight to ``target`` (the caller decides whether it may)."""
@@ -142,8 +142,6 @@ def climb(current: OrderStatus | str, target: OrderStatus) -> tuple[OrderStatus,
             return tuple(moves)
         moves.append(step)
         cur = step
-    if moves and target == OrderStatus.DELIVERED:
-        moves.append(OrderStatus.COMPLETED)
     return tuple(moves)
 
 

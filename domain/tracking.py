@@ -266,7 +266,8 @@ def order_follows(
     """The order's next steps when its shipment moved to ``shipment``:
 
     1. Moving (IN_TRANSIT, last mile): a SHIPPED order goes IN_TRANSIT.
-    2. DELIVERED: a SHIPPED or IN_TRANSIT order goes DELIVERED, then COMPLETED.
+    2. DELIVERED: a SHIPPED or IN_TRANSIT order goes DELIVERED (receipt and the after-sale
+       window come later: :mod:`services.receipt`).
     3. EXCEPTION: the order is flagged ``tracking_exception: <text>``, or ``tracking_returned:
        <text>`` for a refused or returned parcel.
     4. EXPIRED: the order is flagged ``tracking_expired``.
@@ -284,7 +285,7 @@ def order_follows(
     if shipment == ShipmentStatus.DELIVERED and (
         current in (OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT) or resumable
     ):
-        return OrderFollow(moves=_allowed(current, (OrderStatus.DELIVERED, OrderStatus.COMPLETED)))
+        return OrderFollow(moves=_allowed(current, (OrderStatus.DELIVERED,)))
     flag = None
     if shipment == ShipmentStatus.EXCEPTION:
         flag = f"{RETURNED_REASON if returned else EXCEPTION_REASON}: {exception_text}"

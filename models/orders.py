@@ -24,7 +24,10 @@ class Order(Base):
     """An order as accepted from upstream. ``status`` follows ``domain.orders`` transitions.
 
     ``stage_deadline`` is when the sweeper must act if nothing else has moved the order on
-    (re-drive a lost message, or expire an unpaid reservation). ``body_hash`` detects the same
+    (re-drive a lost message, or expire an unpaid reservation). ``delivered_at`` and
+    ``receipt_confirmed_at`` are stamped (by the database's clock) when the order enters
+    DELIVERED and RECEIPT_CONFIRMED; the receipt sweep (:mod:`services.receipt`) counts the
+    auto-receive delay and the after-sale window from them. ``body_hash`` detects the same
     ``(source, external_id)`` sent again with a different body.
     """
 
@@ -39,6 +42,17 @@ class Order(Base):
         Index("ix_orders_status_created_at", "status", "created_at"),
         Index("ix_orders_source_created_at", "source", "created_at"),
         Index("ix_orders_payment_provider_created_at", "payment_provider", "created_at"),
+        # The receipt sweep's two claims (migration 0020): small, only the orders waiting.
+        Index(
+            "ix_orders_delivered_at",
+            "delivered_at",
+            postgresql_where=text("status = 'DELIVERED'"),
+        ),
+        Index(
+            "ix_orders_receipt_confirmed_at",
+            "receipt_confirmed_at",
+            postgresql_where=text("status = 'RECEIPT_CONFIRMED'"),
+        ),
         Index(
             "ix_orders_reason_created_at",
             "created_at",
@@ -61,6 +75,8 @@ class Order(Base):
     stage_deadline: Mapped[Timestamp | None]
     payment_deadline: Mapped[Timestamp | None]  # set at reservation; unpaid orders expire then
     stage_attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    delivered_at: Mapped[Timestamp | None]
+    receipt_confirmed_at: Mapped[Timestamp | None]
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
 

@@ -2,15 +2,17 @@
 
 Every service that changes an order's status goes through :func:`move_order`, so the transition
 table (:mod:`domain.orders`) is checked and the timeline and the status callback written in one
-place. The reservation stage, a hot path that moves orders with plain SQL and no ORM object,
-checks the table itself and then calls :func:`announce_move`, the same bookkeeping.
+place. It also stamps the moments the receipt sweep counts from (``delivered_at``,
+``receipt_confirmed_at``), by the database's clock so every host agrees. The reservation stage,
+a hot path that moves orders with plain SQL and no ORM object, checks the table itself and then
+calls :func:`announce_move`, the same bookkeeping.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, lazyload
 
 from domain.errors import NotFound
@@ -25,6 +27,12 @@ _LOCK_ORDER = (
     .options(lazyload(Order.lines))  # lines are rarely needed here; load them on access
     .with_for_update(of=Order)
 )
+
+#: The moments an order's later deadlines count from (:mod:`services.receipt`).
+_STAMPED = {
+    OrderStatus.DELIVERED: "delivered_at",
+    OrderStatus.RECEIPT_CONFIRMED: "receipt_confirmed_at",
+}
 
 
 def lock_order(session: Session, order_id: str) -> Order:
@@ -48,6 +56,8 @@ def move_order(
     ``parcel_id``: the parcel whose change moved it (its status callback shows that parcel)."""
     current = order.status
     order.status = ensure_transition(current, target)
+    if (stamp := _STAMPED.get(order.status)) is not None:
+        setattr(order, stamp, func.now())
     announce_move(session, order, current, target, actor=actor, detail=detail or None,
                   parcel_id=parcel_id)  # fmt: skip
 

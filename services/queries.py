@@ -124,6 +124,10 @@ def order_view(session: Session, order_id: str) -> dict[str, Any]:
         "customer_ref": order.customer_ref,
         "user_id": order.user_id,
         "stage_deadline": order.stage_deadline.isoformat() if order.stage_deadline else None,
+        "delivered_at": order.delivered_at.isoformat() if order.delivered_at else None,
+        "receipt_confirmed_at": (
+            order.receipt_confirmed_at.isoformat() if order.receipt_confirmed_at else None
+        ),
         "created_at": order.created_at.isoformat(),
         "updated_at": order.updated_at.isoformat(),
         "lines": [

@@ -56,6 +56,27 @@ def awaiting_payment(session: Session) -> list[tuple[str, str, str, str]]:
     return [(oid, ext, provider, trade) for oid, ext, provider, trade in rows]
 
 
+def delivered(session: Session) -> list[tuple[str, str]]:
+    """``(order id, external id)`` of every order delivered and not yet confirmed received."""
+    rows = session.execute(
+        select(Order.id, Order.external_id).where(Order.status == OrderStatus.DELIVERED)
+    ).all()
+    return [(oid, ext) for oid, ext in rows]
+
+
+def receipts_by(session: Session) -> dict[str, int]:
+    """How many orders reached RECEIPT_CONFIRMED: ``buyer`` (confirmed through the API or the
+    CLI) and ``clock`` (the sweep, ``AUTO_RECEIVE_S`` after delivery)."""
+    by_clock = OrderEvent.actor == "sweeper"
+    row = session.execute(
+        select(func.count().filter(~by_clock), func.count().filter(by_clock)).where(
+            OrderEvent.kind == "transition",
+            OrderEvent.to_status == OrderStatus.RECEIPT_CONFIRMED,
+        )
+    ).one()
+    return {"buyer": row[0], "clock": row[1]}
+
+
 def parcels_by_warehouse(session: Session) -> list[tuple[str, int, int]]:
     """``(warehouse, parcels booked, parcels delivered)`` per warehouse, by name. Booked: the
     parcel got a waybill (a parcel refused or cancelled before booking never does); a legacy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.ports import utcnow
+from services.receipt import sweep_receipts
 from services.sweeper import stamp_heartbeat
 from services.sweeper import sweep as sweep_orders
 from services.task_names import MAINTENANCE_SWEEP
@@ -13,12 +14,11 @@ from workers.app import app
 from workers.connections import redis_client
 from workers.publish import enqueue_followups, enqueue_reservations
 
-#: Set by every sweep; `orderflow doctor` reads its age to tell whether beat is alive.
-
 
 @app.task(name=MAINTENANCE_SWEEP, base=OrderflowTask, bind=True)
 def sweep(self: OrderflowTask) -> int:
-    """Re-drive stalled orders and expire unpaid ones; returns how many orders it acted on."""
+    """Re-drive stalled orders, expire unpaid ones, confirm receipt and complete orders whose
+    after-sale window passed; returns how many orders it acted on."""
     s = get_settings()
     try:
         with unit_of_work() as session:
@@ -26,8 +26,12 @@ def sweep(self: OrderflowTask) -> int:
                 session, now=utcnow(), redrive_after_s=s.intake_redrive_s, limit=s.sweep_batch,
                 book=s.shipping_mode == "book",
             )  # fmt: skip
+            receipts = sweep_receipts(
+                session, auto_receive_s=s.auto_receive_s, window_s=s.aftersale_window_s,
+                limit=s.sweep_batch,
+            )  # fmt: skip
     except Exception as exc:
         self.retry_or_fail(exc)
     stamp_heartbeat(redis_client())
     sent = enqueue_reservations(result.reserve) + enqueue_followups(result.followups)
-    return sent + len(result.expired)
+    return sent + len(result.expired) + len(receipts.confirmed) + len(receipts.completed)

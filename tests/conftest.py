@@ -37,6 +37,10 @@ TEST_ENV = {
     "TRACKING_INTERVAL_S": "0.3",
     "INTAKE_REDRIVE_S": "3",
     "TASK_MAX_RETRIES": "3",
+    # Receipt and the after-sale window at once: a journey with beat running ends COMPLETED
+    # within a sweep of delivery. Tests of the waiting itself set their own (test_receipt*.py).
+    "AUTO_RECEIVE_S": "0",
+    "AFTERSALE_WINDOW_S": "0",
     # The tests' callback receivers listen on loopback, which production refuses (the default
     # is empty); tests/security/test_ssrf.py and the rebinding test use the closed policy.
     "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",

@@ -24,7 +24,8 @@ DELIVERY_STATUSES = (PENDING, DELIVERED, FAILED, PAUSED)
 SHIPPED_OR_LATER = frozenset(
     {
         OrderStatus.PARTIALLY_SHIPPED, OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT,
-        OrderStatus.PARTIALLY_DELIVERED, OrderStatus.DELIVERED, OrderStatus.COMPLETED,
+        OrderStatus.PARTIALLY_DELIVERED, OrderStatus.DELIVERED, OrderStatus.RECEIPT_CONFIRMED,
+        OrderStatus.COMPLETED,
     }
 )  # fmt: skip
 MIN_SECRET_LEN = 16

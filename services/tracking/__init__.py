@@ -16,7 +16,8 @@ a push and a poll of the same parcel serialize on the order row and never deadlo
 statuses only move forward (:func:`domain.tracking.can_advance`); a stale or out-of-order
 result still adds its unseen events, and is recorded on the timeline as ignored.
 
-The order follows its shipment: SHIPPED -> IN_TRANSIT -> DELIVERED -> COMPLETED; EXCEPTION and
+The order follows its shipment: SHIPPED -> IN_TRANSIT -> DELIVERED (then
+receipt and COMPLETED: :mod:`services.receipt`); EXCEPTION and
 EXPIRED -> NEEDS_ATTENTION with the reason. An order flagged by a tracking exception is moved on
 again when the carrier resolves the problem (a later IN_TRANSIT or DELIVERED); an order flagged
 for any other reason is left to the operator. An order shipped as several parcels follows all of

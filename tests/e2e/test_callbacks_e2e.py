@@ -123,7 +123,7 @@ def test_every_status_change_is_delivered_signed_and_retried(
     assert moves == alone and moves, (moves, alone)
     assert transitions(p.get_order(completed)) == [
         "RECEIVED", "RESERVED", "AWAITING_PAYMENT", "PAID", "SHIPPED", "IN_TRANSIT",
-        "DELIVERED", "COMPLETED",
+        "DELIVERED", "RECEIPT_CONFIRMED", "COMPLETED",
     ]  # fmt: skip
     assert [status(o) for o in orders[1:]] == ["REJECTED", "EXPIRED", "CANCELLED", "REJECTED"]
     for event in (e for es in by_order.values() for e in es):

@@ -383,7 +383,7 @@ def test_order_tracking_in_chinese(browser, console_api, catalog, tmp_path):
     catalog({"P": 5})
     base, key = console_api
     order_id, waybill = _delivered_in_shanghai()
-    assert order_of(order_id)[0] == "COMPLETED"
+    assert order_of(order_id)[0] == "DELIVERED"
     log_in(browser, f"{base}/console/attention", key)
 
     # Found by its waybill through the search box.
@@ -392,7 +392,7 @@ def test_order_tracking_in_chinese(browser, console_api, catalog, tmp_path):
     with new_page(browser):
         search.submit()
     assert _by_id(browser, "order-id").text == order_id
-    assert browser.find_element(By.ID, "order-status").text == "COMPLETED"
+    assert browser.find_element(By.ID, "order-status").text == "DELIVERED"
     (shipment,) = browser.find_elements(By.CSS_SELECTOR, "section.parcel")
     assert "Parcel 1 of 1" in shipment.text
     assert "yuantong" in shipment.text and waybill in shipment.text and "DELIVERED" in shipment.text

@@ -131,6 +131,15 @@ def test_small_demo_shows_every_outcome_and_leaves_nothing_running(db, tmp_path)
     assert set(booked) == {"main", "east"}, booked
     assert all(b > 0 and d > 0 for b, d in booked.values()), booked
     assert int(checks.get("completed orders in 2 parcels", 0)) > 0, checks
+    # Receipt: some customers confirmed it through the API, the clock received the rest.
+    buyer, clock = (
+        int(n) for n in checks["receipt confirmed by the buyer / by the clock"].split(" / ")
+    )
+    assert (
+        buyer > 0
+        and clock > 0
+        and buyer + clock == int(checks["completed (delivered, received, window passed)"])
+    )
     assert "stopped API, workers, beat and simulators" in run.stdout
     assert_nothing_left(run)
 

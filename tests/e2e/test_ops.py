@@ -222,7 +222,8 @@ def test_orders_show_prints_the_timeline_of_a_real_order(start_pipeline, catalog
     assert run.returncode == 0, run.stderr
     out = run.stdout
     for pair in ("→ RECEIVED", "RECEIVED → RESERVED", "RESERVED → AWAITING_PAYMENT",
-                 "AWAITING_PAYMENT → PAID", "PAID → SHIPPED", "DELIVERED → COMPLETED"):  # fmt: skip
+                 "AWAITING_PAYMENT → PAID", "PAID → SHIPPED", "DELIVERED → RECEIPT_CONFIRMED",
+                 "RECEIPT_CONFIRMED → COMPLETED"):  # fmt: skip
         assert pair in out, pair
     # The in-line create (in the orders task) failed: handed to payments.create, which made it.
     assert re.search(r"orders\.(process|reserve_batch)", out) and "on orders@" in out
@@ -239,7 +240,7 @@ def test_orders_show_prints_the_timeline_of_a_real_order(start_pipeline, catalog
     view = json.loads(as_json.stdout)
     assert view["status"] == "COMPLETED"
     kinds = [c["event_type"] for c in view["callbacks"]]
-    assert kinds.count("order.status_changed") == 8  # RECEIVED … COMPLETED
+    assert kinds.count("order.status_changed") == 9  # RECEIVED … RECEIPT_CONFIRMED, COMPLETED
     # The parcel's moves that left the order where it was, each naming the parcel.
     (parcel,) = view["parcels"]
     told = [c["parcel"] for c in view["callbacks"] if c["event_type"] == "order.parcel_updated"]

@@ -82,7 +82,8 @@ def test_manual_waybill_registration(start_pipeline, catalog, monkeypatch):
         f"/v1/orders/{oid}/shipments", {"carrier": "zhongtong", "waybill": "ZT999999999"}
     )
     assert other.status_code == 409
-    assert p.get_order(oid)["status"] in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
+    assert p.get_order(oid)["status"] in ("SHIPPED", "IN_TRANSIT", "DELIVERED",
+                                          "RECEIPT_CONFIRMED", "COMPLETED")  # fmt: skip
     assert stock_of("M") == (3, 0)
     assert p.stack.warehouse.ledger()["bookings"] == {}  # manual mode books nothing
 
@@ -104,7 +105,8 @@ def test_full_journey_to_completed_by_push(start_pipeline, catalog):
     wait_until(lambda: p.get_order(oid)["status"] == "COMPLETED", 90)
     view = p.get_order(oid)
     assert transitions(view) == ["RECEIVED", "RESERVED", "AWAITING_PAYMENT", "PAID", "SHIPPED",
-                                 "IN_TRANSIT", "DELIVERED", "COMPLETED"]  # fmt: skip
+                                 "IN_TRANSIT", "DELIVERED", "RECEIPT_CONFIRMED",
+                                 "COMPLETED"]  # fmt: skip
     assert tracking_entries(view, "push") and not [
         e for e in tracking_entries(view, "poll") if (e["detail"] or {}).get("new_events")
     ]
@@ -212,7 +214,8 @@ def test_cli_registers_a_waybill(start_pipeline, catalog, monkeypatch):
     other = register("zhongtong", "ZT5550000002")
     assert other.returncode != 0  # one parcel per order
     view = p.get_order(oid)
-    assert view["status"] in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "COMPLETED")
+    assert view["status"] in ("SHIPPED", "IN_TRANSIT", "DELIVERED", "RECEIPT_CONFIRMED",
+                              "COMPLETED")  # fmt: skip
     assert (view["shipment"]["carrier"], view["shipment"]["waybill"]) == (
         "zhongtong", "ZT5550000001",
     )  # fmt: skip

@@ -67,17 +67,17 @@ def test_every_status_change_reaches_the_receiver_signed(catalog, receiver):
         move_order(s, lock_order(s, oid), "IN_TRANSIT")
 
     step("IN_TRANSIT", in_transit)
-    for target in ("DELIVERED", "COMPLETED"):
+    for target in ("DELIVERED", "RECEIPT_CONFIRMED", "COMPLETED"):
         step(target, move(target))
 
-    assert run_deliveries() == 8
+    assert run_deliveries() == 9
     got = receiver.at("/web")
     statuses = [r.event["data"]["order"]["status"] for r in got]
     assert statuses == ["RECEIVED", "RESERVED", "AWAITING_PAYMENT", "PAID", "SHIPPED",
-                        "IN_TRANSIT", "DELIVERED", "COMPLETED"]  # fmt: skip
+                        "IN_TRANSIT", "DELIVERED", "RECEIPT_CONFIRMED", "COMPLETED"]  # fmt: skip
     assert all(verified(r) for r in got)
     ids = [r.headers["X-Orderflow-Event-Id"] for r in got]
-    assert len(set(ids)) == 8 and ids == [r.event["id"] for r in got]
+    assert len(set(ids)) == 9 and ids == [r.event["id"] for r in got]
     assert [r.event["sequence"] for r in got] == sorted(r.event["sequence"] for r in got)
     by_status = {r.event["data"]["order"]["status"]: r.event["data"] for r in got}
     assert by_status["RESERVED"]["order"]["previous_status"] == "RECEIVED"

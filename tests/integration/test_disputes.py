@@ -74,7 +74,7 @@ def order_of(oid: str) -> tuple[str, str | None]:
 @pytest.mark.parametrize(
     ("status", "expected"),
     [("PAID", "NEEDS_ATTENTION"), ("IN_TRANSIT", "NEEDS_ATTENTION"), ("DELIVERED", "DELIVERED"),
-     ("COMPLETED", "COMPLETED")],
+     ("RECEIPT_CONFIRMED", "RECEIPT_CONFIRMED"), ("COMPLETED", "COMPLETED")],
 )  # fmt: skip
 def test_an_opened_dispute_flags_or_lists_the_order(catalog, status: str, expected: str) -> None:
     catalog({"P": 5})

@@ -181,6 +181,7 @@ def test_key_bound_to_a_source_sees_and_acts_on_that_source_only(client, api_key
         client.post(f"/v1/orders/{theirs}/cancel", json={"reason": "x"}, headers=headers),
         client.post(f"/v1/orders/{theirs}/refunds", json={"amount": 1}, headers=headers),
         client.post(f"/v1/orders/{theirs}/shipments", json=waybill, headers=headers),
+        client.post(f"/v1/orders/{theirs}/receipt", headers=headers),
     ]
     for r in refused:
         assert r.status_code == 404, r.text

@@ -235,7 +235,7 @@ def test_every_parcel_is_tracked_and_the_order_completes_when_all_are_delivered(
         f"tracking_exception: parcel {south} (south): 包裹破损",
     )
     apply(south, res(TS.DELIVERED, broken, ev(t + timedelta(hours=3), TS.DELIVERED, "3")))
-    assert (status(oid), reason(oid)) == ("COMPLETED", "")
+    assert (status(oid), reason(oid)) == ("DELIVERED", "")
 
 
 def _book_first_parcel_only(oid: str) -> int:
@@ -484,11 +484,10 @@ def test_each_parcel_change_is_announced_once_naming_the_parcel(two_warehouses, 
         (status_changed, "PARTIALLY_DELIVERED", "DELIVERED", None),
         (status_changed, "NEEDS_ATTENTION", "EXCEPTION", None),
         (status_changed, "DELIVERED", "DELIVERED", None),
-        (status_changed, "COMPLETED", "DELIVERED", None),
     ]  # fmt: skip
     waybills = {p[0]: p[4] for p in parcels(oid)}
     moved = [waybills[north], waybills[south], waybills[north], None, waybills[north],
-             waybills[south], waybills[south], waybills[south]]  # fmt: skip
+             waybills[south], waybills[south]]  # fmt: skip
     assert [e["data"].get("tracking", {}).get("waybill") for e in got] == moved
     assert got[3]["data"]["parcel"]["previous_status"] == "PENDING"
     assert got[3]["data"]["order"]["previous_status"] == "IN_TRANSIT"

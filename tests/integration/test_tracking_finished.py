@@ -157,7 +157,7 @@ def test_a_delivered_parcel_signed_for_is_not_claimed_again(k100):
     shipment = get_shipment(sid)
     assert (shipment.status, shipment.next_poll_at) == ("DELIVERED", None)
     assert shipment.tracking_ended_at is not None
-    assert get_order(oid).status == "COMPLETED"
+    assert get_order(oid).status == "DELIVERED"
     assert _claimable(days=30) == []
     assert tracking_entries(oid)[-1]["tracking_ended"] == "signed for (ischeck=1)"
 

@@ -43,7 +43,7 @@ class TestMoney:
 class TestTransitions:
     def test_happy_path_is_legal(self):
         path = ["RECEIVED", "RESERVED", "AWAITING_PAYMENT", "PAID", "SHIPPED", "IN_TRANSIT",
-                "DELIVERED", "COMPLETED"]  # fmt: skip
+                "DELIVERED", "RECEIPT_CONFIRMED", "COMPLETED"]  # fmt: skip
         for a, b in itertools.pairwise(path):
             assert ensure_transition(a, b) == OrderStatus(b)
 
@@ -58,6 +58,13 @@ class TestTransitions:
     def test_every_status_has_a_row(self):
         assert set(TRANSITIONS) == set(OrderStatus)
         assert {"REJECTED", "EXPIRED", "CANCELLED", "COMPLETED"} == set(FINAL_STATUSES)
+
+    def test_a_delivered_order_completes_only_through_receipt(self):
+        with pytest.raises(InvalidTransition):
+            ensure_transition("DELIVERED", "COMPLETED")
+        assert ensure_transition("DELIVERED", "RECEIPT_CONFIRMED") == "RECEIPT_CONFIRMED"
+        with pytest.raises(InvalidTransition):  # received goods are returned, not re-flagged
+            ensure_transition("RECEIPT_CONFIRMED", "NEEDS_ATTENTION")
 
 
 class TestAllocation:

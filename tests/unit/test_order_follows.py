@@ -18,15 +18,16 @@ FLAGGED = "tracking_exception: parcel damaged"
         (O.SHIPPED, None, S.IN_TRANSIT, OrderFollow(moves=(O.IN_TRANSIT,))),
         (O.SHIPPED, None, S.OUT_FOR_DELIVERY, OrderFollow(moves=(O.IN_TRANSIT,))),
         (O.IN_TRANSIT, None, S.OUT_FOR_DELIVERY, OrderFollow()),
-        # 2. delivered: through DELIVERED to COMPLETED
-        (O.SHIPPED, None, S.DELIVERED, OrderFollow(moves=(O.DELIVERED, O.COMPLETED))),
-        (O.IN_TRANSIT, None, S.DELIVERED, OrderFollow(moves=(O.DELIVERED, O.COMPLETED))),
+        # 2. delivered: DELIVERED, and no further (receipt is the buyer's, or the clock's)
+        (O.SHIPPED, None, S.DELIVERED, OrderFollow(moves=(O.DELIVERED,))),
+        (O.IN_TRANSIT, None, S.DELIVERED, OrderFollow(moves=(O.DELIVERED,))),
+        (O.RECEIPT_CONFIRMED, None, S.DELIVERED, OrderFollow()),
         (O.COMPLETED, None, S.DELIVERED, OrderFollow()),
         # 4. expired: flagged
         (O.IN_TRANSIT, None, S.EXPIRED, OrderFollow(flag="tracking_expired")),
         # 5. a tracking exception the carrier resolved moves on
         (O.NEEDS_ATTENTION, FLAGGED, S.IN_TRANSIT, OrderFollow(moves=(O.IN_TRANSIT,))),
-        (O.NEEDS_ATTENTION, FLAGGED, S.DELIVERED, OrderFollow(moves=(O.DELIVERED, O.COMPLETED))),
+        (O.NEEDS_ATTENTION, FLAGGED, S.DELIVERED, OrderFollow(moves=(O.DELIVERED,))),
         # ... but a return, or a flag of any other kind, stays for the operator
         (O.NEEDS_ATTENTION, "tracking_returned: refused", S.DELIVERED, OrderFollow()),
         (O.NEEDS_ATTENTION, "amount_mismatch", S.IN_TRANSIT, OrderFollow()),

@@ -67,7 +67,7 @@ def test_progress_needs_a_parcel() -> None:
         order_progress([])
 
 
-def test_climbing_only_goes_up_the_ladder_and_completes_after_delivered() -> None:
+def test_climbing_only_goes_up_the_ladder_and_stops_at_delivered() -> None:
     for cur, target in itertools.product(SHIPPING_LADDER, SHIPPING_LADDER):
         moves = climb(cur, target)
         if SHIPPING_LADDER.index(target) <= SHIPPING_LADDER.index(cur):
@@ -75,11 +75,10 @@ def test_climbing_only_goes_up_the_ladder_and_completes_after_delivered() -> Non
             continue
         path = (cur, *moves)
         assert all(can_transition(a, b) for a, b in itertools.pairwise(path)), path
-        ladder = [m for m in moves if m != S.COMPLETED]
-        assert ladder[-1] == target and ladder == sorted(ladder, key=SHIPPING_LADDER.index)
-        assert (moves[-1] == S.COMPLETED) == (target == S.DELIVERED)
+        assert moves[-1] == target and list(moves) == sorted(moves, key=SHIPPING_LADDER.index)
     assert climb(S.CANCELLED, S.SHIPPED) == ()
-    assert climb(S.NEEDS_ATTENTION, S.DELIVERED) == (S.DELIVERED, S.COMPLETED)
+    assert climb(S.RECEIPT_CONFIRMED, S.DELIVERED) == ()
+    assert climb(S.NEEDS_ATTENTION, S.DELIVERED) == (S.DELIVERED,)
 
 
 @pytest.mark.parametrize("status", [T.IN_TRANSIT, T.OUT_FOR_DELIVERY, T.DELIVERED])
@@ -99,9 +98,7 @@ def test_two_parcels_complete_only_when_both_are_delivered() -> None:
     one = [Parcel(1, "north", True, T.DELIVERED), Parcel(2, "south", True, T.IN_TRANSIT)]
     assert follow_parcels(S.IN_TRANSIT, None, one, one[0]).moves == (S.PARTIALLY_DELIVERED,)
     both = [Parcel(1, "north", True, T.DELIVERED), Parcel(2, "south", True, T.DELIVERED)]
-    assert follow_parcels(S.PARTIALLY_DELIVERED, None, both, both[1]).moves == (
-        S.DELIVERED, S.COMPLETED,
-    )  # fmt: skip
+    assert follow_parcels(S.PARTIALLY_DELIVERED, None, both, both[1]).moves == (S.DELIVERED,)
     # A scan of the parcel still moving changes nothing once one is delivered.
     assert follow_parcels(S.PARTIALLY_DELIVERED, None, one, one[1]).moves == ()
 
@@ -118,9 +115,7 @@ def test_a_parcel_in_exception_flags_the_order_naming_it_and_resolving_moves_it_
     assert follow_parcels(S.NEEDS_ATTENTION, flag, [other, bad], other).moves == ()
     # The carrier resolves the exception: the order moves on to what its parcels say.
     fixed = Parcel(7, "south", True, T.DELIVERED)
-    assert follow_parcels(S.NEEDS_ATTENTION, flag, [other, fixed], fixed).moves == (
-        S.DELIVERED, S.COMPLETED,
-    )  # fmt: skip
+    assert follow_parcels(S.NEEDS_ATTENTION, flag, [other, fixed], fixed).moves == (S.DELIVERED,)
     # A flag for anything else (a return, a booking refusal) is left to a person.
     assert follow_parcels(S.NEEDS_ATTENTION, returned, [other, fixed], fixed).moves == ()
     expired = Parcel(7, "south", True, T.EXPIRED)
