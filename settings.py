@@ -197,6 +197,16 @@ class Settings(BaseSettings):
         description="After receipt, how long returns may be requested; the order is "
         "COMPLETED when it passes",
     )  # fmt: skip
+    return_ship_back_s: int = Field(
+        7 * 86_400, ge=0,
+        description="An approved return whose parcel is not shipped back this long after "
+        "approval is closed",
+    )  # fmt: skip
+    return_auto_approve_max: int | None = Field(
+        None, ge=0,
+        description="Returns asking for at most this many minor units on returnable products "
+        "are approved without an operator; unset: an operator decides every one",
+    )  # fmt: skip
     reserve_batch_max: int = Field(
         50,
         ge=1,

@@ -29,6 +29,7 @@ from api.metrics_access import install_metrics, metrics_lifespan
 from api.orders import order_message_schemas
 from api.orders import router as orders_router
 from api.payments import router as payments_router
+from api.returns import router as returns_router
 from api.shipping import router as shipping_router
 from api.users import router as users_router
 from settings import get_settings
@@ -47,6 +48,7 @@ def create_app() -> FastAPI:
     # The intake route first: FastAPI tries routes in order, and matching each one costs CPU
     # on the hottest path (no other router has a /v1/orders path, so none is shadowed).
     app.include_router(orders_router)
+    app.include_router(returns_router)
     # Static webhook paths (/webhooks/kuaidi100) before the /webhooks/{provider} pattern.
     app.include_router(shipping_router)
     app.include_router(payments_router)

@@ -1,5 +1,6 @@
 """SQLAlchemy 2.0 typed mappings for every orderflow table; migrations live in ``migrations/``."""
 
+from models.aftersale import Return, ReturnLine
 from models.api_keys import ApiKey
 from models.base import Base
 from models.callbacks import CallbackDelivery, CallbackEndpoint
@@ -31,6 +32,8 @@ __all__ = [
     "ProductPrice",
     "Refund",
     "Reservation",
+    "Return",
+    "ReturnLine",
     "SettlementDifference",
     "SettlementFile",
     "SettlementLine",

@@ -21,6 +21,10 @@ class Product(Base):
     price_amount: Mapped[MinorUnits]
     currency: Mapped[Currency]
     active: Mapped[bool] = mapped_column(server_default=text("true"))
+    # After-sale (issue 22): whether a return may be approved without an operator, and the
+    # product's own window after receipt (None: AFTERSALE_WINDOW_S).
+    returnable: Mapped[bool] = mapped_column(server_default=text("true"))
+    return_window_s: Mapped[int | None]
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
 

@@ -57,6 +57,7 @@ def move_order(
     current = order.status
     order.status = ensure_transition(current, target)
     if (stamp := _STAMPED.get(order.status)) is not None:
+        # Written as SQL (no extra round trip): the attribute reads back after the flush.
         setattr(order, stamp, func.now())
     announce_move(session, order, current, target, actor=actor, detail=detail or None,
                   parcel_id=parcel_id)  # fmt: skip

@@ -8,7 +8,9 @@
    ``auto_receive_s`` after delivery (:func:`domain.aftersale.receipt_due`); the sweep moves it
    to RECEIPT_CONFIRMED with ``auto`` in the timeline's detail.
 3. **Completion**: a RECEIPT_CONFIRMED order whose after-sale window (``window_s`` after
-   receipt, :func:`domain.aftersale.window_ends`) has passed moves to COMPLETED.
+   receipt, :func:`domain.aftersale.window_ends`) has passed moves to COMPLETED, unless a
+   return of it is still open (not in :data:`domain.aftersale.FINAL_STATUSES`): it completes
+   at the first sweep after its last return is over.
 4. **Clock and claims.** Both moments are stamped by :func:`services.order_state.move_order`
    with the database's clock, and the sweep compares them with the same clock (``now`` only
    overrides it in tests), so hosts whose clocks disagree still agree on every deadline. The
@@ -25,12 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, func, literal, select
+from sqlalchemy import ColumnElement, DateTime, exists, func, literal, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from domain.aftersale import FINAL_STATUSES as RETURN_FINAL
 from domain.errors import ConflictError
 from domain.orders import OrderStatus
-from models import Order
+from models import Order, Return
 from services.order_state import lock_order, move_order
 
 ACTOR = "sweeper"
@@ -92,9 +95,14 @@ def _claim(
     limit: int,
     now: datetime | None,
 ) -> list[Order]:
-    """Orders in ``status`` whose ``since`` moment is ``after_s`` or more in the past."""
+    """Orders in ``status`` whose ``since`` moment is ``after_s`` or more in the past (for
+    completion: with no open return)."""
     clock: ColumnElement[Any] = func.now() if now is None else literal(now, DateTime(True))
     due = since <= clock - timedelta(seconds=after_s)
+    if status == OrderStatus.RECEIPT_CONFIRMED:
+        open_return = exists().where(Return.order_id == Order.id,
+                                     Return.status.not_in(list(RETURN_FINAL)))  # fmt: skip
+        due = due & ~open_return
     return list(
         session.scalars(
             select(Order)

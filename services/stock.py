@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import Reservation, Stock, StockMovement
@@ -159,3 +160,43 @@ def ship_reservations(
         ],
     )
     return sum(r.quantity for r in active)
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """Units of a return that arrived at ``warehouse``, with the ledger kind they go under
+    (:func:`domain.aftersale.ledger_kind`) and their change to on hand."""
+
+    sku: str
+    warehouse: str
+    kind: str  # return_restock | write_off
+    delta_on_hand: int
+    units: int
+
+
+def receive_returned(
+    session: Session, order_id: str, rows: Sequence[Returned], *, actor: str, reason: str
+) -> None:
+    """Returned units come back: restocked ones raise ``on_hand`` (the stock row is made if
+    the warehouse never held the SKU), written-off ones change no counter; every row is a
+    ledger row, so the drift report follows. ``reason`` names the return."""
+    if not rows:
+        return
+    keys = {(r.sku, r.warehouse) for r in rows}
+    session.execute(
+        pg_insert(Stock)
+        .values([{"sku": sku, "warehouse": wh, "on_hand": 0, "reserved": 0} for sku, wh in keys])
+        .on_conflict_do_nothing()
+    )
+    locked = lock_stock(session, keys)
+    for r in rows:
+        locked[(r.sku, r.warehouse)].on_hand += r.delta_on_hand
+    session.execute(
+        insert(StockMovement),
+        [
+            {"sku": r.sku, "warehouse": r.warehouse, "kind": r.kind,
+             "delta_on_hand": r.delta_on_hand, "order_id": order_id,
+             "reason": f"{reason}: {r.units} unit(s)"[:200], "actor": actor}
+            for r in rows
+        ],
+    )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.ports import utcnow
 from services.receipt import sweep_receipts
+from services.returns import sweep_overdue
 from services.sweeper import stamp_heartbeat
 from services.sweeper import sweep as sweep_orders
 from services.task_names import MAINTENANCE_SWEEP
@@ -18,7 +19,8 @@ from workers.publish import enqueue_followups, enqueue_reservations
 @app.task(name=MAINTENANCE_SWEEP, base=OrderflowTask, bind=True)
 def sweep(self: OrderflowTask) -> int:
     """Re-drive stalled orders, expire unpaid ones, confirm receipt and complete orders whose
-    after-sale window passed; returns how many orders it acted on."""
+    after-sale window passed, close returns never shipped back; returns how many orders (and
+    returns) it acted on."""
     s = get_settings()
     try:
         with unit_of_work() as session:
@@ -30,8 +32,10 @@ def sweep(self: OrderflowTask) -> int:
                 session, auto_receive_s=s.auto_receive_s, window_s=s.aftersale_window_s,
                 limit=s.sweep_batch,
             )  # fmt: skip
+            closed = sweep_overdue(session, now=utcnow(), limit=s.sweep_batch)
     except Exception as exc:
         self.retry_or_fail(exc)
     stamp_heartbeat(redis_client())
     sent = enqueue_reservations(result.reserve) + enqueue_followups(result.followups)
-    return sent + len(result.expired) + len(receipts.confirmed) + len(receipts.completed)
+    moved = len(receipts.confirmed) + len(receipts.completed) + len(closed)
+    return sent + len(result.expired) + moved

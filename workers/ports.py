@@ -14,6 +14,7 @@ from services.callbacks.rules import RetryPolicy
 from services.payments import PaymentConfig
 from services.ports import Ports, utcnow
 from services.provider_calls import gate_for
+from services.returns import ReturnPolicy
 from services.shipping import ShippingConfig
 from services.tracking.poll import TrackingConfig
 from settings import get_settings
@@ -55,6 +56,13 @@ def shipping_config() -> ShippingConfig:
         push_url=f"{s.public_base_url.rstrip('/')}/webhooks/kuaidi100",
         policy=allocation_policy(),
     )
+
+
+def return_policy() -> ReturnPolicy:
+    """``AFTERSALE_WINDOW_S``, ``RETURN_SHIP_BACK_S`` and ``RETURN_AUTO_APPROVE_MAX``."""
+    s = get_settings()
+    return ReturnPolicy(window_s=s.aftersale_window_s, ship_back_s=s.return_ship_back_s,
+                        auto_approve_max=s.return_auto_approve_max)  # fmt: skip
 
 
 #: A shipment that got a push this recently is polled only as a fallback (in real hours).

@@ -1,0 +1,187 @@
+"""A return arrives, and what it is worth (issue 22): receiving the parcel with a disposition per
+line, the stock it puts back, and the line refund.
+
+1. **Receiving** (:func:`receive`): the warehouse names, for every line of a return awaiting
+   its parcel, how many units it restocks, found DAMAGED and never got (LOST); they must add
+   up to the line's quantity (422 naming ``lines.<i>.<field>``). Restocked units go back on
+   hand in ``warehouse`` (default: the one the line shipped from) as ``return_restock`` ledger
+   rows, damaged ones are ``write_off`` rows that change no counter, lost ones write nothing
+   (:func:`domain.aftersale.ledger_kind`). The same receipt again answers where the return
+   stands; a return not awaiting its parcel is a 409 naming ``status``.
+2. **Settling** (:func:`domain.aftersale.after_receipt`): the units not LOST are settled; a
+   return-and-refund with any is refunded for them (REFUNDED), one with none is CLOSED.
+3. **The refund** (:func:`settle_refund`): each line refunds the settled units' part of its
+   charged share (:func:`line_shares_of`, :func:`domain.aftersale.refund_for` over the units
+   earlier returns refunded), the total cut down to what is left to refund of the capture
+   (:func:`services.payments.refunds.refundable`: earlier refunds and cancellations count), and
+   is requested through the same idempotent refund machinery as every refund, with the number
+   ``return-<id>`` stored in this transaction: a crash after the commit sends it once, by the
+   same number, whatever retries follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from domain import aftersale as rules
+from domain.aftersale import Disposition, ReturnKind, ReturnStatus
+from domain.errors import ConflictError, ValidationError
+from models import Order, Return, ReturnLine, Shipment, ShipmentLine
+from services.followup import Followup
+from services.payments.common import lock_payment
+from services.payments.refunds import refundable, request_refund
+from services.return_state import lock_return, move_return
+from services.stock import Returned, receive_returned
+
+#: What the warehouse found of one line: (restock, damaged, lost) units.
+Found = tuple[int, int, int]
+
+
+def line_shares_of(order: Order) -> dict[str, int]:
+    """Each SKU's share of what the order was charged (:func:`domain.aftersale.line_shares`,
+    first line of a SKU only, as returns name lines by SKU)."""
+    lines: list[tuple[str, int, int]] = []
+    for line in order.lines:
+        if all(sku != line.sku for sku, _q, _u in lines):
+            lines.append((line.sku, line.quantity, line.unit_amount or 0))
+    return rules.line_shares(lines, order.total_amount)
+
+
+def refunded_units(session: Session, order_id: str) -> dict[str, int]:
+    """Units of each SKU that earlier REFUNDED returns paid back: a received line's restocked
+    and damaged units, a refund-only line's whole quantity."""
+    settled = case(
+        (ReturnLine.restocked + ReturnLine.damaged + ReturnLine.lost == 0, ReturnLine.quantity),
+        else_=ReturnLine.restocked + ReturnLine.damaged,
+    )
+    rows = session.execute(
+        select(ReturnLine.sku, func.sum(settled))
+        .join(Return, Return.id == ReturnLine.return_id)
+        .where(Return.order_id == order_id, Return.status == ReturnStatus.REFUNDED)
+        .group_by(ReturnLine.sku)
+    ).all()
+    return {sku: int(units) for sku, units in rows}
+
+
+def settle_refund(
+    session: Session,
+    order: Order,
+    ret: Return,
+    units: Mapping[str, int],
+    *,
+    actor: str,
+    now: datetime,
+) -> list[Followup]:
+    """Rule 3: request the refund of ``units`` (by SKU) of the locked return ``ret``; stores
+    each line's amount and the return's total. Returns the refund task (none when nothing is
+    left to refund)."""
+    shares, before = line_shares_of(order), refunded_units(session, order.id)
+    quantity = {line.sku: line.quantity for line in reversed(order.lines)}
+    total = 0
+    for line in ret.lines:
+        n = units.get(line.sku, 0)
+        line.refund_amount = rules.refund_for(shares[line.sku], quantity[line.sku],
+                                              before.get(line.sku, 0), n)  # fmt: skip
+        total += line.refund_amount
+    payment = lock_payment(session, order.id)
+    left = refundable(session, payment) if payment is not None else 0
+    ret.refund_amount = rules.cap_refund(total, left, 0, clamp=True)
+    if payment is None or ret.refund_amount == 0:
+        return []
+    ret.refund_no = f"return-{ret.id}"
+    followup = request_refund(
+        session, order, payment, amount=ret.refund_amount, refund_no=ret.refund_no,
+        reason=f"return {ret.id}: {ret.reason}", actor=actor, now=now,
+    )  # fmt: skip
+    return [followup] if followup is not None else []
+
+
+def receive(
+    session: Session,
+    return_id: int,
+    found: Sequence[tuple[str, Found]],
+    *,
+    warehouse: str | None,
+    default_warehouse: str,
+    actor: str,
+    now: datetime,
+) -> tuple[str, list[Followup]]:
+    """Rules 1-3: the warehouse's receipt of a return; returns its status after it and the
+    refund task to publish after the commit."""
+    order, ret = lock_return(session, return_id)
+    if ret.received_at is not None:
+        return ret.status, []
+    if ret.status != ReturnStatus.AWAITING_PARCEL:
+        raise ConflictError(f"return {return_id} is {ret.status}; it is not awaiting a parcel",
+                            field="status")  # fmt: skip
+    by_sku = _check_found(ret, found)
+    ret.received_at, ret.warehouse = now, warehouse
+    rows = []
+    for line in ret.lines:
+        line.restocked, line.damaged, line.lost = by_sku[line.sku]
+        where = warehouse or _shipped_from(session, order.id, line.sku) or default_warehouse
+        rows += _ledger_rows(line, where)
+    receive_returned(session, order.id, rows, actor=actor, reason=f"return {ret.id}")
+    move_return(session, ret, ReturnStatus.RECEIVED, actor,
+                found={sku: list(f) for sku, f in by_sku.items()})  # fmt: skip
+    settled = rules.settled_units(
+        (line.sku, d, n) for line in ret.lines
+        for d, n in ((Disposition.RESTOCK, line.restocked), (Disposition.DAMAGED, line.damaged))
+    )  # fmt: skip
+    target = rules.after_receipt(ReturnKind(ret.kind), sum(settled.values()))
+    followups: list[Followup] = []
+    if target == ReturnStatus.REFUNDED:
+        followups = settle_refund(session, order, ret, settled, actor=actor, now=now)
+        move_return(session, ret, target, actor, amount=ret.refund_amount)
+    else:
+        move_return(session, ret, target, actor, note="nothing arrived to settle")
+    return ret.status, followups
+
+
+def _check_found(ret: Return, found: Sequence[tuple[str, Found]]) -> dict[str, Found]:
+    """Every line of the return named once, its three counts adding up to its quantity."""
+    quantity = {line.sku: line.quantity for line in ret.lines}
+    by_sku: dict[str, Found] = {}
+    for i, (sku, counts) in enumerate(found):
+        if sku not in quantity:
+            raise ValidationError(f"lines.{i}.sku", f"{sku!r} is not a line of this return")
+        if sku in by_sku:
+            raise ValidationError(f"lines.{i}.sku", f"{sku!r} is named twice")
+        if any(n < 0 for n in counts) or sum(counts) != quantity[sku]:
+            raise ValidationError(
+                f"lines.{i}.restock",
+                f"restock + damaged + lost must be the {quantity[sku]} unit(s) returned",
+            )
+        by_sku[sku] = counts
+    missing = [sku for sku in quantity if sku not in by_sku]
+    if missing:
+        raise ValidationError("lines", f"every line of the return must be named; missing {missing}")
+    return by_sku
+
+
+def _ledger_rows(line: ReturnLine, warehouse: str) -> list[Returned]:
+    rows = []
+    for disposition, units in ((Disposition.RESTOCK, line.restocked),
+                               (Disposition.DAMAGED, line.damaged)):  # fmt: skip
+        kind = rules.ledger_kind(disposition)
+        if units and kind is not None:
+            delta = rules.on_hand_delta(disposition, units)
+            rows.append(Returned(line.sku, warehouse, kind, delta, units))
+    return rows
+
+
+def _shipped_from(session: Session, order_id: str, sku: str) -> str | None:
+    """The warehouse whose parcel carried ``sku`` to the buyer (the first, if several did)."""
+    return session.scalar(
+        select(Shipment.warehouse)
+        .join(ShipmentLine, ShipmentLine.shipment_id == Shipment.id)
+        .where(
+            Shipment.order_id == order_id, ShipmentLine.sku == sku, Shipment.waybill.is_not(None)
+        )
+        .order_by(Shipment.seq)
+        .limit(1)
+    )

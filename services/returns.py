@@ -1,0 +1,280 @@
+"""Returns: asking for one, and the decision on it (issue 22). The rules are
+:mod:`domain.aftersale`'s; receiving the parcel and settling are in
+:mod:`services.return_receipt`.
+
+1. **Who may ask, and when** (:func:`request_return`). A refund-only return may be asked for
+   once the order has shipped (SHIPPED … RECEIPT_CONFIRMED: a parcel lost on the way is paid
+   back without coming back); a return-and-refund once it is delivered (DELIVERED or
+   RECEIPT_CONFIRMED). After the after-sale window (``AFTERSALE_WINDOW_S`` from receipt) or
+   once the order is COMPLETED the request is refused (409 naming ``status``). An exchange is
+   refused for now (422 naming ``kind``): booking its replacement is not built yet.
+2. **What may be asked for.** Lines are named by SKU; each line's returnable units are its
+   units less those every earlier return still holds (:func:`domain.aftersale.returnable`).
+   The order row is locked first, so two concurrent requests on one line are serialized and
+   the second sees the first's units: together they never exceed the line.
+3. **The amount** asked for is the requested units' part of each line's charged share
+   (:func:`domain.aftersale.line_shares` of the order's total, :func:`refund_for` over the
+   units already refunded), so a line returned in parts refunds exactly its share in all.
+4. **Approval** (:func:`domain.aftersale.auto_approve`): with ``RETURN_AUTO_APPROVE_MAX`` set,
+   a request of at most that amount on returnable products within their windows is approved at
+   once by ``policy``; every other waits for an operator (:func:`decide`).
+5. **After approval** a refund-only return is settled at once (its refund requested, status
+   REFUNDED); a return-and-refund waits for its parcel (AWAITING_PARCEL) until
+   ``RETURN_SHIP_BACK_S`` after approval; the buyer registers the waybill
+   (:func:`register_parcel`), and a return never shipped back by then is closed by the sweep
+   (:func:`sweep_overdue`).
+
+Every change is written to the order's timeline (kind ``return``) in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from domain import aftersale as rules
+from domain.aftersale import ReturnKind, ReturnStatus
+from domain.errors import ConflictError, ValidationError
+from domain.orders import OrderStatus
+from models import Order, OrderLine, Product, Return, ReturnLine
+from services.followup import Followup
+from services.order_state import lock_order
+from services.return_receipt import line_shares_of, refunded_units, settle_refund
+from services.return_state import lock_return, move_return, record_return
+
+_SHIPPED_OR_LATER = frozenset(
+    {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.PARTIALLY_DELIVERED,
+     OrderStatus.DELIVERED, OrderStatus.RECEIPT_CONFIRMED}
+)  # fmt: skip
+_DELIVERED = frozenset({OrderStatus.DELIVERED, OrderStatus.RECEIPT_CONFIRMED})
+_OPENS_AFTER: dict[ReturnKind, frozenset[OrderStatus]] = {
+    ReturnKind.REFUND_ONLY: _SHIPPED_OR_LATER,
+    ReturnKind.RETURN_AND_REFUND: _DELIVERED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnPolicy:
+    """The after-sale settings a return is decided under (built from settings by the caller)."""
+
+    window_s: int = 7 * 86_400  # AFTERSALE_WINDOW_S
+    ship_back_s: int = 7 * 86_400  # RETURN_SHIP_BACK_S
+    auto_approve_max: int | None = None  # RETURN_AUTO_APPROVE_MAX; None: an operator decides
+
+
+@dataclass
+class ReturnOutcome:
+    """The return a call made or moved, and the tasks to publish after the commit."""
+
+    return_id: int
+    status: str
+    followups: list[Followup] = field(default_factory=list)
+
+
+def request_return(
+    session: Session,
+    order_id: str,
+    *,
+    kind: str,
+    lines: Sequence[tuple[str, int]],
+    reason: str,
+    actor: str,
+    policy: ReturnPolicy,
+    now: datetime,
+) -> ReturnOutcome:
+    """Rules 1-5: store a return of ``lines`` (``(sku, quantity)``) on the order, approved
+    at once when the policy allows. Raises ValidationError / ConflictError naming the field."""
+    order = lock_order(session, order_id)
+    k = _kind(kind)
+    _check_open(order, k, policy, now)
+    by_sku = _lines_by_sku(order)
+    earlier = _earlier_lines(session, order_id)
+    available = rules.returnable({sku: line.quantity for sku, line in by_sku.items()}, earlier)
+    rules.check_request(list(lines), available, key_field="sku")
+    shares = line_shares_of(order)
+    before = refunded_units(session, order_id)
+    amount = sum(
+        rules.refund_for(shares[sku], by_sku[sku].quantity, before.get(sku, 0), qty)
+        for sku, qty in lines
+    )
+    ret = Return(
+        order_id=order_id, kind=k, status=ReturnStatus.REQUESTED, reason=reason[:200],
+        requested_by=actor, currency=order.currency,
+        lines=[ReturnLine(line_no=by_sku[sku].line_no, sku=sku, quantity=qty)
+               for sku, qty in lines],
+    )  # fmt: skip
+    session.add(ret)
+    session.flush()
+    record_return(session, ret, None, actor, amount=amount, lines=dict(lines))
+    flags, within = _product_terms(session, order, [sku for sku, _ in lines], policy, now)
+    if rules.auto_approve(
+        k, amount, flags, within_window=within, threshold=policy.auto_approve_max
+    ):
+        return _approve(session, order, ret, actor="policy", note="auto", policy=policy, now=now)
+    return ReturnOutcome(ret.id, ret.status)
+
+
+def decide(
+    session: Session,
+    return_id: int,
+    *,
+    approve: bool,
+    actor: str,
+    note: str,
+    policy: ReturnPolicy,
+    now: datetime,
+) -> ReturnOutcome:
+    """An operator approves or rejects a REQUESTED return (rule 5). Deciding the same way
+    again answers where it stands; the other way is a 409 naming ``status``."""
+    order, ret = lock_return(session, return_id)
+    target = ReturnStatus.APPROVED if approve else ReturnStatus.REJECTED
+    if ret.status != ReturnStatus.REQUESTED:
+        rejected = ret.status == ReturnStatus.REJECTED
+        if ret.decided_by is not None and rejected == (not approve):  # the same decision again
+            return ReturnOutcome(ret.id, ret.status)
+        raise ConflictError(f"return {return_id} is {ret.status}; it was decided already",
+                            field="status")  # fmt: skip
+    if not approve:
+        move_return(session, ret, target, actor, note=note)
+        ret.decided_by, ret.decision_note = actor, note[:200]
+        return ReturnOutcome(ret.id, ret.status)
+    return _approve(session, order, ret, actor=actor, note=note, policy=policy, now=now)
+
+
+def register_parcel(
+    session: Session, return_id: int, *, carrier: str, waybill: str, actor: str
+) -> ReturnOutcome:
+    """The buyer's return waybill (rule 5). The same waybill again is a no-op; another one, or a
+    return not awaiting its parcel, is a 409 naming ``waybill`` or ``status``."""
+    _order, ret = lock_return(session, return_id)
+    if ret.waybill is not None:
+        if (ret.carrier, ret.waybill) == (carrier, waybill):
+            return ReturnOutcome(ret.id, ret.status)
+        raise ConflictError(f"return {return_id} was shipped back as {ret.waybill} already",
+                            field="waybill")  # fmt: skip
+    if ret.status != ReturnStatus.AWAITING_PARCEL:
+        raise ConflictError(f"return {return_id} is {ret.status}; it is not awaiting a parcel",
+                            field="status")  # fmt: skip
+    ret.carrier, ret.waybill = carrier, waybill
+    record_return(session, ret, ret.status, actor, carrier=carrier, waybill=waybill)
+    return ReturnOutcome(ret.id, ret.status)
+
+
+def sweep_overdue(session: Session, *, now: datetime, limit: int) -> list[int]:
+    """Close approved returns whose parcel was not shipped back by its deadline (rule 5);
+    returns their ids. The candidates are read without a lock and each is then locked order
+    first (:func:`lock_return`) and looked at again, so a waybill registered meanwhile wins and
+    two sweeps at once close each return once."""
+    due = session.scalars(
+        select(Return.id)
+        .where(
+            Return.status == ReturnStatus.AWAITING_PARCEL,
+            Return.waybill.is_(None),
+            Return.parcel_due_at <= now,
+        )
+        .order_by(Return.parcel_due_at)
+        .limit(limit)
+    ).all()
+    closed = []
+    for return_id in due:
+        _order, ret = lock_return(session, return_id)
+        if ret.status == ReturnStatus.AWAITING_PARCEL and ret.waybill is None:
+            move_return(session, ret, ReturnStatus.CLOSED, "sweeper",
+                        note="not shipped back in time")  # fmt: skip
+            closed.append(ret.id)
+    return closed
+
+
+# --- the parts ----------------------------------------------------------------------------------
+
+
+def _kind(kind: str) -> ReturnKind:
+    try:
+        k = ReturnKind(kind)
+    except ValueError:
+        names = ", ".join(k.value for k in ReturnKind)
+        raise ValidationError("kind", f"{kind!r} is not one of {names}") from None
+    if k == ReturnKind.EXCHANGE:
+        raise ValidationError("kind", "EXCHANGE is not available yet: ask for a "
+                              "RETURN_AND_REFUND and place a new order")  # fmt: skip
+    return k
+
+
+def _check_open(order: Order, kind: ReturnKind, policy: ReturnPolicy, now: datetime) -> None:
+    """Rule 1: the order's status admits this kind, and the window has not closed."""
+    received = order.receipt_confirmed_at
+    closed = order.status == OrderStatus.COMPLETED or (
+        received is not None and not rules.within(now, rules.window_ends(received, policy.window_s))
+    )
+    if closed:
+        raise ConflictError(f"order {order.id}'s after-sale window has closed", field="status")
+    if order.status not in _OPENS_AFTER[kind]:
+        need = "shipped" if kind == ReturnKind.REFUND_ONLY else "delivered"
+        raise ConflictError(f"order {order.id} is {order.status}; a {kind} needs it {need}",
+                            field="status")  # fmt: skip
+
+
+def _lines_by_sku(order: Order) -> dict[str, OrderLine]:
+    """The order's lines by SKU (intake keeps one line per SKU; the first wins otherwise)."""
+    by_sku: dict[str, OrderLine] = {}
+    for line in order.lines:
+        by_sku.setdefault(line.sku, line)
+    return by_sku
+
+
+def _earlier_lines(session: Session, order_id: str) -> list[rules.EarlierLine[str]]:
+    rows = session.execute(
+        select(ReturnLine.sku, ReturnLine.quantity, Return.status, Return.received_at)
+        .join(Return, Return.id == ReturnLine.return_id)
+        .where(Return.order_id == order_id)
+    ).all()
+    return [rules.EarlierLine(sku, qty, ReturnStatus(status), received=at is not None)
+            for sku, qty, status, at in rows]  # fmt: skip
+
+
+def _product_terms(
+    session: Session, order: Order, skus: list[str], policy: ReturnPolicy, now: datetime
+) -> tuple[list[bool], bool]:
+    """Each product's returnable flag, and whether every product's own window is still open."""
+    rows = session.execute(
+        select(Product.sku, Product.returnable, Product.return_window_s).where(
+            Product.sku.in_(skus)
+        )
+    ).all()
+    terms = {sku: (flag, window) for sku, flag, window in rows}
+    flags = [terms.get(sku, (False, None))[0] for sku in skus]
+    received = order.receipt_confirmed_at
+    within = received is None or all(
+        rules.within(
+            now, rules.window_ends(received, window if window is not None else policy.window_s)
+        )
+        for _flag, window in terms.values()
+    )
+    return flags, within
+
+
+def _approve(
+    session: Session,
+    order: Order,
+    ret: Return,
+    *,
+    actor: str,
+    note: str,
+    policy: ReturnPolicy,
+    now: datetime,
+) -> ReturnOutcome:
+    ret.decided_by, ret.decision_note, ret.approved_at = actor, note[:200], now
+    move_return(session, ret, ReturnStatus.APPROVED, actor, note=note)
+    if ret.kind == ReturnKind.REFUND_ONLY:
+        units = {line.sku: line.quantity for line in ret.lines}
+        followups = settle_refund(session, order, ret, units, actor=actor, now=now)
+        move_return(session, ret, ReturnStatus.REFUNDED, actor, amount=ret.refund_amount)
+        return ReturnOutcome(ret.id, ret.status, followups)
+    ret.parcel_due_at = rules.parcel_due(now, policy.ship_back_s)
+    move_return(session, ret, ReturnStatus.AWAITING_PARCEL, actor,
+          parcel_due_at=ret.parcel_due_at.isoformat())  # fmt: skip
+    return ReturnOutcome(ret.id, ret.status)

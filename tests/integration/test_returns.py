@@ -1,0 +1,293 @@
+"""Returns on real PostgreSQL (services.returns, services.return_receipt), the payment at the
+fake provider: request, decision, parcel, receipt with dispositions, stock and line refunds."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from domain.errors import ConflictError, NotFound, ValidationError
+from models import Order, Product, Refund, Return
+from services import payments, return_receipt, returns
+from services.queries import stock_drift
+from services.receipt import confirm_receipt, sweep_receipts
+from services.returns import ReturnPolicy
+from services.unit_of_work import unit_of_work
+from tests.fakes import FakePaymentProvider
+from tests.helpers import stock_of
+from tests.integration.returns_support import (
+    delivered_order,
+    ledger_of,
+    now,
+    ports,
+    refunds_of,
+)
+
+POLICY = ReturnPolicy(window_s=7 * 86_400, ship_back_s=3 * 86_400)
+THREE = [("A", 2), ("B", 1), ("C", 3)]  # 2 x 1000 + 1 x 3000 + 3 x 500 = 6500
+
+
+@pytest.fixture
+def shop(catalog):
+    catalog({"A": 10}, price=1000)
+    catalog({"B": 10}, price=3000)
+    catalog({"C": 10}, price=500)
+    return FakePaymentProvider()
+
+
+def ask(oid, lines, kind="RETURN_AND_REFUND", policy=POLICY, at=None):
+    with unit_of_work() as s:
+        return returns.request_return(s, oid, kind=kind, lines=lines, reason="does not fit",
+                                      actor="api:web", policy=policy, now=at or now())  # fmt: skip
+
+
+def decide(rid, approve=True, at=None):
+    with unit_of_work() as s:
+        return returns.decide(s, rid, approve=approve, actor="cli", note="ok", policy=POLICY,
+                              now=at or now())  # fmt: skip
+
+
+def receive(rid, found, warehouse=None):
+    with unit_of_work() as s:
+        return return_receipt.receive(
+            s, rid, found, warehouse=warehouse, default_warehouse="main", actor="api:wh", now=now()
+        )
+
+
+def carry_out(followups, fake, expect="SUCCEEDED"):
+    """Run the refund tasks as a worker would; ``expect`` what each answers."""
+    for f in followups:
+        assert payments.refund(f.arg, lambda _: fake, ports()).result == expect
+
+
+def a_return(rid) -> Return:
+    with unit_of_work() as s:
+        ret = s.get_one(Return, rid)
+        s.expunge(ret)
+        return ret
+
+
+def test_one_line_of_three_returned_refunds_exactly_its_share_and_restocks(shop):
+    oid = delivered_order(shop, THREE)
+    with unit_of_work() as s:
+        confirm_receipt(s, oid, actor="api:web")
+    before = stock_of("B")
+    asked = ask(oid, [("B", 1)])
+    assert asked.status == "REQUESTED" and asked.followups == []  # no policy: an operator
+    assert decide(asked.return_id).status == "AWAITING_PARCEL"
+    with unit_of_work() as s:
+        returns.register_parcel(s, asked.return_id, carrier="yuantong", waybill="YT12345678",
+                                actor="api:web")  # fmt: skip
+    status, followups = receive(asked.return_id, [("B", (1, 0, 0))])
+    assert status == "REFUNDED"
+    assert refunds_of(oid) == [(f"return-{asked.return_id}", 3000, "REQUESTED")]
+    carry_out(followups, shop)
+    carry_out(followups, shop, "noop")  # a redelivered task: refunded already, not sent again
+    assert refunds_of(oid) == [(f"return-{asked.return_id}", 3000, "SUCCEEDED")]
+    assert [r.amount.amount for _t, r in shop.refunds.values()] == [3000]
+    assert stock_of("B")[0] == before[0] + 1  # back on hand where it shipped from
+    assert ledger_of(oid) == [("return_restock", "B", 1)]
+    with unit_of_work() as s:
+        assert stock_drift(s) == []
+    ret = a_return(asked.return_id)
+    assert (ret.refund_amount, [line.refund_amount for line in ret.lines]) == (3000, [3000])
+
+
+def test_a_discount_is_split_over_the_lines_and_parts_add_up_to_what_was_charged(shop):
+    oid = delivered_order(shop, THREE, charged=5200)  # 1300 off the list total of 6500
+    paid = []
+    for lines in ([("A", 1)], [("A", 1), ("C", 1)], [("B", 1), ("C", 2)]):
+        asked = ask(oid, lines, kind="REFUND_ONLY",
+                    policy=ReturnPolicy(auto_approve_max=10_000))  # fmt: skip
+        assert asked.status == "REFUNDED"
+        carry_out(asked.followups, shop)
+        paid.append(a_return(asked.return_id).refund_amount)
+    # Shares: A 2000*0.8 = 1600, B 3000*0.8 = 2400, C 1500*0.8 = 1200; together 5200.
+    assert paid == [800, 800 + 400, 2400 + 800]
+    assert sum(paid) == 5200 and [a for _n, a, _s in refunds_of(oid)] == paid
+    with pytest.raises(ValidationError) as nothing_left:
+        ask(oid, [("A", 1)], kind="REFUND_ONLY")
+    assert nothing_left.value.field == "lines.0.quantity"
+
+
+def test_the_refund_is_cut_to_what_is_left_after_other_refunds(shop):
+    oid = delivered_order(shop, THREE)
+    with unit_of_work() as s:
+        payments.refund_for_order(s, oid, amount=5000, refund_no="goodwill-1", reason="sorry",
+                                  actor="cli", now=now())  # fmt: skip
+    asked = ask(oid, [("B", 1)], kind="REFUND_ONLY", policy=ReturnPolicy(auto_approve_max=10_000))
+    assert a_return(asked.return_id).refund_amount == 1500  # 6500 captured - 5000 refunded
+    assert sum(a for _n, a, _s in refunds_of(oid)) == 6500
+
+
+def test_two_concurrent_returns_on_one_line_never_exceed_its_quantity(shop):
+    oid = delivered_order(shop, [("C", 3)])
+    outcomes: list[object] = []
+
+    def one() -> None:
+        try:
+            outcomes.append(ask(oid, [("C", 2)]).status)
+        except ValidationError as exc:
+            outcomes.append(exc.field)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(map(str, outcomes)) == ["REQUESTED", "lines.0.quantity"]
+    with unit_of_work() as s:
+        assert len(s.scalars(select(Return).where(Return.order_id == oid)).all()) == 1
+
+
+def test_a_rejected_or_withdrawn_return_gives_its_units_back(shop):
+    oid = delivered_order(shop, [("C", 3)])
+    rid = ask(oid, [("C", 3)]).return_id
+    assert decide(rid, approve=False).status == "REJECTED"
+    assert decide(rid, approve=False).status == "REJECTED"  # the same decision again
+    with pytest.raises(ConflictError) as flip:
+        decide(rid, approve=True)
+    assert flip.value.field == "status"
+    assert ask(oid, [("C", 3)]).status == "REQUESTED"
+
+
+@pytest.mark.parametrize(
+    ("lines", "kind", "field"),
+    [
+        ([("A", 3)], "RETURN_AND_REFUND", "lines.0.quantity"),  # above what was delivered
+        ([("Z", 1)], "RETURN_AND_REFUND", "lines.0.sku"),  # not a line of the order
+        ([("A", 1), ("A", 1)], "RETURN_AND_REFUND", "lines.1.sku"),  # named twice
+        ([], "RETURN_AND_REFUND", "lines"),
+        ([("A", 1)], "EXCHANGE", "kind"),  # not built yet: refused plainly
+        ([("A", 1)], "SWAP", "kind"),
+    ],
+)
+def test_bad_requests_name_the_field_and_change_nothing(shop, lines, kind, field):
+    oid = delivered_order(shop, THREE)
+    with pytest.raises(ValidationError) as bad:
+        ask(oid, lines, kind=kind)
+    assert bad.value.field == field
+    with unit_of_work() as s:
+        assert s.scalars(select(Return).where(Return.order_id == oid)).all() == []
+
+
+def test_a_return_after_the_window_or_before_delivery_is_refused(shop):
+    oid = delivered_order(shop, THREE)
+    with unit_of_work() as s:
+        confirm_receipt(s, oid, actor="api:web")
+    with unit_of_work() as s:
+        received = s.get_one(Order, oid).receipt_confirmed_at
+    late = received + timedelta(seconds=POLICY.window_s)
+    with pytest.raises(ConflictError) as closed:
+        ask(oid, [("A", 1)], at=late)
+    assert closed.value.field == "status" and "window" in str(closed.value)
+    with unit_of_work() as s:
+        s.execute(update(Order).where(Order.id == oid).values(status="IN_TRANSIT"))
+    with pytest.raises(ConflictError) as early:
+        ask(oid, [("A", 1)])
+    assert early.value.field == "status" and "delivered" in str(early.value)
+    assert ask(oid, [("A", 1)], kind="REFUND_ONLY").status == "REQUESTED"  # lost on the way
+    with pytest.raises(NotFound):
+        decide(999_999)
+
+
+def test_auto_approval_needs_a_returnable_product_and_an_amount_under_the_threshold(shop):
+    oid = delivered_order(shop, THREE)
+    policy = ReturnPolicy(auto_approve_max=1000)
+    assert ask(oid, [("C", 1)], policy=policy).status == "AWAITING_PARCEL"  # 500 <= 1000
+    assert ask(oid, [("B", 1)], policy=policy).status == "REQUESTED"  # 3000 > 1000
+    with unit_of_work() as s:
+        s.execute(update(Product).where(Product.sku == "A").values(returnable=False))
+    assert ask(oid, [("A", 1)], policy=policy).status == "REQUESTED"  # not returnable
+
+
+def test_damaged_units_are_written_off_and_refunded_lost_ones_are_not(shop):
+    oid = delivered_order(shop, THREE)
+    before = {sku: stock_of(sku) for sku in "AC"}
+    rid = ask(oid, [("A", 2), ("C", 3)], policy=ReturnPolicy(auto_approve_max=10_000)).return_id
+    status, followups = receive(rid, [("C", (1, 1, 1)), ("A", (0, 2, 0))])
+    assert status == "REFUNDED"
+    assert a_return(rid).refund_amount == 2000 + 2 * 500  # A's two damaged, C's restock + damaged
+    assert ledger_of(oid) == [
+        ("write_off", "A", 0),
+        ("return_restock", "C", 1),
+        ("write_off", "C", 0),
+    ]
+    assert stock_of("A") == before["A"] and stock_of("C")[0] == before["C"][0] + 1
+    with unit_of_work() as s:
+        assert stock_drift(s) == []
+    carry_out(followups, shop)
+
+
+def test_a_return_whose_every_unit_was_lost_closes_with_nothing_refunded(shop):
+    oid = delivered_order(shop, THREE)
+    rid = ask(oid, [("B", 1)], policy=ReturnPolicy(auto_approve_max=10_000)).return_id
+    assert receive(rid, [("B", (0, 0, 1))]) == ("CLOSED", [])
+    assert receive(rid, [("B", (0, 0, 1))]) == ("CLOSED", [])  # the same receipt again
+    assert refunds_of(oid) == [] and ledger_of(oid) == []
+
+
+@pytest.mark.parametrize(
+    ("found", "field"),
+    [
+        ([("B", (2, 0, 0))], "lines.0.restock"),  # more than was returned
+        ([("A", (1, 0, 0))], "lines.0.sku"),  # not a line of this return
+        ([("B", (1, 0, 0)), ("B", (1, 0, 0))], "lines.1.sku"),
+    ],
+)
+def test_a_receipt_that_does_not_add_up_is_refused_and_changes_nothing(shop, found, field):
+    oid = delivered_order(shop, THREE)
+    rid = ask(oid, [("B", 1)], policy=ReturnPolicy(auto_approve_max=10_000)).return_id
+    with pytest.raises(ValidationError) as bad:
+        receive(rid, found)
+    assert bad.value.field == field
+    assert a_return(rid).status == "AWAITING_PARCEL" and ledger_of(oid) == []
+
+
+def test_a_parcel_not_shipped_back_in_time_closes_and_one_shipped_does_not(shop):
+    oid = delivered_order(shop, THREE)
+    policy = ReturnPolicy(ship_back_s=3600, auto_approve_max=10_000)
+    idle, sent = (ask(oid, [(sku, 1)], policy=policy).return_id for sku in "AC")
+    with unit_of_work() as s:
+        returns.register_parcel(s, sent, carrier="zto", waybill="ZT00000001", actor="api:web")
+    with unit_of_work() as s:
+        assert returns.sweep_overdue(s, now=now() + timedelta(seconds=3599), limit=10) == []
+        assert returns.sweep_overdue(s, now=now() + timedelta(seconds=3601), limit=10) == [idle]
+    assert (a_return(idle).status, a_return(sent).status) == ("CLOSED", "AWAITING_PARCEL")
+    with pytest.raises(ConflictError) as other, unit_of_work() as s:
+        returns.register_parcel(s, sent, carrier="zto", waybill="ZT00000002", actor="x")
+    assert other.value.field == "waybill"
+    assert ask(oid, [("A", 2)], policy=policy).status == "AWAITING_PARCEL"  # A's unit is free
+
+
+def test_an_open_return_holds_the_order_back_from_completing(shop):
+    oid = delivered_order(shop, THREE)
+    rid = ask(oid, [("B", 1)]).return_id
+    with unit_of_work() as s:
+        confirm_receipt(s, oid, actor="api:web")
+    later = now() + timedelta(days=30)
+    with unit_of_work() as s:
+        assert sweep_receipts(s, auto_receive_s=0, window_s=0, limit=10, now=later).completed == []
+    decide(rid, approve=False)
+    with unit_of_work() as s:
+        done = sweep_receipts(s, auto_receive_s=0, window_s=0, limit=10, now=later).completed
+    assert done == [oid]
+
+
+def test_the_refund_number_is_stored_with_the_return_before_any_provider_call(shop):
+    """A crash between the commit and the provider call: the task runs again (or the poll job
+    re-drives the REQUESTED refund) with the stored number, so the provider refunds once."""
+    oid = delivered_order(shop, THREE)
+    asked = ask(oid, [("A", 1)], kind="REFUND_ONLY", policy=ReturnPolicy(auto_approve_max=10_000))
+    with unit_of_work() as s:
+        refund = s.scalars(select(Refund).where(Refund.order_id == oid)).one()
+        assert (refund.refund_no, refund.status) == (f"return-{asked.return_id}", "REQUESTED")
+    shop.fail_next()  # the first attempt dies at the provider (as a crash would)
+    with pytest.raises(Exception):
+        payments.refund(asked.followups[0].arg, lambda _: shop, ports())
+    carry_out(asked.followups, shop)
+    carry_out(asked.followups, shop, "noop")
+    assert [r.amount.amount for _t, r in shop.refunds.values()] == [1000]
