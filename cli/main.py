@@ -16,6 +16,7 @@ from cli.keys import keys_app
 from cli.operators import operators_app
 from cli.orders import orders_app
 from cli.payments import payments_app, shipments_app
+from cli.returns import returns_app
 from cli.settlement import settlement_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="orderflow operations")
@@ -24,6 +25,7 @@ stock_app = typer.Typer(no_args_is_help=True, help="Stock counters and the ledge
 metrics_app = typer.Typer(no_args_is_help=True, help="Prometheus metrics")
 app.add_typer(db_app, name="db")
 app.add_typer(orders_app, name="orders")
+app.add_typer(returns_app, name="returns")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(stock_app, name="stock")
 app.add_typer(payments_app, name="payments")

@@ -63,3 +63,11 @@ def get_return(session: Session, return_id: int, source: str = "*") -> dict[str,
     if ret is None or (source != "*" and owner != source):
         raise NotFound(f"return {return_id} not found", field="return_id")
     return return_view(ret)
+
+
+def list_returns(session: Session, *, status: str | None = None, limit: int = 50) -> list[Return]:
+    """The newest returns first, of one status if given (an operator's queue: REQUESTED)."""
+    stmt = select(Return).order_by(Return.created_at.desc(), Return.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(Return.status == status)
+    return list(session.scalars(stmt))
