@@ -1,0 +1,65 @@
+"""After-sale end to end on real workers, beat and the providers' simulators over HTTP: a buyer
+confirms receipt, returns one line of three, the warehouse restocks it, and exactly that line's
+share is refunded at Alipay, WeChat Pay and Stripe, once."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from models import Refund
+from services.unit_of_work import unit_of_work
+from tests.conftest import order_message, wait_until
+from tests.helpers import assert_stock_consistent, stock_of
+
+PROVIDERS = ("alipay", "wechatpay", "stripe")
+
+
+def refunds(oid: str) -> list[tuple[str, int, str]]:
+    with unit_of_work() as s:
+        rows = s.execute(select(Refund.refund_no, Refund.amount, Refund.status)
+                         .where(Refund.order_id == oid)).all()  # fmt: skip
+        return [(no, amount, status) for no, amount, status in rows]
+
+
+def test_one_line_of_three_returned_and_refunded_at_each_provider(
+    start_pipeline, catalog, monkeypatch
+):
+    monkeypatch.setenv("AUTO_RECEIVE_S", "3600")  # the buyer confirms; the window stays open
+    monkeypatch.setenv("AFTERSALE_WINDOW_S", "3600")
+    catalog({"A": 10}, price=1000)
+    catalog({"B": 10}, price=3000)
+    catalog({"C": 10}, price=500)
+    p = start_pipeline(shipping=True)
+    lines = [("A", 2), ("B", 1), ("C", 3)]
+    orders = {prov: p.post_order(order_message(lines, provider=prov)) for prov in PROVIDERS}
+    for prov, oid in orders.items():
+        wait_until(lambda o=oid: p.get_order(o)["status"] == "AWAITING_PAYMENT", 60)
+        p.stack.pay(prov, oid.replace("-", ""))
+    for oid in orders.values():
+        wait_until(lambda o=oid: p.get_order(o)["status"] == "DELIVERED", 90)
+    on_hand = stock_of("B")[0]
+
+    for oid in orders.values():
+        assert p.post(f"/v1/orders/{oid}/receipt", {}).json()["status"] == "RECEIPT_CONFIRMED"
+        asked = p.post(f"/v1/orders/{oid}/returns", {
+            "kind": "RETURN_AND_REFUND", "lines": [{"sku": "B", "quantity": 1}],
+            "reason": "wrong colour",
+        })  # fmt: skip
+        assert asked.status_code == 201, asked.text
+        rid = asked.json()["id"]
+        assert p.post(f"/v1/returns/{rid}/approve", {}).json()["status"] == "AWAITING_PARCEL"
+        parcel = {"carrier": "yuantong", "waybill": f"YTR{rid:08d}"}
+        assert p.post(f"/v1/returns/{rid}/parcel", parcel).status_code == 200
+        got = p.post(f"/v1/returns/{rid}/receive", {"lines": [{"sku": "B", "restock": 1}]})
+        assert got.json()["status"] == "REFUNDED" and got.json()["refund_amount"] == 3000
+
+    for prov, oid in orders.items():
+        trade = (prov, oid.replace("-", ""))
+        wait_until(lambda t=trade: p.stack.refunds().get(t) == 3000, 60,
+                   show=lambda: p.stack.refunds())  # fmt: skip
+        wait_until(lambda o=oid: [r[2] for r in refunds(o)] == ["SUCCEEDED"], 60,
+                   show=lambda o=oid: refunds(o))  # fmt: skip
+        assert p.get_order(oid)["status"] == "RECEIPT_CONFIRMED"  # the window is still open
+    assert p.stack.refunds() == {(prov, oid.replace("-", "")): 3000 for prov, oid in orders.items()}
+    assert stock_of("B")[0] == on_hand + 3  # each returned unit back on hand
+    assert_stock_consistent()
