@@ -72,6 +72,11 @@ TONES: dict[str, dict[str, frozenset[str]]] = {
         "off": frozenset({Shp.EXPIRED}),
     },
     "dead_letter": {"bad": frozenset({"OPEN"}), "off": frozenset({"DISCARDED"})},
+    "return": {
+        "good": frozenset({"REFUNDED", "RESHIPPED"}),
+        "bad": frozenset({"REQUESTED"}),  # waits for an operator's decision
+        "off": frozenset({"REJECTED", "CLOSED"}),
+    },
     "endpoint": {
         "good": frozenset({"ok"}),
         "bad": frozenset({"paused", "failing"}),

@@ -82,15 +82,17 @@ def oldest_waiting(session: Session, *, now: datetime) -> list[dict[str, Any]]:
 
 def order_page(session: Session, order_id: str) -> dict[str, Any]:
     """The order view (lines, whole timeline) plus its payment, its parcels (every one, oldest
-    first, cancelled ones with why) and dead letters."""
+    first, cancelled ones with why), its returns and dead letters."""
     from services.parcel_views import parcels_view
     from services.payments import payment_view
+    from services.return_views import returns_of
 
     view = order_view(session, order_id)
     for event in view["timeline"]:
         event["task_label"] = task_label(event["detail"])
     view["payment"] = payment_view(session, order_id)
     view["parcels"] = parcels = parcels_view(session, order_id)
+    view["returns"] = returns_of(session, order_id)
     attention = view["status"] == OrderStatus.NEEDS_ATTENTION
     for parcel in parcels:  # a parcel's trouble is the order's reason (tracking, booking)
         parcel["reason"] = (

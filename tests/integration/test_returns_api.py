@@ -145,3 +145,35 @@ def test_the_cli_lists_the_queue_decides_and_receives(shop, client, api_key):
     shown = cli("returns", "show", str(rid), "--json")
     assert '"refund_amount": 2000' in shown.stdout
     assert refunds_of(oid) == [(f"return-{rid}", 2000, "REQUESTED")]
+
+
+def test_the_console_order_page_shows_each_return_and_what_came_back(shop, client, api_key):
+    import secrets
+
+    from pydantic import SecretStr
+
+    from api.app import create_app
+    from api.catalog import admin_api_key_setting
+
+    oid = delivered_order(shop, THREE)
+    h = {"X-API-Key": api_key}
+    ask = {"kind": "RETURN_AND_REFUND", "reason": "scratched"}
+    url = f"/v1/orders/{oid}/returns"
+    kept = client.post(url, headers=h, json={**ask, "lines": [{"sku": "C", "quantity": 3}]})
+    done = client.post(url, headers=h, json={**ask, "lines": [{"sku": "B", "quantity": 1}]})
+    kept, done = kept.json()["id"], done.json()["id"]
+    client.post(f"/v1/returns/{done}/approve", headers=h, json={"note": "ok"})
+    client.post(f"/v1/returns/{done}/receive", headers=h,
+                json={"lines": [{"sku": "B", "damaged": 1}]})  # fmt: skip
+    admin = f"adm-{secrets.token_urlsafe(24)}"
+    app = create_app()
+    app.dependency_overrides[admin_api_key_setting] = lambda: SecretStr(admin)
+    with TestClient(app, follow_redirects=False) as console:
+        assert console.post("/console/login", data={"password": admin}).status_code == 303
+        html = console.get(f"/console/orders/{oid}").text
+    assert 'id="order-returns"' in html
+    row = html.split(f'id="return-{kept}"', 1)[1].split("</tr>", 1)[0]
+    assert "REQUESTED" in row and "3 \u00d7 C" in row and "tone-bad" in row  # waits for a person
+    row = html.split(f'id="return-{done}"', 1)[1].split("</tr>", 1)[0]
+    assert "REFUNDED" in row and "1 \u00d7 B (0 / 1 / 0)" in row and "30.00 CNY" in row
+    assert f"return-{done}" in row and "api:" in row
