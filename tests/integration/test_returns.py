@@ -291,3 +291,21 @@ def test_the_refund_number_is_stored_with_the_return_before_any_provider_call(sh
     carry_out(asked.followups, shop)
     carry_out(asked.followups, shop, "noop")
     assert [r.amount.amount for _t, r in shop.refunds.values()] == [1000]
+
+
+def test_the_reliability_invariants_hold_after_returns_and_catch_a_broken_one(shop):
+    from sqlalchemy import insert
+
+    from models import StockMovement
+    from tests.reliability.invariants import check
+
+    oid = delivered_order(shop, THREE)
+    rid = ask(oid, [("B", 1), ("C", 2)], policy=ReturnPolicy(auto_approve_max=10_000)).return_id
+    receive(rid, [("B", (1, 0, 0)), ("C", (0, 1, 1))])
+    assert check([oid])["lost"] == 0
+    with unit_of_work() as s:  # a restock the return never recorded
+        s.execute(insert(StockMovement).values(sku="A", warehouse="main", kind="return_restock",
+                                               delta_on_hand=1, order_id=oid))  # fmt: skip
+    with pytest.raises(AssertionError) as broken:
+        check([oid])
+    assert "returned units differ from the ledger" in str(broken.value)

@@ -16,8 +16,13 @@ providers' own record of the money), and checks what must hold whatever was inje
 * **stock counters equal the ledger** — ``stock_drift`` is empty, nothing negative, and
   ``reserved`` equals the sum of ACTIVE reservations;
 * **every order final or explicitly waiting** — an order not in a final status has a deadline
-  (``stage_deadline`` or ``payment_deadline``) at which the sweeper acts, or is
-  NEEDS_ATTENTION (waiting for an operator, with the reason recorded).
+  (``stage_deadline`` or ``payment_deadline``, or for a delivered or received one the moment
+  the receipt sweep counts from) at which the sweeper acts, or is NEEDS_ATTENTION (waiting for
+  an operator, with the reason recorded);
+* **after-sale adds up** (:data:`_AFTERSALE_CHECKS`) — the units every return holds on a line
+  never exceed the line; no payment's refunds (all but FAILED ones) exceed what it captured;
+  the restocked units of received returns equal the ``return_restock`` ledger rows of the order
+  and SKU, and the damaged ones the ``write_off`` rows.
 
 :func:`check` raises ``AssertionError`` listing every violation, and returns the counts that the
 scenario records as its figures.
@@ -47,7 +52,36 @@ _WAITING_WITHOUT_DEADLINE = """
     SELECT id, status FROM orders
     WHERE status <> ALL(:final) AND status <> 'NEEDS_ATTENTION'
       AND stage_deadline IS NULL AND payment_deadline IS NULL
+      AND NOT (status = 'DELIVERED' AND delivered_at IS NOT NULL)
+      AND NOT (status = 'RECEIPT_CONFIRMED' AND receipt_confirmed_at IS NOT NULL)
 """
+#: Each query returns the rows that break one after-sale rule (none when all is well).
+_AFTERSALE_CHECKS = {
+    "returns hold more units than the line": """
+        SELECT r.order_id, rl.sku, sum(rl.quantity), min(ol.quantity)
+        FROM return_lines rl JOIN returns r ON r.id = rl.return_id
+        JOIN order_lines ol ON ol.order_id = r.order_id AND ol.sku = rl.sku
+        WHERE r.status <> 'REJECTED' AND NOT (r.status = 'CLOSED' AND r.received_at IS NULL)
+        GROUP BY r.order_id, rl.sku HAVING sum(rl.quantity) > min(ol.quantity)""",
+    "refunds exceed the capture": """
+        SELECT p.id, coalesce(p.captured_amount, p.amount), sum(f.amount)
+        FROM payments p JOIN refunds f ON f.payment_id = p.id AND f.status <> 'FAILED'
+        GROUP BY p.id HAVING sum(f.amount) > coalesce(p.captured_amount, p.amount)""",
+    "returned units differ from the ledger": """
+        WITH found AS (
+            SELECT r.order_id, rl.sku, sum(rl.restocked) AS restocked, sum(rl.damaged) AS damaged
+            FROM return_lines rl JOIN returns r ON r.id = rl.return_id
+            WHERE r.received_at IS NOT NULL GROUP BY r.order_id, rl.sku),
+        booked AS (
+            SELECT order_id, sku, count(*) FILTER (WHERE kind = 'write_off') AS write_offs,
+                coalesce(sum(delta_on_hand) FILTER (WHERE kind = 'return_restock'), 0) AS restocked
+            FROM stock_movements WHERE kind IN ('return_restock', 'write_off')
+            GROUP BY order_id, sku)
+        SELECT coalesce(f.order_id, b.order_id), coalesce(f.sku, b.sku), f.restocked, b.restocked
+        FROM found f FULL JOIN booked b ON b.order_id = f.order_id AND b.sku = f.sku
+        WHERE coalesce(f.restocked, 0) <> coalesce(b.restocked, 0)
+           OR (coalesce(f.damaged, 0) > 0) <> (coalesce(b.write_offs, 0) > 0)""",
+}
 _NEEDS_ATTENTION_WITHOUT_REASON = """
     SELECT id FROM orders WHERE status = 'NEEDS_ATTENTION' AND coalesce(reason, '') = ''
 """
@@ -108,6 +142,10 @@ def check(accepted: Iterable[str], stack: Any = None) -> dict[str, Any]:
         if silent:
             problems.append(f"{len(silent)} orders need attention with no reason: {silent[:3]}")
         paid_trades = {(p, t) for p, t in s.execute(text(_PAID_TRADES)).all()}
+        for rule, query in _AFTERSALE_CHECKS.items():
+            broken = s.execute(text(query)).all()
+            if broken:
+                problems.append(f"{rule}: {[tuple(r) for r in broken[:3]]}")
     charges_total = charged_twice = 0
     if stack is not None:
         charges = stack.charges()
