@@ -1,15 +1,16 @@
 """After-sale routes (issue 22), behind the intake API key; a key bound to a source reaches only
 its source's orders and their returns (another's are answered like missing ones, 404).
 
-* ``POST /v1/orders/{order_id}/returns`` -> 201 with the return: ``kind`` REFUND_ONLY or
-  RETURN_AND_REFUND, ``lines`` by SKU with quantities, a ``reason``. Approved at once when the
-  policy allows (``RETURN_AUTO_APPROVE_MAX``), else REQUESTED for an operator.
+* ``POST /v1/orders/{order_id}/returns`` -> 201 with the return: ``kind`` REFUND_ONLY,
+  RETURN_AND_REFUND or EXCHANGE, ``lines`` by SKU with quantities, a ``reason``. Approved at
+  once when the policy allows (``RETURN_AUTO_APPROVE_MAX``), else REQUESTED for an operator.
 * ``GET /v1/orders/{order_id}/returns``, ``GET /v1/returns/{id}``.
 * ``POST /v1/returns/{id}/approve`` | ``/reject`` -> the decision (the shop's back office; the
   CLI and the console do the same for operators).
 * ``POST /v1/returns/{id}/parcel`` -> the buyer's return waybill.
 * ``POST /v1/returns/{id}/receive`` -> the warehouse's receipt, a disposition per line
-  (restock, damaged, lost); settles the return (line refund, or closed).
+  (restock, damaged, lost); settles the return (line refund, the exchange's replacement
+  reserved and booked, or closed).
 
 The rules and their errors (each naming its field) are in :mod:`services.returns` and
 :mod:`services.return_receipt`.
@@ -175,12 +176,15 @@ async def register_parcel(return_id: int, body: ParcelIn, source: Source) -> Any
 
 
 def _receive(return_id: int, body: ReceiptIn, source: str) -> _Answer:
+    from workers.ports import allocation_policy
+
     with unit_of_work() as session:
         get_return(session, return_id, source)
         _status, followups = return_receipt.receive(
             session, return_id, [(x.sku, (x.restock, x.damaged, x.lost)) for x in body.lines],
             warehouse=body.warehouse, default_warehouse=get_settings().default_warehouse,
-            actor=f"api:{source}", now=_now(),
+            actor=f"api:{source}", now=_now(), allocation=allocation_policy(),
+            redrive_s=get_settings().shipping_redrive_s,
         )  # fmt: skip
         return get_return(session, return_id), followups
 

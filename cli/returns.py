@@ -105,10 +105,12 @@ def returns_receive(
         None, help="Where restocked units go (default: where each line shipped from)"
     ),
 ) -> None:
-    """Record the warehouse's receipt of a return's parcel and settle it (refund or close)."""
+    """Record the warehouse's receipt of a return's parcel and settle it (refund, reship an
+    exchange, or close)."""
     from services import return_receipt
     from services.unit_of_work import unit_of_work
     from settings import get_settings
+    from workers.ports import allocation_policy
     from workers.publish import enqueue_followups
 
     found = [_found(i, text) for i, text in enumerate(line)]
@@ -116,7 +118,8 @@ def returns_receive(
         status, followups = return_receipt.receive(
             session, return_id, found, warehouse=warehouse,
             default_warehouse=get_settings().default_warehouse, actor="cli",
-            now=datetime.now(UTC),
+            now=datetime.now(UTC), allocation=allocation_policy(),
+            redrive_s=get_settings().shipping_redrive_s,
         )  # fmt: skip
     enqueue_followups(followups)
     console.print(f"return {return_id} is {status}")

@@ -202,6 +202,24 @@ def _hold_and_plan(
     return [_add_parcel(session, order_id, wh, wh_lines) for wh, wh_lines in plan.items()]
 
 
+def plan_replacement(
+    session: Session,
+    order: Order,
+    lines: Sequence[tuple[str, int]],
+    *,
+    expires_at: datetime,
+    policy: Policy,
+) -> list[Shipment]:
+    """An exchange's replacement (:mod:`services.exchange`): reserve ``lines`` for the
+    (locked) order at the warehouses ``policy`` picks among those with free stock now (ledger
+    ``reserve`` rows, as an order's reservation) and plan a parcel per warehouse, with new
+    booking keys. Raises ReservationRefused, having written nothing, when they cannot all be
+    reserved."""
+    lock_stock_by_sku(session, [sku for sku, _ in lines])
+    allocations = _allocate(session, order, lines, set(), policy)
+    return _hold_and_plan(session, order.id, allocations, expires_at)
+
+
 def rereserve_unplaced(
     session: Session, order: Order, *, now: datetime, policy: Policy
 ) -> list[Shipment]:

@@ -9,7 +9,9 @@ line, the stock it puts back, and the line refund.
    (:func:`domain.aftersale.ledger_kind`). The same receipt again answers where the return
    stands; a return not awaiting its parcel is a 409 naming ``status``.
 2. **Settling** (:func:`domain.aftersale.after_receipt`): the units not LOST are settled; a
-   return-and-refund with any is refunded for them (REFUNDED), one with none is CLOSED.
+   return-and-refund with any is refunded for them (REFUNDED), an exchange gets them shipped
+   again (:func:`services.exchange.reship`: RESHIPPED), or, when no warehouse has them now,
+   refunded instead (REFUNDED); a return with none settled is CLOSED.
 3. **The refund** (:func:`settle_refund`): each line refunds the settled units' part of its
    charged share (:func:`line_shares_of`, :func:`domain.aftersale.refund_for` over the units
    earlier returns refunded), the total cut down to what is left to refund of the capture
@@ -29,8 +31,10 @@ from sqlalchemy.orm import Session
 
 from domain import aftersale as rules
 from domain.aftersale import Disposition, ReturnKind, ReturnStatus
-from domain.errors import ConflictError, ValidationError
+from domain.allocation import DEFAULT_POLICY, Policy
+from domain.errors import ConflictError, ReservationRefused, ValidationError
 from models import Order, Return, ReturnLine, Shipment, ShipmentLine
+from services.exchange import reship
 from services.followup import Followup
 from services.payments.common import lock_payment
 from services.payments.refunds import refundable, request_refund
@@ -109,9 +113,12 @@ def receive(
     default_warehouse: str,
     actor: str,
     now: datetime,
+    allocation: Policy = DEFAULT_POLICY,
+    redrive_s: int = 30,
 ) -> tuple[str, list[Followup]]:
     """Rules 1-3: the warehouse's receipt of a return; returns its status after it and the
-    refund task to publish after the commit."""
+    refund or booking task to publish after the commit. ``allocation`` and ``redrive_s`` are
+    an exchange's (:func:`services.exchange.reship`)."""
     order, ret = lock_return(session, return_id)
     if ret.received_at is not None:
         return ret.status, []
@@ -133,12 +140,24 @@ def receive(
         for d, n in ((Disposition.RESTOCK, line.restocked), (Disposition.DAMAGED, line.damaged))
     )  # fmt: skip
     target = rules.after_receipt(ReturnKind(ret.kind), sum(settled.values()))
-    followups: list[Followup] = []
-    if target == ReturnStatus.REFUNDED:
-        followups = settle_refund(session, order, ret, settled, actor=actor, now=now)
-        move_return(session, ret, target, actor, amount=ret.refund_amount)
-    else:
+    if target == ReturnStatus.CLOSED:
         move_return(session, ret, target, actor, note="nothing arrived to settle")
+        return ret.status, []
+    if target == ReturnStatus.RESHIPPED:
+        try:
+            with session.begin_nested():  # a refused reservation leaves nothing behind
+                followups = reship(session, order, ret, settled, now=now, policy=allocation,
+                                   redrive_s=redrive_s, actor=actor)  # fmt: skip
+        except ReservationRefused as exc:
+            note = f"no replacement in stock ({exc.detail}): refunded instead"
+            followups = settle_refund(session, order, ret, settled, actor=actor, now=now)
+            move_return(session, ret, ReturnStatus.REFUNDED, actor, amount=ret.refund_amount,
+                        note=note)  # fmt: skip
+            return ret.status, followups
+        move_return(session, ret, target, actor, lines=settled)
+        return ret.status, followups
+    followups = settle_refund(session, order, ret, settled, actor=actor, now=now)
+    move_return(session, ret, target, actor, amount=ret.refund_amount)
     return ret.status, followups
 
 

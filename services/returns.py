@@ -6,8 +6,9 @@
    once the order has shipped (SHIPPED … RECEIPT_CONFIRMED: a parcel lost on the way is paid
    back without coming back); a return-and-refund once it is delivered (DELIVERED or
    RECEIPT_CONFIRMED). After the after-sale window (``AFTERSALE_WINDOW_S`` from receipt) or
-   once the order is COMPLETED the request is refused (409 naming ``status``). An exchange is
-   refused for now (422 naming ``kind``): booking its replacement is not built yet.
+   once the order is COMPLETED the request is refused (409 naming ``status``). An exchange
+   (the same lines shipped again, :mod:`services.exchange`) is asked for like a
+   return-and-refund.
 2. **What may be asked for.** Lines are named by SKU; each line's returnable units are its
    units less those every earlier return still holds (:func:`domain.aftersale.returnable`).
    The order row is locked first, so two concurrent requests on one line are serialized and
@@ -20,7 +21,7 @@
    once by ``policy``; every other waits for an operator (:func:`decide`).
 5. **After approval** a refund-only return is settled at once (its refund requested, status
    REFUNDED); a return-and-refund waits for its parcel (AWAITING_PARCEL) until
-   ``RETURN_SHIP_BACK_S`` after approval; the buyer registers the waybill
+   ``RETURN_SHIP_BACK_S`` after approval (an exchange too); the buyer registers the waybill
    (:func:`register_parcel`), and a return never shipped back by then is closed by the sweep
    (:func:`sweep_overdue`).
 
@@ -54,6 +55,7 @@ _DELIVERED = frozenset({OrderStatus.DELIVERED, OrderStatus.RECEIPT_CONFIRMED})
 _OPENS_AFTER: dict[ReturnKind, frozenset[OrderStatus]] = {
     ReturnKind.REFUND_ONLY: _SHIPPED_OR_LATER,
     ReturnKind.RETURN_AND_REFUND: _DELIVERED,
+    ReturnKind.EXCHANGE: _DELIVERED,
 }
 
 
@@ -198,9 +200,6 @@ def _kind(kind: str) -> ReturnKind:
     except ValueError:
         names = ", ".join(k.value for k in ReturnKind)
         raise ValidationError("kind", f"{kind!r} is not one of {names}") from None
-    if k == ReturnKind.EXCHANGE:
-        raise ValidationError("kind", "EXCHANGE is not available yet: ask for a "
-                              "RETURN_AND_REFUND and place a new order")  # fmt: skip
     return k
 
 

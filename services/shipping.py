@@ -57,6 +57,10 @@ from services.provider_calls import CircuitOpen
 from services.stock import ship_reservations
 from services.task_names import SHIPPING_SUBSCRIBE
 
+#: Statuses whose order may have an exchange's replacement parcel to book.
+REPLACEABLE = frozenset(
+    {OrderStatus.DELIVERED, OrderStatus.RECEIPT_CONFIRMED, OrderStatus.COMPLETED}
+)
 CARRIER_RE = re.compile(r"[a-z0-9]{2,32}")  # fullmatch: "$" lets a final "\n" pass
 WAYBILL_RE = re.compile(r"[A-Za-z0-9-]{6,32}")
 
@@ -187,11 +191,14 @@ def prepare_booking(
     session: Session, order_id: str, *, now: datetime, redrive_s: int
 ) -> BookingCall | None:
     """Plan the parcels of a PAID order (once), then mark the first live parcel without a
-    waybill sent and return its booking; None if there is nothing to do."""
+    waybill sent and return its booking; None if there is nothing to do. A delivered order's
+    only unbooked parcels are an exchange's replacements (:mod:`services.exchange`): they are
+    booked the same way, and the order does not move."""
     order = lock_order(session, order_id)
-    if order.status not in BOOKING:
+    if order.status in BOOKING:
+        plan_order(session, order)
+    elif order.status not in REPLACEABLE:
         return None
-    plan_order(session, order)
     shipment = next((p for p in live_parcels(session, order_id, lock=True) if p.waybill is None),
                     None)  # fmt: skip
     if shipment is None:

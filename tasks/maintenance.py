@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.exchange import redrive_replacements
 from services.ports import utcnow
 from services.receipt import sweep_receipts
 from services.returns import sweep_overdue
@@ -33,9 +34,11 @@ def sweep(self: OrderflowTask) -> int:
                 limit=s.sweep_batch,
             )  # fmt: skip
             closed = sweep_overdue(session, now=utcnow(), limit=s.sweep_batch)
+            rebook = redrive_replacements(session, now=utcnow(), redrive_s=s.shipping_redrive_s,
+                                          limit=s.sweep_batch)  # fmt: skip
     except Exception as exc:
         self.retry_or_fail(exc)
     stamp_heartbeat(redis_client())
-    sent = enqueue_reservations(result.reserve) + enqueue_followups(result.followups)
+    sent = enqueue_reservations(result.reserve) + enqueue_followups(result.followups + rebook)
     moved = len(receipts.confirmed) + len(receipts.completed) + len(closed)
     return sent + len(result.expired) + moved

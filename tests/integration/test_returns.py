@@ -161,7 +161,6 @@ def test_a_rejected_or_withdrawn_return_gives_its_units_back(shop):
         ([("Z", 1)], "RETURN_AND_REFUND", "lines.0.sku"),  # not a line of the order
         ([("A", 1), ("A", 1)], "RETURN_AND_REFUND", "lines.1.sku"),  # named twice
         ([], "RETURN_AND_REFUND", "lines"),
-        ([("A", 1)], "EXCHANGE", "kind"),  # not built yet: refused plainly
         ([("A", 1)], "SWAP", "kind"),
     ],
 )
@@ -309,3 +308,70 @@ def test_the_reliability_invariants_hold_after_returns_and_catch_a_broken_one(sh
     with pytest.raises(AssertionError) as broken:
         check([oid])
     assert "returned units differ from the ledger" in str(broken.value)
+
+
+def test_an_exchange_reserves_and_books_a_replacement_the_order_stays_delivered(shop):
+    from models import Shipment, ShipmentLine
+    from services import shipping
+    from services.shipping import ShippingConfig
+    from tests.fakes.logistics import FakeBookingService
+
+    oid = delivered_order(shop, THREE)
+    before = stock_of("C")
+    rid = ask(oid, [("C", 2)], kind="EXCHANGE").return_id
+    decide(rid)
+    status, followups = receive(rid, [("C", (1, 1, 0))])  # one back on the shelf, one broken
+    assert status == "RESHIPPED" and [f.task for f in followups] == ["shipping.book"]
+    assert refunds_of(oid) == []
+    # The restocked unit is back on hand, and two units are held for the replacement.
+    assert stock_of("C") == (before[0] + 1, before[1] + 2)
+    warehouse = FakeBookingService(carrier="zto")  # its own waybill numbers
+    for _ in range(2):  # a redelivered task books nothing twice
+        shipping.book(oid, warehouse, ports(), ShippingConfig(first_poll_s=3600))
+    assert len(warehouse.bookings) == 1  # the replacement, once
+    with unit_of_work() as s:
+        replacement = s.scalars(select(Shipment).where(Shipment.order_id == oid)
+                                .order_by(Shipment.id.desc())).first()  # fmt: skip
+        assert replacement is not None and replacement.waybill is not None
+        lines = s.execute(select(ShipmentLine.sku, ShipmentLine.quantity)
+                          .where(ShipmentLine.shipment_id == replacement.id)).all()  # fmt: skip
+        assert [tuple(x) for x in lines] == [("C", 2)]
+        assert s.get_one(Order, oid).status == "DELIVERED"
+    assert stock_of("C") == (before[0] + 1 - 2, before[1])  # the two units left
+    with unit_of_work() as s:
+        assert stock_drift(s) == []
+
+
+def test_an_exchange_with_no_stock_left_is_refunded_instead(shop):
+    oid = delivered_order(shop, [("C", 3)])
+    with unit_of_work() as s:  # the rest of C is sold meanwhile
+        from models import Stock
+
+        s.execute(update(Stock).where(Stock.sku == "C").values(on_hand=Stock.reserved))
+        from sqlalchemy import insert
+
+        from models import StockMovement
+
+        s.execute(insert(StockMovement).values(sku="C", warehouse="main", kind="adjust",
+                                               delta_on_hand=-7, actor="test"))  # fmt: skip
+    rid = ask(oid, [("C", 2)], kind="EXCHANGE").return_id
+    decide(rid)
+    status, followups = receive(rid, [("C", (0, 2, 0))])  # both broken: nothing to send back
+    assert status == "REFUNDED" and [f.task for f in followups] == ["payments.refund"]
+    assert a_return(rid).refund_amount == 1000
+    with unit_of_work() as s:
+        assert stock_drift(s) == []
+
+
+def test_a_lost_replacement_booking_is_driven_again_by_the_sweep(shop):
+    from services.exchange import redrive_replacements
+
+    oid = delivered_order(shop, THREE)
+    rid = ask(oid, [("A", 1)], kind="EXCHANGE").return_id
+    decide(rid)
+    receive(rid, [("A", (1, 0, 0))])  # its shipping.book message is then lost
+    with unit_of_work() as s:
+        assert redrive_replacements(s, now=now(), redrive_s=30, limit=10) == []  # not yet due
+    with unit_of_work() as s:
+        again = redrive_replacements(s, now=now() + timedelta(seconds=60), redrive_s=30, limit=10)
+    assert [(f.task, f.arg) for f in again] == [("shipping.book", oid)]

@@ -75,7 +75,6 @@ def test_a_return_through_the_api_from_request_to_refund(shop, client, api_key):
          422, "lines.0.quantity"),
         ({"kind": "RETURN_AND_REFUND", "lines": [], "reason": "x"}, 422, "lines"),
         ({"kind": "SWAP", "lines": [{"sku": "A", "quantity": 1}], "reason": "x"}, 422, "kind"),
-        ({"kind": "EXCHANGE", "lines": [{"sku": "A", "quantity": 1}], "reason": "x"}, 422, "kind"),
         ({"kind": "RETURN_AND_REFUND", "lines": [{"sku": "A", "quantity": 1}]}, 422, "reason"),
     ],
 )  # fmt: skip
