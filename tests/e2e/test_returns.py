@@ -63,3 +63,38 @@ def test_one_line_of_three_returned_and_refunded_at_each_provider(
     assert p.stack.refunds() == {(prov, oid.replace("-", "")): 3000 for prov, oid in orders.items()}
     assert stock_of("B")[0] == on_hand + 3  # each returned unit back on hand
     assert_stock_consistent()
+
+
+def test_an_exchange_ships_a_replacement_that_is_tracked_to_the_door(
+    start_pipeline, catalog, monkeypatch
+):
+    monkeypatch.setenv("AUTO_RECEIVE_S", "3600")
+    monkeypatch.setenv("AFTERSALE_WINDOW_S", "3600")
+    catalog({"C": 10}, price=500)
+    p = start_pipeline(shipping=True)
+    oid = p.post_order(order_message("C", 2, provider="alipay"))
+    wait_until(lambda: p.get_order(oid)["status"] == "AWAITING_PAYMENT", 60)
+    p.stack.pay("alipay", oid.replace("-", ""))
+    wait_until(lambda: p.get_order(oid)["status"] == "DELIVERED", 90)
+    asked = p.post(f"/v1/orders/{oid}/returns", {
+        "kind": "EXCHANGE", "lines": [{"sku": "C", "quantity": 1}], "reason": "wrong size",
+    })  # fmt: skip
+    rid = asked.json()["id"]
+    assert p.post(f"/v1/returns/{rid}/approve", {}).json()["status"] == "AWAITING_PARCEL"
+    got = p.post(f"/v1/returns/{rid}/receive", {"lines": [{"sku": "C", "restock": 1}]})
+    assert got.json()["status"] == "RESHIPPED", got.text
+
+    def replacement() -> dict | None:
+        parcels = p.get_order(oid)["parcels"]
+        return parcels[1] if len(parcels) == 2 else None
+
+    wait_until(lambda: (replacement() or {}).get("status") == "DELIVERED", 90,
+               show=lambda: p.get_order(oid)["parcels"])  # fmt: skip
+    parcel = replacement()
+    assert parcel is not None and parcel["waybill"]
+    assert [(x["sku"], x["quantity"]) for x in parcel["lines"]] == [("C", 1)]
+    assert len(p.stack.warehouse.ledger()["bookings"]) == 2  # the order's parcel, the replacement
+    assert p.get_order(oid)["status"] == "DELIVERED"  # the order itself does not move
+    assert stock_of("C") == (10 - 2 + 1 - 1, 0)
+    assert refunds(oid) == [] and p.stack.refunds() == {}
+    assert_stock_consistent()
