@@ -29,6 +29,8 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from cli.common import console
+from cli.demo_aftersale import AUTO_APPROVE_MAX, AfterSale
+from domain.money import format_money
 from models.db import scratch_database
 from producers.http import intake_session
 from settings import exported_env, get_settings
@@ -138,6 +140,7 @@ def run_demo(
         # (_Customers.confirm_receipts), the rest are received by the clock.
         "AUTO_RECEIVE_S": "3",
         "AFTERSALE_WINDOW_S": "2",
+        "RETURN_AUTO_APPROVE_MAX": AUTO_APPROVE_MAX,  # cli.demo_aftersale's returns settle alone
     }
     with exported_env(overrides):
         owns_broker = get_settings().broker_url is None and get_settings().redis_url is None
@@ -181,7 +184,8 @@ def _customer_decision(external_id: str) -> str:
 
 class _Customers:
     """Plays the customers: pays at the provider's simulator, cancels through the API, confirms
-    the receipt of a third of the delivered orders through the API."""
+    the receipt of a third of the delivered orders through the API, and returns a few
+    (:class:`cli.demo_aftersale.AfterSale`, which also plays the warehouse receiving them)."""
 
     def __init__(self, stack: ProviderStack, base_url: str, key: str) -> None:
         self.stack = stack
@@ -190,6 +194,7 @@ class _Customers:
         self.handled: set[str] = set()
         self.confirmed: set[str] = set()
         self.too_late = 0
+        self.aftersale = AfterSale(self.http, base_url)
 
     def act(self) -> None:
         from services import run_report
@@ -198,6 +203,8 @@ class _Customers:
         with unit_of_work() as session:
             waiting = run_report.awaiting_payment(session)
             delivered = run_report.delivered(session)
+            awaiting = run_report.awaiting_parcel(session)
+        self.aftersale.act(delivered, awaiting)
         self.confirm_receipts(delivered)
         for order_id, external_id, provider, trade in waiting:
             if order_id in self.handled:
@@ -377,6 +384,7 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
         parcels = run_report.parcels_by_warehouse(session)
         split = run_report.orders_by_parcels(session, "COMPLETED")
         receipts = run_report.receipts_by(session)
+        returns = run_report.returns_summary(session)
     table = Table("status", "reason", "provider", "orders", title="outcome")
     for status, reason, provider, n in rows:
         table.add_row(status, reason or "", provider, str(n))
@@ -385,6 +393,10 @@ def _summary(orders: int, marks: dict[str, float], stack: ProviderStack) -> None
     for warehouse, booked, delivered in parcels:
         by_warehouse.add_row(warehouse, str(booked), str(delivered))
     console.print(by_warehouse)
+    after = Table("kind", "status", "returns", "refunded", title="returns and exchanges")
+    for kind, status, n, refunded in returns:
+        after.add_row(kind, status, str(n), format_money(refunded, "CNY"))
+    console.print(after)
     charges = stack.charges()
     doubled = sum(1 for n in charges.values() if n > 1)
     paid_statuses = ("PAID", "PARTIALLY_SHIPPED", "SHIPPED", "IN_TRANSIT", "PARTIALLY_DELIVERED",

@@ -13,7 +13,7 @@ from domain.orders import OrderStatus
 from domain.parcels import UNKNOWN_WAREHOUSE
 from domain.payments import CAPTURED
 from domain.tracking import ShipmentStatus
-from models import Order, OrderEvent, Payment, Shipment
+from models import Order, OrderEvent, Payment, Return, ReturnLine, Shipment
 
 
 def outcome_counts(session: Session) -> list[tuple[str, str | None, str, int]]:
@@ -75,6 +75,35 @@ def receipts_by(session: Session) -> dict[str, int]:
         )
     ).one()
     return {"buyer": row[0], "clock": row[1]}
+
+
+def awaiting_parcel(session: Session) -> list[tuple[int, list[str]]]:
+    """``(return id, its SKUs)`` of every return waiting for its parcel."""
+    rows = session.execute(
+        select(Return.id, ReturnLine.sku)
+        .join(ReturnLine, ReturnLine.return_id == Return.id)
+        .where(Return.status == "AWAITING_PARCEL")
+        .order_by(Return.id)
+    ).all()
+    out: dict[int, list[str]] = {}
+    for return_id, sku in rows:
+        out.setdefault(return_id, []).append(sku)
+    return list(out.items())
+
+
+def returns_summary(session: Session) -> list[tuple[str, str, int, int]]:
+    """``(kind, status, returns, refunded minor units)`` per kind and status of return."""
+    rows = session.execute(
+        select(
+            Return.kind,
+            Return.status,
+            func.count(),
+            func.coalesce(func.sum(Return.refund_amount), 0),
+        )
+        .group_by(Return.kind, Return.status)
+        .order_by(Return.kind, Return.status)
+    ).all()
+    return [(kind, status, int(n), int(total or 0)) for kind, status, n, total in rows]
 
 
 def parcels_by_warehouse(session: Session) -> list[tuple[str, int, int]]:

@@ -126,11 +126,16 @@ def test_small_demo_shows_every_outcome_and_leaves_nothing_running(db, tmp_path)
     assert checks["orders charged twice"] == "0"
     assert checks["stock counters vs ledger"] == "match"
     # Stock sits in two warehouses: both shipped parcels, and some order needed one from each.
-    parcels = run.stdout.split("parcels per warehouse", 1)[1].split("rates and checks", 1)[0]
+    parcels = run.stdout.split("parcels per warehouse", 1)[1].split("returns and exchanges", 1)[0]
     booked = {w: (int(b), int(d)) for w, b, d in rows(parcels)}
     assert set(booked) == {"main", "east"}, booked
     assert all(b > 0 and d > 0 for b, d in booked.values()), booked
     assert int(checks.get("completed orders in 2 parcels", 0)) > 0, checks
+    # After-sale: a few returns and exchanges, each settled (refunded or reshipped).
+    after = run.stdout.split("returns and exchanges", 1)[1].split("rates and checks", 1)[0]
+    settled = {(kind, status) for kind, status, n, _refunded in rows(after) if int(n) > 0}
+    assert ("RETURN_AND_REFUND", "REFUNDED") in settled and ("EXCHANGE", "RESHIPPED") in settled
+    assert settled <= {("RETURN_AND_REFUND", "REFUNDED"), ("EXCHANGE", "RESHIPPED")}, settled
     # Receipt: some customers confirmed it through the API, the clock received the rest.
     buyer, clock = (
         int(n) for n in checks["receipt confirmed by the buyer / by the clock"].split(" / ")
