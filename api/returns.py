@@ -7,7 +7,8 @@ its source's orders and their returns (another's are answered like missing ones,
 * ``GET /v1/orders/{order_id}/returns``, ``GET /v1/returns/{id}``.
 * ``POST /v1/returns/{id}/approve`` | ``/reject`` -> the decision (the shop's back office; the
   CLI and the console do the same for operators).
-* ``POST /v1/returns/{id}/parcel`` -> the buyer's return waybill.
+* ``POST /v1/returns/{id}/parcel`` -> the buyer's return waybill, tracked back (Kuaidi100
+  pushes and polling): its delivery at the warehouse moves the return to RECEIVED.
 * ``POST /v1/returns/{id}/receive`` -> the warehouse's receipt, a disposition per line
   (restock, damaged, lost); settles the return (line refund, the exchange's replacement
   reserved and booked, or closed).
@@ -162,17 +163,22 @@ async def reject(return_id: int, body: Decision, source: Source) -> Any:
     return view
 
 
-def _parcel(return_id: int, body: ParcelIn, source: str) -> dict[str, Any]:
+def _parcel(return_id: int, body: ParcelIn, source: str) -> _Answer:
     with unit_of_work() as session:
         get_return(session, return_id, source)
-        returns.register_parcel(session, return_id, carrier=body.carrier, waybill=body.waybill,
-                                actor=f"api:{source}")  # fmt: skip
-        return get_return(session, return_id)
+        out = returns.register_parcel(
+            session, return_id, carrier=body.carrier, waybill=body.waybill,
+            actor=f"api:{source}", now=_now(), first_poll_s=get_settings().tracking_first_poll_s,
+        )  # fmt: skip
+        return get_return(session, return_id), out.followups
 
 
 @router.post("/returns/{return_id}/parcel")
 async def register_parcel(return_id: int, body: ParcelIn, source: Source) -> Any:
-    return await run_in_threadpool(_parcel, return_id, body, source)
+    """The buyer's return waybill: tracked back like any parcel (pushes and polling)."""
+    view, followups = await run_in_threadpool(_parcel, return_id, body, source)
+    await run_in_threadpool(_publish, followups)
+    return view
 
 
 def _receive(return_id: int, body: ReceiptIn, source: str) -> _Answer:

@@ -28,6 +28,10 @@ class Shipment(Base):
     until ``cancelled_at`` (refused by the warehouse and re-allocated, or cancelled with the
     order's unshipped part); it is booked once it has a waybill. ``booking_sent_at``: the
     booking call may have reached the warehouse, so the shop alone can no longer cancel it.
+
+    ``direction`` is OUTBOUND for the order's parcels (and an exchange's replacements) and
+    RETURN for a buyer's parcel coming back (``return_id``, issue 22): tracked the same way,
+    but never one of the order's parcels (:data:`OUTBOUND_ONLY` filters every query of those).
     """
 
     __tablename__ = "shipments"
@@ -63,8 +67,15 @@ class Shipment(Base):
     #: When the provider said it had finished tracking the parcel (services.tracking.finish):
     #: never polled again, and no later result moves the shipment or its order.
     tracking_ended_at: Mapped[Timestamp | None]
+    direction: Mapped[str] = mapped_column(String(8), server_default=text("'OUTBOUND'"))
+    return_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("returns.id"))
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
+
+
+OUTBOUND, RETURN = "OUTBOUND", "RETURN"
+#: The order's own parcels (outbound), not a buyer's return coming back.
+OUTBOUND_ONLY = Shipment.direction == OUTBOUND
 
 
 class ShipmentLine(Base):

@@ -23,6 +23,7 @@ from domain.parcels import UNKNOWN_WAREHOUSE
 from domain.tracking import FINAL as SHIPMENT_FINAL
 from models import DeadLetter, Dispute, Order, SettlementDifference, Shipment
 from models.db import get_engine
+from models.logistics import OUTBOUND_ONLY
 from settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -269,6 +270,7 @@ class PipelineCollector(Collector):
                     Shipment.status.not_in(sorted(s.value for s in SHIPMENT_FINAL)),
                     Shipment.tracking_ended_at.is_(None),  # the provider finished: not polled
                     Shipment.cancelled_at.is_(None),  # a parcel refused or cancelled unbooked
+                    OUTBOUND_ONLY,  # a buyer's return parcel is no warehouse's shipment
                 )
                 .group_by(Shipment.warehouse)
             )

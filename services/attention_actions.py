@@ -77,6 +77,7 @@ from domain.parcels import climb, order_progress
 from domain.payments import CAPTURED
 from domain.tracking import is_final
 from models import Order, OrderEvent, Payment, Shipment
+from models.logistics import OUTBOUND_ONLY
 from services import console, operators, parcel_planning, parcels, payments
 from services.followup import Followup
 from services.order_state import lock_order, move_order
@@ -263,7 +264,9 @@ def _tracked_shipment(session: Session, order: Order) -> Shipment:
     """The parcel a ``tracking_exception`` is about: the one its reason names (``parcel <id>
     (<warehouse>)``, an order of several parcels), else the order's only tracked one."""
     named = re.search(r"\bparcel (\d+) \(", order.reason or "")
-    stmt = select(Shipment).where(Shipment.order_id == order.id, Shipment.cancelled_at.is_(None))
+    stmt = select(Shipment).where(
+        Shipment.order_id == order.id, Shipment.cancelled_at.is_(None), OUTBOUND_ONLY
+    )
     if named:
         stmt = stmt.where(Shipment.id == int(named.group(1)))
     found = [
@@ -284,7 +287,7 @@ def _still_tracked(session: Session, order_id: str) -> bool:
     not final has had its tracking ended (nothing would move that one, so the order)."""
     rows = session.execute(
         select(Shipment.status, Shipment.tracking_ended_at).where(
-            Shipment.order_id == order_id, Shipment.cancelled_at.is_(None)
+            Shipment.order_id == order_id, Shipment.cancelled_at.is_(None), OUTBOUND_ONLY
         )
     ).all()
     open_ = [ended for status, ended in rows if not is_final(status)]

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from domain.allocation import Policy
 from models import Order, Return, Shipment
+from models.logistics import OUTBOUND_ONLY
 from services import timeline
 from services.followup import Followup
 from services.parcel_planning import plan_replacement
@@ -68,7 +69,7 @@ def redrive_replacements(
     """Rule 3: ``shipping.book`` for each delivered order whose replacement parcel has no
     waybill past its stage deadline; the deadline moves on (a lease)."""
     unbooked = exists().where(Shipment.order_id == Order.id, Shipment.waybill.is_(None),
-                              Shipment.cancelled_at.is_(None))  # fmt: skip
+                              Shipment.cancelled_at.is_(None), OUTBOUND_ONLY)  # fmt: skip
     orders = session.scalars(
         select(Order)
         .where(Order.status.in_(list(REPLACEABLE)), Order.stage_deadline < now, unbooked)

@@ -37,6 +37,7 @@ from domain.errors import ConflictError, NotFound, ReservationRefused
 from domain.orders import OrderStatus
 from domain.parcels import booking_key, plan_parcels, reallocation, refused_reason, settled
 from models import Order, Product, Reservation, Shipment, ShipmentLine
+from models.logistics import OUTBOUND_ONLY
 from services import timeline
 from services.locks import lock_stock_by_sku
 from services.order_state import lock_order, move_order
@@ -94,7 +95,8 @@ def plan_order(session: Session, order: Order) -> list[Shipment]:
     lines (:func:`domain.parcels.plan_parcels`), unless it has parcels already: planning twice
     creates nothing more (and ``UNIQUE (order_id, warehouse, seq)`` backs that up). Returns
     the parcels created."""
-    if session.scalar(select(Shipment.id).where(Shipment.order_id == order.id).limit(1)):
+    if session.scalar(select(Shipment.id).where(Shipment.order_id == order.id, OUTBOUND_ONLY)
+                      .limit(1)):  # fmt: skip
         return []
     plan = plan_parcels((sku, wh, qty) for sku, wh, qty in _held(session, order.id))
     created = [_add_parcel(session, order.id, wh, lines) for wh, lines in plan.items()]
@@ -282,7 +284,7 @@ def _excluded(session: Session, order_id: str, refusing: str) -> set[str]:
     """Where a refused parcel's lines may not go (module docstring)."""
     rows = session.execute(
         select(Shipment.warehouse, Shipment.cancel_reason, Shipment.cancelled_at,
-               Shipment.waybill).where(Shipment.order_id == order_id)
+               Shipment.waybill).where(Shipment.order_id == order_id, OUTBOUND_ONLY)
     )  # fmt: skip
     out = {refusing}
     for warehouse, reason, cancelled_at, waybill in rows:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import Shipment, TrackingEvent
+from models.logistics import OUTBOUND_ONLY
 from services.parcels import parcel_lines
 
 
@@ -20,7 +21,7 @@ def shipment_view(session: Session, order_id: str) -> dict[str, Any] | None:
     views show until they show every parcel (:func:`parcels_view`)."""
     shipment = session.scalars(
         select(Shipment)
-        .where(Shipment.order_id == order_id)
+        .where(Shipment.order_id == order_id, OUTBOUND_ONLY)
         .order_by(Shipment.cancelled_at.is_not(None), Shipment.id)
         .limit(1)
     ).first()
@@ -38,7 +39,7 @@ def parcels_view(session: Session, order_id: str) -> list[dict[str, Any]]:
     """Every parcel of the order, oldest first, cancelled ones included (with why), each as
     :func:`shipment_view` shows one plus its id, warehouse, lines and booking key."""
     shipments = session.scalars(
-        select(Shipment).where(Shipment.order_id == order_id).order_by(Shipment.id)
+        select(Shipment).where(Shipment.order_id == order_id, OUTBOUND_ONLY).order_by(Shipment.id)
     )
     return [_parcel_view(session, s) for s in shipments]
 

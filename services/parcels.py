@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from domain.parcels import Parcel, is_unplaced
 from domain.tracking import ShipmentStatus
 from models import Order, Shipment, ShipmentLine
+from models.logistics import OUTBOUND_ONLY
 from services import timeline
 
 
@@ -21,7 +22,7 @@ def live_parcels(session: Session, order_id: str, *, lock: bool = False) -> list
     """The order's parcels not cancelled, oldest first."""
     stmt = (
         select(Shipment)
-        .where(Shipment.order_id == order_id, Shipment.cancelled_at.is_(None))
+        .where(Shipment.order_id == order_id, Shipment.cancelled_at.is_(None), OUTBOUND_ONLY)
         .order_by(Shipment.id)
     )
     return list(session.scalars(stmt.with_for_update() if lock else stmt))
@@ -46,7 +47,7 @@ def unplaced_parcels(session: Session, order_id: str, *, lock: bool = False) -> 
     """The order's refused parcels whose lines are still owed (``[unplaced]``), oldest first."""
     stmt = (
         select(Shipment)
-        .where(Shipment.order_id == order_id, Shipment.cancelled_at.is_not(None))
+        .where(Shipment.order_id == order_id, Shipment.cancelled_at.is_not(None), OUTBOUND_ONLY)
         .order_by(Shipment.id)
     )
     rows = session.scalars(stmt.with_for_update() if lock else stmt)

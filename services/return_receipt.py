@@ -2,10 +2,11 @@
 line, the stock it puts back, and the line refund.
 
 1. **Receiving** (:func:`receive`): the warehouse names, for every line of a return awaiting
-   its parcel, how many units it restocks, found DAMAGED and never got (LOST); they must add
-   up to the line's quantity (422 naming ``lines.<i>.<field>``). Restocked units go back on
-   hand in ``warehouse`` (default: the one the line shipped from) as ``return_restock`` ledger
-   rows, damaged ones are ``write_off`` rows that change no counter, lost ones write nothing
+   its parcel (or arrived: RECEIVED by its tracking, not inspected yet), how many units it
+   restocks, found DAMAGED and never got (LOST); they must add up to the line's quantity
+   (422 naming ``lines.<i>.<field>``). Restocked units go back on hand in ``warehouse``
+   (default: the one the line shipped from) as ``return_restock`` ledger rows, damaged ones
+   are ``write_off`` rows that change no counter, lost ones write nothing
    (:func:`domain.aftersale.ledger_kind`). The same receipt again answers where the return
    stands; a return not awaiting its parcel is a 409 naming ``status``.
 2. **Settling** (:func:`domain.aftersale.after_receipt`): the units not LOST are settled; a
@@ -34,11 +35,12 @@ from domain.aftersale import Disposition, ReturnKind, ReturnStatus
 from domain.allocation import DEFAULT_POLICY, Policy
 from domain.errors import ConflictError, ReservationRefused, ValidationError
 from models import Order, Return, ReturnLine, Shipment, ShipmentLine
+from models.logistics import OUTBOUND_ONLY
 from services.exchange import reship
 from services.followup import Followup
 from services.payments.common import lock_payment
 from services.payments.refunds import refundable, request_refund
-from services.return_state import lock_return, move_return
+from services.return_state import lock_return, move_return, record_return
 from services.stock import Returned, receive_returned
 
 #: What the warehouse found of one line: (restock, damaged, lost) units.
@@ -120,21 +122,25 @@ def receive(
     refund or booking task to publish after the commit. ``allocation`` and ``redrive_s`` are
     an exchange's (:func:`services.exchange.reship`)."""
     order, ret = lock_return(session, return_id)
-    if ret.received_at is not None:
-        return ret.status, []
-    if ret.status != ReturnStatus.AWAITING_PARCEL:
+    if any(line.restocked + line.damaged + line.lost for line in ret.lines):
+        return ret.status, []  # inspected already: the same receipt again
+    if ret.status not in (ReturnStatus.AWAITING_PARCEL, ReturnStatus.RECEIVED):
         raise ConflictError(f"return {return_id} is {ret.status}; it is not awaiting a parcel",
                             field="status")  # fmt: skip
     by_sku = _check_found(ret, found)
-    ret.received_at, ret.warehouse = now, warehouse
+    ret.warehouse = warehouse
     rows = []
     for line in ret.lines:
         line.restocked, line.damaged, line.lost = by_sku[line.sku]
         where = warehouse or _shipped_from(session, order.id, line.sku) or default_warehouse
         rows += _ledger_rows(line, where)
     receive_returned(session, order.id, rows, actor=actor, reason=f"return {ret.id}")
-    move_return(session, ret, ReturnStatus.RECEIVED, actor,
-                found={sku: list(f) for sku, f in by_sku.items()})  # fmt: skip
+    found_detail = {sku: list(f) for sku, f in by_sku.items()}
+    if ret.status == ReturnStatus.AWAITING_PARCEL:  # not seen arriving by tracking
+        ret.received_at = now
+        move_return(session, ret, ReturnStatus.RECEIVED, actor, found=found_detail)
+    else:
+        record_return(session, ret, ret.status, actor, found=found_detail)
     settled = rules.settled_units(
         (line.sku, d, n) for line in ret.lines
         for d, n in ((Disposition.RESTOCK, line.restocked), (Disposition.DAMAGED, line.damaged))
@@ -199,7 +205,10 @@ def _shipped_from(session: Session, order_id: str, sku: str) -> str | None:
         select(Shipment.warehouse)
         .join(ShipmentLine, ShipmentLine.shipment_id == Shipment.id)
         .where(
-            Shipment.order_id == order_id, ShipmentLine.sku == sku, Shipment.waybill.is_not(None)
+            Shipment.order_id == order_id,
+            ShipmentLine.sku == sku,
+            Shipment.waybill.is_not(None),
+            OUTBOUND_ONLY,
         )
         .order_by(Shipment.seq)
         .limit(1)

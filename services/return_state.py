@@ -4,13 +4,16 @@ goes through :func:`move_return`."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from domain import aftersale as rules
 from domain.aftersale import ReturnStatus
 from domain.errors import ConflictError, NotFound
-from models import Order, Return
+from domain.tracking import ShipmentStatus
+from models import Order, Return, Shipment
 from services import timeline
 from services.order_state import lock_order
 
@@ -36,6 +39,23 @@ def move_return(
                             field="status")  # fmt: skip
     previous, ret.status = ret.status, target
     record_return(session, ret, previous, actor, **detail)
+
+
+def parcel_moved(session: Session, shipment: Shipment, *, now: datetime) -> None:
+    """A buyer's return parcel (``direction`` RETURN) moved; the order is locked by the caller
+    (tracking locks the order, then the shipment). Delivered to the warehouse: the return
+    awaiting it is RECEIVED (arrived; the warehouse's inspection settles it,
+    :func:`services.return_receipt.receive`). Any other move changes no return: the tracking
+    row on the order's timeline tells it."""
+    if shipment.return_id is None or shipment.status != ShipmentStatus.DELIVERED:
+        return
+    ret = session.scalars(
+        select(Return).where(Return.id == shipment.return_id).with_for_update()
+    ).one()
+    if ret.status == ReturnStatus.AWAITING_PARCEL:
+        ret.received_at = now
+        move_return(session, ret, ReturnStatus.RECEIVED, "tracking", waybill=shipment.waybill,
+                    arrived=True)  # fmt: skip
 
 
 def record_return(

@@ -21,9 +21,13 @@
    once by ``policy``; every other waits for an operator (:func:`decide`).
 5. **After approval** a refund-only return is settled at once (its refund requested, status
    REFUNDED); a return-and-refund waits for its parcel (AWAITING_PARCEL) until
-   ``RETURN_SHIP_BACK_S`` after approval (an exchange too); the buyer registers the waybill
-   (:func:`register_parcel`), and a return never shipped back by then is closed by the sweep
-   (:func:`sweep_overdue`).
+   ``RETURN_SHIP_BACK_S`` after approval (an exchange too), and one never shipped back by then
+   is closed by the sweep (:func:`sweep_overdue`).
+6. **The parcel back** (:func:`register_parcel`): the buyer's waybill becomes a shipment of
+   direction RETURN, subscribed to Kuaidi100 pushes and polled like any parcel (never one of
+   the order's: it does not move the order); delivered at the warehouse, the return is
+   RECEIVED (:func:`services.return_state.parcel_moved`), and the warehouse's inspection then
+   settles it. The warehouse may also receive a parcel that tracking has not seen arrive.
 
 Every change is written to the order's timeline (kind ``return``) in the same transaction.
 """
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,11 +45,14 @@ from domain import aftersale as rules
 from domain.aftersale import ReturnKind, ReturnStatus
 from domain.errors import ConflictError, ValidationError
 from domain.orders import OrderStatus
-from models import Order, OrderLine, Product, Return, ReturnLine
+from domain.tracking import ShipmentStatus
+from models import Order, OrderLine, Product, Return, ReturnLine, Shipment
+from models.logistics import RETURN
 from services.followup import Followup
 from services.order_state import lock_order
 from services.return_receipt import line_shares_of, refunded_units, settle_refund
 from services.return_state import lock_return, move_return, record_return
+from services.task_names import SHIPPING_SUBSCRIBE
 
 _SHIPPED_OR_LATER = frozenset(
     {OrderStatus.SHIPPED, OrderStatus.IN_TRANSIT, OrderStatus.PARTIALLY_DELIVERED,
@@ -148,11 +155,19 @@ def decide(
 
 
 def register_parcel(
-    session: Session, return_id: int, *, carrier: str, waybill: str, actor: str
+    session: Session,
+    return_id: int,
+    *,
+    carrier: str,
+    waybill: str,
+    actor: str,
+    now: datetime,
+    first_poll_s: float,
 ) -> ReturnOutcome:
-    """The buyer's return waybill (rule 5). The same waybill again is a no-op; another one, or a
-    return not awaiting its parcel, is a 409 naming ``waybill`` or ``status``."""
-    _order, ret = lock_return(session, return_id)
+    """The buyer's return waybill (rule 6). The same waybill again is a no-op; another one, a
+    waybill some parcel has already, or a return not awaiting its parcel, is a 409 naming
+    ``waybill`` or ``status``. Returns the subscription to publish."""
+    order, ret = lock_return(session, return_id)
     if ret.waybill is not None:
         if (ret.carrier, ret.waybill) == (carrier, waybill):
             return ReturnOutcome(ret.id, ret.status)
@@ -161,9 +176,22 @@ def register_parcel(
     if ret.status != ReturnStatus.AWAITING_PARCEL:
         raise ConflictError(f"return {return_id} is {ret.status}; it is not awaiting a parcel",
                             field="status")  # fmt: skip
+    taken = session.scalar(
+        select(Shipment.id).where(Shipment.carrier == carrier, Shipment.waybill == waybill)
+    )
+    if taken is not None:
+        raise ConflictError(f"waybill {carrier} {waybill} is another parcel's", field="waybill")
     ret.carrier, ret.waybill = carrier, waybill
-    record_return(session, ret, ret.status, actor, carrier=carrier, waybill=waybill)
-    return ReturnOutcome(ret.id, ret.status)
+    parcel = Shipment(
+        order_id=order.id, booking_key=f"return-{ret.id}", status=ShipmentStatus.PENDING,
+        carrier=carrier, waybill=waybill, direction=RETURN, return_id=ret.id,
+        next_poll_at=now + timedelta(seconds=first_poll_s),
+    )  # fmt: skip
+    session.add(parcel)
+    session.flush()
+    record_return(session, ret, ret.status, actor, carrier=carrier, waybill=waybill,
+                  shipment_id=parcel.id)  # fmt: skip
+    return ReturnOutcome(ret.id, ret.status, [Followup(SHIPPING_SUBSCRIBE, parcel.id)])
 
 
 def sweep_overdue(session: Session, *, now: datetime, limit: int) -> list[int]:

@@ -14,6 +14,7 @@ from domain.parcels import UNKNOWN_WAREHOUSE
 from domain.payments import CAPTURED
 from domain.tracking import ShipmentStatus
 from models import Order, OrderEvent, Payment, Return, ReturnLine, Shipment
+from models.logistics import OUTBOUND_ONLY
 
 
 def outcome_counts(session: Session) -> list[tuple[str, str | None, str, int]]:
@@ -117,6 +118,7 @@ def parcels_by_warehouse(session: Session) -> list[tuple[str, int, int]]:
             func.count().filter(booked),
             func.count().filter(booked, Shipment.status == ShipmentStatus.DELIVERED),
         )
+        .where(OUTBOUND_ONLY)
         .group_by(Shipment.warehouse)
         .order_by(Shipment.warehouse)
     ).all()
@@ -129,7 +131,7 @@ def orders_by_parcels(session: Session, status: str) -> dict[int, int]:
         select(func.count().label("parcels"))
         .select_from(Shipment)
         .join(Order, Order.id == Shipment.order_id)
-        .where(Order.status == status, Shipment.waybill.is_not(None))
+        .where(Order.status == status, Shipment.waybill.is_not(None), OUTBOUND_ONLY)
         .group_by(Shipment.order_id)
         .subquery()
     )

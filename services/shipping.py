@@ -41,6 +41,7 @@ from domain.errors import ConflictError, NotFound, ProviderRejected, ValidationE
 from domain.orders import OrderStatus
 from domain.parcels import climb, order_progress
 from models import Order, Shipment
+from models.logistics import OUTBOUND_ONLY
 from services import callbacks, timeline
 from services.followup import Followup
 from services.order_state import lock_order, move_order
@@ -237,7 +238,7 @@ def pending_subscriptions(session: Session, order_id: str) -> list[Followup]:
     by a run that then failed is picked up by the next)."""
     ids = session.scalars(
         select(Shipment.id).where(
-            Shipment.order_id == order_id, Shipment.cancelled_at.is_(None),
+            Shipment.order_id == order_id, Shipment.cancelled_at.is_(None), OUTBOUND_ONLY,
             Shipment.waybill.is_not(None), Shipment.subscribed.is_(False),
             Shipment.tracking_ended_at.is_(None),
         ).order_by(Shipment.id)

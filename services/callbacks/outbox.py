@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from domain.orders import OrderStatus
 from models import CallbackDelivery, Shipment, ShipmentLine, TrackingEvent
+from models.logistics import OUTBOUND_ONLY
 from services.callbacks.rules import (
     EVENT_TYPE,
     PARCEL_EVENT_TYPE,
@@ -209,7 +210,7 @@ def _parcels_part(session: Session, order_id: str) -> list[dict[str, Any]]:
     shipments = list(
         session.scalars(
             select(Shipment)
-            .where(Shipment.order_id == order_id, Shipment.cancelled_at.is_(None))
+            .where(Shipment.order_id == order_id, Shipment.cancelled_at.is_(None), OUTBOUND_ONLY)
             .order_by(Shipment.id)
         )
     )

@@ -24,8 +24,10 @@ from domain.tracking import (
     order_follows,
 )
 from models import Order, Shipment
+from models.logistics import RETURN
 from services import callbacks, timeline
 from services.order_state import lock_order, move_order
+from services.return_state import parcel_moved
 
 Source = Literal["poll", "push"]
 ACTOR = "tracking"
@@ -238,6 +240,9 @@ def _follow_shipment(
     ``shipment.status``: as
     :func:`domain.tracking.order_follows` decides for a one-parcel order (as always), as
     :func:`domain.parcels.follow_parcels` decides from all its live parcels otherwise."""
+    if shipment.direction == RETURN:  # a buyer's parcel coming back: its return follows
+        parcel_moved(session, shipment, now=now)
+        return
     status = ShipmentStatus(shipment.status)
     what = _exception_text(result) if status == ShipmentStatus.EXCEPTION else ""
     parcels = _live_parcels(session, order.id, shipment)
@@ -267,7 +272,7 @@ def _follow_shipment(
 
 _LIVE_PARCELS = text(
     "SELECT id, warehouse, waybill IS NOT NULL, status FROM shipments "
-    "WHERE order_id = :order_id AND cancelled_at IS NULL ORDER BY id"
+    "WHERE order_id = :order_id AND cancelled_at IS NULL AND direction = 'OUTBOUND' ORDER BY id"
 )
 
 

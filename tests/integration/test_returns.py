@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from domain.errors import ConflictError, NotFound, ValidationError
-from models import Order, Product, Refund, Return
+from models import Order, OrderEvent, Product, Refund, Return
 from services import payments, return_receipt, returns
 from services.queries import stock_drift
 from services.receipt import confirm_receipt, sweep_receipts
@@ -79,8 +79,8 @@ def test_one_line_of_three_returned_refunds_exactly_its_share_and_restocks(shop)
     assert asked.status == "REQUESTED" and asked.followups == []  # no policy: an operator
     assert decide(asked.return_id).status == "AWAITING_PARCEL"
     with unit_of_work() as s:
-        returns.register_parcel(s, asked.return_id, carrier="yuantong", waybill="YT12345678",
-                                actor="api:web")  # fmt: skip
+        returns.register_parcel(s, asked.return_id, carrier="yuantong", waybill="YTR2345678",
+                                actor="api:web", now=now(), first_poll_s=60)  # fmt: skip
     status, followups = receive(asked.return_id, [("B", (1, 0, 0))])
     assert status == "REFUNDED"
     assert refunds_of(oid) == [(f"return-{asked.return_id}", 3000, "REQUESTED")]
@@ -251,13 +251,15 @@ def test_a_parcel_not_shipped_back_in_time_closes_and_one_shipped_does_not(shop)
     policy = ReturnPolicy(ship_back_s=3600, auto_approve_max=10_000)
     idle, sent = (ask(oid, [(sku, 1)], policy=policy).return_id for sku in "AC")
     with unit_of_work() as s:
-        returns.register_parcel(s, sent, carrier="zto", waybill="ZT00000001", actor="api:web")
+        returns.register_parcel(s, sent, carrier="zto", waybill="ZT00000001", actor="api:web",
+                                now=now(), first_poll_s=60)  # fmt: skip
     with unit_of_work() as s:
         assert returns.sweep_overdue(s, now=now() + timedelta(seconds=3599), limit=10) == []
         assert returns.sweep_overdue(s, now=now() + timedelta(seconds=3601), limit=10) == [idle]
     assert (a_return(idle).status, a_return(sent).status) == ("CLOSED", "AWAITING_PARCEL")
     with pytest.raises(ConflictError) as other, unit_of_work() as s:
-        returns.register_parcel(s, sent, carrier="zto", waybill="ZT00000002", actor="x")
+        returns.register_parcel(s, sent, carrier="zto", waybill="ZT00000002", actor="x",
+                                now=now(), first_poll_s=60)  # fmt: skip
     assert other.value.field == "waybill"
     assert ask(oid, [("A", 2)], policy=policy).status == "AWAITING_PARCEL"  # A's unit is free
 
@@ -375,3 +377,78 @@ def test_a_lost_replacement_booking_is_driven_again_by_the_sweep(shop):
     with unit_of_work() as s:
         again = redrive_replacements(s, now=now() + timedelta(seconds=60), redrive_s=30, limit=10)
     assert [(f.task, f.arg) for f in again] == [("shipping.book", oid)]
+
+
+def test_the_return_parcel_is_tracked_back_and_its_arrival_receives_the_return(shop):
+    from adapters.logistics.base import TrackingEvent, TrackingResult
+    from domain.tracking import ShipmentStatus as TS
+    from models import Shipment
+    from services import tracking
+    from services.parcel_views import parcels_view
+
+    oid = delivered_order(shop, THREE)
+    with unit_of_work() as s:
+        confirm_receipt(s, oid, actor="api:web")
+    rid = ask(oid, [("B", 1)], policy=ReturnPolicy(auto_approve_max=10_000)).return_id
+    with unit_of_work() as s:
+        out = returns.register_parcel(s, rid, carrier="zto", waybill="ZTR0000001", actor="api:web",
+                                      now=now(), first_poll_s=60)  # fmt: skip
+    assert [f.task for f in out.followups] == ["shipping.subscribe"]
+    with unit_of_work() as s:
+        parcel = s.scalars(select(Shipment).where(Shipment.return_id == rid)).one()
+        sid, direction = parcel.id, parcel.direction
+        assert parcel.next_poll_at is not None  # polled like any parcel, until delivered
+        assert [p["id"] for p in parcels_view(s, oid)] != [] and sid not in [
+            p["id"] for p in parcels_view(s, oid)
+        ]  # never one of the order's parcels
+    assert direction == "RETURN"
+    t0 = now() - timedelta(hours=5)
+
+    def push(status, *events, raw="0"):
+        result = TrackingResult("zto", "ZTR0000001", status, raw,
+                                [TrackingEvent(t0 + timedelta(hours=h), what, "Hangzhou", st, c)
+                                 for h, st, c, what in events])  # fmt: skip
+        with unit_of_work() as s:
+            tracking.apply_result(s, sid, result, now=now(), source="push")
+
+    moving = (1, TS.IN_TRANSIT, "0", "collected")
+    arrived = (3, TS.DELIVERED, "3", "signed at the warehouse")
+    push(TS.IN_TRANSIT, moving)
+    assert a_return(rid).status == "AWAITING_PARCEL"
+    push(TS.DELIVERED, moving, arrived, raw="3")
+    push(TS.DELIVERED, moving, arrived, raw="3")  # a duplicate push
+    push(TS.IN_TRANSIT, moving)  # a late, out-of-order one
+    ret = a_return(rid)
+    assert ret.status == "RECEIVED" and ret.received_at is not None
+    with unit_of_work() as s:
+        assert s.get_one(Order, oid).status == "RECEIPT_CONFIRMED"  # the order did not move
+        moves = s.scalars(select(OrderEvent.to_status).where(
+            OrderEvent.order_id == oid, OrderEvent.kind == "return",
+            OrderEvent.to_status == "RECEIVED")).all()  # fmt: skip
+    assert moves == ["RECEIVED"]  # once, whatever the pushes
+    status, followups = receive(rid, [("B", (1, 0, 0))])  # the warehouse inspects it
+    assert status == "REFUNDED" and a_return(rid).refund_amount == 3000
+    carry_out(followups, shop)
+
+
+def test_a_return_parcel_in_exception_does_not_flag_the_order(shop):
+    from adapters.logistics.base import TrackingEvent, TrackingResult
+    from domain.tracking import ShipmentStatus as TS
+    from models import Shipment
+    from services import tracking
+
+    oid = delivered_order(shop, THREE)
+    rid = ask(oid, [("A", 1)], policy=ReturnPolicy(auto_approve_max=10_000)).return_id
+    with unit_of_work() as s:
+        returns.register_parcel(s, rid, carrier="zto", waybill="ZTR0000002", actor="api:web",
+                                now=now(), first_poll_s=60)  # fmt: skip
+    with unit_of_work() as s:
+        sid = s.scalars(select(Shipment.id).where(Shipment.return_id == rid)).one()
+    lost = TrackingEvent(now(), "parcel damaged in transit", "Hangzhou", TS.EXCEPTION, "2")
+    with unit_of_work() as s:
+        tracking.apply_result(s, sid, TrackingResult("zto", "ZTR0000002", TS.EXCEPTION, "2",
+                                                     [lost]), now=now(), source="push")  # fmt: skip
+    with unit_of_work() as s:
+        order = s.get_one(Order, oid)
+        assert (order.status, order.reason) == ("DELIVERED", None)
+    assert a_return(rid).status == "AWAITING_PARCEL"  # the warehouse may still receive it

@@ -1,4 +1,5 @@
-"""returns: after-sale returns and their lines; products' returnable flag and window (issue 22)
+"""returns: after-sale returns and their lines; products' returnable flag and window; a
+shipment's direction (a buyer's return parcel is tracked like any) (issue 22)
 
 Revision ID: 0021
 Revises: 0020
@@ -75,9 +76,20 @@ def upgrade() -> None:
         ),
         sa.UniqueConstraint("return_id", "line_no", name="uq_return_lines_return_line"),
     )  # fmt: skip
+    op.add_column(
+        "shipments",
+        sa.Column("direction", sa.String(8), server_default=sa.text("'OUTBOUND'"), nullable=False),
+    )
+    op.add_column("shipments", sa.Column("return_id", sa.BigInteger(), nullable=True))
+    op.create_foreign_key(op.f("fk_shipments_return_id_returns"), "shipments", "returns",
+                          ["return_id"], ["id"])  # fmt: skip
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM shipments WHERE direction = 'RETURN'")
+    op.drop_constraint(op.f("fk_shipments_return_id_returns"), "shipments", type_="foreignkey")
+    op.drop_column("shipments", "return_id")
+    op.drop_column("shipments", "direction")
     op.drop_table("return_lines")
     op.drop_table("returns")
     op.drop_column("products", "return_window_s")
