@@ -6,6 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test runs the suite in this many pytest-xdist processes (1: one process, no xdist):
+# most tests wait on workers, simulators and deadlines, so two at a time fill two cores.
+TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
 .PHONY: venv demo test test-unit test-reliability test-rabbitmq lint fmt clean lock bench
@@ -22,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/orderflow demo $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

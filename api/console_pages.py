@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from adapters.registry import PAYMENT_PROVIDERS
 from api import console_auth as auth
 from api.console_auth import Clock, Store
+from domain.aftersale import ReturnStatus
 from domain.errors import ValidationError
 from domain.money import format_money
 from domain.orders import OrderStatus
@@ -52,7 +53,7 @@ from services.unit_of_work import unit_of_work
 T = TypeVar("T")
 router = APIRouter(prefix="/console", include_in_schema=False)
 
-Ord, Pay, Ref, Shp = OrderStatus, PaymentStatus, RefundStatus, ShipmentStatus
+Ord, Pay, Ref, Shp, Ret = OrderStatus, PaymentStatus, RefundStatus, ShipmentStatus, ReturnStatus
 #: Per kind of status: the statuses that are good, bad (a person must look, or it failed) and
 #: off (cancelled, expired, closed); every other status is on its way ("wait").
 TONES: dict[str, dict[str, frozenset[str]]] = {
@@ -73,9 +74,9 @@ TONES: dict[str, dict[str, frozenset[str]]] = {
     },
     "dead_letter": {"bad": frozenset({"OPEN"}), "off": frozenset({"DISCARDED"})},
     "return": {
-        "good": frozenset({"REFUNDED", "RESHIPPED"}),
-        "bad": frozenset({"REQUESTED"}),  # waits for an operator's decision
-        "off": frozenset({"REJECTED", "CLOSED"}),
+        "good": frozenset({Ret.REFUNDED, Ret.RESHIPPED}),
+        "bad": frozenset({Ret.REQUESTED}),  # waits for an operator's decision
+        "off": frozenset({Ret.REJECTED, Ret.CLOSED}),
     },
     "endpoint": {
         "good": frozenset({"ok"}),

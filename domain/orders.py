@@ -117,3 +117,5 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_SKU = "unknown_sku"
     INACTIVE_PRODUCT = "inactive_product"
     CURRENCY_MISMATCH = "currency_mismatch"
+    #: The order's discount is its whole catalog total or more: nothing would be charged.
+    DISCOUNT_TOO_LARGE = "discount_too_large"

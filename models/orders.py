@@ -35,6 +35,7 @@ class Order(Base):
     __table_args__ = (
         UniqueConstraint("source", "external_id", name="uq_orders_source_external_id"),
         CheckConstraint("total_amount >= 0", name="total_not_negative"),
+        CheckConstraint("discount_amount >= 0", name="discount_not_negative"),
         Index("ix_orders_status_deadline", "status", "stage_deadline"),
         Index("ix_orders_created_at", "created_at"),
         Index("ix_orders_external_id", "external_id"),  # console search (migration 0006)
@@ -70,6 +71,9 @@ class Order(Base):
     reason: Mapped[str | None] = mapped_column(String(200))
     currency: Mapped[Currency]
     total_amount: Mapped[MinorUnits]
+    #: Minor units off the lines' catalog total (the order message's ``discount``); the total
+    #: is charged less it, and each line's share is stored on the line (``charged_amount``).
+    discount_amount: Mapped[MinorUnits] = mapped_column(server_default=text("0"))
     payment_provider: Mapped[str] = mapped_column(String(32))
     shipping_address: Mapped[Json]
     stage_deadline: Mapped[Timestamp | None]
@@ -98,6 +102,9 @@ class OrderLine(Base):
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int]
     unit_amount: Mapped[MinorUnits | None]  # priced at reservation time from the catalog
+    #: What the line was charged once an order-level discount is split over the lines
+    #: (:func:`domain.aftersale.line_shares`); None when the order had no discount.
+    charged_amount: Mapped[MinorUnits | None]
 
     order: Mapped[Order] = relationship(back_populates="lines")
 

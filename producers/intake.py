@@ -23,6 +23,7 @@ def to_new_order(msg: OrderMessage) -> NewOrder:
         shipping_address=msg.shipping_address.model_dump(mode="json"),
         customer_ref=msg.customer_ref,
         user_id=msg.user_id,
+        discount=msg.discount,
     )
 
 

@@ -43,6 +43,7 @@ class NewOrder:
     customer_ref: str | None = None
     user_id: int | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    discount: int = 0  # minor units off the lines' total (applied at reservation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,9 @@ _INSERT_ORDER = text(
     WITH new_order AS (
         INSERT INTO orders (id, source, external_id, body_hash, user_id, customer_ref, status,
                             currency, total_amount, payment_provider, shipping_address,
-                            stage_deadline)
+                            stage_deadline, discount_amount)
         VALUES (:id, :source, :external_id, :body_hash, :user_id, :customer_ref, :status,
-                :currency, 0, :payment_provider, :shipping_address, :stage_deadline)
+                :currency, 0, :payment_provider, :shipping_address, :stage_deadline, :discount)
         ON CONFLICT ON CONSTRAINT uq_orders_source_external_id DO NOTHING
         RETURNING id),
     new_lines AS (
@@ -94,6 +95,7 @@ def accept_order(
         "body_hash": order.body_hash,
         "user_id": order.user_id,
         "customer_ref": order.customer_ref,
+        "discount": order.discount,
         "status": OrderStatus.RECEIVED.value,
         "currency": order.currency,
         "payment_provider": order.payment_provider,
@@ -176,15 +178,16 @@ _INSERT_ORDERS = text(
             CAST(:ids AS text[]), CAST(:sources AS text[]), CAST(:external_ids AS text[]),
             CAST(:body_hashes AS text[]), CAST(:user_ids AS bigint[]),
             CAST(:customer_refs AS text[]), CAST(:currencies AS text[]),
-            CAST(:providers AS text[]), CAST(:addresses AS text[]), CAST(:details AS text[]))
+            CAST(:providers AS text[]), CAST(:addresses AS text[]), CAST(:details AS text[]),
+            CAST(:discounts AS bigint[]))
             WITH ORDINALITY AS i(id, source, external_id, body_hash, user_id, customer_ref,
-                                 currency, payment_provider, address, detail, n)),
+                                 currency, payment_provider, address, detail, discount, n)),
     new_order AS (
         INSERT INTO orders (id, source, external_id, body_hash, user_id, customer_ref, status,
                             currency, total_amount, payment_provider, shipping_address,
-                            stage_deadline)
+                            stage_deadline, discount_amount)
         SELECT id, source, external_id, body_hash, user_id, customer_ref, :status, currency, 0,
-               payment_provider, CAST(address AS jsonb), :stage_deadline
+               payment_provider, CAST(address AS jsonb), :stage_deadline, discount
         FROM input ORDER BY n
         ON CONFLICT ON CONSTRAINT uq_orders_source_external_id DO NOTHING
         RETURNING id),
@@ -222,6 +225,7 @@ def _insert_all(
         "body_hashes": [o.body_hash for o in orders],
         "user_ids": [o.user_id for o in orders],
         "customer_refs": [o.customer_ref for o in orders],
+        "discounts": [o.discount for o in orders],
         "currencies": [o.currency for o in orders],
         "providers": [o.payment_provider for o in orders],
         "addresses": [json.dumps(dict(o.shipping_address)) for o in orders],

@@ -7,7 +7,8 @@ Contract of :func:`reserve_order` (call inside one unit of work):
 * an order that is no longer RECEIVED is left alone (the task was a duplicate) — idempotent;
 * all lines are reserved or none; the order becomes RESERVED with a payment deadline (and a
   short stage deadline by which the payment stage must have started), or
-  REJECTED with ``out_of_stock`` / ``unknown_sku`` / ``inactive_product`` / ``currency_mismatch``;
+  REJECTED with ``out_of_stock`` / ``unknown_sku`` / ``inactive_product`` / ``currency_mismatch``
+  / ``discount_too_large``;
 * which warehouses hold the stock is :func:`domain.allocation.allocate`'s decision under the
   ``policy`` the caller passes (``ALLOCATION_STRATEGY`` and ``WAREHOUSES``, built by
   :func:`workers.ports.allocation_policy`), for the ``region`` of the order's stored
@@ -34,6 +35,7 @@ import sqlalchemy.exc
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
+from domain.aftersale import line_shares
 from domain.allocation import DEFAULT_POLICY, Allocation, Line, Policy, allocate
 from domain.errors import NotFound, ReservationRefused
 from domain.orders import OrderStatus, RejectReason, ensure_transition
@@ -69,13 +71,13 @@ class ReserveOutcome:
 # (ensure_transition) and recorded by services.order_state.announce_move, as move_order does.
 _LOCK_ORDER = text(
     "SELECT id, status, currency, source, external_id, reason, payment_provider, "
-    "shipping_address->>'region' AS ship_region FROM orders "
+    "shipping_address->>'region' AS ship_region, discount_amount FROM orders "
     "WHERE id = :id FOR UPDATE"
 )
 # The batch's orders, locked in id order (the order every batch takes them in).
 _LOCK_ORDERS = text(
     "SELECT id, status, currency, source, external_id, reason, payment_provider, "
-    "shipping_address->>'region' AS ship_region FROM orders "
+    "shipping_address->>'region' AS ship_region, discount_amount FROM orders "
     "WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE"
 )
 # The lines of every order of the call in one query (one order for the single path).
@@ -90,6 +92,13 @@ _PRICE_LINES = text(
     """
     UPDATE order_lines l SET unit_amount = p.price_amount
     FROM products p WHERE l.order_id = :id AND p.sku = l.sku
+    """
+)
+_CHARGE_LINES = text(
+    """
+    UPDATE order_lines l SET charged_amount = c.amount
+    FROM unnest(CAST(:line_nos AS int[]), CAST(:amounts AS bigint[])) AS c(line_no, amount)
+    WHERE l.order_id = :id AND l.line_no = c.line_no
     """
 )
 _MARK_RESERVED = text(
@@ -123,6 +132,7 @@ class _Pending:
     snapshot: callbacks.OrderSnapshot
     provider: str
     region: str | None  # the shipping address's region (the nearest strategy's input)
+    discount: int = 0  # minor units off the lines' total (the order message's discount)
     lines: list[Line] = field(default_factory=list)
     products: dict[str, _Priced] = field(default_factory=dict)
 
@@ -208,7 +218,7 @@ def reserve_batch(
 
 def _pending(row: Any) -> _Pending:
     snapshot = callbacks.OrderSnapshot(row.id, row.source, row.external_id, row.currency)
-    return _Pending(snapshot, row.payment_provider, row.ship_region)
+    return _Pending(snapshot, row.payment_provider, row.ship_region, row.discount_amount)
 
 
 def _load_lines(conn: Connection, orders: list[_Pending]) -> list[_Pending]:
@@ -274,6 +284,9 @@ def _reserve_one(
             raise ReservationRefused(RejectReason.CURRENCY_MISMATCH, ",".join(mismatch))
         active = {s: p.active for s, p in products.items()}
         allocations = allocate(order.lines, available, active, window.policy, order.region)
+        if order.discount and order.discount >= _listed(order):
+            why = f"discount {order.discount} of {_listed(order)}"
+            raise ReservationRefused(RejectReason.DISCOUNT_TOO_LARGE, why)
     except ReservationRefused as exc:
         return _reject(session, snapshot, exc), []
     conn, order_id = session.connection(), snapshot.id
@@ -282,7 +295,7 @@ def _reserve_one(
         session, order_id, [Hold(a.sku, a.warehouse, a.quantity) for a in allocations], expires_at
     )
     conn.execute(_PRICE_LINES, {"id": order_id})
-    total = sum(products[line.sku].price_amount * line.quantity for line in order.lines)
+    total = _charge(conn, order)
     target = ensure_transition(OrderStatus.RECEIVED, OrderStatus.RESERVED)
     conn.execute(
         _MARK_RESERVED,
@@ -305,6 +318,29 @@ def _reserve_one(
     }
     announce_move(session, reserved, OrderStatus.RECEIVED, target, detail=detail)
     return ReserveOutcome(order_id, target, True, provider=order.provider), allocations
+
+
+def _charge(conn: Connection, order: _Pending) -> int:
+    """What the order is charged: its lines at catalog prices less its discount. With a
+    discount, each line's share of it (:func:`domain.aftersale.line_shares`, in line order) is
+    stored on the line, for its refunds."""
+    listed = _listed(order)
+    if not order.discount:
+        return listed
+    prices = [order.products[line.sku].price_amount for line in order.lines]
+    total = listed - order.discount  # above 0: a larger discount was refused
+    shares = line_shares(
+        [(no, line.quantity, p) for no, (p, line) in enumerate(zip(prices, order.lines,
+                                                                   strict=True), 1)], total,
+    )  # fmt: skip
+    conn.execute(_CHARGE_LINES, {"id": order.snapshot.id, "line_nos": list(shares),
+                                 "amounts": list(shares.values())})  # fmt: skip
+    return total
+
+
+def _listed(order: _Pending) -> int:
+    """The order's lines at catalog prices (every SKU priced: allocation refused any other)."""
+    return sum(order.products[line.sku].price_amount * line.quantity for line in order.lines)
 
 
 def _reject(

@@ -34,7 +34,7 @@ from domain import aftersale as rules
 from domain.aftersale import Disposition, ReturnKind, ReturnStatus
 from domain.allocation import DEFAULT_POLICY, Policy
 from domain.errors import ConflictError, ReservationRefused, ValidationError
-from models import Order, Return, ReturnLine, Shipment, ShipmentLine
+from models import Order, OrderLine, Return, ReturnLine, Shipment, ShipmentLine
 from models.logistics import OUTBOUND_ONLY
 from services.exchange import reship
 from services.followup import Followup
@@ -48,12 +48,16 @@ Found = tuple[int, int, int]
 
 
 def line_shares_of(order: Order) -> dict[str, int]:
-    """Each SKU's share of what the order was charged (:func:`domain.aftersale.line_shares`,
-    first line of a SKU only, as returns name lines by SKU)."""
-    lines: list[tuple[str, int, int]] = []
-    for line in order.lines:
-        if all(sku != line.sku for sku, _q, _u in lines):
-            lines.append((line.sku, line.quantity, line.unit_amount or 0))
+    """Each SKU's share of what the order was charged (first line of a SKU only, as returns
+    name lines by SKU): the share stored on the line at reservation when the order had a
+    discount, else worked out the same way (:func:`domain.aftersale.line_shares` of the total:
+    the lines' list amounts unless the total is below them)."""
+    first: dict[str, OrderLine] = {}
+    for line in order.lines:  # line order: it breaks the shares' ties
+        first.setdefault(line.sku, line)
+    if all(line.charged_amount is not None for line in first.values()):
+        return {sku: int(line.charged_amount or 0) for sku, line in first.items()}
+    lines = [(line.sku, line.quantity, line.unit_amount or 0) for line in first.values()]
     return rules.line_shares(lines, order.total_amount)
 
 

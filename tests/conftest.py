@@ -4,6 +4,12 @@ real processes (API, Celery workers, beat) started by pid and stopped after each
 With ``DATABASE_URL`` / ``REDIS_URL`` unset the session starts the embedded servers
 (``workers.embedded``); with them set it creates a throw-away database ``orderflow_test_<pid>`` on
 that server and uses Redis db 9 (or the db named in the URL), flushed before each test.
+
+``make test`` runs the suite in two pytest-xdist processes (``-n 2``): most tests wait on
+workers, simulators and deadlines, so two at a time use the two cores this machine has. Each
+xdist worker is a session of its own (:func:`_xdist_isolation`): its own embedded servers
+(``STATE_DIR`` under ``.orderflow/xdist-<worker>``) or, on configured servers, its own database
+and Redis db (9 + the worker's number), so the two never share a queue, a key or a row.
 """
 
 from __future__ import annotations
@@ -28,6 +34,22 @@ from tests.broker import amqp_session_vhost, purge_broker_for_test
 
 TEST_REDIS_DB = 9
 
+
+def _xdist_worker() -> int | None:
+    """This session's pytest-xdist worker number (``gw1`` -> 1), or None when run alone."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else None
+
+
+def _xdist_isolation() -> dict[str, str]:
+    """What keeps two xdist workers apart: embedded servers of its own per worker (a state dir
+    each: two sessions sharing one would stop each other's servers)."""
+    worker = _xdist_worker()
+    if worker is None:
+        return {}
+    return {"STATE_DIR": str(get_settings().state_dir / f"xdist-gw{worker}")}
+
+
 # Short beat periods so recovery paths run within a test. Applied before any app module reads
 # settings; every child process inherits them through the environment.
 TEST_ENV = {
@@ -48,20 +70,23 @@ TEST_ENV = {
 
 
 def _redis_test_url(url: str) -> str:
+    """The session's Redis db: the one the URL names (else 9), plus the xdist worker's number."""
     if url.startswith("redis://") or url.startswith("rediss://"):
         head, _, path = url.rpartition("/")
+        offset = _xdist_worker() or 0
         if "//" in head and path.isdigit():
-            return url  # the caller chose a db
-        return url.rstrip("/") + f"/{TEST_REDIS_DB}"
+            return f"{head}/{int(path) + offset}"  # the caller chose a db
+        return url.rstrip("/") + f"/{TEST_REDIS_DB + offset}"
     return url  # embedded unix socket: the whole server is ours
 
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[dict[str, str]]:
     """Database and Redis for the session; yields the URLs (also exported to os.environ)."""
-    exported = ["DATABASE_URL", "REDIS_URL", "API_KEYS", "KEY_ENCRYPTION_KEY"]
+    exported = ["DATABASE_URL", "REDIS_URL", "API_KEYS", "KEY_ENCRYPTION_KEY", "STATE_DIR"]
     saved = {k: os.environ.get(k) for k in [*TEST_ENV, *exported, "PROMETHEUS_MULTIPROC_DIR"]}
     os.environ.update(TEST_ENV)
+    os.environ.update(_xdist_isolation())
     os.environ["API_KEYS"] = f"test-{secrets.token_hex(8)},shop-a:shopkey-{secrets.token_hex(8)}"
     # Callback secrets are stored encrypted: a key made for this session (never one committed to
     # the repository), inherited by every process the tests start.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from adapters.logistics.base import TrackingResult
 from domain.tracking import ShipmentStatus
@@ -33,15 +33,13 @@ def ports() -> Ports:
 
 
 def delivered_order(
-    fake: FakePaymentProvider, lines: list[tuple[str, int]], *, charged: int | None = None
+    fake: FakePaymentProvider, lines: list[tuple[str, int]], *, discount: int = 0
 ) -> str:
-    """An order of ``lines`` reserved, paid at ``fake`` (``charged``: an order-level discount
-    set before the payment is made), booked and delivered: its id."""
-    oid = accept_message(order_message(lines), channel="test").order_id
+    """An order of ``lines`` (with an order-level ``discount``) reserved, paid at ``fake``,
+    booked and delivered: its id."""
+    oid = accept_message({**order_message(lines), "discount": discount}, channel="test").order_id
     with unit_of_work() as s:
         assert reserve_order(s, oid, now=now(), payment_window_s=600).status == "RESERVED"
-        if charged is not None:
-            s.execute(update(Order).where(Order.id == oid).values(total_amount=charged))
     assert payments.create(oid, lambda _: fake, ports(), CONFIG).result == "created"
     with unit_of_work() as s:
         trade_no = s.scalar(select(Payment.out_trade_no).where(Payment.order_id == oid))

@@ -78,6 +78,32 @@ def test_reject_reasons(catalog):
         assert reserve(oid).reason == reason
 
 
+def test_an_order_discount_is_charged_and_split_over_the_lines(catalog):
+    """The discount comes off the catalog total and each line stores its share (largest
+    remainder, ties to the larger line): 3 x 1000 + 1 x 1000 less 1001 = 2999, split 2249 + 750.
+    A discount of the whole total or more is refused: nothing would be charged."""
+    from models import Order
+
+    catalog({"A": 10, "B": 10}, price=1000)
+    msg = {**order_message([("A", 3), ("B", 1)]), "discount": 1001}
+    oid = accept_message(msg, channel="test").order_id
+    assert reserve(oid).status == "RESERVED"
+    with unit_of_work() as s:
+        order = s.get_one(Order, oid)
+        assert (order.discount_amount, order.total_amount) == (1001, 2999)
+        assert [(ln.sku, ln.charged_amount) for ln in order.lines] == [("A", 2249), ("B", 750)]
+    plain = accept_message(order_message("A", 1), channel="test").order_id
+    assert reserve(plain).status == "RESERVED"
+    with unit_of_work() as s:  # no discount: nothing stored, the line is charged its list amount
+        order = s.get_one(Order, plain)
+        assert (order.total_amount, order.lines[0].charged_amount) == (1000, None)
+    free = accept_message({**order_message("B", 1), "discount": 1000}, channel="test").order_id
+    out = reserve(free)
+    assert (out.status, out.reason) == ("REJECTED", "discount_too_large")
+    assert stock_of("B") == (10, 1)  # only the first order's B is held
+    assert_stock_consistent()
+
+
 def test_duplicate_task_reserves_once(catalog):
     catalog({"A": 5})
     oid = accept_message(order_message("A", 2), channel="test").order_id

@@ -97,7 +97,10 @@ def test_one_line_of_three_returned_refunds_exactly_its_share_and_restocks(shop)
 
 
 def test_a_discount_is_split_over_the_lines_and_parts_add_up_to_what_was_charged(shop):
-    oid = delivered_order(shop, THREE, charged=5200)  # 1300 off the list total of 6500
+    oid = delivered_order(shop, THREE, discount=1300)  # 6500 listed, 5200 charged
+    with unit_of_work() as s:  # the discount split over the lines, stored on them
+        stored = [(ln.sku, ln.charged_amount) for ln in s.get_one(Order, oid).lines]
+    assert stored == [("A", 1600), ("B", 2400), ("C", 1200)]
     paid = []
     for lines in ([("A", 1)], [("A", 1), ("C", 1)], [("B", 1), ("C", 2)]):
         asked = ask(oid, lines, kind="REFUND_ONLY",

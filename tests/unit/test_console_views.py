@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from api.console_pages import TONES, tone
+from domain.aftersale import ReturnStatus
 from domain.orders import OrderStatus
 from domain.payments import PaymentStatus, RefundStatus
 from domain.tracking import ShipmentStatus
@@ -33,8 +34,9 @@ def test_every_status_has_a_meaning():
     assert tone("AWAITING_PAYMENT") == tone("PAID") == "tone-wait"
     assert tone("PAID", "payment") == "tone-good" and tone("CLOSED", "payment") == "tone-off"
     assert tone("EXCEPTION", "shipment") == "tone-bad" and tone("OPEN", "dead_letter") == "tone-bad"
-    known = {*OrderStatus, *PaymentStatus, *RefundStatus, *ShipmentStatus, "OPEN", "DISCARDED",
-             "ok", "paused", "failing", "inactive"}  # fmt: skip
+    known = {*OrderStatus, *PaymentStatus, *RefundStatus, *ShipmentStatus, *ReturnStatus, "OPEN",
+             "DISCARDED", "ok", "paused", "failing", "inactive"}  # fmt: skip
+    assert tone("REQUESTED", "return") == "tone-bad"  # waits for a person
     assert all(s in known for kind in TONES.values() for group in kind.values() for s in group)
 
 

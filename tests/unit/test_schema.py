@@ -55,3 +55,25 @@ def test_body_hash_ignores_key_order():
     assert parse_message(a).body_hash() == parse_message(b).body_hash()
     c = order_message(external_id="x", sku="SKU-2")
     assert parse_message(a).body_hash() != parse_message(c).body_hash()
+
+
+@pytest.mark.parametrize("discount", [-1, "5", 1.5, 10**12 + 1])
+def test_bad_discount_names_the_field(discount):
+    assert "discount" in errors_of({**order_message(), "discount": discount})
+
+
+def test_a_discount_changes_the_body_and_none_hashes_as_before_discounts_existed():
+    plain = order_message(external_id="x")
+    assert parse_message(plain).discount == 0
+    before = parse_message(plain).body_hash()
+    assert parse_message({**plain, "discount": 0}).body_hash() == before  # a repeat, not a conflict
+    assert parse_message({**plain, "discount": 100}).body_hash() != before
+    # The hash of a message without a discount, as stored before discounts existed.
+    import hashlib
+    import json
+
+    body = parse_message(plain).model_dump(mode="json", exclude={"discount"})
+    legacy = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert before == legacy

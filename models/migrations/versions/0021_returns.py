@@ -1,5 +1,6 @@
 """returns: after-sale returns and their lines; products' returnable flag and window; a
-shipment's direction (a buyer's return parcel is tracked like any) (issue 22)
+shipment's direction (a buyer's return parcel is tracked like any); an order's discount and
+each line's charged share (issue 22)
 
 Revision ID: 0021
 Revises: 0020
@@ -76,6 +77,11 @@ def upgrade() -> None:
         ),
         sa.UniqueConstraint("return_id", "line_no", name="uq_return_lines_return_line"),
     )  # fmt: skip
+    op.add_column("orders", sa.Column("discount_amount", sa.BigInteger(),
+                                      server_default=sa.text("0"), nullable=False))  # fmt: skip
+    op.create_check_constraint(op.f("ck_orders_discount_not_negative"), "orders",
+                               "discount_amount >= 0")  # fmt: skip
+    op.add_column("order_lines", sa.Column("charged_amount", sa.BigInteger(), nullable=True))
     op.add_column(
         "shipments",
         sa.Column("direction", sa.String(8), server_default=sa.text("'OUTBOUND'"), nullable=False),
@@ -90,6 +96,9 @@ def downgrade() -> None:
     op.drop_constraint(op.f("fk_shipments_return_id_returns"), "shipments", type_="foreignkey")
     op.drop_column("shipments", "return_id")
     op.drop_column("shipments", "direction")
+    op.drop_column("order_lines", "charged_amount")
+    op.drop_constraint(op.f("ck_orders_discount_not_negative"), "orders", type_="check")
+    op.drop_column("orders", "discount_amount")
     op.drop_table("return_lines")
     op.drop_table("returns")
     op.drop_column("products", "return_window_s")
