@@ -85,6 +85,12 @@ class ProductPatch(BaseModel):
     price_amount: StrictInt | None = Field(None, ge=0)
     currency: str | None = Field(None, max_length=3)
     active: StrictBool | None = None
+    returnable: StrictBool | None = Field(
+        None, description="Whether a return of it may be approved without an operator"
+    )
+    return_window_s: StrictInt | None = Field(
+        None, description="Its own return window after receipt (seconds; default the shop's)"
+    )
 
 
 @router.get("/products")
@@ -117,7 +123,7 @@ def update_product(sku: str, body: ProductPatch, actor: Admin) -> Any:
         return error_response(
             422, "validation_failed", "nothing to change",
             [{"field": "body", "reason": "give one or more of name, price_amount, currency, "
-              "active (not null)"}],
+              "active, returnable, return_window_s (not null)"}],
         )  # fmt: skip
     return run_in_unit_of_work(
         lambda s: catalog_admin.product_view(

@@ -7,6 +7,9 @@ replayed or discarded by filter.
   its follow-up tasks are published. Success redirects to the order page with what was done; a
   refusal (the order's state does not allow it, a bad note) shows the order page with the
   reason (409 / 422) and changes nothing but an audit row of the refusal.
+* ``POST /console/returns/{id}/{approve|reject}`` (``reject`` needs a ``note``): an operator's
+  decision on a REQUESTED return (:func:`services.returns.decide`), audited; back to the
+  order page.
 * ``GET /console/dead-letters/bulk?task=&queue=&error=&older_than=``: the preview, "N dead
   letters match" with the oldest few, and the two buttons.
 * ``POST /console/dead-letters/bulk/{replay|discard}`` (the same filter fields): at most
@@ -115,6 +118,60 @@ async def order_action(
     log.info("console: %s order %s by %s", action, order_id, session.actor)
     target = f"/console/orders/{quote(order_id, safe='')}?done={quote(summary)}"
     return RedirectResponse(target, status_code=303)
+
+
+# --- return decisions --------------------------------------------------------------------------
+
+
+def _decide(return_id: int, approve: bool, actor: str, note: str) -> str:
+    """The decision's transaction (the return's timeline rows and the audit row in it), then
+    its follow-ups (a refund-only return's refund); the return's new status."""
+    from services import operators, returns
+    from workers.ports import return_policy
+
+    action = "return_approve" if approve else "return_reject"
+    with unit_of_work() as session:
+        out = returns.decide(session, return_id, approve=approve, actor=f"console:{actor}",
+                             note=note, policy=return_policy(), now=_now())  # fmt: skip
+        operators.audit(session, actor=actor, action=action, target=f"return:{return_id}",
+                        detail={"status": out.status, "note": note})  # fmt: skip
+    enqueue_followups(out.followups)
+    return out.status
+
+
+def _order_of(return_id: int) -> str | None:
+    from services.return_views import get_return
+
+    with unit_of_work() as session:
+        try:
+            return str(get_return(session, return_id)["order_id"])
+        except NotFound:
+            return None
+
+
+@router.post("/returns/{return_id}/{decision}")
+async def return_decision(
+    request: Request, store: Store, now: Clock, return_id: int, decision: str
+) -> Response:
+    """Approve or reject a REQUESTED return (:func:`services.returns.decide`); a reject needs
+    a note. Back to the order page, with what was done or why it was refused."""
+    session, refusal = await auth.acting(request, store, now, Permission.ACT_ON_ORDERS)
+    if session is None:
+        return refusal or Response(status_code=403)
+    order_id = await run_in_threadpool(_order_of, return_id)
+    if decision not in ("approve", "reject") or order_id is None:
+        return Response("no such return or decision", status_code=404)
+    note = (await auth.read_form(request)).get("note", "").strip()[:200]
+    try:
+        if decision == "reject" and not note:
+            raise ValidationError("note", "say why the return is rejected")
+        status = await run_in_threadpool(
+            _decide, return_id, decision == "approve", session.actor, note or "approved"
+        )
+    except REFUSED as exc:
+        return await _refuse(request, session, order_id, f"return_{decision}", exc)
+    done = quote(f"return {return_id}: {status}")
+    return RedirectResponse(f"/console/orders/{quote(order_id, safe='')}?done={done}", 303)
 
 
 # --- dead letters by filter --------------------------------------------------------------------

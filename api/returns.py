@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require_api_key
 from api.errors import error_responses
+from domain.errors import NotFound
+from models import Order
 from services import return_receipt, returns
 from services.followup import Followup
 from services.queries import ensure_order_source
@@ -118,6 +120,8 @@ async def request_return(order_id: str, body: ReturnRequest, source: Source) -> 
 def _list(order_id: str, source: str) -> dict[str, Any]:
     with unit_of_work() as session:
         ensure_order_source(session, order_id, source)
+        if session.get(Order, order_id) is None:  # the wildcard key reaches any: still 404
+            raise NotFound(f"order {order_id} not found", field="order_id")
         return {"order_id": order_id, "returns": returns_of(session, order_id)}
 
 

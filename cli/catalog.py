@@ -89,18 +89,25 @@ def products_update(
     price: int | None = typer.Option(None, help="New price in minor units"),
     currency: str | None = typer.Option(None, help="New currency"),
     active: bool | None = typer.Option(None, "--active/--inactive", help="Sell it or not"),
+    returnable: bool | None = typer.Option(
+        None, "--returnable/--not-returnable", help="May a return be approved without a person"
+    ),
+    return_window_s: int | None = typer.Option(None, help="Its own return window (seconds)"),
 ) -> None:
-    """Change a product's name, price or active flag (a price change is recorded)."""
+    """Change a product's name, price, active flag or after-sale terms (a price change is
+    recorded)."""
     from domain.money import Money
     from services import catalog_admin
     from services.unit_of_work import unit_of_work
 
-    if name is None and price is None and currency is None and active is None:
-        raise fail("nothing to change: give --name, --price, --currency or --active/--inactive")
+    given = (name, price, currency, active, returnable, return_window_s)
+    if all(x is None for x in given):
+        raise fail("nothing to change: give --name, --price, --currency, --active/--inactive, "
+                   "--returnable/--not-returnable or --return-window-s")  # fmt: skip
     with unit_of_work() as session:
         p = catalog_admin.update_product(
             session, sku, name=name, price_amount=price, currency=currency, active=active,
-            actor=_actor(),
+            returnable=returnable, return_window_s=return_window_s, actor=_actor(),
         )  # fmt: skip
         money = Money(p.price_amount, p.currency)
         console.print(f"{p.sku}: {p.name}, {money}, {'active' if p.active else 'inactive'}")

@@ -37,6 +37,8 @@ _CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # fullmatch: "$" would let a final
 NAME_MAX = 200
 #: Largest accepted price, in minor units: far above any product, far below BIGINT.
 PRICE_MAX = 10**12
+#: Longest return window a product may have: a year.
+RETURN_WINDOW_MAX_S = 366 * 86_400
 
 
 def check_code(value: object, field_name: str) -> str:
@@ -77,6 +79,15 @@ def check_price(amount: object, currency: object) -> Money:
         raise ValidationError("price_amount", str(exc)) from None
 
 
+def check_window(value: object) -> int:
+    """A product's return window in seconds, or ``ValidationError("return_window_s", ...)``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("return_window_s", "must be a whole number of seconds")
+    if not 0 <= value <= RETURN_WINDOW_MAX_S:
+        raise ValidationError("return_window_s", f"must be between 0 and {RETURN_WINDOW_MAX_S}")
+    return value
+
+
 # --- single products ---------------------------------------------------------------------------
 
 
@@ -87,6 +98,8 @@ def product_view(product: Product) -> dict[str, Any]:
         "price_amount": product.price_amount,
         "currency": product.currency,
         "active": product.active,
+        "returnable": product.returnable,
+        "return_window_s": product.return_window_s,
         "created_at": product.created_at.isoformat(),
         "updated_at": product.updated_at.isoformat(),
     }
@@ -150,10 +163,14 @@ def update_product(
     price_amount: int | None = None,
     currency: str | None = None,
     active: bool | None = None,
+    returnable: bool | None = None,
+    return_window_s: int | None = None,
     actor: str,
 ) -> Product:
-    """Change any of name, price (amount and/or currency) and active. A price change writes a
-    price history row; an unchanged price writes none."""
+    """Change any of name, price (amount and/or currency), active and the after-sale terms
+    (``returnable``: whether a return may be approved without an operator; ``return_window_s``:
+    the product's own window after receipt, at most :data:`RETURN_WINDOW_MAX_S`). A price
+    change writes a price history row; an unchanged price writes none."""
     product = _locked(session, sku)
     if name is not None:
         product.name = check_name(name)
@@ -167,6 +184,10 @@ def update_product(
             record_price(session, sku, price, actor)
     if active is not None:
         product.active = active
+    if returnable is not None:
+        product.returnable = returnable
+    if return_window_s is not None:
+        product.return_window_s = check_window(return_window_s)
     session.flush()
     session.refresh(product)
     return product

@@ -103,7 +103,8 @@ def test_create_update_and_price_history(client):
     assert r.status_code == 201, r.text
     assert r.json() | {"created_at": None, "updated_at": None} == {
         "sku": "P-1", "name": "Product P-1", "price_amount": 1250, "currency": "CNY",
-        "active": True, "created_at": None, "updated_at": None,
+        "active": True, "returnable": True, "return_window_s": None, "created_at": None,
+        "updated_at": None,
     }  # fmt: skip
     dup = add(client)
     assert dup.status_code == 409 and dup.json()["details"][0]["field"] == "sku"
@@ -162,6 +163,20 @@ def test_patch_errors(client):
     bad = client.patch("/v1/admin/products/P-1", json={"currency": "XXX"}, headers=H)
     assert bad.status_code == 422 and bad.json()["details"][0]["field"] == "currency"
     assert product("P-1").currency == "CNY"
+
+
+def test_after_sale_terms_are_set_per_product_and_checked(client):
+    add(client)
+    r = client.patch("/v1/admin/products/P-1", headers=H,
+                     json={"returnable": False, "return_window_s": 86_400})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert (r.json()["returnable"], r.json()["return_window_s"]) == (False, 86_400)
+    for bad in ({"return_window_s": -1}, {"return_window_s": 400 * 86_400},
+                {"returnable": "no"}, {"return_window_s": 1.5}):  # fmt: skip
+        refused = client.patch("/v1/admin/products/P-1", json=bad, headers=H)
+        assert refused.status_code == 422, bad
+        assert refused.json()["details"][0]["field"] == next(iter(bad)), refused.json()
+    assert (product("P-1").returnable, product("P-1").return_window_s) == (False, 86_400)
 
 
 def test_deactivated_product_is_not_sold(client):

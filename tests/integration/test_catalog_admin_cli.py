@@ -191,6 +191,13 @@ def test_products_cli(db):
     assert bad.returncode == 1 and "currency: unknown currency" in bad.stderr
     upd = cli("catalog", "products", "update", "C-1", "--price", "300", "--inactive")
     assert upd.returncode == 0 and "3.00 CNY, inactive" in upd.stdout
+    terms = cli("catalog", "products", "update", "C-1", "--not-returnable",
+                "--return-window-s", "3600")  # fmt: skip
+    assert terms.returncode == 0, terms.stderr
+    with session_factory()() as s:
+        assert s.scalars(select(Product.returnable).where(Product.sku == "C-1")).one() is False
+    too_long = cli("catalog", "products", "update", "C-1", "--return-window-s", "99999999")
+    assert too_long.returncode == 1 and "return_window_s" in too_long.stderr
     prices = cli("catalog", "products", "prices", "C-1")
     assert "2.50 CNY" in prices.stdout and "3.00 CNY" in prices.stdout
     listed = cli("catalog", "products", "list")

@@ -107,6 +107,8 @@ def test_another_sources_order_and_its_returns_are_not_found(shop, client, api_k
         assert r.status_code == 404, r.text
         assert r.json()["details"][0]["field"] in ("order_id", "return_id")
     assert client.get(f"/v1/returns/{rid}", headers=mine).json()["status"] == "REQUESTED"
+    unknown = client.get("/v1/orders/no-such-order/returns", headers=mine)  # the wildcard key
+    assert unknown.status_code == 404 and unknown.json()["details"][0]["field"] == "order_id"
 
 
 def test_a_receipt_that_does_not_add_up_changes_nothing(shop, client, api_key):
@@ -176,3 +178,43 @@ def test_the_console_order_page_shows_each_return_and_what_came_back(shop, clien
     row = html.split(f'id="return-{done}"', 1)[1].split("</tr>", 1)[0]
     assert "REFUNDED" in row and "1 \u00d7 B (0 / 1 / 0)" in row and "30.00 CNY" in row
     assert f"return-{done}" in row and "api:" in row
+
+
+def test_an_operator_approves_or_rejects_a_return_in_the_console(shop, client, api_key):
+    import secrets
+
+    from pydantic import SecretStr
+
+    from api.app import create_app
+    from api.catalog import admin_api_key_setting
+    from tests.console_helpers import csrf_of
+
+    oid = delivered_order(shop, THREE)
+    h = {"X-API-Key": api_key}
+    url = f"/v1/orders/{oid}/returns"
+    ask = {"kind": "RETURN_AND_REFUND", "reason": "late"}
+    first = client.post(url, headers=h, json={**ask, "lines": [{"sku": "A", "quantity": 1}]})
+    second = client.post(url, headers=h, json={**ask, "lines": [{"sku": "C", "quantity": 1}]})
+    yes, no = first.json()["id"], second.json()["id"]
+    admin = f"adm-{secrets.token_urlsafe(24)}"
+    app = create_app()
+    app.dependency_overrides[admin_api_key_setting] = lambda: SecretStr(admin)
+    with TestClient(app, follow_redirects=False) as console:
+        assert console.post("/console/login", data={"password": admin}).status_code == 303
+        page = console.get(f"/console/orders/{oid}").text
+        assert f'id="return-approve-{yes}"' in page and f'id="return-reject-{no}"' in page
+        csrf = csrf_of(page)
+        ok = console.post(f"/console/returns/{yes}/approve", data={"csrf": csrf})
+        assert ok.status_code == 303 and "AWAITING_PARCEL" in ok.headers["location"]
+        unsaid = console.post(f"/console/returns/{no}/reject", data={"csrf": csrf})
+        assert unsaid.status_code == 422 and "say why" in unsaid.text  # a reject needs a note
+        said = console.post(f"/console/returns/{no}/reject", data={"csrf": csrf, "note": "worn"})
+        assert said.status_code == 303
+        again = console.post(f"/console/returns/{no}/approve", data={"csrf": csrf})
+        assert again.status_code == 409  # decided already: refused, nothing changed
+        forged = console.post(f"/console/returns/{yes}/reject", data={"csrf": "x", "note": "n"})
+        assert forged.status_code == 403
+    assert client.get(f"/v1/returns/{yes}", headers=h).json()["status"] == "AWAITING_PARCEL"
+    rejected = client.get(f"/v1/returns/{no}", headers=h).json()
+    assert (rejected["status"], rejected["decision_note"]) == ("REJECTED", "worn")
+    assert rejected["decided_by"].startswith("console:")
