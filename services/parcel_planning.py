@@ -204,6 +204,27 @@ def _hold_and_plan(
     return [_add_parcel(session, order_id, wh, wh_lines) for wh, wh_lines in plan.items()]
 
 
+def drop_units(session: Session, order_id: str, taken: Sequence[Hold], *, now: datetime) -> None:
+    """Take units released before shipping (:func:`services.stock.release_units`) off the
+    order's planned parcels of their warehouses, none sent to a warehouse yet (the caller
+    checked); a parcel left with no units is cancelled (``refund_only``)."""
+    by_warehouse = {p.warehouse: p for p in live_parcels(session, order_id, lock=True)}
+    for hold in taken:
+        parcel = by_warehouse.get(hold.warehouse)
+        if parcel is None:
+            continue  # not planned yet: planning reads the reservations, already reduced
+        line = session.scalars(select(ShipmentLine).where(
+            ShipmentLine.shipment_id == parcel.id, ShipmentLine.sku == hold.sku
+        ).with_for_update()).one()  # fmt: skip
+        line.quantity -= hold.quantity
+        if line.quantity <= 0:
+            session.delete(line)
+    session.flush()
+    for parcel in by_warehouse.values():
+        if not parcel_lines(session, parcel.id):
+            parcel.cancelled_at, parcel.cancel_reason = now, "refund_only"
+
+
 def plan_replacement(
     session: Session,
     order: Order,

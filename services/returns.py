@@ -3,12 +3,12 @@
 :mod:`services.return_receipt`.
 
 1. **Who may ask, and when** (:func:`request_return`). A refund-only return may be asked for
-   once the order has shipped (SHIPPED … RECEIPT_CONFIRMED: a parcel lost on the way is paid
-   back without coming back); a return-and-refund once it is delivered (DELIVERED or
-   RECEIPT_CONFIRMED). After the after-sale window (``AFTERSALE_WINDOW_S`` from receipt) or
-   once the order is COMPLETED the request is refused (409 naming ``status``). An exchange
-   (the same lines shipped again, :mod:`services.exchange`) is asked for like a
-   return-and-refund.
+   once the order is paid: before shipping (PAID, while no parcel has been sent to a warehouse)
+   its units are not shipped at all (rule 7), after shipping (SHIPPED … RECEIPT_CONFIRMED: a
+   parcel lost on the way) they are paid back without coming back; a return-and-refund or an
+   exchange (the same lines shipped again, :mod:`services.exchange`) once it is delivered
+   (DELIVERED or RECEIPT_CONFIRMED). After the after-sale window (``AFTERSALE_WINDOW_S`` from
+   receipt) or once the order is COMPLETED the request is refused (409 naming ``status``).
 2. **What may be asked for.** Lines are named by SKU; each line's returnable units are its
    units less those every earlier return still holds (:func:`domain.aftersale.returnable`).
    The order row is locked first, so two concurrent requests on one line are serialized and
@@ -28,6 +28,14 @@
    the order's: it does not move the order); delivered at the warehouse, the return is
    RECEIVED (:func:`services.return_state.parcel_moved`), and the warehouse's inspection then
    settles it. The warehouse may also receive a parcel that tracking has not seen arrive.
+
+7. **Refund-only before shipping**, when approved: the units are released from the order's
+   reservations (:func:`services.stock.release_units`, ledger ``release`` / ``release_part``)
+   and taken off its planned parcels (:func:`services.parcel_planning.drop_units`) in the
+   same transaction as the refund, under the order's lock, so the booking (which takes the
+   same lock) ships what is left. Once a parcel has been sent to a warehouse it is too late
+   (409 naming ``status``), and a refund-only of every unit is a cancel (409: use
+   ``POST /v1/orders/{id}/cancel``).
 
 Every change is written to the order's timeline (kind ``return``) in the same transaction.
 """
@@ -50,8 +58,11 @@ from models import Order, OrderLine, Product, Return, ReturnLine, Shipment
 from models.logistics import RETURN
 from services.followup import Followup
 from services.order_state import lock_order
+from services.parcel_planning import drop_units
+from services.parcels import live_parcels
 from services.return_receipt import line_shares_of, refunded_units, settle_refund
 from services.return_state import lock_return, move_return, record_return
+from services.stock import release_units
 from services.task_names import SHIPPING_SUBSCRIBE
 
 _SHIPPED_OR_LATER = frozenset(
@@ -60,7 +71,7 @@ _SHIPPED_OR_LATER = frozenset(
 )  # fmt: skip
 _DELIVERED = frozenset({OrderStatus.DELIVERED, OrderStatus.RECEIPT_CONFIRMED})
 _OPENS_AFTER: dict[ReturnKind, frozenset[OrderStatus]] = {
-    ReturnKind.REFUND_ONLY: _SHIPPED_OR_LATER,
+    ReturnKind.REFUND_ONLY: _SHIPPED_OR_LATER | {OrderStatus.PAID},
     ReturnKind.RETURN_AND_REFUND: _DELIVERED,
     ReturnKind.EXCHANGE: _DELIVERED,
 }
@@ -298,6 +309,8 @@ def _approve(
     move_return(session, ret, ReturnStatus.APPROVED, actor, note=note)
     if ret.kind == ReturnKind.REFUND_ONLY:
         units = {line.sku: line.quantity for line in ret.lines}
+        if order.status == OrderStatus.PAID:
+            _unship(session, order, ret, units, now=now)
         followups = settle_refund(session, order, ret, units, actor=actor, now=now)
         move_return(session, ret, ReturnStatus.REFUNDED, actor, amount=ret.refund_amount)
         return ReturnOutcome(ret.id, ret.status, followups)
@@ -305,3 +318,30 @@ def _approve(
     move_return(session, ret, ReturnStatus.AWAITING_PARCEL, actor,
           parcel_due_at=ret.parcel_due_at.isoformat())  # fmt: skip
     return ReturnOutcome(ret.id, ret.status)
+
+
+def _unship(
+    session: Session, order: Order, ret: Return, units: dict[str, int], *, now: datetime
+) -> None:
+    """Rule 7: the units of a refund-only return approved before shipping are not shipped."""
+    parcels = live_parcels(session, order.id, lock=True)
+    if any(p.booking_sent_at is not None for p in parcels):
+        raise ConflictError(f"order {order.id} is being shipped; ask for a refund-only once it "
+                            "has shipped, or cancel it", field="status")  # fmt: skip
+    ordered = sum(line.quantity for line in order.lines)
+    if sum(units.values()) + _earlier_unshipped(session, order.id) >= ordered:
+        raise ConflictError(f"a refund-only of every unit of order {order.id} is a cancel: "
+                            f"POST /v1/orders/{order.id}/cancel", field="status")  # fmt: skip
+    taken = release_units(session, order.id, units, now=now, reason=f"return {ret.id}")
+    drop_units(session, order.id, taken, now=now)
+
+
+def _earlier_unshipped(session: Session, order_id: str) -> int:
+    """Units earlier refund-only returns took off this order before it shipped."""
+    rows = session.execute(
+        select(ReturnLine.quantity)
+        .join(Return, Return.id == ReturnLine.return_id)
+        .where(Return.order_id == order_id, Return.kind == ReturnKind.REFUND_ONLY,
+               Return.status == ReturnStatus.REFUNDED)
+    ).scalars()  # fmt: skip
+    return sum(rows)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -200,3 +200,43 @@ def receive_returned(
             for r in rows
         ],
     )  # fmt: skip
+
+
+def release_units(
+    session: Session, order_id: str, units: Mapping[str, int], *, now: datetime, reason: str
+) -> list[Hold]:
+    """Release ``units`` (by SKU) of the order's ACTIVE reservations and no more: a refund-only
+    return before shipping (:mod:`services.returns`). Each SKU is taken from its reservations
+    in id order; a reservation left with nothing is RELEASED (ledger ``release``), one left
+    with some keeps them (ledger ``release_part`` for what it gave back), so the ledger always
+    says how much each reservation holds. Returns what was taken where. Raises ValueError when
+    the reservations hold fewer units than asked (the caller checked the request first)."""
+    rows = [r for r in session.scalars(_active([order_id], None)) if units.get(r.sku)]
+    lock_stock(session, ((r.sku, r.warehouse) for r in rows))
+    left = dict(units)
+    ledger: list[dict[str, Any]] = []
+    taken: list[Hold] = []
+    for r in rows:
+        take = min(r.quantity, left.get(r.sku, 0))
+        if take <= 0:
+            continue
+        left[r.sku] -= take
+        taken.append(Hold(r.sku, r.warehouse, take))
+        if take == r.quantity:
+            r.status, r.released_at = "RELEASED", now
+        else:
+            r.quantity -= take
+        session.execute(
+            update(Stock)
+            .where(Stock.sku == r.sku, Stock.warehouse == r.warehouse)
+            .values(reserved=Stock.reserved - take)
+        )
+        ledger.append({"sku": r.sku, "warehouse": r.warehouse, "order_id": order_id,
+                       "kind": "release" if r.status == "RELEASED" else "release_part",
+                       "delta_reserved": -take, "reason": reason[:200]})  # fmt: skip
+    short = {sku: n for sku, n in left.items() if n > 0}
+    if short:
+        raise ValueError(f"order {order_id} holds fewer units than asked to release: {short}")
+    if ledger:
+        session.execute(insert(StockMovement), ledger)
+    return taken

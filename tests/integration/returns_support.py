@@ -32,11 +32,11 @@ def ports() -> Ports:
     return Ports(gate=FakeGate(), clock=now)
 
 
-def delivered_order(
+def paid_order(
     fake: FakePaymentProvider, lines: list[tuple[str, int]], *, discount: int = 0
 ) -> str:
-    """An order of ``lines`` (with an order-level ``discount``) reserved, paid at ``fake``,
-    booked and delivered: its id."""
+    """An order of ``lines`` (with an order-level ``discount``) reserved and paid at ``fake``,
+    nothing booked yet: its id."""
     oid = accept_message({**order_message(lines), "discount": discount}, channel="test").order_id
     with unit_of_work() as s:
         assert reserve_order(s, oid, now=now(), payment_window_s=600).status == "RESERVED"
@@ -47,6 +47,16 @@ def delivered_order(
     note = fake.parse_notification({}, fake.outbox[-1])
     with unit_of_work() as s:
         payments.apply_notification(s, "alipay", note, now=now())
+        assert s.get_one(Order, oid).status == "PAID"
+    return oid
+
+
+def delivered_order(
+    fake: FakePaymentProvider, lines: list[tuple[str, int]], *, discount: int = 0
+) -> str:
+    """An order of ``lines`` (with an order-level ``discount``) reserved, paid at ``fake``,
+    booked and delivered: its id."""
+    oid = paid_order(fake, lines, discount=discount)
     shipping.book(oid, FakeBookingService(), ports(), ShippingConfig(first_poll_s=3600))
     with unit_of_work() as s:
         for shipment in s.scalars(select(Shipment).where(Shipment.order_id == oid)):

@@ -455,3 +455,61 @@ def test_a_return_parcel_in_exception_does_not_flag_the_order(shop):
         order = s.get_one(Order, oid)
         assert (order.status, order.reason) == ("DELIVERED", None)
     assert a_return(rid).status == "AWAITING_PARCEL"  # the warehouse may still receive it
+
+
+def test_a_refund_only_before_shipping_releases_its_units_and_the_rest_ships(shop):
+    from services import shipping
+    from services.shipping import ShippingConfig
+    from tests.fakes.logistics import FakeBookingService
+    from tests.integration.returns_support import paid_order
+    from tests.reliability.invariants import check
+
+    oid = paid_order(shop, THREE)
+    before = stock_of("A")
+    asked = ask(oid, [("A", 1)], kind="REFUND_ONLY", policy=ReturnPolicy(auto_approve_max=10_000))
+    assert asked.status == "REFUNDED" and a_return(asked.return_id).refund_amount == 1000
+    assert stock_of("A") == (before[0], before[1] - 1)  # one unit no longer held for it
+    assert ledger_of(oid) == []  # no stock came back: it never left
+    warehouse = FakeBookingService()
+    shipping.book(oid, warehouse, ports(), ShippingConfig(first_poll_s=3600))
+    ((request, _booked),) = warehouse.bookings.values()
+    assert dict(request.items)["A"] == 1  # the parcel carries what is left
+    assert stock_of("A") == (before[0] - 1, before[1] - 2)
+    with unit_of_work() as s:
+        assert stock_drift(s) == []
+    assert check([oid])["stock_moved_twice"] == 0  # release_part then ship: one reservation
+    # After delivery only the unit that shipped may be returned.
+    with pytest.raises(ValidationError) as over:
+        ask(oid, [("A", 2)], kind="REFUND_ONLY")
+    assert over.value.field == "lines.0.quantity"
+
+
+def test_planned_parcels_lose_the_units_and_a_sent_booking_is_too_late(shop):
+    from services.parcel_planning import plan_order
+    from services.parcels import live_parcels, parcel_lines
+    from tests.integration.returns_support import paid_order
+
+    oid = paid_order(shop, THREE)
+    with unit_of_work() as s:  # planned but not sent (e.g. waiting for a manual waybill)
+        plan_order(s, s.get_one(Order, oid))
+    policy = ReturnPolicy(auto_approve_max=10_000)
+    ask(oid, [("B", 1)], kind="REFUND_ONLY", policy=policy)  # B's only unit: its line goes
+    with unit_of_work() as s:
+        (parcel,) = live_parcels(s, oid)
+        assert parcel_lines(s, parcel.id) == [("A", 2), ("C", 3)]
+        parcel.booking_sent_at = now()  # the booking call may have reached the warehouse
+    with pytest.raises(ConflictError) as late:
+        ask(oid, [("C", 1)], kind="REFUND_ONLY", policy=policy)
+    assert late.value.field == "status" and "being shipped" in str(late.value)
+
+
+def test_a_refund_only_of_every_unit_before_shipping_is_a_cancel(shop):
+    from tests.integration.returns_support import paid_order
+
+    oid = paid_order(shop, [("C", 2)])
+    with pytest.raises(ConflictError) as whole:
+        ask(oid, [("C", 2)], kind="REFUND_ONLY", policy=ReturnPolicy(auto_approve_max=10_000))
+    assert "cancel" in str(whole.value)
+    with unit_of_work() as s:  # nothing stored, nothing released
+        assert s.scalars(select(Return).where(Return.order_id == oid)).all() == []
+    assert refunds_of(oid) == []

@@ -41,3 +41,11 @@ def test_the_ledger_must_hold_what_the_active_reservations_hold() -> None:
     other = ("o2", "A", "north")  # keys are separate: o2 reserving does not end o1's hold
     mixed = [*rows(("reserve", 2)), (*other, "reserve", 1), (*other, "release", -1)]
     assert ledger_violations(mixed + rows(("ship", -2)), {}) == []
+
+
+def test_a_part_given_back_before_shipping_stays_inside_its_reservation() -> None:
+    part = rows(("reserve", 3), ("release_part", -1), ("ship", -2))
+    assert ledger_violations(part, {}) == []
+    assert ledger_violations(rows(("reserve", 3), ("release_part", -1)), {K: 2}) == []
+    stray = ledger_violations(rows(("reserve", 3), ("ship", -3), ("release_part", -1)), {})
+    assert any("release_part with nothing reserved" in p for p in stray), stray
