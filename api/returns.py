@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require_api_key
@@ -55,6 +56,11 @@ class ReturnRequest(BaseModel):
     kind: Literal["REFUND_ONLY", "RETURN_AND_REFUND", "EXCHANGE"]
     lines: list[ReturnLineIn] = Field(min_length=1, max_length=100)
     reason: str = Field(min_length=1, max_length=200)
+    return_no: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Your number for this request: the same number is the same return "
+        "(a retry after a lost answer asks nothing twice)",
+    )  # fmt: skip
 
 
 class Decision(BaseModel):
@@ -96,9 +102,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _request(
-    order_id: str, body: ReturnRequest, source: str
-) -> tuple[dict[str, Any], list[Followup]]:
+def _request(order_id: str, body: ReturnRequest, source: str) -> tuple[_Answer, bool]:
     from workers.ports import return_policy
 
     with unit_of_work() as session:
@@ -106,15 +110,17 @@ def _request(
         out = returns.request_return(
             session, order_id, kind=body.kind, lines=[(x.sku, x.quantity) for x in body.lines],
             reason=body.reason, actor=f"api:{source}", policy=return_policy(), now=_now(),
+            return_no=body.return_no,
         )  # fmt: skip
-        return get_return(session, out.return_id), out.followups
+        return (get_return(session, out.return_id), out.followups), out.repeat
 
 
 @router.post("/orders/{order_id}/returns", status_code=201)
 async def request_return(order_id: str, body: ReturnRequest, source: Source) -> Any:
-    view, followups = await run_in_threadpool(_request, order_id, body, source)
+    """201 with the new return; 200 with the stored one for a repeat of its ``return_no``."""
+    (view, followups), repeat = await run_in_threadpool(_request, order_id, body, source)
     await run_in_threadpool(_publish, followups)
-    return view
+    return JSONResponse(view, status_code=200) if repeat else view
 
 
 def _list(order_id: str, source: str) -> dict[str, Any]:

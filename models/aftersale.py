@@ -37,10 +37,13 @@ class Return(Base):
             postgresql_where=text("status = 'AWAITING_PARCEL' AND waybill IS NULL"),
         ),
         Index("ix_returns_status_created_at", "status", "created_at"),
+        # The client's number for the request: the same number is the same return.
+        UniqueConstraint("order_id", "return_no", name="uq_returns_order_return_no"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    return_no: Mapped[str | None] = mapped_column(String(64))  # the client's, if it gave one
     kind: Mapped[str] = mapped_column(String(24))  # domain.aftersale.ReturnKind
     status: Mapped[str] = mapped_column(String(24))  # domain.aftersale.ReturnStatus
     reason: Mapped[str] = mapped_column(String(200))

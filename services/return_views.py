@@ -20,6 +20,7 @@ def return_view(ret: Return) -> dict[str, Any]:
     return {
         "id": ret.id,
         "order_id": ret.order_id,
+        "return_no": ret.return_no,
         "kind": ret.kind,
         "status": ret.status,
         "reason": ret.reason,

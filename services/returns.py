@@ -93,6 +93,7 @@ class ReturnOutcome:
     return_id: int
     status: str
     followups: list[Followup] = field(default_factory=list)
+    repeat: bool = False  # the same return_no asked again: nothing new was stored
 
 
 def request_return(
@@ -105,11 +106,18 @@ def request_return(
     actor: str,
     policy: ReturnPolicy,
     now: datetime,
+    return_no: str | None = None,
 ) -> ReturnOutcome:
     """Rules 1-5: store a return of ``lines`` (``(sku, quantity)``) on the order, approved
-    at once when the policy allows. Raises ValidationError / ConflictError naming the field."""
+    at once when the policy allows. Raises ValidationError / ConflictError naming the field.
+
+    ``return_no`` is the client's number for the request: the same number with the same kind
+    and lines answers the stored return (``repeat``: a retry after a lost answer asks
+    nothing twice); with others it is a 409 naming ``return_no``."""
     order = lock_order(session, order_id)
     k = _kind(kind)
+    if return_no is not None and (same := _numbered(session, order_id, return_no, k, lines)):
+        return same
     _check_open(order, k, policy, now)
     by_sku = _lines_by_sku(order)
     earlier = _earlier_lines(session, order_id)
@@ -122,7 +130,8 @@ def request_return(
         for sku, qty in lines
     )
     ret = Return(
-        order_id=order_id, kind=k, status=ReturnStatus.REQUESTED, reason=reason[:200],
+        order_id=order_id, return_no=return_no, kind=k, status=ReturnStatus.REQUESTED,
+        reason=reason[:200],
         requested_by=actor, currency=order.currency,
         lines=[ReturnLine(line_no=by_sku[sku].line_no, sku=sku, quantity=qty)
                for sku, qty in lines],
@@ -231,6 +240,27 @@ def sweep_overdue(session: Session, *, now: datetime, limit: int) -> list[int]:
 
 
 # --- the parts ----------------------------------------------------------------------------------
+
+
+def _numbered(
+    session: Session,
+    order_id: str,
+    return_no: str,
+    kind: ReturnKind,
+    lines: Sequence[tuple[str, int]],
+) -> ReturnOutcome | None:
+    """The stored return of this number, if the request repeats it; ConflictError if the
+    number was used for another request."""
+    ret = session.scalars(
+        select(Return).where(Return.order_id == order_id, Return.return_no == return_no)
+    ).one_or_none()
+    if ret is None:
+        return None
+    stored = sorted((line.sku, line.quantity) for line in ret.lines)
+    if ret.kind != kind or stored != sorted(lines):
+        raise ConflictError(f"return {return_no} was asked for with other lines or kind",
+                            field="return_no")  # fmt: skip
+    return ReturnOutcome(ret.id, ret.status, repeat=True)
 
 
 def _kind(kind: str) -> ReturnKind:

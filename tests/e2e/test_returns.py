@@ -111,3 +111,29 @@ def test_an_exchange_ships_a_replacement_that_is_tracked_to_the_door(
     assert stock_of("C") == (10 - 2 + 1 - 1, 0)
     assert refunds(oid) == [] and p.stack.refunds() == {}
     assert_stock_consistent()
+
+
+def test_a_refund_only_before_shipping_is_refunded_at_the_provider_and_its_units_freed(
+    start_pipeline, catalog, monkeypatch
+):
+    monkeypatch.setenv("RETURN_AUTO_APPROVE_MAX", "100000")  # the policy approves it at once
+    catalog({"A": 10}, price=1000)
+    catalog({"C": 10}, price=500)
+    p = start_pipeline(shipping=False)  # nothing books: the order waits in PAID
+    oid = p.post_order(order_message([("A", 2), ("C", 3)], provider="wechatpay"))
+    wait_until(lambda: p.get_order(oid)["status"] == "AWAITING_PAYMENT", 60)
+    p.stack.pay("wechatpay", oid.replace("-", ""))
+    wait_until(lambda: p.get_order(oid)["status"] == "PAID", 60)
+    held = stock_of("C")[1]
+    asked = p.post(f"/v1/orders/{oid}/returns", {
+        "kind": "REFUND_ONLY", "lines": [{"sku": "C", "quantity": 2}], "reason": "changed mind",
+    })  # fmt: skip
+    assert asked.status_code == 201, asked.text
+    assert (asked.json()["status"], asked.json()["refund_amount"]) == ("REFUNDED", 1000)
+    trade = ("wechatpay", oid.replace("-", ""))
+    wait_until(lambda: p.stack.refunds().get(trade) == 1000, 60, show=lambda: p.stack.refunds())
+    wait_until(lambda: [r[2] for r in refunds(oid)] == ["SUCCEEDED"], 60,
+               show=lambda: refunds(oid))  # fmt: skip
+    assert stock_of("C")[1] == held - 2  # the two units are no longer held for the order
+    assert p.get_order(oid)["status"] == "PAID"  # the rest still ships
+    assert_stock_consistent()

@@ -218,3 +218,18 @@ def test_an_operator_approves_or_rejects_a_return_in_the_console(shop, client, a
     rejected = client.get(f"/v1/returns/{no}", headers=h).json()
     assert (rejected["status"], rejected["decision_note"]) == ("REJECTED", "worn")
     assert rejected["decided_by"].startswith("console:")
+
+
+def test_the_same_return_no_is_the_same_return(shop, client, api_key):
+    oid = delivered_order(shop, THREE)
+    h = {"X-API-Key": api_key}
+    body = {"kind": "RETURN_AND_REFUND", "lines": [{"sku": "A", "quantity": 1}],
+            "reason": "torn", "return_no": "app-7f3a"}  # fmt: skip
+    first = client.post(f"/v1/orders/{oid}/returns", headers=h, json=body)
+    again = client.post(f"/v1/orders/{oid}/returns", headers=h, json=body)  # a retry
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"] and again.json()["return_no"] == "app-7f3a"
+    other = client.post(f"/v1/orders/{oid}/returns", headers=h,
+                        json={**body, "lines": [{"sku": "A", "quantity": 2}]})  # fmt: skip
+    assert other.status_code == 409 and other.json()["details"][0]["field"] == "return_no"
+    assert rows(Return) == 1

@@ -30,6 +30,7 @@ def upgrade() -> None:
         "returns",
         sa.Column("id", sa.BigInteger(), primary_key=True),
         sa.Column("order_id", sa.String(36), sa.ForeignKey("orders.id"), nullable=False),
+        sa.Column("return_no", sa.String(64), nullable=True),
         sa.Column("kind", sa.String(24), nullable=False),
         sa.Column("status", sa.String(24), nullable=False),
         sa.Column("reason", sa.String(200), nullable=False),
@@ -50,6 +51,7 @@ def upgrade() -> None:
         sa.CheckConstraint("refund_amount IS NULL OR refund_amount >= 0",
                            name=op.f("ck_returns_refund_not_negative")),
         sa.UniqueConstraint("refund_no", name=op.f("uq_returns_refund_no")),
+        sa.UniqueConstraint("order_id", "return_no", name="uq_returns_order_return_no"),
     )  # fmt: skip
     op.create_index("ix_returns_order_id", "returns", ["order_id"])
     op.create_index("ix_returns_status_created_at", "returns", ["status", "created_at"])
