@@ -186,6 +186,11 @@ class Settings(BaseSettings):
         30, ge=1, description="A RECEIVED order untouched this long is re-driven by the sweeper"
     )
     sweep_interval_s: float = Field(5.0, gt=0, description="Beat period of the stage sweeper")
+    free_port_range: str = Field(
+        "20000-32000", pattern=r"^\d{4,5}-\d{4,5}$",
+        description="Where `orderflow up`, the demo and the tests pick ports for the servers "
+        "they start (below Linux's ephemeral range, which port 0 and clients use)",
+    )  # fmt: skip
     sweep_batch: int = Field(500, ge=1, description="Rows claimed per sweeper run")
     auto_receive_s: int = Field(
         7 * 86_400, ge=0,

@@ -43,11 +43,14 @@ def _xdist_worker() -> int | None:
 
 def _xdist_isolation() -> dict[str, str]:
     """What keeps two xdist workers apart: embedded servers of its own per worker (a state dir
-    each: two sessions sharing one would stop each other's servers)."""
+    each: two sessions sharing one would stop each other's servers), and ports picked from a
+    range of its own (two sessions picking the same free port would start servers on it)."""
     worker = _xdist_worker()
     if worker is None:
         return {}
-    return {"STATE_DIR": str(get_settings().state_dir / f"xdist-gw{worker}")}
+    low = 20000 + 3000 * (worker % 4)  # disjoint port ranges: up to four workers
+    return {"STATE_DIR": str(get_settings().state_dir / f"xdist-gw{worker}"),
+            "FREE_PORT_RANGE": f"{low}-{low + 2999}"}  # fmt: skip
 
 
 # Short beat periods so recovery paths run within a test. Applied before any app module reads
@@ -83,7 +86,14 @@ def _redis_test_url(url: str) -> str:
 @pytest.fixture(scope="session")
 def services() -> Iterator[dict[str, str]]:
     """Database and Redis for the session; yields the URLs (also exported to os.environ)."""
-    exported = ["DATABASE_URL", "REDIS_URL", "API_KEYS", "KEY_ENCRYPTION_KEY", "STATE_DIR"]
+    exported = [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "API_KEYS",
+        "KEY_ENCRYPTION_KEY",
+        "STATE_DIR",
+        "FREE_PORT_RANGE",
+    ]
     saved = {k: os.environ.get(k) for k in [*TEST_ENV, *exported, "PROMETHEUS_MULTIPROC_DIR"]}
     os.environ.update(TEST_ENV)
     os.environ.update(_xdist_isolation())

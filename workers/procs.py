@@ -23,13 +23,26 @@ from pathlib import Path
 import psutil
 import requests
 
-from settings import PROJECT_ROOT
+from settings import PROJECT_ROOT, get_settings
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, for a server started next. Picked in ``FREE_PORT_RANGE``
+    (below Linux's ephemeral range, 32768+), so that neither a client connection nor a server
+    bound to port 0 can take it between this check and the bind; two test sessions side by side
+    (pytest-xdist) are given disjoint ranges (tests/conftest.py)."""
+    low, high = _port_range()
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(low, high)
+        if _is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {low}-{high}")
+
+
+def _port_range() -> tuple[int, int]:
+    low, _, high = get_settings().free_port_range.partition("-")
+    return int(low), int(high)
 
 
 def free_port_block(size: int, low: int = 20000, high: int = 32000) -> int:
