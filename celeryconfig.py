@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 from services.task_names import (
     MAINTENANCE_DISPATCH_CALLBACKS,
     MAINTENANCE_POLL_PAYMENTS,
@@ -42,7 +45,13 @@ task_time_limit = _s.task_time_limit_s
 # or a slow task would run twice concurrently. kombu looks for such messages only every
 # interval x throttle seconds (10 x 10 by default): sweep ten times per visibility timeout
 # instead, so a message a dead host abandoned comes back within 1.1 x the timeout.
+# Socket timeouts: with the broker cut off (a partition, not a refused connection) a publish
+# would otherwise wait on the kernel's retransmissions for minutes; it fails within seconds and
+# the sweeper re-publishes from PostgreSQL.
 broker_transport_options = {
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+    "socket_keepalive": True,
     "visibility_timeout": _s.visibility_timeout_s,
     "unacked_restore_interval": max(1, _s.visibility_timeout_s // 10),
     "unacked_restore_throttle": 1,
@@ -79,46 +88,60 @@ task_routes = {
 }
 task_routes["maintenance.*"] = {"queue": "maintenance"}
 
-# Beat's own file, set by environment alone on a beat host (BEAT_SCHEDULE_FILE): no shared disk.
-if _s.beat_schedule_file is not None:
-    beat_schedule_filename = str(_s.beat_schedule_file)
+# Beat's own file, a file of the beat host (BEAT_SCHEDULE_FILE, else in STATE_DIR): never the
+# working directory, which may be read-only or shared. One beat sends at a time, the holder of
+# a lease in Redis (workers/beat.py): beat may run on two hosts for availability.
+beat_schedule_filename = str(_s.beat_schedule_file or _s.state_dir / "celerybeat-schedule")
+with contextlib.suppress(OSError):  # a worker on a read-only disk never opens it
+    Path(beat_schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+beat_scheduler = "workers.beat:LeaderScheduler"
+
+
+def _stale_after(period_s: float) -> float:
+    """A beat job's ``expires``: a tick left in the queue past its use (workers were down) is
+    dropped, not run in a pile. Celery turns it into a moment by the *beat host's* clock and
+    the worker compares it with its own, so it includes ``CLOCK_SKEW_ALLOWANCE_S``: with a bare
+    period a worker whose clock runs a minute ahead would drop every tick (found by
+    tests/cluster: its sweeper never ran)."""
+    return period_s + _s.clock_skew_allowance_s
+
 
 beat_schedule = {
     "sweep-stalled-orders": {
         "task": MAINTENANCE_SWEEP,
         "schedule": _s.sweep_interval_s,
-        "options": {"expires": _s.sweep_interval_s * 2},  # a stale tick is useless
+        "options": {"expires": _stale_after(_s.sweep_interval_s * 2)},
     },
     "poll-payments": {
         "task": MAINTENANCE_POLL_PAYMENTS,
         "schedule": _s.payment_poll_interval_s,
-        "options": {"expires": _s.payment_poll_interval_s * 2},
+        "options": {"expires": _stale_after(_s.payment_poll_interval_s * 2)},
     },
     "reconcile-payments": {
         "task": MAINTENANCE_RECONCILE,
         "schedule": _s.reconcile_interval_s,
-        "options": {"expires": 3600},
+        "options": {"expires": _stale_after(3600)},
     },
     "schedule-tracking": {
         "task": MAINTENANCE_SCHEDULE_TRACKING,
         "schedule": _s.tracking_interval_s,
-        "options": {"expires": _s.tracking_interval_s * 2},
+        "options": {"expires": _stale_after(_s.tracking_interval_s * 2)},
     },
     "tracking-staleness": {
         "task": MAINTENANCE_TRACKING_STALENESS,
         "schedule": 3600.0,
-        "options": {"expires": 3600},
+        "options": {"expires": _stale_after(3600)},
     },
     "dispatch-callbacks": {
         "task": MAINTENANCE_DISPATCH_CALLBACKS,
         "schedule": _s.callback_dispatch_interval_s,
-        "options": {"expires": _s.callback_dispatch_interval_s * 2},
+        "options": {"expires": _stale_after(_s.callback_dispatch_interval_s * 2)},
     },
     # Fetches the last days' bills not stored yet (a bill not ready or refused is asked again
     # next time) and matches them: hourly, so a day is reconciled soon after it is complete.
     "settlement": {
         "task": MAINTENANCE_SETTLEMENT,
         "schedule": _s.settlement_interval_s,
-        "options": {"expires": _s.settlement_interval_s},
+        "options": {"expires": _stale_after(_s.settlement_interval_s)},
     },
 }

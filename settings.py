@@ -82,9 +82,27 @@ class Settings(BaseSettings):
     beat_schedule_file: Path | None = Field(
         None,
         description="Where Celery beat keeps its schedule (a local file of the beat host); unset "
-        "= Celery's default, celerybeat-schedule in the working directory; beat's -s overrides",
+        "= STATE_DIR/celerybeat-schedule; beat's -s overrides",
+    )
+    beat_lease_s: float = Field(
+        10.0,
+        gt=0,
+        description="Beat's leader lease: a standby beat takes over this long after "
+        "the leader goes silent (workers/beat.py)",
+    )
+    clock_skew_allowance_s: float = Field(
+        120.0,
+        ge=0,
+        description="How far hosts' clocks may disagree: added to what one host "
+        "stamps and another judges (a beat job's expiry)",
     )
     db_pool_size: int = Field(5, ge=1, description="SQLAlchemy pool size per process")
+    db_network_timeout_s: float = Field(
+        15.0,
+        ge=2,
+        description="A connection to PostgreSQL that goes unanswered this long is "
+        "dropped (connect, unacknowledged writes, keepalives): a partition fails fast",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         None,
         description="Directory where every process writes its metrics, merged by the API's "

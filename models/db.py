@@ -35,10 +35,29 @@ def get_engine() -> Engine:
                 max_overflow=settings.db_pool_size,
                 pool_pre_ping=True,  # survive a PostgreSQL restart without a failed task
                 pool_recycle=1800,
+                connect_args=network_timeouts(settings.db_network_timeout_s),
             )
             _engine_pid = os.getpid()
             _factory = sessionmaker(_engine, expire_on_commit=False)
         return _engine
+
+
+def network_timeouts(timeout_s: float) -> dict[str, int]:
+    """libpq options that drop a TCP connection to PostgreSQL gone silent for ``timeout_s``
+    (a partition, a host that vanished): without them a connect waits about two minutes for
+    the kernel's SYN retries and a query on an open connection about fifteen for its
+    retransmissions, holding a request or a task all that time. ``connect_timeout`` bounds the
+    connect, ``tcp_user_timeout`` unacknowledged data, keepalives an idle wait for a reply.
+    libpq ignores all of them on a Unix socket (the embedded server)."""
+    third = max(1, round(timeout_s / 3))
+    return {
+        "connect_timeout": max(2, third),  # libpq's minimum is 2 s
+        "tcp_user_timeout": int(timeout_s * 1000),
+        "keepalives": 1,
+        "keepalives_idle": third,
+        "keepalives_interval": max(1, round(third / 3)),
+        "keepalives_count": 3,
+    }
 
 
 def session_factory() -> sessionmaker[Session]:

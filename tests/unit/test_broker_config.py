@@ -51,6 +51,9 @@ print(json.dumps({
     "soft_limit": c.task_soft_time_limit, "hard_limit": c.task_time_limit,
     "routes": c.task_routes,
     "beat": {name: entry["task"] for name, entry in c.beat_schedule.items()},
+    "beat_timing": {name: [entry["schedule"], entry["options"]["expires"]]
+                    for name, entry in c.beat_schedule.items()},
+    "beat_scheduler": c.beat_scheduler,
     "registered": sorted(app.tasks.keys()),
 }))
 """
@@ -112,6 +115,24 @@ def test_redis_profile_keeps_its_visibility_timeout_and_plain_queues() -> None:
     assert "confirm_publish" not in conf["transport"]
     assert all(q["args"] is None for q in conf["queues"].values())
     assert conf["detect"] is None and conf["quorum_detected"] is False
+    # A broker cut off (not refusing) fails a publish within seconds, not minutes.
+    assert conf["transport"]["socket_connect_timeout"] <= 10
+    assert conf["transport"]["socket_timeout"] <= 30
+
+
+def test_beat_ticks_outlive_a_clock_skew_between_hosts() -> None:
+    """Celery stamps ``expires`` by the beat host's clock and the worker judges it by its own:
+    each tick must live its period plus the skew allowance, or a worker a minute ahead drops
+    every one (tests/cluster found its sweeper never ran)."""
+    conf = celeryconfig_with(None)
+    for name, (_period, expires) in conf["beat_timing"].items():
+        assert expires > 120, name  # CLOCK_SKEW_ALLOWANCE_S's default, plus the tick's own life
+    sweep_period, sweep_expires = conf["beat_timing"]["sweep-stalled-orders"]
+    assert sweep_expires == 2 * sweep_period + 120
+
+
+def test_beat_sends_only_as_the_holder_of_the_leader_lease() -> None:
+    assert celeryconfig_with(None)["beat_scheduler"] == "workers.beat:LeaderScheduler"
 
 
 def test_delivery_limit_leaves_the_redis_poison_guard_in_charge() -> None:
@@ -172,4 +193,7 @@ def test_beat_keeps_its_schedule_where_the_environment_says(tmp_path: Path) -> N
 
     wanted = tmp_path / "beat" / "schedule"
     assert schedule_file(BEAT_SCHEDULE_FILE=str(wanted)) == str(wanted)
-    assert schedule_file() == "celerybeat-schedule"  # unset: Celery's own default
+    # Unset: a file of the host's STATE_DIR, never the working directory (read-only or shared
+    # on a multi-host deployment: tests/cluster runs beat on a read-only checkout).
+    state = tmp_path / "state"
+    assert schedule_file(STATE_DIR=str(state)) == str(state / "celerybeat-schedule")
