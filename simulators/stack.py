@@ -159,18 +159,7 @@ class ProviderStack:
 
     def charges(self) -> Counter[tuple[str, str]]:
         """How many times each (provider, out_trade_no) was charged, per the simulators."""
-        counts: Counter[tuple[str, str]] = Counter()
-        for c in self.alipay.ledger()["charges"]:
-            counts["alipay", c["out_trade_no"]] += 1
-        for c in self.wechatpay.ledger()["charges"]:
-            counts["wechatpay", c["out_trade_no"]] += 1
-        ledger = self.stripe.ledger()
-        trade_of = {
-            pi["id"]: pi["metadata"].get("out_trade_no") for pi in ledger["payment_intents"]
-        }
-        for c in ledger["charges"]:
-            counts["stripe", trade_of[c["payment_intent"]]] += 1
-        return counts
+        return count_charges(self.alipay.ledger(), self.wechatpay.ledger(), self.stripe.ledger())
 
     def refunds(self) -> dict[tuple[str, str], int]:
         """Total refunded per (provider, out_trade_no), in minor units."""
@@ -188,6 +177,22 @@ class ProviderStack:
             if r["status"] in ("succeeded", "pending"):
                 totals["stripe", trade_of[r["payment_intent"]]] += int(r["amount"])
         return dict(totals)
+
+
+def count_charges(
+    alipay: dict[str, Any], wechatpay: dict[str, Any], stripe: dict[str, Any]
+) -> Counter[tuple[str, str]]:
+    """How many times each (provider, out_trade_no) was charged, from the three simulators'
+    ledgers (``ledger()`` in process, or ``GET /_sim/ledger`` from another host)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for c in alipay["charges"]:
+        counts["alipay", c["out_trade_no"]] += 1
+    for c in wechatpay["charges"]:
+        counts["wechatpay", c["out_trade_no"]] += 1
+    trade_of = {pi["id"]: pi["metadata"].get("out_trade_no") for pi in stripe["payment_intents"]}
+    for c in stripe["charges"]:
+        counts["stripe", trade_of[c["payment_intent"]]] += 1
+    return counts
 
 
 def write_env_file(env: dict[str, str], path: Path, *, advertise_host: str | None) -> None:
@@ -224,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--wechatpay-key-mode", choices=("public_key", "platform_certificate"), default="public_key"
     )
+    parser.add_argument(
+        "--auto-pay-ms", type=int, default=None, help="every buyer pays this long after creation"
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -235,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         base_port=args.base_port,
         wechatpay_key_mode=args.wechatpay_key_mode,
     )
+    if args.auto_pay_ms is not None:
+        stack.auto_pay(args.auto_pay_ms)
     write_env_file(stack.env, args.env_out, advertise_host=args.advertise_host)
     print(f"simulators on ports {args.base_port + 1}-{args.base_port + 5}; "
           f"settings in {args.env_out}", flush=True)  # fmt: skip

@@ -34,6 +34,10 @@ from tests.broker import amqp_session_vhost, purge_broker_for_test
 
 TEST_REDIS_DB = 9
 
+# The multi-host scenarios (tests/cluster) need root and network namespaces and take minutes:
+# `make test-cluster` runs them (CLUSTER_TESTS=1), `make test` does not collect them.
+collect_ignore = [] if os.environ.get("CLUSTER_TESTS") == "1" else ["cluster"]
+
 
 def _xdist_worker() -> int | None:
     """This session's pytest-xdist worker number (``gw1`` -> 1), or None when run alone."""
