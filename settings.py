@@ -8,17 +8,15 @@ child process (workers, beat, API) of that run reuses the same servers.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from domain import config_values
 from settings_files import FileValues
 from settings_up_env import UpEnvValues
 
@@ -55,13 +53,10 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
+    ) -> tuple[PydanticBaseSettingsSource, ...]:  # fmt: skip
         # Conflicts are errors, so the files' place in the order only matters against init
         # arguments (tests), which win.
         files = FileValues(settings_cls, dotenv_settings, env_settings)
@@ -265,15 +260,6 @@ class Settings(BaseSettings):
         "region; one not listed ranks last and has no region",
     )
 
-    @field_validator("warehouses")
-    @classmethod
-    def _warehouses_parse(cls, value: str | None) -> str | None:
-        # A typo must stop the process at start, not silently rank a warehouse last.
-        from domain.allocation import parse_warehouses
-
-        parse_warehouses(value or "")
-        return value
-
     create_redrive_s: int = Field(
         20, ge=1, description="A RESERVED order without a payment this long is re-driven"
     )
@@ -424,15 +410,6 @@ class Settings(BaseSettings):
         "e.g. 127.0.0.0/8,::1/128 for local receivers; unset = none (adapters/outbound.py)",
     )
 
-    @field_validator("outbound_allowed_networks")
-    @classmethod
-    def _outbound_networks_parse(cls, value: str | None) -> str | None:
-        # A typo must stop the process at start, not silently widen or narrow the allow-list.
-        from domain.netaddr import parse_networks
-
-        parse_networks(value or "")
-        return value
-
     stripe_api_base: str = "https://api.stripe.com"
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
@@ -446,13 +423,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _driver(cls, value: str | None) -> str | None:
-        # SQLAlchemy picks psycopg2 for plain postgresql://, but be explicit: pgserver hands out
-        # postgresql:// URIs over a unix socket and other drivers may be installed.
-        if value and value.startswith("postgresql://"):
-            return "postgresql+psycopg2://" + value.removeprefix("postgresql://")
-        if value and value.startswith("postgres://"):
-            return "postgresql+psycopg2://" + value.removeprefix("postgres://")
-        return value
+        return config_values.with_psycopg2(value)
 
     @field_validator("prometheus_multiproc_dir", mode="before")
     @classmethod
@@ -473,76 +444,24 @@ class Settings(BaseSettings):
             raise RuntimeError("no broker configured: start the embedded services first")
         return url
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "warehouses", "outbound_allowed_networks")
     @classmethod
-    def _api_keys_well_formed(cls, value: SecretStr) -> SecretStr:
-        # A typo in a hashed entry must stop the process at start, not silently lock a client out.
-        for _source, key, hashed in parse_api_keys(value.get_secret_value()):
-            if hashed and not _SHA256_HEX.fullmatch(key):
-                raise ValueError("a sha256: entry of API_KEYS needs 64 lower-case hex digits")
+    def _checked_at_start(cls, value: Any, info: ValidationInfo) -> Any:
+        # Parsed once here, so a typo stops the process at start (domain/config_values.py).
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        config_values.check(str(info.field_name), text)
         return value
 
     def api_key_map(self) -> dict[str, str]:
-        """Plaintext API key -> source it is bound to ('*' = any source). Hashed entries
-        (``sha256:<hex>``) are not here: see :meth:`api_key_digests`."""
-        items = parse_api_keys(self.api_keys.get_secret_value())
-        return {key: source for source, key, hashed in items if not hashed}
+        """API_KEYS as :func:`domain.config_values.api_key_map` reads it (plaintext entries)."""
+        return config_values.api_key_map(self.api_keys.get_secret_value())
 
     def api_key_digests(self) -> list[tuple[str, str]]:
-        """(hex SHA-256 of the key, source) for every API_KEYS entry, plaintext or hashed.
-
-        Entries: ``key`` / ``source:key`` (plaintext, for development and tests) or
-        ``sha256:<hex>`` / ``source:sha256:<hex>`` (the SHA-256 of the key as the client sends
-        it; ``orderflow apikeys hash`` prints it), so a deployment need not put a key in clear
-        in its environment. The ``sha256:`` prefix is therefore reserved.
-        """
-        return [
-            (key if hashed else hashlib.sha256(key.encode()).hexdigest(), source)
-            for source, key, hashed in parse_api_keys(self.api_keys.get_secret_value())
-        ]
-
-
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def parse_api_keys(value: str) -> list[tuple[str, str, bool]]:
-    """``(source, key or hex digest, is_digest)`` per comma-separated API_KEYS entry: ``key``,
-    ``source:key``, ``sha256:<hex>`` or ``source:sha256:<hex>`` (source ``*`` = any source)."""
-    items: list[tuple[str, str, bool]] = []
-    for raw in value.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        source, sep, key = item.partition(":")
-        if not sep or source == "sha256":  # "key" or "sha256:<hex>": any source
-            source, key = "*", item
-        hashed = key.startswith("sha256:")
-        if not key:
-            continue
-        items.append((source, key.removeprefix("sha256:") if hashed else key, hashed))
-    return items
+        """API_KEYS as :func:`domain.config_values.api_key_digests` reads it (every entry)."""
+        return config_values.api_key_digests(self.api_keys.get_secret_value())
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
     return Settings()
-
-
-@contextmanager
-def exported_env(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Export ``values`` to ``os.environ`` for this run's child processes (``None`` leaves a
-    variable as it is), re-read the settings, and restore the previous environment on exit."""
-    chosen = {k: v for k, v in values.items() if v is not None}
-    saved = {k: os.environ.get(k) for k in chosen}
-    os.environ.update(chosen)
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()

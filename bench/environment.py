@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from settings import exported_env, get_settings
+from settings import get_settings
+from workers.embedded import exported_env
 
 if TYPE_CHECKING:
     from simulators.stack import ProviderStack

@@ -46,7 +46,7 @@ from bench.environment import production_env, purge_queues, simulators
 from bench.journey import park_earlier_work
 from bench.pipeline import order_message
 from models.db import get_engine
-from settings import exported_env
+from workers.embedded import exported_env
 from workers.procs import ProcessGroup, free_port, wait_worker_ready
 
 SOURCE = "bench-flashsale"

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from bench.pipeline import StageResult, WorkerSpec, to_stage
 from models.db import get_engine
-from settings import exported_env
+from workers.embedded import exported_env
 from workers.procs import ProcessGroup
 
 DELIVERED = frozenset({"DELIVERED"})

@@ -34,7 +34,8 @@ from services.task_names import (
     MAINTENANCE_SWEEP,
     MAINTENANCE_TRACKING_STALENESS,
 )
-from settings import exported_env, get_settings
+from settings import get_settings
+from workers.embedded import exported_env
 from workers.procs import Proc, ProcessGroup, wait_worker_ready
 
 SOURCE = "bench-maintenance"

@@ -43,7 +43,8 @@ from bench.environment import (
     simulators,
     throwaway_database,
 )
-from settings import PROJECT_ROOT, exported_env, get_settings
+from settings import PROJECT_ROOT, get_settings
+from workers.embedded import exported_env
 
 if TYPE_CHECKING:
     from bench.pipeline import StageResult

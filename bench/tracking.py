@@ -42,7 +42,7 @@ from bench.common import percentile, wait_for
 from bench.journey import park_earlier_work
 from bench.pipeline import WorkerSpec
 from models.db import get_engine
-from settings import exported_env
+from workers.embedded import exported_env
 from workers.procs import Proc, ProcessGroup, wait_worker_ready
 
 SOURCE = "bench-tracking"

@@ -33,7 +33,7 @@ from cli.demo_aftersale import AUTO_APPROVE_MAX, AfterSale
 from domain.money import format_money
 from models.db import scratch_database
 from producers.http import intake_session
-from settings import exported_env, get_settings
+from settings import get_settings
 from simulators.stack import ProviderStack
 
 DEMO_DB = "orderflow_demo"
@@ -124,7 +124,7 @@ def run_demo(
     """Run the demo; raises :class:`DemoStalled` (after stopping everything it started) when
     no order changed status for ``stall_s`` seconds while some are not final (default:
     :func:`default_stall_s`), and ``RuntimeError`` when a correctness check fails."""
-    from workers.embedded import embedded_services
+    from workers.embedded import embedded_services, exported_env
 
     stall = float(stall_s if stall_s is not None else default_stall_s(payment_window_s))
     key = f"demo-{secrets.token_hex(12)}"  # generated per run, never stored
@@ -156,6 +156,7 @@ def run_demo(
 @contextmanager
 def _simulators() -> Iterator[tuple[ProviderStack, int]]:
     """Alipay, WeChat Pay and Stripe simulators with keys generated for this run."""
+    from workers.embedded import exported_env
     from workers.procs import free_port
 
     port = free_port()

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from cli.common import console, err_console
-from settings import Settings, exported_env, get_settings
+from settings import Settings, get_settings
 from settings_up_env import read_up_env, up_env_path, write_up_env
 from simulators.stack import ProviderStack
 from workers.procs import Proc, ProcessDied, ProcessGroup, listen_error, wait_all_ready
@@ -115,7 +115,7 @@ def run_up(*, api_port: int, flower_port: int, simulators: bool) -> None:
     exits 1 with it) for a refused start, a process that died, or a start-up timeout; by
     then everything started was stopped and the files of the run removed.
     """
-    from workers.embedded import embedded_services
+    from workers.embedded import embedded_services, exported_env
 
     stop = threading.Event()
     # Explicit handlers: a process started with SIGINT ignored (nohup, a background job of a

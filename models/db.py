@@ -90,7 +90,7 @@ def scratch_database(name: str, *, keep: bool = False) -> Iterator[str]:
     dropped first), with ``DATABASE_URL`` pointing at it inside the block; yields its URL. The
     engine is disposed on the way in and out, so no connection crosses databases. Dropped
     afterwards unless ``keep`` (the demo keeps its own for a look afterwards)."""
-    from settings import exported_env
+    from workers.embedded import exported_env
 
     base = get_settings().database_url
     assert base is not None

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from adapters.logistics.base import REALLOCATE_CODES
 from domain.allocation import Allocation, Line, Policy
-from domain.errors import ConflictError, NotFound, ReservationRefused
+from domain.errors import ConflictError, ReservationRefused
 from domain.orders import OrderStatus
 from domain.parcels import booking_key, plan_parcels, reallocation, refused_reason, settled
 from models import Order, Product, Reservation, Shipment, ShipmentLine
@@ -43,6 +43,7 @@ from services.locks import lock_stock_by_sku
 from services.order_state import lock_order, move_order
 from services.parcels import (
     live_parcels,
+    lock_parcel,
     named,
     parcel_lines,
     parcel_of,
@@ -127,18 +128,13 @@ def refuse_parcel(
     """The warehouse refused the parcel's booking with ``code`` (module docstring): re-allocate
     it in this one transaction, or put the order in NEEDS_ATTENTION. Idempotent: a parcel
     already cancelled or booked, or an order no longer booking, changes nothing."""
-    order_id = session.scalar(select(Shipment.order_id).where(Shipment.id == shipment_id))
-    if order_id is None:
-        raise NotFound(f"shipment {shipment_id} not found", field="shipment_id")
-    order = lock_order(session, order_id)
-    shipment = session.get(Shipment, shipment_id, with_for_update=True, populate_existing=True)
-    assert shipment is not None
+    order, shipment = lock_parcel(session, shipment_id)
     if order.status not in BOOKING or shipment.cancelled_at or shipment.waybill:
         return
-    several = len(live_parcels(session, order_id)) > 1
+    several = len(live_parcels(session, order.id)) > 1
     if code not in REALLOCATE_CODES or shipment.warehouse is None:
         label = f" {parcel_of(shipment).label}" if several else ""
-        fail_booking(session, order_id, f"{code}{label}")
+        fail_booking(session, order.id, f"{code}{label}")
         return
     _reallocate(session, order, shipment, code, now=now, policy=policy)
 

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from domain.errors import NotFound
 from domain.parcels import Parcel, is_unplaced
 from domain.tracking import ShipmentStatus
 from models import Order, Shipment, ShipmentLine
 from models.logistics import OUTBOUND_ONLY
 from services import timeline
+from services.order_state import lock_order
 
 
 def live_parcels(session: Session, order_id: str, *, lock: bool = False) -> list[Shipment]:
@@ -26,6 +28,19 @@ def live_parcels(session: Session, order_id: str, *, lock: bool = False) -> list
         .order_by(Shipment.id)
     )
     return list(session.scalars(stmt.with_for_update() if lock else stmt))
+
+
+def lock_parcel(session: Session, shipment_id: int) -> tuple[Order, Shipment]:
+    """Lock the parcel's order, then the parcel, read afresh: the order first, as every stage
+    locks, so writers of one order's parcels serialize on its row and never deadlock. Raises
+    NotFound naming ``shipment_id`` for no such parcel."""
+    order_id = session.scalar(select(Shipment.order_id).where(Shipment.id == shipment_id))
+    if order_id is None:
+        raise NotFound(f"shipment {shipment_id} not found", field="shipment_id")
+    order = lock_order(session, order_id)
+    shipment = session.get(Shipment, shipment_id, with_for_update=True, populate_existing=True)
+    assert shipment is not None  # a parcel is never deleted
+    return order, shipment
 
 
 def parcel_of(shipment: Shipment) -> Parcel:

@@ -21,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any, TypeAlias
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from domain.errors import NotFound
 from domain.settlement import (
@@ -40,6 +41,8 @@ from domain.settlement import (
 )
 from models import Payment, Refund, SettlementDifference, SettlementFile, SettlementLine
 from services.payments.provider_refunds import provider_refund_no
+
+_Column: TypeAlias = InstrumentedAttribute[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,24 +130,33 @@ def bill_line(row: SettlementLine) -> BillLine:
     )  # fmt: skip
 
 
+def _named_or_expected(
+    provider: str, day: date, status: _Column, statuses: frozenset[str], at: _Column,
+    named: Iterable[tuple[_Column, Iterable[str | None]]],
+) -> tuple[ColumnElement[bool], ColumnElement[bool]]:  # fmt: skip
+    """``(expected, wanted)`` for a lookup of our payments or refunds: expected, a ``status``
+    in ``statuses`` with ``at`` in the provider's bill day; wanted, that or a row whose column
+    holds one of the (non-empty) values the lines give for it, per ``named`` pair."""
+    start, end = day_bounds(day, bill_zone(provider))
+    expected = status.in_(sorted(statuses)) & (at >= start) & (at < end)
+    by_name = [column.in_(sorted({v for v in values if v})) for column, values in named]
+    return expected, or_(*by_name, expected)
+
+
 def _our_payments(
     session: Session, provider: str, day: date, lines: Iterable[BillLine]
 ) -> list[OurPayment]:
-    start, end = day_bounds(day, bill_zone(provider))
-    refs = {line.payment_ref for line in lines if line.payment_ref}
-    numbers = {line.merchant_payment_ref for line in lines if line.merchant_payment_ref}
-    expected = (
-        Payment.status.in_(sorted(CAPTURED_STATUSES))
-        & (Payment.paid_at >= start)
-        & (Payment.paid_at < end)
-    )
+    lines = list(lines)
+    expected, wanted = _named_or_expected(
+        provider, day, Payment.status, CAPTURED_STATUSES, Payment.paid_at,
+        [(Payment.provider_ref, [line.payment_ref for line in lines]),
+         (Payment.out_trade_no, [line.merchant_payment_ref for line in lines])],
+    )  # fmt: skip
     rows = session.execute(
         select(Payment.id, Payment.provider_ref, Payment.out_trade_no, Payment.amount,
                Payment.currency, Payment.captured_amount, Payment.captured_currency,
                Payment.status, expected.label("expected"))
-        .where(Payment.provider == provider)
-        .where(Payment.provider_ref.in_(sorted(refs)) | Payment.out_trade_no.in_(sorted(numbers))
-               | expected)
+        .where(Payment.provider == provider, wanted)
     )  # fmt: skip
     return [
         OurPayment(
@@ -171,21 +183,17 @@ def _our_refunds(
     of a console refund): it is looked up by that exact number, through the payment the line
     names, and offered to matching under the bill's number."""
     lines = list(lines)
-    start, end = day_bounds(day, bill_zone(provider))
-    refs = {line.refund_ref for line in lines if line.refund_ref}
-    numbers = {line.merchant_refund_ref for line in lines if line.merchant_refund_ref}
     made_there = _provider_made_numbers(lines, payments)
-    expected = Refund.status.in_(sorted(BOOKED_REFUND_STATUSES)) & (
-        Refund.created_at >= start
-    ) & (Refund.created_at < end)  # fmt: skip
-    wanted = numbers | set(made_there)
+    expected, wanted = _named_or_expected(
+        provider, day, Refund.status, BOOKED_REFUND_STATUSES, Refund.created_at,
+        [(Refund.provider_refund_ref, [line.refund_ref for line in lines]),
+         (Refund.refund_no, [*(line.merchant_refund_ref for line in lines), *made_there])],
+    )  # fmt: skip
     rows = session.execute(
         select(Refund.id, Refund.payment_id, Refund.provider_refund_ref, Refund.refund_no,
                Refund.amount, Refund.currency, Refund.status, expected.label("expected"))
         .join(Payment, Payment.id == Refund.payment_id)
-        .where(Payment.provider == provider)
-        .where(Refund.provider_refund_ref.in_(sorted(refs)) | Refund.refund_no.in_(sorted(wanted))
-               | expected)
+        .where(Payment.provider == provider, wanted)
     )  # fmt: skip
     return [
         OurRefund(

@@ -48,6 +48,7 @@ from services.order_state import lock_order, move_order
 from services.parcel_planning import BOOKING, manual_parcel, plan_order, refuse_parcel
 from services.parcels import (
     live_parcels,
+    lock_parcel,
     mark_subscribed,
     parcel_lines,
     parcel_of,
@@ -263,12 +264,7 @@ def ship_parcel(
     or SHIPPED). Idempotent for the same waybill. The warehouse has booked it, so it is
     recorded whatever the order's status (only an order on the shipping ladder moves); a
     parcel cancelled meanwhile raises ConflictError (it must be cancelled at the warehouse)."""
-    order_id = session.scalar(select(Shipment.order_id).where(Shipment.id == shipment_id))
-    if order_id is None:
-        raise NotFound(f"shipment {shipment_id} not found", field="shipment_id")
-    order = lock_order(session, order_id)
-    shipment = session.get(Shipment, shipment_id, with_for_update=True, populate_existing=True)
-    assert shipment is not None
+    order, shipment = lock_parcel(session, shipment_id)
     if shipment.waybill is not None:
         if (shipment.carrier, shipment.waybill) != (booked.carrier, booked.waybill):
             raise ConflictError(

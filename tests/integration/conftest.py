@@ -1,5 +1,6 @@
-"""Fixtures shared by the integration tests: a RabbitMQ vhost, and the local HTTP receiver of
-the status-callback tests (defined in callbacks_support.py)."""
+"""Fixtures shared by the integration tests: a RabbitMQ vhost, the local HTTP receiver of the
+status-callback tests (defined in callbacks_support.py) and the after-sale tests' shop
+(returns_support.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from settings import get_settings
 from tests.broker import broker_is_amqp, rabbitmq_reachable, rabbitmqctl, with_vhost
 from tests.integration.callbacks_support import receiver  # noqa: F401 - the callback receiver
+from tests.integration.returns_support import shop  # noqa: F401 - the after-sale tests' shop
 
 LOCAL_RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 

@@ -1,10 +1,12 @@
 """Orders delivered through the real services (reserve, pay at the fake, book, track), for the
-after-sale tests, and small readers of what the returns wrote."""
+after-sale tests, the shop they buy from (the ``shop`` fixture: import it into a test module),
+and small readers of what the returns wrote."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select
 
 from adapters.logistics.base import TrackingResult
@@ -22,6 +24,17 @@ from tests.fakes import FakeGate, FakePaymentProvider
 from tests.fakes.logistics import FakeBookingService
 
 CONFIG = PaymentConfig(notify_base_url="http://127.0.0.1:9", create_redrive_s=30, first_query_s=5)
+THREE = [("A", 2), ("B", 1), ("C", 3)]  # 2 x 1000 + 1 x 3000 + 3 x 500 = 6500
+
+
+@pytest.fixture
+def shop(catalog):
+    """Products A (1000), B (3000) and C (500), ten of each; the fake provider they are paid
+    at."""
+    catalog({"A": 10}, price=1000)
+    catalog({"B": 10}, price=3000)
+    catalog({"C": 10}, price=500)
+    return FakePaymentProvider()
 
 
 def now() -> datetime:

@@ -19,10 +19,10 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 from producers.client import OrderProducer
-from settings import exported_env
 from tests.broker import rabbitmqctl
 from tests.conftest import order_message, wait_until
 from workers.broker import producer_options, queue_depths
+from workers.embedded import exported_env
 
 
 def queue_types(vhost: str) -> dict[str, str]:

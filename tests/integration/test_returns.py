@@ -16,9 +16,9 @@ from services.queries import stock_drift
 from services.receipt import confirm_receipt, sweep_receipts
 from services.returns import ReturnPolicy
 from services.unit_of_work import unit_of_work
-from tests.fakes import FakePaymentProvider
 from tests.helpers import stock_of
 from tests.integration.returns_support import (
+    THREE,
     delivered_order,
     ledger_of,
     now,
@@ -27,15 +27,6 @@ from tests.integration.returns_support import (
 )
 
 POLICY = ReturnPolicy(window_s=7 * 86_400, ship_back_s=3 * 86_400)
-THREE = [("A", 2), ("B", 1), ("C", 3)]  # 2 x 1000 + 1 x 3000 + 3 x 500 = 6500
-
-
-@pytest.fixture
-def shop(catalog):
-    catalog({"A": 10}, price=1000)
-    catalog({"B": 10}, price=3000)
-    catalog({"C": 10}, price=500)
-    return FakePaymentProvider()
 
 
 def ask(oid, lines, kind="RETURN_AND_REFUND", policy=POLICY, at=None):

@@ -10,19 +10,16 @@ from sqlalchemy import func, select
 
 from models import Return, StockMovement
 from settings import get_settings
-from tests.fakes import FakePaymentProvider
-from tests.integration.returns_support import delivered_order, refunds_of
+from tests.console_helpers import (  # noqa: F401 - admin_key, app, clock: fixtures
+    admin_key,
+    app,
+    client_for,
+    clock,
+    csrf_of,
+    log_in,
+)
+from tests.integration.returns_support import THREE, delivered_order, refunds_of
 from tests.integration.test_cli import cli
-
-THREE = [("A", 2), ("B", 1), ("C", 3)]
-
-
-@pytest.fixture
-def shop(catalog):
-    catalog({"A": 10}, price=1000)
-    catalog({"B": 10}, price=3000)
-    catalog({"C": 10}, price=500)
-    return FakePaymentProvider()
 
 
 @pytest.fixture
@@ -148,14 +145,9 @@ def test_the_cli_lists_the_queue_decides_and_receives(shop, client, api_key):
     assert refunds_of(oid) == [(f"return-{rid}", 2000, "REQUESTED")]
 
 
-def test_the_console_order_page_shows_each_return_and_what_came_back(shop, client, api_key):
-    import secrets
-
-    from pydantic import SecretStr
-
-    from api.app import create_app
-    from api.catalog import admin_api_key_setting
-
+def test_the_console_order_page_shows_each_return_and_what_came_back(
+    shop, client, api_key, app, admin_key  # noqa: F811 - the console fixtures
+):  # fmt: skip
     oid = delivered_order(shop, THREE)
     h = {"X-API-Key": api_key}
     ask = {"kind": "RETURN_AND_REFUND", "reason": "scratched"}
@@ -166,11 +158,8 @@ def test_the_console_order_page_shows_each_return_and_what_came_back(shop, clien
     client.post(f"/v1/returns/{done}/approve", headers=h, json={"note": "ok"})
     client.post(f"/v1/returns/{done}/receive", headers=h,
                 json={"lines": [{"sku": "B", "damaged": 1}]})  # fmt: skip
-    admin = f"adm-{secrets.token_urlsafe(24)}"
-    app = create_app()
-    app.dependency_overrides[admin_api_key_setting] = lambda: SecretStr(admin)
-    with TestClient(app, follow_redirects=False) as console:
-        assert console.post("/console/login", data={"password": admin}).status_code == 303
+    with client_for(app) as console:
+        log_in(console, "", admin_key)  # no name: the admin key
         html = console.get(f"/console/orders/{oid}").text
     assert 'id="order-returns"' in html
     row = html.split(f'id="return-{kept}"', 1)[1].split("</tr>", 1)[0]
@@ -180,15 +169,9 @@ def test_the_console_order_page_shows_each_return_and_what_came_back(shop, clien
     assert f"return-{done}" in row and "api:" in row
 
 
-def test_an_operator_approves_or_rejects_a_return_in_the_console(shop, client, api_key):
-    import secrets
-
-    from pydantic import SecretStr
-
-    from api.app import create_app
-    from api.catalog import admin_api_key_setting
-    from tests.console_helpers import csrf_of
-
+def test_an_operator_approves_or_rejects_a_return_in_the_console(
+    shop, client, api_key, app, admin_key  # noqa: F811 - the console fixtures
+):  # fmt: skip
     oid = delivered_order(shop, THREE)
     h = {"X-API-Key": api_key}
     url = f"/v1/orders/{oid}/returns"
@@ -196,11 +179,8 @@ def test_an_operator_approves_or_rejects_a_return_in_the_console(shop, client, a
     first = client.post(url, headers=h, json={**ask, "lines": [{"sku": "A", "quantity": 1}]})
     second = client.post(url, headers=h, json={**ask, "lines": [{"sku": "C", "quantity": 1}]})
     yes, no = first.json()["id"], second.json()["id"]
-    admin = f"adm-{secrets.token_urlsafe(24)}"
-    app = create_app()
-    app.dependency_overrides[admin_api_key_setting] = lambda: SecretStr(admin)
-    with TestClient(app, follow_redirects=False) as console:
-        assert console.post("/console/login", data={"password": admin}).status_code == 303
+    with client_for(app) as console:
+        log_in(console, "", admin_key)  # no name: the admin key
         page = console.get(f"/console/orders/{oid}").text
         assert f'id="return-approve-{yes}"' in page and f'id="return-reject-{no}"' in page
         csrf = csrf_of(page)

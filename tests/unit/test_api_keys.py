@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from domain.config_values import parse_api_keys
 from services.api_keys import (
     AuthRejected,
     KeyCache,
@@ -18,7 +19,6 @@ from services.api_keys import (
     parse_api_key,
 )
 from services.request_signing import sign_request, verify_signed_request
-from settings import parse_api_keys
 
 SECRET = "s" * 43
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
