@@ -75,28 +75,18 @@ class Settings(BaseSettings):
         PROJECT_ROOT / ".orderflow", description="Where embedded servers keep their data"
     )
     beat_schedule_file: Path | None = Field(
-        None,
-        description="Where Celery beat keeps its schedule (a local file of the beat host); unset "
-        "= STATE_DIR/celerybeat-schedule; beat's -s overrides",
+        None, description="Beat's schedule, its host's file; unset: STATE_DIR/celerybeat-schedule"
     )
+    # Several hosts (docs/deploy.md): one beat sends (workers/beat.py); clocks differ; peers vanish.
     beat_lease_s: float = Field(
-        10.0,
-        gt=0,
-        description="Beat's leader lease: a standby beat takes over this long after "
-        "the leader goes silent (workers/beat.py)",
+        10.0, gt=0, description="A standby beat takes over this long after the leader went silent"
     )
     clock_skew_allowance_s: float = Field(
-        120.0,
-        ge=0,
-        description="How far hosts' clocks may disagree: added to what one host "
-        "stamps and another judges (a beat job's expiry)",
+        120.0, ge=0, description="How far hosts' clocks may differ (added to beat jobs' expiry)"
     )
     db_pool_size: int = Field(5, ge=1, description="SQLAlchemy pool size per process")
     db_network_timeout_s: float = Field(
-        15.0,
-        ge=2,
-        description="A connection to PostgreSQL that goes unanswered this long is "
-        "dropped (connect, unacknowledged writes, keepalives): a partition fails fast",
+        15.0, ge=2, description="A PostgreSQL connection silent this long is dropped (libpq)"
     )
     prometheus_multiproc_dir: Path | None = Field(
         None,
