@@ -15,7 +15,7 @@ from services.task_names import (
     MAINTENANCE_TRACKING_STALENESS,
 )
 from settings import get_settings
-from workers.broker import AMQP_TRANSPORT_OPTIONS, is_amqp
+from workers.broker import AMQP_TRANSPORT_OPTIONS, PUBLISH_CONFIRM_TIMEOUT_S, is_amqp
 from workers.broker import task_queues as broker_task_queues
 
 _s = get_settings()
@@ -83,10 +83,12 @@ task_send_sent_event = False
 
 task_default_queue = "orders"
 # Route by the task name's prefix: orders.* -> orders, payments.* -> payments, and so on.
+# A route's other keys are publish options of every task it routes: each publish waits for
+# RabbitMQ's confirm at most PUBLISH_CONFIRM_TIMEOUT_S (Redis ignores it).
 task_routes = {
-    f"{q}.*": {"queue": q} for q in ("orders", "payments", "shipping", "tracking", "callbacks")
+    f"{q}.*": {"queue": q, "confirm_timeout": PUBLISH_CONFIRM_TIMEOUT_S}
+    for q in ("orders", "payments", "shipping", "tracking", "callbacks", "maintenance")
 }
-task_routes["maintenance.*"] = {"queue": "maintenance"}
 
 # Beat's own file, a file of the beat host (BEAT_SCHEDULE_FILE, else in STATE_DIR): never the
 # working directory, which may be read-only or shared. One beat sends at a time, the holder of

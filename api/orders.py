@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -56,6 +57,7 @@ from services.payments import payment_view
 from services.queries import ensure_order_source, order_view
 from services.unit_of_work import unit_of_work
 from settings import get_settings
+from workers import broker_blocked
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/orders", responses=error_responses(401, 404, 409))
@@ -100,7 +102,7 @@ def intake_gate() -> backpressure.Gate:
 
 
 @router.post(
-    "", status_code=202, openapi_extra=_ORDER_BODY, responses=error_responses(400, 403, 429)
+    "", status_code=202, openapi_extra=_ORDER_BODY, responses=error_responses(400, 403, 429, 503)
 )
 async def create_order(request: Request, source: Source) -> Any:
     raw = await request.body()
@@ -126,10 +128,20 @@ async def create_order(request: Request, source: Source) -> Any:
             "this API key may not submit orders for that source",
             [{"field": "source", "reason": f"key is bound to source {source!r}"}],
         )
+    if (wait_s := broker_blocked.retry_in(get_settings().intake_retry_after_s)) is not None:
+        return _broker_blocked(wait_s)
     await _check_gate()
     result = await intake_batcher().submit(msg)
     body = {"id": result.order_id, "status": result.status, "created": result.created}
     return JSONResponse(body, status_code=202 if result.created else 200)
+
+
+def _broker_blocked(wait_s: float) -> JSONResponse:
+    """503 while RabbitMQ blocks this process's publishes (an alarm, workers/broker_blocked.py):
+    nothing is stored, the client retries after ``Retry-After``."""
+    response = error_response(503, "unavailable", "the task broker is refusing messages; retry")
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+    return response
 
 
 async def _check_gate() -> None:

@@ -21,6 +21,8 @@ from typing import Any
 from kombu import Connection, Exchange, Queue
 from kombu.transport.native_delayed_delivery import level_name
 
+from workers import broker_blocked
+
 #: The task queues, one per stage (see ``celeryconfig.task_routes``).
 QUEUE_NAMES = ("orders", "payments", "shipping", "tracking", "maintenance", "callbacks")
 
@@ -37,8 +39,24 @@ AMQP_DELIVERY_LIMIT = 10
 DELAYED_QUEUE_NAMES = tuple(level_name(level) for level in range(28))
 
 #: Publisher confirms: each publish waits for RabbitMQ's ack, so a publish that returned is
-#: stored (on a quorum of nodes), and one RabbitMQ refused raises instead of vanishing.
-AMQP_TRANSPORT_OPTIONS: dict[str, Any] = {"confirm_publish": True}
+#: stored (on a quorum of nodes), and one RabbitMQ refused raises instead of vanishing. The
+#: blocked/unblocked callbacks (py-amqp's Connection arguments) tell intake that RabbitMQ is in
+#: an alarm (workers/broker_blocked.py).
+#: ``read_timeout`` bounds every wait for the broker's next frame (py-amqp raises
+#: socket.timeout): a blocked connection answers nothing, and closing one after a failed publish
+#: waited for its close-ok forever (found by tests/cluster's memory alarm).
+AMQP_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "confirm_publish": True,
+    "on_blocked": broker_blocked.blocked,
+    "on_unblocked": broker_blocked.unblocked,
+    "read_timeout": 10,
+    "write_timeout": 10,
+}
+
+#: How long a publish waits for RabbitMQ's confirm: a blocked broker (alarm) never sends it,
+#: and without a limit the publisher would wait for as long as the alarm lasts. With Celery's
+#: publish retries (3) a publish gives up after about four times this.
+PUBLISH_CONFIRM_TIMEOUT_S = 2.0
 
 #: The prefix native delayed delivery puts on a delayed message's routing key (28 bits).
 _DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")

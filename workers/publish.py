@@ -14,6 +14,7 @@ from services.followup import Followup
 from services.task_names import ORDERS_RESERVE_BATCH
 from services.unit_of_work import unit_of_work
 from settings import get_settings
+from workers import broker_blocked
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,15 @@ def enqueue_many(items: Iterable[tuple[str, Any]]) -> int:
             for task_name, arg in items:
                 app.send_task(task_name, args=[arg], producer=producer)
                 sent += 1
+        broker_blocked.unblocked()  # confirmed (or sent, on Redis): the broker takes messages
     except _BROKER_DOWN as exc:  # expected now and then: one line, no traceback
+        broker_blocked.publish_failed()
         log.error(
             "publishing stopped after %d tasks (broker unreachable: %s: %s); the sweeper will "
             "retry", sent, type(exc).__name__, exc,
         )  # fmt: skip
     except Exception:
+        broker_blocked.publish_failed()
         log.exception("publishing stopped after %d tasks; the sweeper will retry", sent)
     return sent
 

@@ -36,7 +36,7 @@ from workers.procs import Proc
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ORDERFLOW = str(Path(sys.executable).parent / "orderflow")  # the CLI of this venv
 LAYOUT = {
-    "data": [10, 11],  # .10 PostgreSQL, .11 Redis (the broker)
+    "data": [10, 11, 12],  # .10 PostgreSQL, .11 Redis (the broker), .12 RabbitMQ
     "prov": [60],
     "api": [20],
     "w1": [31],
@@ -47,7 +47,10 @@ LAYOUT = {
 API_PORT = 8000
 METRICS_PORT = 9808
 SIM_BASE_PORT = 9100  # alipay +1, wechatpay +2, stripe +3, kuaidi100 +4, warehouse +5
-IN_HOST_STATE = PROJECT_ROOT / ".orderflow"  # every host sees its own directory here
+IN_HOST_STATE = PROJECT_ROOT / ".orderflow"
+RABBIT_ENV = {
+    "HOME": "/var/lib/rabbitmq"
+}  # its Erlang cookie, for rabbitmqctl  # every host sees its own directory here
 
 # The pipeline's periods, short enough for a scenario to see recovery (as tests/conftest.py).
 PIPELINE_ENV = {
@@ -180,6 +183,35 @@ class Cluster:
         )  # fmt: skip
         wait_for(lambda: redis.Redis.from_url(self.redis_url).ping(), proc, "Redis")
         return proc
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@{self.host('data').addresses[2]}:5672//"
+
+    def start_rabbitmq(self) -> Proc:
+        """Debian's RabbitMQ in the data host, its files in the host's directory (started only
+        for the RabbitMQ scenarios)."""
+        data = self.host("data")
+        home = data.dir / "rabbitmq"
+        home.mkdir(exist_ok=True)
+        (home / "rabbitmq.conf").write_text(
+            f"loopback_users = none\nlisteners.tcp.1 = {data.addresses[2]}:5672\n"
+        )
+        (home / "enabled_plugins").write_text("[].\n")
+        for path in (home, *home.iterdir()):
+            shutil.chown(path, "rabbitmq", "rabbitmq")
+        inside = IN_HOST_STATE / "rabbitmq"
+        proc = data.start("rabbitmq", ["rabbitmq-server"], {
+            "RABBITMQ_MNESIA_BASE": str(inside / "mnesia"), "RABBITMQ_LOG_BASE": str(inside),
+            "RABBITMQ_CONFIG_FILE": str(inside / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(inside / "enabled_plugins"), **RABBIT_ENV,
+        }, user="rabbitmq")  # fmt: skip
+        wait_for(lambda: self.rabbitmqctl("await_startup", "--timeout", "5") is not None, proc,
+                 "RabbitMQ on the data host", 120)  # fmt: skip
+        return proc
+
+    def rabbitmqctl(self, *args: str) -> str:
+        return self.host("data").run(["rabbitmqctl", "-q", *args], user="rabbitmq", env=RABBIT_ENV)
 
     def start_providers(self) -> None:
         prov = self.host("prov")

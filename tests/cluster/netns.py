@@ -127,12 +127,14 @@ class Host:
         self.procs.append(proc)
         return proc
 
-    def run(self, argv: Sequence[str], *, user: str | None = None) -> str:
+    def run(
+        self, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] = {}
+    ) -> str:
         """Run a short command in this host (no isolation but the network); return stdout."""
         prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
         done = subprocess.run(
             ["ip", "netns", "exec", self.ns, *prefix, *argv],
-            capture_output=True, text=True, check=True, timeout=120,
+            capture_output=True, text=True, check=True, timeout=120, env={**os.environ, **env},
         )  # fmt: skip
         return done.stdout
 

@@ -223,3 +223,90 @@ def test_a_worker_host_90_s_ahead_judges_nothing_by_its_clock(fresh: Cluster, fi
 def settled_or_cancelled() -> bool:
     counts = status_counts()
     return bool(counts) and set(counts) <= {"COMPLETED", "CANCELLED", "EXPIRED"}
+
+
+# -- the data host's broker is RabbitMQ -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rabbitmq(cluster: Cluster):
+    proc = cluster.start_rabbitmq()
+    try:
+        yield cluster.amqp_url
+    finally:
+        proc.stop(grace_s=30)
+
+
+def test_a_normal_run_on_rabbitmq(fresh: Cluster, rabbitmq: str, figures) -> None:
+    fig = figures()
+    seed()
+    fresh.extra_env = {"BROKER_URL": rabbitmq}
+    fresh.start_app()
+    accepted = post_orders(fresh, size(300, 1500))
+    wait_until(settled, timeout_s=600, every_s=1, show=status_counts)
+    verdict = invariants.check(accepted, stack=fresh)
+    shares = {h: fresh.host_metric(h, STAGE_MOVES) for h in ("w1", "w2")}
+    assert all(v > 0 for v in shares.values()), shares
+    fig.injected("nothing (RabbitMQ broker)")
+    fig.recovered(verdict, host_share={h: round(v / sum(shares.values()), 3)
+                                       for h, v in shares.items()})  # fmt: skip
+
+
+def test_rabbitmq_in_a_memory_alarm_gets_503_not_a_hang(fresh: Cluster, rabbitmq: str, figures):
+    """RabbitMQ's memory high watermark lowered mid-run: it blocks every publisher. Publishes
+    time out on their confirm instead of waiting out the alarm, intake answers 503 with
+    Retry-After (storing nothing), and everything accepted before and after is processed once
+    the watermark is back."""
+    fig = figures()
+    seed()
+    fresh.extra_env = {"BROKER_URL": rabbitmq}
+    fresh.start_app()
+    accepted = post_orders(fresh, size(50, 200))
+    fresh.rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")  # alarm at once
+    fig.injected("RabbitMQ memory high watermark lowered to 1 byte")
+    try:
+        answers = post_timed(fresh, [message(1000 + n) for n in range(size(80, 300))])
+    finally:
+        fresh.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    refused = [msg for msg, r, _ in answers if r.status_code == 503]
+    for _msg, r, _took in answers:
+        if r.status_code == 503:
+            assert int(r.headers["Retry-After"]) >= 1, r.headers
+        else:  # the probes: stored before their publish timed out, the sweeper sends them
+            assert r.status_code == 202, r.text
+            accepted.append(r.json()["id"])
+    slowest = max(took for _, _, took in answers)
+    assert refused, "intake never refused while RabbitMQ blocked publishers"
+    assert slowest < 60, f"a request waited {slowest:.0f} s"
+    ids = {m["external_id"] for m in refused}
+    from sqlalchemy import text
+
+    from services.unit_of_work import unit_of_work
+
+    with unit_of_work() as s:
+        stored = s.execute(text("SELECT count(*) FROM orders WHERE external_id = ANY(:ids)"),
+                           {"ids": list(ids)}).scalar()  # fmt: skip
+    assert stored == 0, "a refused order was stored"
+    for msg in refused:  # the clients retry after Retry-After: the alarm is over
+        r = wait_until(lambda m=msg: ok_or_none(fresh.post_order(m)), timeout_s=120)
+        accepted.append(r.json()["id"])
+    wait_until(settled, timeout_s=600, every_s=1, show=status_counts)
+    verdict = invariants.check(accepted, stack=fresh)
+    fig.recovered(verdict, refused_503=len(refused), probes_202=len(answers) - len(refused),
+                  slowest_answer_s=round(slowest, 1))  # fmt: skip
+
+
+def post_timed(cluster: Cluster, messages: list[dict[str, Any]], threads: int = 8) -> list[Any]:
+    """Post each message once from ``threads`` clients: (message, response, seconds) each."""
+
+    def one(msg: dict[str, Any]) -> tuple[dict[str, Any], Any, float]:
+        started = time.monotonic()
+        r = cluster.post_order(msg, timeout=120)
+        return msg, r, time.monotonic() - started
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, messages))
+
+
+def ok_or_none(r: Any) -> Any:
+    return r if r.status_code == 202 else None

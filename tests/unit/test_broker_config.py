@@ -18,6 +18,8 @@ from celery.utils.quorum_queues import detect_quorum_queues
 from tasks.base import MAX_DELIVERIES, OrderflowTask
 from workers.broker import (
     AMQP_DELIVERY_LIMIT,
+    AMQP_TRANSPORT_OPTIONS,
+    PUBLISH_CONFIRM_TIMEOUT_S,
     QUEUE_NAMES,
     is_amqp,
     producer_options,
@@ -39,7 +41,8 @@ queues = {q.name: {"args": q.queue_arguments, "exchange": q.exchange.type, "key"
 missing = app.amqp.queues["elsewhere"]
 app.loader.import_default_modules()  # the task modules, as a worker imports them at start
 print(json.dumps({
-    "transport": c.broker_transport_options,
+    "transport": {k: v for k, v in c.broker_transport_options.items() if not callable(v)},
+    "callbacks": sorted(k for k, v in c.broker_transport_options.items() if callable(v)),
     "queues": queues,
     "detect": getattr(c, "worker_detect_quorum_queues", None),
     "delayed_type": getattr(c, "broker_native_delayed_delivery_queue_type", None),
@@ -74,7 +77,11 @@ def celeryconfig_with(broker_url: str | None) -> dict[str, Any]:
 
 def test_rabbitmq_profile_declares_quorum_queues_with_publisher_confirms() -> None:
     conf = celeryconfig_with(AMQP)
-    assert conf["transport"] == {"confirm_publish": True}  # no Redis visibility_timeout
+    # No Redis visibility_timeout; every wait for a frame bounded (a blocked connection).
+    assert conf["transport"] == {"confirm_publish": True, "read_timeout": 10, "write_timeout": 10}
+    # RabbitMQ's alarms reach intake (workers/broker_blocked.py); confirms wait a bounded time.
+    assert conf["callbacks"] == ["on_blocked", "on_unblocked"]
+    assert {r["confirm_timeout"] for r in conf["routes"].values()} == {PUBLISH_CONFIRM_TIMEOUT_S}
     assert set(conf["queues"]) == set(QUEUE_NAMES)
     for name, queue in conf["queues"].items():
         assert queue["args"]["x-queue-type"] == "quorum", name
@@ -149,7 +156,7 @@ def test_producer_declares_the_queues_exactly_as_the_workers() -> None:
         assert theirs == mine
     amqp = Celery("p", broker=AMQP)
     amqp.conf.update(**producer_options(AMQP))
-    assert amqp.conf.broker_transport_options == {"confirm_publish": True}
+    assert amqp.conf.broker_transport_options == AMQP_TRANSPORT_OPTIONS  # confirms, alarms
     assert detect_quorum_queues(amqp, "amqp")[0]
 
 
