@@ -7,7 +7,8 @@ takes or renews ``orderflow:beat:leader`` (``SET NX PX`` / renew-if-mine, one Lu
 moving without sending, so when the leader goes silent (crashed, cut off, paused) the other
 takes over within one lease and sends each job at its next due time, not all at once.
 
-Ticks are capped at a third of the lease, so a live leader renews well before it expires.
+Ticks are capped at a third of the lease, so a live leader renews well before it expires; a
+beat that stops gives the lease up, so the next one to start leads at once.
 When Redis cannot be reached a beat counts as not leading: it sends nothing (with the Redis
 broker it could not anyway) rather than risk two leaders. At a hand-over a job may be sent once
 more than its period allows; every job is safe to run twice (each claims its rows with
@@ -41,6 +42,13 @@ return 0
 """
 
 
+# Give the lease up only if still ours (it may have expired and gone to another beat).
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
 class Lease:
     """A lease in Redis held by one owner at a time (``owner`` names host and process)."""
 
@@ -48,6 +56,7 @@ class Lease:
         self.client, self.ttl_s, self.key = client, ttl_s, key
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._hold = client.register_script(_HOLD)
+        self._release = client.register_script(_RELEASE)
 
     def hold(self) -> bool:
         """Take or renew the lease; False when another owner holds it or Redis is unreachable."""
@@ -56,6 +65,14 @@ class Lease:
         except redis.RedisError as exc:
             log.warning("beat: lease unknown (%s: %s); sending nothing", type(exc).__name__, exc)
             return False
+
+    def release(self) -> None:
+        """Give the lease up (a beat stopping): a beat started next leads at once, instead of
+        standing by until the lease runs out."""
+        try:
+            self._release(keys=[self.key], args=[self.owner])
+        except redis.RedisError as exc:  # it runs out by itself
+            log.warning("beat: lease not released (%s: %s)", type(exc).__name__, exc)
 
 
 class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]  # Celery is untyped
@@ -76,3 +93,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]  # Celery is u
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         if self.leading:
             super().apply_entry(entry, producer=producer)
+
+    def close(self) -> None:
+        super().close()
+        self.lease.release()

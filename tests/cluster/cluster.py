@@ -111,7 +111,8 @@ class Cluster:
     def create(cls, run_dir: Path) -> Cluster:
         net = Network.create(run_dir, LAYOUT)
         api_key = f"cluster-{secrets.token_hex(8)}"
-        env = {"API_KEYS": api_key, "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+        env = {"API_KEYS": api_key, "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+               "METRICS_TOKEN": secrets.token_hex(16)}  # fmt: skip
         cluster = cls(net, api_key, env)
         try:
             cluster.start_data()

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import requests
 
 from tests.cluster.cluster import Cluster
 from tests.conftest import order_message, wait_until
@@ -68,6 +69,11 @@ def test_a_normal_run_is_shared_by_both_worker_hosts(fresh: Cluster, figures) ->
     shares = {h: fresh.host_metric(h, "orderflow_order_stage_seconds_count") for h in ("w1", "w2")}
     assert all(v > 0 for v in shares.values()), shares
     total = sum(shares.values())
+    # The API host exports the system's state series on its own address, behind its token.
+    url, token = f"{fresh.api_url}/metrics", fresh.secrets_env["METRICS_TOKEN"]
+    assert requests.get(url, timeout=10).status_code == 401
+    scraped = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert scraped.status_code == 200 and "orderflow_orders" in scraped.text, scraped.text[:300]
     fig.injected("nothing")
     fig.recovered(verdict, host_share={h: round(v / total, 3) for h, v in shares.items()})
 

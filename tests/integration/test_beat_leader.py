@@ -26,6 +26,22 @@ def test_one_beat_leads_and_the_other_takes_over_when_it_goes_silent(services) -
         client.close()
 
 
+def test_a_beat_that_stops_gives_the_lease_to_the_next_at_once(services) -> None:
+    client = redis_client()
+    key = "test:beat:release"
+    client.delete(key)
+    try:
+        old, new = Lease(client, 60.0, key), Lease(client, 60.0, key)
+        assert old.hold() and not new.hold()
+        new.release()  # not the holder: changes nothing
+        assert client.get(key) == old.owner.encode()
+        old.release()  # beat stopping
+        assert new.hold(), "the next beat leads without waiting out the 60 s lease"
+    finally:
+        client.delete(key)
+        client.close()
+
+
 def test_without_redis_no_beat_counts_as_leader() -> None:
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
     assert Lease(unreachable, 5.0).hold() is False
