@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
-.PHONY: venv demo test test-unit test-reliability test-rabbitmq test-cluster lint fmt clean lock bench
+.PHONY: venv demo test test-unit test-reliability test-rabbitmq test-cluster test-cluster-rabbitmq lint fmt clean lock bench
 
 venv: $(STAMP)
 
@@ -47,6 +47,11 @@ test-rabbitmq: $(STAMP)
 # tests/cluster out. Figures go to .orderflow/cluster-results.json (docs/reliability.md).
 test-cluster: $(STAMP)
 	CLUSTER_TESTS=1 $(PY) -m pytest tests/cluster -p no:xdist $(PYTEST_ARGS)
+
+# The same scenarios with RabbitMQ on the data host as the broker of every one (the API cut
+# from RabbitMQ instead of Redis); `make test-cluster` runs only two of them on RabbitMQ.
+test-cluster-rabbitmq: $(STAMP)
+	CLUSTER_BROKER=rabbitmq CLUSTER_TESTS=1 $(PY) -m pytest tests/cluster -p no:xdist $(PYTEST_ARGS)
 
 # Benchmarks against ceilings measured in the same run (see docs/performance.md). Uses its own
 # database and empties the task queues of its broker: do not share the broker with another run.

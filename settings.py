@@ -79,7 +79,10 @@ class Settings(BaseSettings):
     )
     # Several hosts (docs/deploy.md): one beat sends (workers/beat.py); clocks differ; peers vanish.
     beat_lease_s: float = Field(
-        10.0, gt=0, description="A standby beat takes over this long after the leader went silent"
+        10.0,
+        ge=0,
+        description="A standby beat takes over this long after the leader went "
+        "silent; 0 = no lease, every beat sends (the jobs' claims keep that safe)",
     )
     clock_skew_allowance_s: float = Field(
         120.0, ge=0, description="How far hosts' clocks may differ (added to beat jobs' expiry)"

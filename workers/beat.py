@@ -59,7 +59,10 @@ class Lease:
         self._release = client.register_script(_RELEASE)
 
     def hold(self) -> bool:
-        """Take or renew the lease; False when another owner holds it or Redis is unreachable."""
+        """Take or renew the lease; False when another owner holds it or Redis is unreachable.
+        A lease of 0 s is none: always True (every beat sends, ``BEAT_LEASE_S=0``)."""
+        if self.ttl_s == 0:
+            return True
         try:
             return bool(self._hold(keys=[self.key], args=[self.owner, int(self.ttl_s * 1000)]))
         except redis.RedisError as exc:
@@ -88,7 +91,8 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]  # Celery is u
         if leading != self.leading:
             log.warning("beat %s: %s", self.lease.owner, "leading" if leading else "standing by")
             self.leading = leading
-        return min(float(super().tick(*args, **kwargs)), self.lease.ttl_s / 3)
+        delay = float(super().tick(*args, **kwargs))
+        return min(delay, self.lease.ttl_s / 3) if self.lease.ttl_s else delay
 
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         if self.leading:

@@ -12,6 +12,7 @@ PostgreSQL stays reachable.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import subprocess
@@ -51,6 +52,10 @@ IN_HOST_STATE = PROJECT_ROOT / ".orderflow"
 RABBIT_ENV = {
     "HOME": "/var/lib/rabbitmq"
 }  # its Erlang cookie, for rabbitmqctl  # every host sees its own directory here
+
+#: The Celery broker of the run: Redis (the default; ``make test-cluster``), or RabbitMQ on the
+#: data host for every scenario (``make test-cluster-rabbitmq``, ``CLUSTER_BROKER=rabbitmq``).
+BROKER = os.environ.get("CLUSTER_BROKER", "redis")
 
 # The pipeline's periods, short enough for a scenario to see recovery (as tests/conftest.py).
 PIPELINE_ENV = {
@@ -116,6 +121,8 @@ class Cluster:
         cluster = cls(net, api_key, env)
         try:
             cluster.start_data()
+            if BROKER == "rabbitmq":
+                cluster.ensure_rabbitmq()
             cluster.start_providers()
         except BaseException:
             net.close()
@@ -157,6 +164,8 @@ class Cluster:
             self.start_postgres()
         if "data/redis" not in running:
             self.start_redis()
+        if BROKER == "rabbitmq":
+            self.ensure_rabbitmq()
 
     def admin_dsn(self) -> str:
         return f"postgresql://postgres@{self.db_address}:5432/postgres"
@@ -184,6 +193,20 @@ class Cluster:
         )  # fmt: skip
         wait_for(lambda: redis.Redis.from_url(self.redis_url).ping(), proc, "Redis")
         return proc
+
+    @property
+    def broker(self) -> str:
+        return BROKER
+
+    @property
+    def broker_address(self) -> str:
+        """Where the app's tasks travel: Redis's address, or RabbitMQ's in a RabbitMQ run."""
+        return self.host("data").addresses[2 if BROKER == "rabbitmq" else 1]
+
+    def ensure_rabbitmq(self) -> None:
+        """RabbitMQ on the data host, started once and left running for the session."""
+        if not any(p.name == "data/rabbitmq" and p.alive() for p in self.host("data").procs):
+            self.start_rabbitmq()
 
     @property
     def amqp_url(self) -> str:
@@ -313,7 +336,7 @@ class Cluster:
         for offset in range(1, 6):
             requests.post(f"{self.sim_url(offset)}/_sim/reset", timeout=10).raise_for_status()
         self.auto_pay(200)
-        self.extra_env = {}
+        self.extra_env = {"BROKER_URL": self.amqp_url} if BROKER == "rabbitmq" else {}
 
     def auto_pay(self, after_ms: int) -> None:
         """Every buyer pays ``after_ms`` after the payment is created (each simulator's control
@@ -367,8 +390,6 @@ def _pg_ready(dsn: str) -> bool:
 def control_env(cluster: Cluster) -> Iterator[None]:
     """Point this (the control) process's settings at the cluster's database and Redis, for
     migrations, seeding and the invariant checker."""
-    import os
-
     from models.db import dispose_engine
     from settings import get_settings
 

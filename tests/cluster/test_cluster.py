@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.cluster.cluster import Cluster
+from tests.cluster.cluster import BROKER, Cluster
 from tests.conftest import order_message, wait_until
 from tests.helpers import status_counts
 from tests.reliability import invariants
@@ -112,19 +112,20 @@ STAGE_MOVES = "orderflow_order_stage_seconds_count"
 
 
 def test_the_api_host_cut_from_the_broker_keeps_accepting(fresh: Cluster, figures) -> None:
-    """Redis (the broker) silent to the API host while PostgreSQL answers: every order is still
-    accepted and stored; the sweeper publishes them once the API's publishes fail."""
+    """The broker (Redis, or RabbitMQ under CLUSTER_BROKER=rabbitmq) silent to the API host
+    while PostgreSQL answers: every order is still accepted and stored; the sweeper publishes
+    them once the API's publishes fail."""
     fig = figures()
     seed()
     fresh.start_app()
     data, api = fresh.host("data"), fresh.host("api")
-    data.drop_from(fresh.redis_address, api)
-    fig.injected("API host cut from Redis (the broker)")
+    data.drop_from(fresh.broker_address, api)
+    fig.injected(f"API host cut from the broker ({fresh.broker})")
     started = time.monotonic()
     try:
         accepted = post_orders(fresh, size(60, 300), threads=8)
     finally:
-        data.undrop_from(fresh.redis_address, api)
+        data.undrop_from(fresh.broker_address, api)
     took = time.monotonic() - started
     wait_until(settled, timeout_s=600, every_s=1, show=status_counts)
     verdict = invariants.check(accepted, stack=fresh)
@@ -159,7 +160,7 @@ def beat_sends(cluster: Cluster, beat: str, job: str = "sweep-stalled-orders") -
 
 def test_beat_on_two_hosts_sends_each_job_once_per_period(fresh: Cluster, figures) -> None:
     fig = figures()
-    fresh.extra_env = {"BEAT_LEASE_S": "3"}
+    fresh.extra_env["BEAT_LEASE_S"] = "3"
     fresh.start_app(workers=("w1",), beats=2)
     wait_until(lambda: beat_sends(fresh, "beat1") + beat_sends(fresh, "beat2") >= 4)
     first = (beat_sends(fresh, "beat1"), beat_sends(fresh, "beat2"))
@@ -209,7 +210,7 @@ def test_a_worker_host_90_s_ahead_judges_nothing_by_its_clock(fresh: Cluster, fi
     have expired at once; judged by the database's, none does."""
     fig = figures()
     seed()
-    fresh.extra_env = {"PAYMENT_WINDOW_S": "60"}
+    fresh.extra_env["PAYMENT_WINDOW_S"] = "60"
     fresh.auto_pay(5000)
     fresh.host("w2").clock_offset_s = 90
     try:
@@ -234,19 +235,17 @@ def settled_or_cancelled() -> bool:
 # -- the data host's broker is RabbitMQ -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rabbitmq(cluster: Cluster):
-    proc = cluster.start_rabbitmq()
-    try:
-        yield cluster.amqp_url
-    finally:
-        proc.stop(grace_s=30)
+@pytest.fixture
+def rabbitmq(cluster: Cluster) -> str:
+    cluster.ensure_rabbitmq()
+    return cluster.amqp_url
 
 
+@pytest.mark.skipif(BROKER == "rabbitmq", reason="the whole run is on RabbitMQ")
 def test_a_normal_run_on_rabbitmq(fresh: Cluster, rabbitmq: str, figures) -> None:
     fig = figures()
     seed()
-    fresh.extra_env = {"BROKER_URL": rabbitmq}
+    fresh.extra_env["BROKER_URL"] = rabbitmq
     fresh.start_app()
     accepted = post_orders(fresh, size(300, 1500))
     wait_until(settled, timeout_s=600, every_s=1, show=status_counts)
@@ -265,7 +264,7 @@ def test_rabbitmq_in_a_memory_alarm_gets_503_not_a_hang(fresh: Cluster, rabbitmq
     the watermark is back."""
     fig = figures()
     seed()
-    fresh.extra_env = {"BROKER_URL": rabbitmq}
+    fresh.extra_env["BROKER_URL"] = rabbitmq
     fresh.start_app()
     accepted = post_orders(fresh, size(50, 200))
     fresh.rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")  # alarm at once

@@ -120,6 +120,9 @@ def test_10k_shipments_two_beats_never_double_poll_stay_in_quota_and_on_cadence(
     sim = stack.kuaidi100
     sim.min_query_interval_s = min_interval_s  # the simulator enforces the compressed rule
     tracking_env(monkeypatch, FLEET_SCALE)
+    # No leader lease: both beats send, so their claims really race (a hand-over between two
+    # leased beats can send a tick twice too; this shows that is safe).
+    monkeypatch.setenv("BEAT_LEASE_S", "0")
     prefix, waybills = seed_fleet(10_000)
     for waybill in waybills:
         sim.register_waybill("yuantong", waybill, "stuck")

@@ -45,3 +45,8 @@ def test_a_beat_that_stops_gives_the_lease_to_the_next_at_once(services) -> None
 def test_without_redis_no_beat_counts_as_leader() -> None:
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
     assert Lease(unreachable, 5.0).hold() is False
+
+
+def test_a_lease_of_zero_lets_every_beat_send() -> None:
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    assert Lease(unreachable, 0.0).hold() is True  # no Redis call at all

@@ -32,6 +32,7 @@ def test_reservations_expiring_with_two_sweepers_and_two_beats(
     n = size(100, 100)
     port, stack = pipeline_env
     monkeypatch.setenv("PAYMENT_WINDOW_S", "15")
+    monkeypatch.setenv("BEAT_LEASE_S", "0")  # no leader: both beats send, the sweeps race
     catalog({"X": n})
     procs.api(port)
     workers = [procs.worker(f"sweeper{i}", "orders,maintenance", concurrency=2) for i in (1, 2)]
