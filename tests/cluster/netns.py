@@ -36,14 +36,19 @@ from workers.procs import Proc
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 # Run inside the namespace by ``ip netns exec`` (which gives the process a mount namespace of its
-# own): the checkout read-only, the host's directory over .orderflow, a private /tmp; then exec,
-# so the pid the test holds is the program's own.
+# own): a private /tmp, the checkout read-only, the host's directory over .orderflow; then exec,
+# so the pid the test holds is the program's own. The checkout and the host directory are held
+# open (fds 3, 4) across the tmpfs mount and bound from there (``-c``: mount must not resolve
+# /proc/self/fd/N to a path), so a checkout under /tmp (a CI clone) is still found.
 _ISOLATE = """
 set -e
-mount --bind "$OF_ROOT" "$OF_ROOT"
-mount -o remount,bind,ro "$OF_ROOT"
-mount --bind "$OF_HOST_DIR" "$OF_ROOT/.orderflow"
+exec 3<"$OF_ROOT" 4<"$OF_HOST_DIR"
 mount -t tmpfs -o size=512m tmpfs /tmp
+mkdir -p "$OF_ROOT"
+mount -c --bind /proc/self/fd/3 "$OF_ROOT"
+mount -c -o remount,bind,ro "$OF_ROOT"
+mount -c --bind /proc/self/fd/4 "$OF_ROOT/.orderflow"
+exec 3<&- 4<&-
 cd "$OF_ROOT"
 exec "$@"
 """
