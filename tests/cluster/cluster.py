@@ -32,6 +32,7 @@ from cryptography.fernet import Fernet
 from settings import PROJECT_ROOT
 from simulators.stack import count_charges
 from tests.cluster.netns import Host, Network
+from workers.embedded import exported_env
 from workers.procs import Proc
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -391,21 +392,12 @@ def control_env(cluster: Cluster) -> Iterator[None]:
     """Point this (the control) process's settings at the cluster's database and Redis, for
     migrations, seeding and the invariant checker."""
     from models.db import dispose_engine
-    from settings import get_settings
 
     wanted = {"DATABASE_URL": cluster.database_url, "REDIS_URL": cluster.redis_url,
               **cluster.secrets_env}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    get_settings.cache_clear()
-    dispose_engine()
-    try:
-        yield
-    finally:
+    with exported_env(wanted):  # re-reads the settings on the way in and out
         dispose_engine()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
+        try:
+            yield
+        finally:
+            dispose_engine()
