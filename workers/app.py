@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from workers import redis_transport
+
+redis_transport.install()  # before any broker connection: a worker survives Redis going away
+
 app = Celery(
     "orderflow",
     include=[

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -362,6 +364,43 @@ class Cluster:
             if line.startswith(metric) and not line.startswith("#")
         )
 
+    # -- a failed scenario's evidence ---------------------------------------------------------
+    def diagnose(self) -> str:
+        """What a stuck scenario looked like, for its failure report (CI keeps no logs): the
+        broker's queue depths, the tail of every app process's log and, for each worker, where
+        each of its threads stands (Celery dumps every thread's stack on SIGUSR1)."""
+        parts = [f"broker queues: {self._queue_depths()}"]
+        procs = [p for h in ("api", "w1", "w2", "beat1", "beat2") for p in self.host(h).procs]
+        sizes = {p.name: p.log_path.stat().st_size for p in procs}
+        workers = [p for p in procs if p.name.endswith(("/orders", "/io")) and p.alive()]
+        for proc in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGUSR1)
+        with contextlib.suppress(TimeoutError):  # stacks that never come are a finding too
+            wait_for(lambda: all(b"LOCAL VARIABLES" in _read_from(p.log_path, sizes[p.name])
+                                 for p in workers), None, "thread dumps", 10)  # fmt: skip
+        for proc in procs:
+            before = _read_from(proc.log_path, 0)[: sizes[proc.name]].decode(errors="replace")
+            state = "running" if proc.alive() else "exited"
+            tail = "\n".join(before.splitlines()[-40:])
+            parts.append(f"--- {proc.name} ({state}), last lines:\n{tail}")
+            if proc in workers:
+                dump = _read_from(proc.log_path, sizes[proc.name]).decode(errors="replace")
+                parts.append(f"--- {proc.name} threads:\n{_innermost_frames(dump)}")
+        return "\n".join(parts)
+
+    def _queue_depths(self) -> dict[str, int] | str:
+        if BROKER == "rabbitmq":
+            return self.rabbitmqctl("list_queues", "name", "messages", "messages_unacknowledged")
+        try:
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+            lists = [k for k in client.scan_iter(count=1000) if client.type(k) == b"list"]
+            depths = {k.decode(errors="replace"): client.llen(k) for k in lists}
+            depths["(unacked)"] = client.hlen("unacked")
+            return depths
+        except redis.RedisError as exc:
+            return f"unreadable: {exc}"
+
     # -- load ----------------------------------------------------------------------------------
     def post_order(self, message: Mapping[str, Any], timeout: float = 30) -> requests.Response:
         return requests.post(f"{self.api_url}/v1/orders", json=message,
@@ -380,6 +419,25 @@ def wait_for(check: Any, proc: Proc | None, what: str, timeout_s: float = 60.0) 
         time.sleep(0.2)
     tail = proc.log_tail() if proc is not None else ""
     raise TimeoutError(f"{what} not ready within {timeout_s:.0f} s\n{tail}")
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read()
+
+
+def _innermost_frames(dump: str, depth: int = 3) -> str:
+    """Each thread of a Celery SIGUSR1 dump (``celery.utils.debug.cry``: the thread's name, a
+    rule, its stack, then its locals) as its name and its ``depth`` innermost frames."""
+    threads = re.finditer(r"^(\S[^\n]*)\n={20,}\n((?:  [^\n]*\n)+)", dump, re.MULTILINE)
+    shown = []
+    for m in threads:
+        lines = m[2].splitlines()
+        while len(lines) >= 2 and ("cry" in lines[-2] or "cry" in lines[-1]):
+            lines = lines[:-2]  # the dump's own frames (the signal handler)
+        shown.append(f"{m[1]}:\n" + "\n".join(lines[-2 * depth :]))
+    return "\n".join(shown)
 
 
 def _pg_ready(dsn: str) -> bool:

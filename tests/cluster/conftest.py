@@ -26,6 +26,17 @@ os.environ.setdefault(
 )
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed scenario's report carries the cluster's state (queues, thread stacks, log
+    tails): CI removes the hosts' logs with the run, so this is all a failure leaves behind."""
+    outcome = yield
+    report = outcome.get_result()
+    cluster = getattr(item, "funcargs", {}).get("fresh")
+    if report.when == "call" and report.failed and isinstance(cluster, Cluster):
+        report.sections.append(("cluster diagnosis", cluster.diagnose()))
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     why = missing_requirements()
