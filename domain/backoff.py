@@ -13,7 +13,9 @@ import random
 
 def ceiling_s(failures: int, *, first_s: float, cap_s: float) -> float:
     """The longest delay after the ``failures``-th failure (``failures <= 1``: ``first_s``)."""
-    return min(cap_s, first_s * 2.0 ** max(0, failures - 1))
+    # The exponent is bounded: a retry that goes on through a long outage (tasks/base.py) may
+    # count past a thousand failures, where 2.0 ** n overflows a float.
+    return min(cap_s, first_s * 2.0 ** min(max(0, failures - 1), 64))
 
 
 def equal_jitter_s(

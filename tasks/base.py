@@ -16,6 +16,15 @@ lost database or broker connections, deadlocks, serialization failures) are retr
 exponential backoff and jitter; the rest, and retryable ones that exhausted ``max_retries``,
 end in :meth:`on_failure`, which writes a ``dead_letters`` row that ``orderflow dlq replay``
 can re-run.
+
+An outage is not the message's fault: while PostgreSQL, Redis or the broker cannot be reached at
+all (:func:`is_unreachable`), retries go on past ``max_retries``, every ``BACKOFF_CAP_S`` at
+most, for as long as the outage lasts. With the default five retries a restart or fail-over
+longer than about half a minute used to dead-letter every task in flight, each then waiting for
+an operator's replay (found by tests/cluster's PostgreSQL restart); and an ``orders.intake``
+message, the only copy of its order, could not even be written to the dead letters of a database
+that was still down. A failure that persists without the outage (a deadlock, a provider's
+error) still ends in a dead letter.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import logging
 from typing import Any, NoReturn
 
 import kombu.exceptions
+import psycopg2
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
@@ -48,6 +58,15 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     kombu.exceptions.OperationalError,
 )
 
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+
+#: psycopg2's classes for errors libpq raises itself (exactly these, not their subclasses).
+_LIBPQ_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
 #: Deliveries of one message (same task id and retry number) before it is dead-lettered.
 MAX_DELIVERIES = 3
 _DELIVERY_TTL_S = 86400
@@ -65,6 +84,22 @@ def is_retryable(exc: BaseException) -> bool:
     if getattr(exc, "retryable", False) or isinstance(exc, _TRANSIENT):
         return True
     return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The database, Redis or the broker could not be reached at all, as opposed to a statement
+    that failed on a reachable server. libpq's own errors (connection refused, "the database
+    system is shutting down" at connect, a connection lost) are psycopg2's base classes with no
+    SQLSTATE; the server's errors (deadlock, serialization failure, statement timeout) are
+    subclasses carrying one. A connection SQLAlchemy invalidated counts too."""
+    if isinstance(exc, _UNREACHABLE):
+        return True
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    return type(orig) in _LIBPQ_ERRORS and getattr(orig, "pgcode", None) is None
 
 
 def backoff_s(retries: int) -> float:
@@ -111,13 +146,17 @@ class OrderflowTask(Task):  # type: ignore[misc]
         return f"deliveries:{request.id}:{request.retries}"
 
     def retry_or_fail(self, exc: BaseException) -> NoReturn:
-        if is_retryable(exc):
-            log.warning("task %s retrying after %r", self.name, exc)
-            if self.request.retries < self.max_retries:  # else retry() re-raises: a failure
-                metrics.task_retried(self.name, exc)
-                self._timeline_retry(exc)
-            raise self.retry(exc=exc, countdown=self._countdown(backoff_s(self.request.retries)))
-        raise exc
+        """Retry ``exc`` later or fail with it (see the module docstring); never returns."""
+        retries = self.request.retries
+        if not is_retryable(exc) or (retries >= self.max_retries and not is_unreachable(exc)):
+            raise exc  # a failure: on_failure dead-letters it
+        log.warning("task %s retrying after %r", self.name, exc)
+        metrics.task_retried(self.name, exc)
+        self._timeline_retry(exc)
+        # Past max_retries only while unreachable: each such retry allows exactly one more.
+        limit = max(self.max_retries, retries + 1)
+        countdown = self._countdown(backoff_s(retries))
+        raise self.retry(exc=exc, countdown=countdown, max_retries=limit)
 
     def hand_off(
         self, exc: BaseException, task_name: str, arg: str | int, *, order_id: str | None = None

@@ -43,3 +43,10 @@ def test_task_retries_and_callbacks_use_it():
     for failures in range(1, 8):
         c = ceiling_s(failures, first_s=2, cap_s=30)
         assert all(c / 2 <= policy.backoff_s(failures) <= c for _ in range(50))
+
+
+def test_the_ceiling_stays_the_cap_however_many_failures():
+    """A task retries through an outage for as long as it lasts (tasks/base.py): at the 60 s
+    cap a day is about 1,440 failures, past where 2.0 ** n overflows a float."""
+    assert ceiling_s(5_000, first_s=1, cap_s=60) == 60
+    assert 30 <= equal_jitter_s(100_000, first_s=1, cap_s=60) <= 60
