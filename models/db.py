@@ -35,28 +35,51 @@ def get_engine() -> Engine:
                 max_overflow=settings.db_pool_size,
                 pool_pre_ping=True,  # survive a PostgreSQL restart without a failed task
                 pool_recycle=1800,
-                connect_args=network_timeouts(settings.db_network_timeout_s),
+                connect_args=network_timeouts(
+                    settings.db_network_timeout_s, _url_options(settings.database_url)
+                ),
             )
             _engine_pid = os.getpid()
             _factory = sessionmaker(_engine, expire_on_commit=False)
         return _engine
 
 
-def network_timeouts(timeout_s: float) -> dict[str, int]:
+def _url_options(url: str) -> str | None:
+    """The libpq ``options`` a database URL carries (``?options=-c%20...``), if any."""
+    options = make_url(url).query.get("options")
+    return " ".join(options) if isinstance(options, tuple) else options
+
+
+def network_timeouts(timeout_s: float, options: str | None = None) -> dict[str, int | str]:
     """libpq options that drop a TCP connection to PostgreSQL gone silent for ``timeout_s``
-    (a partition, a host that vanished): without them a connect waits about two minutes for
-    the kernel's SYN retries and a query on an open connection about fifteen for its
-    retransmissions, holding a request or a task all that time. ``connect_timeout`` bounds the
-    connect, ``tcp_user_timeout`` unacknowledged data, keepalives an idle wait for a reply.
-    libpq ignores all of them on a Unix socket (the embedded server)."""
+    (a partition, a host that vanished), on both ends. libpq and the server ignore all of them
+    on a Unix socket (the embedded server).
+
+    This end: without them a connect waits about two minutes for the kernel's SYN retries and a
+    query on an open connection about fifteen for its retransmissions, holding a request or a
+    task all that time. ``connect_timeout`` bounds the connect, ``tcp_user_timeout``
+    unacknowledged data, keepalives an idle wait for a reply.
+
+    The server's end (``options``, the session's ``tcp_keepalives_*``): a client cut off in the
+    middle of a transaction leaves its server session idle in that transaction, holding its row
+    locks, and the server waits for the next command for as long as the operating system's
+    keepalive allows (two hours by default). Every task needing those rows waited with it
+    (tests/cluster: four orders locked by a cut-off worker host for good, the other host's tasks
+    killed by their time limit). With keepalives probing the client the server ends such a
+    session, and frees its locks, within about ``timeout_s``. ``options`` already in the
+    database URL are kept, before these."""
     third = max(1, round(timeout_s / 3))
+    interval = max(1, round(third / 3))
+    server = f"-c tcp_keepalives_idle={third} -c tcp_keepalives_interval={interval} " \
+             "-c tcp_keepalives_count=3"  # fmt: skip
     return {
         "connect_timeout": max(2, third),  # libpq's minimum is 2 s
         "tcp_user_timeout": int(timeout_s * 1000),
         "keepalives": 1,
         "keepalives_idle": third,
-        "keepalives_interval": max(1, round(third / 3)),
+        "keepalives_interval": interval,
         "keepalives_count": 3,
+        "options": f"{options} {server}" if options else server,
     }
 
 

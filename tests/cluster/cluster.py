@@ -75,6 +75,11 @@ PIPELINE_ENV = {
     "TASK_SOFT_TIME_LIMIT_S": "10",
     "TASK_TIME_LIMIT_S": "15",
     "VISIBILITY_TIMEOUT_S": "20",
+    # Below the soft time limit, as the defaults are (15 s < 30 s): a task waiting on a silent
+    # database fails with a retryable error first. The other way round the soft limit's signal
+    # interrupted tasks mid-wait, and one such interruption corrupted billiard's result pipe and
+    # killed a prefork worker ("Unrecoverable error: UnicodeDecodeError", RabbitMQ worker cut).
+    "DB_NETWORK_TIMEOUT_S": "6",
     "INTAKE_MAX_BACKLOG": "100000",
 }
 

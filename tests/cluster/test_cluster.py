@@ -4,7 +4,9 @@ legitimately waiting."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.cluster.cluster import BROKER, Cluster
+from tests.cluster.cluster import BROKER, Cluster, wait_for
 from tests.conftest import order_message, wait_until
 from tests.helpers import status_counts
 from tests.reliability import invariants
@@ -109,6 +111,49 @@ def test_a_worker_host_cut_off_mid_task_is_replaced_and_its_late_writes_change_n
 
 
 STAGE_MOVES = "orderflow_order_stage_seconds_count"
+
+#: Run in a worker host with the app's settings: open a transaction through the app's engine,
+#: take a lock in it, say so, and wait for ever (a process cut off mid-transaction).
+_HOLD_A_LOCK = """
+import sys, time
+from sqlalchemy import text
+from models.db import get_engine
+with get_engine().connect() as conn, conn.begin():
+    conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
+    print("locked", flush=True)
+    while True:
+        time.sleep(60)
+"""
+
+
+def test_a_host_cut_off_mid_transaction_loses_its_locks(fresh: Cluster, figures) -> None:
+    """A worker host cut off while its transaction holds row locks: PostgreSQL ends that
+    session (its keepalives probe the silent client, models.db.network_timeouts) and the other
+    hosts get the rows within the network timeout, instead of waiting for the operating system's
+    two-hour keepalive (found by the worker cut on RabbitMQ: four orders locked for good)."""
+    import psycopg2
+
+    w2 = fresh.host("w2")
+    env = {**fresh.app_env(w2), "DB_NETWORK_TIMEOUT_S": "15"}  # the default
+    holder = w2.start("lock-holder", [sys.executable, "-c", _HOLD_A_LOCK], env)
+    wait_for(lambda: b"locked" in holder.log_path.read_bytes(), holder, "the lock holder")
+    fig = figures()
+    w2.cut()
+    fig.injected("worker host w2 cut off while its transaction holds a lock")
+    started = time.monotonic()
+    try:
+        with (
+            contextlib.closing(psycopg2.connect(fresh.database_url)) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute("SET lock_timeout = '60s'")
+            cur.execute("SELECT pg_advisory_xact_lock(4242)")  # waits for the server to notice
+        waited = time.monotonic() - started
+    finally:
+        w2.heal()
+    assert waited < 30, f"the lock came free after {waited:.0f} s"
+    fig.row.update(lock_freed_after_s=round(waited, 1))
+    fig.recovered(invariants.check([]))
 
 
 def test_the_api_host_cut_from_the_broker_keeps_accepting(fresh: Cluster, figures) -> None:
