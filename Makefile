@@ -50,7 +50,7 @@ test-cluster: $(STAMP)
 
 # The same scenarios with RabbitMQ on the data host as the broker of every one (the API cut
 # from RabbitMQ instead of Redis); `make test-cluster` runs only two of them on RabbitMQ.
-# Written last in the session of issue 23 and not yet run green (docs/reliability.md).
+# About 8 minutes; its last figures are in docs/reliability.md.
 test-cluster-rabbitmq: $(STAMP)
 	CLUSTER_BROKER=rabbitmq CLUSTER_TESTS=1 $(PY) -m pytest tests/cluster -p no:xdist $(PYTEST_ARGS)
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from domain import config_values
@@ -399,6 +399,18 @@ class Settings(ServerSettings):
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         config_values.check(str(info.field_name), text)
         return value
+
+    @model_validator(mode="after")
+    def _network_timeout_within_time_limit(self) -> Settings:
+        # A task waiting on a silent database must fail with a retryable error before its soft
+        # time limit's signal interrupts it (such a signal once corrupted billiard's result pipe
+        # and killed a prefork worker: docs/reliability.md, "What the cluster found").
+        if self.db_network_timeout_s >= self.task_soft_time_limit_s:
+            raise ValueError(
+                f"DB_NETWORK_TIMEOUT_S ({self.db_network_timeout_s:g}) must be below "
+                f"TASK_SOFT_TIME_LIMIT_S ({self.task_soft_time_limit_s})"
+            )
+        return self
 
     def api_key_map(self) -> dict[str, str]:
         """API_KEYS as :func:`domain.config_values.api_key_map` reads it (plaintext entries)."""

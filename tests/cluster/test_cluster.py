@@ -134,7 +134,8 @@ def test_a_host_cut_off_mid_transaction_loses_its_locks(fresh: Cluster, figures)
     import psycopg2
 
     w2 = fresh.host("w2")
-    env = {**fresh.app_env(w2), "DB_NETWORK_TIMEOUT_S": "15"}  # the default
+    # The defaults: the network timeout, and the soft time limit it must stay below.
+    env = {**fresh.app_env(w2), "DB_NETWORK_TIMEOUT_S": "15", "TASK_SOFT_TIME_LIMIT_S": "30"}
     holder = w2.start("lock-holder", [sys.executable, "-c", _HOLD_A_LOCK], env)
     wait_for(lambda: b"locked" in holder.log_path.read_bytes(), holder, "the lock holder")
     fig = figures()

@@ -12,6 +12,7 @@ from models.db import get_engine, network_timeouts
 from settings import get_settings
 
 
+@pytest.mark.configured  # CI's second run, on the machine's PostgreSQL over TCP
 def test_the_server_session_takes_the_keepalive_settings(services) -> None:
     settings = get_settings()
     if not make_url(settings.database_url).host:

@@ -37,3 +37,15 @@ def test_options_of_the_database_url_are_kept() -> None:
     options = str(network_timeouts(15.0, _url_options(url))["options"])
     assert options.startswith("-c statement_timeout=5000 -c tcp_keepalives_idle=5")
     assert _url_options("postgresql://u@db/orderflow") is None
+
+
+def test_a_network_timeout_past_the_soft_time_limit_is_refused() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from settings import Settings
+
+    with pytest.raises(ValidationError, match=r"DB_NETWORK_TIMEOUT_S \(30\) must be below "
+                                              r"TASK_SOFT_TIME_LIMIT_S \(30\)"):  # fmt: skip
+        Settings(db_network_timeout_s=30, task_soft_time_limit_s=30)
+    assert Settings(db_network_timeout_s=6, task_soft_time_limit_s=10).db_network_timeout_s == 6
