@@ -60,7 +60,8 @@ def network_timeouts(timeout_s: float, options: str | None = None) -> dict[str, 
     task all that time. ``connect_timeout`` bounds the connect, ``tcp_user_timeout``
     unacknowledged data, keepalives an idle wait for a reply.
 
-    The server's end (``options``, the session's ``tcp_keepalives_*``): a client cut off in the
+    The server's end (``options``, the session's ``tcp_keepalives_*`` and ``tcp_user_timeout``,
+    PostgreSQL 12 or later): a client cut off in the
     middle of a transaction leaves its server session idle in that transaction, holding its row
     locks, and the server waits for the next command for as long as the operating system's
     keepalive allows (two hours by default). Every task needing those rows waited with it
@@ -70,8 +71,10 @@ def network_timeouts(timeout_s: float, options: str | None = None) -> dict[str, 
     database URL are kept, before these."""
     third = max(1, round(timeout_s / 3))
     interval = max(1, round(third / 3))
+    # tcp_user_timeout covers what keepalives do not: the server never probes a connection
+    # with unacknowledged data (a reply the client had not yet acknowledged when it vanished).
     server = f"-c tcp_keepalives_idle={third} -c tcp_keepalives_interval={interval} " \
-             "-c tcp_keepalives_count=3"  # fmt: skip
+             f"-c tcp_keepalives_count=3 -c tcp_user_timeout={int(timeout_s * 1000)}"  # fmt: skip
     return {
         "connect_timeout": max(2, third),  # libpq's minimum is 2 s
         "tcp_user_timeout": int(timeout_s * 1000),

@@ -28,6 +28,7 @@ def test_the_server_probes_the_client_too() -> None:
     detect = (settings["tcp_keepalives_idle"]
               + settings["tcp_keepalives_interval"] * settings["tcp_keepalives_count"])  # fmt: skip
     assert detect <= 15, settings
+    assert settings["tcp_user_timeout"] == 15_000  # unacknowledged data, which is never probed
 
 
 def test_options_of_the_database_url_are_kept() -> None:
