@@ -113,16 +113,15 @@ def test_a_worker_host_cut_off_mid_task_is_replaced_and_its_late_writes_change_n
 STAGE_MOVES = "orderflow_order_stage_seconds_count"
 
 #: Run in a worker host with the app's settings: open a transaction through the app's engine,
-#: take a lock in it, say so, and wait for ever (a process cut off mid-transaction).
+#: take a lock in it, say so, and wait until stopped (a process cut off mid-transaction).
 _HOLD_A_LOCK = """
-import sys, time
+import signal
 from sqlalchemy import text
 from models.db import get_engine
 with get_engine().connect() as conn, conn.begin():
     conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
     print("locked", flush=True)
-    while True:
-        time.sleep(60)
+    signal.pause()  # until the test stops this process (SIGTERM)
 """
 
 
